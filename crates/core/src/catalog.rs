@@ -1,0 +1,249 @@
+//! The model catalog (SPEC §4.1, §3.4): which models exist, which provider serves each, under
+//! which upstream id, at what price. Shipped as `catalog/models.toml`; a deployment may replace or
+//! extend it with its own file of the same format.
+
+use crate::price::{LongContextTier, Price, Rates};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// The catalog shipped with this build.
+pub const BUILTIN_CATALOG_TOML: &str = include_str!("../catalog/models.toml");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Openai,
+    Anthropic,
+    Google,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Openai => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Google => "google",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One model as Quota sells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    /// Quota's id: bare for OpenAI (`gpt-4o-mini`), prefixed otherwise (`anthropic/claude-sonnet-4.5`).
+    pub id: String,
+    pub provider: Provider,
+    /// The id the provider's API expects.
+    pub upstream_id: String,
+    pub price: Price,
+    pub context_window: u64,
+    pub max_output_tokens: u64,
+    /// When the price last changed, Unix seconds (`created` in `/v1/models`).
+    pub price_changed_at: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    #[serde(default)]
+    model: Vec<ModelRow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelRow {
+    id: String,
+    provider: Provider,
+    upstream_id: String,
+    input: u64,
+    cached_input: u64,
+    #[serde(default)]
+    cache_write: u64,
+    output: u64,
+    context_window: u64,
+    max_output_tokens: u64,
+    price_date: String,
+    long_context: Option<TierRow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierRow {
+    threshold_tokens: u64,
+    input: u64,
+    cached_input: u64,
+    #[serde(default)]
+    cache_write: u64,
+    output: u64,
+}
+
+/// All models, by Quota id, with the bare provider ids as aliases for the native routes.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    models: Vec<Arc<Model>>,
+    by_id: HashMap<String, Arc<Model>>,
+    by_native_id: HashMap<(Provider, String), Arc<Model>>,
+}
+
+impl Catalog {
+    pub fn builtin() -> Catalog {
+        Catalog::from_toml(BUILTIN_CATALOG_TOML).expect("the built-in catalog is valid (tested)")
+    }
+
+    /// Parse a catalog file. Errors name the model and the problem.
+    pub fn from_toml(text: &str) -> Result<Catalog, String> {
+        let file: CatalogFile = toml::from_str(text).map_err(|e| format!("catalog: {e}"))?;
+        let mut catalog = Catalog::default();
+        for row in file.model {
+            catalog.insert(row_to_model(row)?);
+        }
+        Ok(catalog)
+    }
+
+    /// Models from `overrides` replace same-id models here and new ones are added.
+    pub fn merge(&mut self, overrides: Catalog) {
+        for model in overrides.models {
+            self.insert((*model).clone());
+        }
+    }
+
+    fn insert(&mut self, model: Model) {
+        let model = Arc::new(model);
+        self.models.retain(|m| m.id != model.id);
+        self.models.push(model.clone());
+        // Native routes accept the bare provider id: `claude-sonnet-4.5`, `claude-sonnet-4-5`.
+        let bare = model.id.rsplit('/').next().unwrap_or(&model.id).to_string();
+        self.by_native_id.insert((model.provider, bare), model.clone());
+        self.by_native_id.insert((model.provider, model.upstream_id.clone()), model.clone());
+        self.by_id.insert(model.id.clone(), model);
+    }
+
+    /// Look up by Quota id (`gpt-4o-mini`, `anthropic/claude-sonnet-4.5`).
+    pub fn get(&self, id: &str) -> Option<&Arc<Model>> {
+        self.by_id.get(id)
+    }
+
+    /// Look up on a provider's native route: the Quota id, or the provider's bare id.
+    pub fn get_native(&self, provider: Provider, id: &str) -> Option<&Arc<Model>> {
+        self.by_id
+            .get(id)
+            .filter(|m| m.provider == provider)
+            .or_else(|| self.by_native_id.get(&(provider, id.to_string())))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.models.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+}
+
+fn row_to_model(row: ModelRow) -> Result<Model, String> {
+    let bad = |what: &str| format!("catalog: model `{}`: {what}", row.id);
+    if row.id.is_empty() || row.upstream_id.is_empty() {
+        return Err(bad("id and upstream_id must not be empty"));
+    }
+    let prefixed = row.id.contains('/');
+    let expected_prefix = format!("{}/", row.provider);
+    if row.provider == Provider::Openai && prefixed && !row.id.starts_with(&expected_prefix) {
+        return Err(bad("OpenAI ids are bare or `openai/…`"));
+    }
+    if row.provider != Provider::Openai && !row.id.starts_with(&expected_prefix) {
+        return Err(bad(&format!("ids of {} models start with `{expected_prefix}`", row.provider)));
+    }
+    if row.context_window == 0 || row.max_output_tokens == 0 {
+        return Err(bad("context_window and max_output_tokens must be positive"));
+    }
+    let price_changed_at = parse_date(&row.price_date).ok_or_else(|| bad("price_date must be YYYY-MM-DD"))?;
+    let base = Rates { input: row.input, cached_input: row.cached_input, cache_write: row.cache_write, output: row.output };
+    let long_context = row.long_context.map(|t| LongContextTier {
+        threshold_tokens: t.threshold_tokens,
+        rates: Rates { input: t.input, cached_input: t.cached_input, cache_write: t.cache_write, output: t.output },
+    });
+    Ok(Model {
+        id: row.id,
+        provider: row.provider,
+        upstream_id: row.upstream_id,
+        price: Price { base, long_context },
+        context_window: row.context_window,
+        max_output_tokens: row.max_output_tokens,
+        price_changed_at,
+    })
+}
+
+/// `YYYY-MM-DD` → Unix seconds at 00:00 UTC (days-from-civil, proleptic Gregorian).
+fn parse_date(s: &str) -> Option<i64> {
+    let mut parts = s.splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let d: i64 = parts.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_has_the_required_models_at_list_price() {
+        let c = Catalog::builtin();
+        for id in ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o4-mini", "gpt-5-mini"] {
+            assert!(c.get(id).is_some(), "{id} missing");
+        }
+        let mini = c.get("gpt-4o-mini").unwrap();
+        assert_eq!(mini.price.base.input, 150_000);
+        assert_eq!(mini.price.base.cached_input, 75_000);
+        assert_eq!(mini.price.base.output, 600_000);
+        assert_eq!(mini.context_window, 128_000);
+        let sonnet = c.get("anthropic/claude-sonnet-4.5").unwrap();
+        assert_eq!(sonnet.price.long_context.unwrap().rates.output, 22_500_000);
+    }
+
+    #[test]
+    fn native_ids_resolve_per_provider() {
+        let c = Catalog::builtin();
+        assert_eq!(c.get_native(Provider::Anthropic, "claude-sonnet-4.5").unwrap().id, "anthropic/claude-sonnet-4.5");
+        assert_eq!(c.get_native(Provider::Anthropic, "claude-sonnet-4-5").unwrap().id, "anthropic/claude-sonnet-4.5");
+        assert_eq!(c.get_native(Provider::Google, "gemini-2.5-flash").unwrap().id, "google/gemini-2.5-flash");
+        assert!(c.get_native(Provider::Google, "gpt-4o").is_none());
+    }
+
+    #[test]
+    fn bad_rows_are_rejected_with_the_model_named() {
+        let err = Catalog::from_toml(
+            "[[model]]\nid='claude-x'\nprovider='anthropic'\nupstream_id='x'\ninput=1\ncached_input=1\noutput=1\ncontext_window=1\nmax_output_tokens=1\nprice_date='2025-01-01'\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("claude-x"), "{err}");
+    }
+
+    #[test]
+    fn dates_convert_to_unix_seconds() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2025-11-01"), Some(1_761_955_200));
+        assert_eq!(parse_date("2025-13-01"), None);
+    }
+}

@@ -1,0 +1,91 @@
+//! `Credits`: the one money type. 1,000,000 credits = $1.00 (micro-dollars), a signed 64-bit
+//! integer; intermediate products are computed in 128 bits by the modules that multiply.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Credits per US dollar.
+pub const CREDITS_PER_USD: i64 = 1_000_000;
+
+/// An amount of money in credits (micro-dollars). Signed because platform accounts in a
+/// double-entry ledger carry negative balances and a wallet may overshoot once (SPEC §4.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Credits(pub i64);
+
+impl Credits {
+    pub const ZERO: Credits = Credits(0);
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    pub fn checked_add(self, other: Credits) -> Option<Credits> {
+        self.0.checked_add(other.0).map(Credits)
+    }
+
+    pub fn checked_sub(self, other: Credits) -> Option<Credits> {
+        self.0.checked_sub(other.0).map(Credits)
+    }
+
+    pub fn is_positive(self) -> bool {
+        self.0 > 0
+    }
+
+    /// Parse an amount given by a person (CLI, admin): a positive integer of credits no larger
+    /// than `max`. Rejects zero, negatives, decimals and overflow with a message to show.
+    pub fn parse_positive(text: &str, max: Credits) -> Result<Credits, String> {
+        let trimmed = text.trim();
+        let value: i64 = trimmed
+            .parse()
+            .map_err(|_| format!("`{trimmed}` is not a whole number of credits"))?;
+        if value <= 0 {
+            return Err(format!("amount must be positive, got {value}"));
+        }
+        if value > max.0 {
+            return Err(format!("amount {value} exceeds the maximum of {}", max.0));
+        }
+        Ok(Credits(value))
+    }
+
+    /// Dollars with six decimals, for people (dashboards, logs). Never used for arithmetic.
+    pub fn to_usd_string(self) -> String {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        format!("{sign}${}.{:06}", abs / 1_000_000, abs % 1_000_000)
+    }
+}
+
+impl fmt::Display for Credits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// `ceil(numerator / denominator)` for non-negative 128-bit values.
+pub fn div_ceil_u128(numerator: u128, denominator: u128) -> u128 {
+    assert!(denominator > 0, "division by zero in money arithmetic");
+    numerator.div_ceil(denominator)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_positive_rejects_bad_amounts() {
+        let max = Credits(1_000_000_000);
+        assert!(Credits::parse_positive("0", max).is_err());
+        assert!(Credits::parse_positive("-5", max).is_err());
+        assert!(Credits::parse_positive("1.5", max).is_err());
+        assert!(Credits::parse_positive("99999999999999999999999", max).is_err());
+        assert!(Credits::parse_positive("1000000001", max).is_err());
+        assert_eq!(Credits::parse_positive(" 42 ", max), Ok(Credits(42)));
+    }
+
+    #[test]
+    fn usd_string_is_exact() {
+        assert_eq!(Credits(1_500_001).to_usd_string(), "$1.500001");
+        assert_eq!(Credits(-5).to_usd_string(), "-$0.000005");
+    }
+}

@@ -1,0 +1,687 @@
+//! The ledger engine (DESIGN §3): in-memory balances and holds in front of an append-only,
+//! group-committed transfer table.
+//!
+//! * **hold** — reserve credits on an account. Checked and recorded in memory under one lock:
+//!   no database read or write on the request path once the account is cached.
+//! * **settle** — turn a hold into transfers (plus the usage record, the idempotent response and
+//!   the key's last-use time). Settlements queue to one writer task that commits many of them in
+//!   one transaction (group commit) and answers each caller only after the commit: a charge is
+//!   durable before the response that reports it ends (SPEC §4.3.6).
+//! * **release** — dropping a [`Hold`] without settling it frees its credits at once; holds that
+//!   outlive `hold_ttl` (a request stuck past every timeout) are freed by the writer's tick.
+//!
+//! The writer is the only code that mutates cached balances from the database, so loads, its own
+//! commits and other processes' transfers (the admin CLI) are applied in one order and never
+//! twice: each batch runs under `BEGIN IMMEDIATE`, first catching up on foreign transfers (rows
+//! with `seq` beyond what this process has seen), then loading accounts, then committing.
+//!
+//! This engine assumes it is the only process that *debits* wallets in its database (true for
+//! the embedded SQLite deployment). Several instances on PostgreSQL need holds in the database;
+//! that engine implements the same operations.
+
+use crate::idempotency::IdempotencyCompletion;
+use crate::store::{Store, StoreError};
+use crate::usage::UsageRecord;
+use crate::now_ms;
+use parking_lot::Mutex;
+use quota_core::ledger::TransferError;
+use quota_core::{AccountId, Credits, Transfer};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Most settlements committed in one transaction.
+    pub batch_max: usize,
+    /// Most settlements waiting for the writer; beyond it callers wait (backpressure).
+    pub queue_max: usize,
+    /// A hold not settled or released within this time is freed.
+    pub hold_ttl: Duration,
+    /// How often the writer looks for other processes' transfers and expired holds.
+    pub tick: Duration,
+    /// Written on every transfer this process commits, to tell its rows from others'.
+    pub origin: String,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            batch_max: 512,
+            queue_max: 16_384,
+            hold_ttl: Duration::from_secs(660),
+            tick: Duration::from_millis(250),
+            origin: quota_core::ids::new_id("proc_"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("insufficient credits: {available} available, {needed} needed")]
+    Insufficient { available: Credits, needed: Credits },
+    #[error("invalid transfer: {0}")]
+    Invalid(#[from] TransferError),
+    #[error("the ledger writer has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What to commit when a hold settles (or a plain transfer is made).
+#[derive(Debug, Default, Clone)]
+pub struct Settlement {
+    pub transfers: Vec<Transfer>,
+    pub usage: Option<UsageRecord>,
+    pub idempotency: Option<IdempotencyCompletion>,
+    /// The API key to mark as used at the commit time.
+    pub key_used: Option<String>,
+}
+
+/// The result of a committed settlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Cached balances right after this settlement, for every account it touched that is cached.
+    pub balances_after: Vec<(AccountId, Credits)>,
+    /// Transfers whose id already existed: nothing was written for them (idempotent replay).
+    pub duplicates: usize,
+}
+
+impl Committed {
+    pub fn balance_of(&self, account: &AccountId) -> Option<Credits> {
+        self.balances_after.iter().find(|(a, _)| a == account).map(|(_, b)| *b)
+    }
+}
+
+struct AccountState {
+    balance: i64,
+    held: i64,
+}
+
+struct HoldState {
+    account: AccountId,
+    amount: i64,
+    expires_at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    accounts: HashMap<AccountId, AccountState>,
+    holds: HashMap<u64, HoldState>,
+}
+
+impl State {
+    fn release(&mut self, hold_id: u64) {
+        if let Some(h) = self.holds.remove(&hold_id) {
+            if let Some(a) = self.accounts.get_mut(&h.account) {
+                a.held -= h.amount;
+                debug_assert!(a.held >= 0, "held went negative on {}", h.account);
+            }
+        }
+    }
+}
+
+enum Job {
+    Load { accounts: Vec<AccountId>, reply: oneshot::Sender<Result<(), LedgerError>> },
+    Commit { hold: Option<u64>, settlement: Settlement, reply: oneshot::Sender<Result<Committed, LedgerError>> },
+    Flush { reply: oneshot::Sender<()> },
+}
+
+struct Inner {
+    state: Mutex<State>,
+    jobs: mpsc::Sender<Job>,
+    next_hold: AtomicU64,
+    config: LedgerConfig,
+}
+
+/// The ledger engine. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+/// Reserved credits on one account. Settle it with [`Ledger::settle`]; dropping it releases
+/// the credits.
+pub struct Hold {
+    id: u64,
+    account: AccountId,
+    amount: Credits,
+    balance_at_hold: Credits,
+    inner: Option<Arc<Inner>>,
+}
+
+impl Hold {
+    pub fn account(&self) -> &AccountId {
+        &self.account
+    }
+    pub fn amount(&self) -> Credits {
+        self.amount
+    }
+    /// The account's balance when the hold was taken (`balance_before` in the `quota` object).
+    pub fn balance_at_hold(&self) -> Credits {
+        self.balance_at_hold
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.state.lock().release(self.id);
+        }
+    }
+}
+
+impl Ledger {
+    /// Start the engine and its writer task over `store`.
+    pub async fn start(store: Store, config: LedgerConfig) -> Result<Ledger, LedgerError> {
+        let mut conn = store.dedicated_connection().await?;
+        let last_seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM transfers")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(StoreError::from)?
+            .get("s");
+        let (tx, rx) = mpsc::channel(config.queue_max.max(1));
+        let inner = Arc::new(Inner { state: Mutex::new(State::default()), jobs: tx, next_hold: AtomicU64::new(1), config });
+        let writer = Writer { conn, inner: Arc::downgrade(&inner), last_seq, batch_max: inner.config.batch_max.max(1), origin: inner.config.origin.clone() };
+        tokio::spawn(writer.run(rx, inner.config.tick));
+        Ok(Ledger { inner })
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.inner.config.origin
+    }
+
+    async fn send(&self, job: Job) -> Result<(), LedgerError> {
+        self.inner.jobs.send(job).await.map_err(|_| LedgerError::Stopped)
+    }
+
+    async fn ensure_loaded(&self, accounts: &[&AccountId]) -> Result<(), LedgerError> {
+        let missing: Vec<AccountId> = {
+            let st = self.inner.state.lock();
+            accounts.iter().filter(|a| !st.accounts.contains_key(a)).map(|a| (*a).clone()).collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Load { accounts: missing, reply }).await?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// The account's balance (not counting holds).
+    pub async fn balance(&self, account: &AccountId) -> Result<Credits, LedgerError> {
+        self.ensure_loaded(&[account]).await?;
+        let st = self.inner.state.lock();
+        Ok(Credits(st.accounts.get(account).map(|a| a.balance).unwrap_or(0)))
+    }
+
+    /// Balance minus open holds.
+    pub async fn available(&self, account: &AccountId) -> Result<Credits, LedgerError> {
+        self.ensure_loaded(&[account]).await?;
+        let st = self.inner.state.lock();
+        Ok(Credits(st.accounts.get(account).map(|a| a.balance - a.held).unwrap_or(0)))
+    }
+
+    /// Reserve `amount` on `account` (SPEC §4.3.1–2). Refused when the balance is ≤ 0 (no new
+    /// request starts from a non-positive balance) or the available balance is below `amount`.
+    pub async fn hold(&self, account: &AccountId, amount: Credits) -> Result<Hold, LedgerError> {
+        assert!(amount.0 >= 0, "hold of a negative amount");
+        for _ in 0..2 {
+            {
+                let mut st = self.inner.state.lock();
+                if let Some(acct) = st.accounts.get_mut(account) {
+                    let available = acct.balance - acct.held;
+                    if acct.balance <= 0 || available < amount.0 {
+                        return Err(LedgerError::Insufficient { available: Credits(available.max(0)), needed: amount });
+                    }
+                    acct.held += amount.0;
+                    let balance_at_hold = Credits(acct.balance);
+                    let id = self.inner.next_hold.fetch_add(1, Ordering::Relaxed);
+                    st.holds.insert(id, HoldState { account: account.clone(), amount: amount.0, expires_at: Instant::now() + self.inner.config.hold_ttl });
+                    return Ok(Hold { id, account: account.clone(), amount, balance_at_hold, inner: Some(self.inner.clone()) });
+                }
+            }
+            self.ensure_loaded(&[account]).await?;
+        }
+        Err(LedgerError::Stopped)
+    }
+
+    /// Commit `settlement` and free `hold` in the same step. The charge may exceed the hold
+    /// (an upstream that over-reports, SPEC §4.3.3). Returns once the commit is durable.
+    pub async fn settle(&self, mut hold: Hold, settlement: Settlement) -> Result<Committed, LedgerError> {
+        for t in &settlement.transfers {
+            t.validate()?;
+        }
+        // From here the writer owns the hold: it frees it when it applies the commit.
+        hold.inner = None;
+        self.commit(Some(hold.id), settlement).await
+    }
+
+    /// Make one transfer now. A debit from an account that may not go negative is held first,
+    /// so it fails with `Insufficient` rather than overdrawing.
+    pub async fn transfer(&self, transfer: Transfer) -> Result<Committed, LedgerError> {
+        transfer.validate()?;
+        let settlement = Settlement { transfers: vec![transfer.clone()], ..Default::default() };
+        if transfer.from.may_go_negative() {
+            self.ensure_loaded(&[&transfer.from, &transfer.to]).await?;
+            return self.commit(None, settlement).await;
+        }
+        let hold = self.hold(&transfer.from, transfer.amount).await?;
+        self.ensure_loaded(&[&transfer.to]).await?;
+        self.settle(hold, settlement).await
+    }
+
+    async fn commit(&self, hold: Option<u64>, settlement: Settlement) -> Result<Committed, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.send(Job::Commit { hold, settlement, reply }).await {
+            if let Some(id) = hold {
+                self.inner.state.lock().release(id);
+            }
+            return Err(e);
+        }
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Wait until everything queued before this call is committed.
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Flush { reply }).await?;
+        rx.await.map_err(|_| LedgerError::Stopped)
+    }
+
+    /// Open holds (for metrics and tests).
+    pub fn open_holds(&self) -> usize {
+        self.inner.state.lock().holds.len()
+    }
+
+    /// Credits held on an account right now.
+    pub fn held(&self, account: &AccountId) -> Credits {
+        Credits(self.inner.state.lock().accounts.get(account).map(|a| a.held).unwrap_or(0))
+    }
+}
+
+struct Writer {
+    conn: SqliteConnection,
+    inner: std::sync::Weak<Inner>,
+    last_seq: i64,
+    batch_max: usize,
+    origin: String,
+}
+
+/// Accumulated effects of one batch, applied to memory after the commit.
+struct BatchEffects {
+    foreign: Vec<(AccountId, i64)>,
+    loaded: Vec<(AccountId, i64)>,
+    /// Per commit job: the deltas of its new transfers and how many were duplicates.
+    per_job: Vec<(Vec<(AccountId, i64)>, usize)>,
+    max_seq: i64,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>, tick: Duration) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                job = rx.recv() => match job { Some(j) => Some(j), None => break },
+                _ = ticker.tick() => None,
+            };
+            let Some(first) = first else {
+                self.on_tick().await;
+                continue;
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.batch_max {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch).await;
+        }
+        tracing::debug!("ledger writer stopped");
+    }
+
+    async fn on_tick(&mut self) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        {
+            let now = Instant::now();
+            let mut st = inner.state.lock();
+            let expired: Vec<u64> = st.holds.iter().filter(|(_, h)| h.expires_at <= now).map(|(id, _)| *id).collect();
+            for id in expired {
+                tracing::warn!(hold = id, "hold expired without settlement; credits released");
+                st.release(id);
+            }
+        }
+        drop(inner);
+        let max: Result<i64, _> = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM transfers")
+            .fetch_one(&mut self.conn)
+            .await
+            .map(|r| r.get("s"));
+        match max {
+            Ok(m) if m > self.last_seq => self.process(Vec::new()).await,
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "ledger writer could not read the transfer sequence"),
+        }
+    }
+
+    async fn process(&mut self, batch: Vec<Job>) {
+        let result = self.commit_batch(&batch).await;
+        match result {
+            Ok(effects) => self.apply(batch, effects),
+            Err(e) if batch.len() > 1 => {
+                // Isolate the job that fails; the others commit on their own.
+                tracing::warn!(error = %e, size = batch.len(), "ledger batch failed; retrying one by one");
+                for job in batch {
+                    let jobs = vec![job];
+                    match self.commit_batch(&jobs).await {
+                        Ok(effects) => self.apply(jobs, effects),
+                        Err(e) => self.fail(jobs, e),
+                    }
+                }
+            }
+            Err(e) => self.fail(batch, e),
+        }
+    }
+
+    async fn commit_batch(&mut self, batch: &[Job]) -> Result<BatchEffects, StoreError> {
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut self.conn).await?;
+        match self.commit_batch_in_tx(batch).await {
+            Ok(effects) => match sqlx::query("COMMIT").execute(&mut self.conn).await {
+                Ok(_) => Ok(effects),
+                Err(e) => {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit_batch_in_tx(&mut self, batch: &[Job]) -> Result<BatchEffects, StoreError> {
+        let Some(inner) = self.inner.upgrade() else { return Err(StoreError::Corrupt("ledger dropped".into())) };
+        let conn = &mut self.conn;
+        // 1. Other processes' transfers since we last looked.
+        let mut foreign = Vec::new();
+        let mut max_seq = self.last_seq;
+        let rows = sqlx::query("SELECT seq, from_account, to_account, amount, origin FROM transfers WHERE seq > ? ORDER BY seq")
+            .bind(self.last_seq)
+            .fetch_all(&mut *conn)
+            .await?;
+        for r in rows {
+            max_seq = max_seq.max(r.get::<i64, _>("seq"));
+            if r.get::<String, _>("origin") == self.origin {
+                continue;
+            }
+            let amount: i64 = r.get("amount");
+            let from: AccountId = r.get::<String, _>("from_account").parse().map_err(StoreError::Corrupt)?;
+            let to: AccountId = r.get::<String, _>("to_account").parse().map_err(StoreError::Corrupt)?;
+            foreign.push((from, -amount));
+            foreign.push((to, amount));
+        }
+        // 2. Accounts to load into the cache, read in the same snapshot.
+        let mut loaded = Vec::new();
+        let mut seen = HashSet::new();
+        for job in batch {
+            if let Job::Load { accounts, .. } = job {
+                for a in accounts {
+                    let cached = inner.state.lock().accounts.contains_key(a);
+                    if cached || !seen.insert(a.clone()) {
+                        continue;
+                    }
+                    let b: i64 = sqlx::query("SELECT balance FROM accounts WHERE id = ?")
+                        .bind(a.to_string())
+                        .fetch_optional(&mut *conn)
+                        .await?
+                        .map(|r| r.get("balance"))
+                        .unwrap_or(0);
+                    loaded.push((a.clone(), b));
+                }
+            }
+        }
+        drop(inner);
+        // 3. The batch's transfers, in one statement; RETURNING names those that were new.
+        let now = now_ms();
+        let all: Vec<&Transfer> = batch
+            .iter()
+            .filter_map(|j| if let Job::Commit { settlement, .. } = j { Some(settlement.transfers.iter()) } else { None })
+            .flatten()
+            .collect();
+        let mut inserted: HashMap<String, i64> = HashMap::new();
+        // SQLite allows 32,766 bound values per statement; 8 per row.
+        for chunk in all.chunks(4000) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) ");
+            qb.push_values(chunk, |mut b, t| {
+                b.push_bind(&t.id)
+                    .push_bind(t.from.to_string())
+                    .push_bind(t.to.to_string())
+                    .push_bind(t.amount.0)
+                    .push_bind(t.kind.as_str())
+                    .push_bind(&t.cause)
+                    .push_bind(t.created_at_ms)
+                    .push_bind(&self.origin);
+            });
+            qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id, seq");
+            for r in qb.build().fetch_all(&mut *conn).await? {
+                let seq: i64 = r.get("seq");
+                max_seq = max_seq.max(seq);
+                inserted.insert(r.get("id"), seq);
+            }
+        }
+        let mut per_job = Vec::new();
+        let mut account_deltas: HashMap<AccountId, i64> = HashMap::new();
+        let mut usage: Vec<&UsageRecord> = Vec::new();
+        let mut keys_used: HashSet<&str> = HashSet::new();
+        for job in batch {
+            let Job::Commit { settlement, .. } = job else { continue };
+            let mut deltas = Vec::new();
+            let mut duplicates = 0;
+            for t in &settlement.transfers {
+                // `remove` so a second transfer with the same id in this batch counts as a duplicate.
+                if inserted.remove(&t.id).is_some() {
+                    deltas.push((t.from.clone(), -t.amount.0));
+                    deltas.push((t.to.clone(), t.amount.0));
+                    *account_deltas.entry(t.from.clone()).or_default() -= t.amount.0;
+                    *account_deltas.entry(t.to.clone()).or_default() += t.amount.0;
+                } else {
+                    duplicates += 1;
+                }
+            }
+            // A replayed charge writes nothing else either: its record and response exist.
+            if duplicates == 0 {
+                usage.extend(settlement.usage.iter());
+                if let Some(c) = &settlement.idempotency {
+                    complete_idempotency(conn, c).await?;
+                }
+            }
+            if let Some(k) = &settlement.key_used {
+                keys_used.insert(k);
+            }
+            per_job.push((deltas, duplicates));
+        }
+        for (account, delta) in &account_deltas {
+            if *delta != 0 {
+                add_balance_at(conn, account, *delta, now).await?;
+            }
+        }
+        for chunk in usage.chunks(1500) {
+            insert_usage(conn, chunk).await?;
+        }
+        for key in keys_used {
+            sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?").bind(now).bind(key).execute(&mut *conn).await?;
+        }
+        Ok(BatchEffects { foreign, loaded, per_job, max_seq })
+    }
+
+    fn apply(&mut self, batch: Vec<Job>, effects: BatchEffects) {
+        self.last_seq = effects.max_seq;
+        let Some(inner) = self.inner.upgrade() else { return };
+        let mut replies = Vec::new();
+        {
+            let mut st = inner.state.lock();
+            for (account, delta) in effects.foreign {
+                if let Some(a) = st.accounts.get_mut(&account) {
+                    a.balance += delta;
+                }
+            }
+            for (account, balance) in effects.loaded {
+                st.accounts.entry(account).or_insert(AccountState { balance, held: 0 });
+            }
+            let mut per_job = effects.per_job.into_iter();
+            for job in batch {
+                match job {
+                    Job::Load { reply, .. } => replies.push(Reply::Load(reply)),
+                    Job::Flush { reply } => replies.push(Reply::Flush(reply)),
+                    Job::Commit { hold, reply, .. } => {
+                        let (deltas, duplicates) = per_job.next().unwrap_or_default();
+                        if let Some(id) = hold {
+                            st.release(id);
+                        }
+                        let mut touched: Vec<AccountId> = Vec::new();
+                        for (account, delta) in deltas {
+                            if let Some(a) = st.accounts.get_mut(&account) {
+                                a.balance += delta;
+                            }
+                            if !touched.contains(&account) {
+                                touched.push(account);
+                            }
+                        }
+                        let balances_after =
+                            touched.into_iter().filter_map(|a| st.accounts.get(&a).map(|s| (a.clone(), Credits(s.balance)))).collect();
+                        replies.push(Reply::Commit(reply, Committed { balances_after, duplicates }));
+                    }
+                }
+            }
+        }
+        for r in replies {
+            match r {
+                Reply::Load(tx) => {
+                    let _ = tx.send(Ok(()));
+                }
+                Reply::Flush(tx) => {
+                    let _ = tx.send(());
+                }
+                Reply::Commit(tx, c) => {
+                    let _ = tx.send(Ok(c));
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, batch: Vec<Job>, error: StoreError) {
+        tracing::error!(error = %error, "ledger commit failed");
+        let inner = self.inner.upgrade();
+        for job in batch {
+            match job {
+                Job::Load { reply, .. } => {
+                    let _ = reply.send(Err(StoreError::Corrupt(format!("load failed: {error}")).into()));
+                }
+                Job::Flush { reply } => {
+                    let _ = reply.send(());
+                }
+                Job::Commit { hold, reply, .. } => {
+                    if let (Some(id), Some(inner)) = (hold, inner.as_ref()) {
+                        inner.state.lock().release(id);
+                    }
+                    let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {error}")).into()));
+                }
+            }
+        }
+    }
+}
+
+enum Reply {
+    Load(oneshot::Sender<Result<(), LedgerError>>),
+    Flush(oneshot::Sender<()>),
+    Commit(oneshot::Sender<Result<Committed, LedgerError>>, Committed),
+}
+
+/// Insert one transfer unless its id exists; true when it was new.
+pub(crate) async fn insert_transfer(conn: &mut SqliteConnection, t: &Transfer, origin: &str) -> Result<bool, StoreError> {
+    t.validate().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let res = sqlx::query(
+        "INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&t.id)
+    .bind(t.from.to_string())
+    .bind(t.to.to_string())
+    .bind(t.amount.0)
+    .bind(t.kind.as_str())
+    .bind(&t.cause)
+    .bind(t.created_at_ms)
+    .bind(origin)
+    .execute(&mut *conn)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+pub(crate) async fn add_balance(conn: &mut SqliteConnection, account: &AccountId, delta: i64) -> Result<(), StoreError> {
+    add_balance_at(conn, account, delta, now_ms()).await
+}
+
+async fn add_balance_at(conn: &mut SqliteConnection, account: &AccountId, delta: i64, now: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO accounts (id, balance, updated_at) VALUES (?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + excluded.balance, updated_at = excluded.updated_at",
+    )
+    .bind(account.to_string())
+    .bind(delta)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn complete_idempotency(conn: &mut SqliteConnection, c: &IdempotencyCompletion) -> Result<(), StoreError> {
+    sqlx::query("UPDATE idempotency_keys SET status = ?, content_type = ?, response_body = ? WHERE scope = ? AND key = ?")
+        .bind(i64::from(c.status))
+        .bind(&c.content_type)
+        .bind(&c.body)
+        .bind(&c.scope)
+        .bind(&c.key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn insert_usage(conn: &mut SqliteConnection, records: &[&UsageRecord]) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO usage_records (id, created_at, developer_id, key_id, app_id, payer_account, billing_mode, model, provider, \
+         input_tokens, cached_tokens, cache_write_tokens, output_tokens, base_cost, markup, total, status, latency_ms, sandbox) ",
+    );
+    qb.push_values(records, |mut b, u| {
+        b.push_bind(&u.id)
+            .push_bind(u.created_at)
+            .push_bind(&u.developer_id)
+            .push_bind(&u.key_id)
+            .push_bind(&u.app_id)
+            .push_bind(&u.payer_account)
+            .push_bind(&u.billing_mode)
+            .push_bind(&u.model)
+            .push_bind(&u.provider)
+            .push_bind(u.input_tokens)
+            .push_bind(u.cached_tokens)
+            .push_bind(u.cache_write_tokens)
+            .push_bind(u.output_tokens)
+            .push_bind(u.base_cost)
+            .push_bind(u.markup)
+            .push_bind(u.total)
+            .push_bind(&u.status)
+            .push_bind(u.latency_ms)
+            .push_bind(u.sandbox);
+    });
+    qb.push(" ON CONFLICT (id) DO NOTHING");
+    qb.build().execute(&mut *conn).await?;
+    Ok(())
+}

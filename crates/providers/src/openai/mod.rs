@@ -1,0 +1,8 @@
+//! The OpenAI Chat Completions shape: the request Quota accepts on `/v1/chat/completions`, the
+//! usage fields it meters, and the adapter that forwards to an OpenAI-compatible upstream.
+
+mod adapter;
+mod wire;
+
+pub use adapter::{OpenAiAdapter, OpenAiConfig};
+pub use wire::*;

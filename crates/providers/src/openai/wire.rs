@@ -1,0 +1,357 @@
+//! OpenAI wire types: the validated request, the fields Quota forwards, and usage parsing.
+
+use quota_core::Usage;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+
+/// Fields forwarded upstream (SPEC §3.1). Everything else a client sends is ignored, so no field
+/// Quota does not price (e.g. a dearer `service_tier`) reaches the provider.
+pub const FORWARDED_FIELDS: &[&str] = &[
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "user",
+];
+
+/// Most choices a request may ask for (OpenAI's own limit).
+pub const N_MAX: u64 = 128;
+
+/// The request body, typed where Quota reads it and type-checked where it forwards it.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub stream: Option<bool>,
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    pub n: Option<u64>,
+    pub tools: Option<Vec<Tool>>,
+    pub tool_choice: Option<serde_json::Value>,
+    // Checked for type only: forwarded as the client wrote them.
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub parallel_tool_calls: Option<bool>,
+    pub user: Option<String>,
+    pub stop: Option<Stop>,
+    pub response_format: Option<serde_json::Map<String, serde_json::Value>>,
+    pub reasoning_effort: Option<String>,
+    pub logit_bias: Option<BTreeMap<String, f64>>,
+    pub stream_options: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+    pub name: Option<String>,
+    pub tool_calls: Option<Vec<ToolCall>>,
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+    pub image_url: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ToolCall {
+    pub id: Option<String>,
+    pub function: Option<FunctionCall>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FunctionCall {
+    pub name: Option<String>,
+    pub arguments: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: Option<FunctionDef>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FunctionDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub parameters: Option<serde_json::Value>,
+}
+
+impl Content {
+    /// The text of the content (text parts joined), for counting and the sandbox.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(t) => t.clone(),
+            Content::Parts(parts) => parts.iter().filter_map(|p| p.text.as_deref()).collect::<Vec<_>>().join("\n"),
+        }
+    }
+}
+
+impl ChatRequest {
+    /// Parse and check a body. The error message says what is wrong, for a 400 `bad_request`.
+    pub fn parse(body: &[u8]) -> Result<ChatRequest, String> {
+        let req: ChatRequest = serde_json::from_slice(body).map_err(|e| describe_json_error(&e))?;
+        if req.model.is_empty() {
+            return Err("`model` must not be empty".into());
+        }
+        if req.messages.is_empty() {
+            return Err("`messages` must contain at least one message".into());
+        }
+        for (i, m) in req.messages.iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant" | "tool" | "function") {
+                return Err(format!("messages[{i}].role `{}` is not a valid role", m.role));
+            }
+        }
+        if let Some(0) = req.max_tokens.or(req.max_completion_tokens) {
+            return Err("`max_tokens` must be at least 1".into());
+        }
+        if let Some(n) = req.n {
+            if n == 0 || n > N_MAX {
+                return Err(format!("`n` must be between 1 and {N_MAX}"));
+            }
+        }
+        if let Some(tools) = &req.tools {
+            for (i, t) in tools.iter().enumerate() {
+                if t.kind == "function" && t.function.is_none() {
+                    return Err(format!("tools[{i}].function is required"));
+                }
+            }
+        }
+        Ok(req)
+    }
+
+    pub fn stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// `max_completion_tokens` wins over the legacy `max_tokens`.
+    pub fn max_output(&self) -> Option<u64> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    pub fn choices(&self) -> u64 {
+        self.n.unwrap_or(1)
+    }
+}
+
+/// A serde error as a message for people (no Rust type names).
+pub fn describe_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!("the body is not valid JSON ({e})"),
+        Category::Data => format!("the body does not match the expected shape: {e}"),
+        Category::Io => "the body could not be read".into(),
+    }
+}
+
+/// The upstream body: the forwarded fields as the client wrote them, the upstream model id, and
+/// for streams `stream_options.include_usage` forced on (SPEC §3.1).
+pub fn forward_body(raw: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, String> {
+    let fields: BTreeMap<String, &RawValue> = serde_json::from_slice(raw).map_err(|e| describe_json_error(&e))?;
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    out.extend_from_slice(b"{\"model\":");
+    serde_json::to_writer(&mut out, upstream_model).map_err(|e| e.to_string())?;
+    for name in FORWARDED_FIELDS {
+        if let Some(value) = fields.get(*name) {
+            out.push(b',');
+            serde_json::to_writer(&mut out, name).map_err(|e| e.to_string())?;
+            out.push(b':');
+            out.extend_from_slice(value.get().as_bytes());
+        }
+    }
+    if stream {
+        out.extend_from_slice(b",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// OpenAI's `usage` object.
+#[derive(Debug, Deserialize, Clone, Copy)]
+pub struct UsageWire {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    pub prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+pub struct PromptDetails {
+    pub cached_tokens: Option<u64>,
+}
+
+impl UsageWire {
+    /// OpenAI's `prompt_tokens` includes cached tokens; reasoning tokens are already inside
+    /// `completion_tokens` (reference/prices.md).
+    pub fn to_usage(self) -> Usage {
+        let cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0).min(self.prompt_tokens);
+        Usage { input_tokens: self.prompt_tokens - cached, cached_tokens: cached, cache_write_tokens: 0, output_tokens: self.completion_tokens }
+    }
+}
+
+/// The parts of a `chat.completion` body Quota reads.
+#[derive(Debug, Deserialize)]
+pub struct CompletionPeek {
+    pub usage: Option<UsageWire>,
+    #[serde(default)]
+    pub choices: Vec<CompletionChoicePeek>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionChoicePeek {
+    pub message: Option<DeltaPeek>,
+}
+
+/// The parts of a `chat.completion.chunk` Quota reads.
+#[derive(Debug, Deserialize)]
+pub struct ChunkPeek {
+    pub id: Option<String>,
+    pub created: Option<i64>,
+    pub model: Option<String>,
+    pub choices: Option<Vec<ChunkChoicePeek>>,
+    pub usage: Option<UsageWire>,
+    pub error: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChunkChoicePeek {
+    pub delta: Option<DeltaPeek>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeltaPeek {
+    pub content: Option<String>,
+    pub refusal: Option<String>,
+    pub tool_calls: Option<Vec<ToolCallDeltaPeek>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ToolCallDeltaPeek {
+    pub function: Option<FunctionDeltaPeek>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FunctionDeltaPeek {
+    pub name: Option<String>,
+    pub arguments: Option<String>,
+}
+
+impl DeltaPeek {
+    /// Every piece of generated text in this delta or message.
+    pub fn for_each_text(&self, mut f: impl FnMut(&str)) {
+        if let Some(c) = &self.content {
+            f(c);
+        }
+        if let Some(r) = &self.refusal {
+            f(r);
+        }
+        for tc in self.tool_calls.iter().flatten() {
+            if let Some(func) = &tc.function {
+                if let Some(n) = &func.name {
+                    f(n);
+                }
+                if let Some(a) = &func.arguments {
+                    f(a);
+                }
+            }
+        }
+    }
+}
+
+/// Add `"quota": <object>` to a JSON object body, without re-serializing the rest.
+pub fn splice_quota(body: &[u8], quota_json: &[u8]) -> Option<Vec<u8>> {
+    let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if body[end] != b'}' {
+        return None;
+    }
+    let inner_empty = body[..end].iter().rposition(|b| !b.is_ascii_whitespace()).map(|i| body[i] == b'{')?;
+    let mut out = Vec::with_capacity(body.len() + quota_json.len() + 12);
+    out.extend_from_slice(&body[..end]);
+    if !inner_empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"quota\":");
+    out.extend_from_slice(quota_json);
+    out.push(b'}');
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_only_allowed_fields_with_the_upstream_model() {
+        let raw = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"service_tier":"priority","temperature":0.5,"stream":true}"#;
+        let out = forward_body(raw, "gpt-4o-mini-2024", true).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "gpt-4o-mini-2024");
+        assert_eq!(v["temperature"], 0.5);
+        assert!(v.get("service_tier").is_none());
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn usage_excludes_cached_from_input() {
+        let u: UsageWire = serde_json::from_str(r#"{"prompt_tokens":100,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":30},"completion_tokens_details":{"reasoning_tokens":5}}"#).unwrap();
+        assert_eq!(u.to_usage(), Usage { input_tokens: 70, cached_tokens: 30, cache_write_tokens: 0, output_tokens: 20 });
+    }
+
+    #[test]
+    fn rejects_bad_requests_with_a_reason() {
+        assert!(ChatRequest::parse(b"{").unwrap_err().contains("not valid JSON"));
+        assert!(ChatRequest::parse(br#"{"messages":[]}"#).unwrap_err().contains("model"));
+        assert!(ChatRequest::parse(br#"{"model":"m","messages":[]}"#).unwrap_err().contains("at least one"));
+        assert!(ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#).is_err());
+        assert!(ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#).is_err());
+        assert!(ChatRequest::parse(br#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#).is_err());
+        assert!(ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":0}"#).is_err());
+        assert!(ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"whatever":{"a":1}}"#).is_ok());
+    }
+
+    #[test]
+    fn splices_quota_into_objects() {
+        assert_eq!(splice_quota(b"{\"a\":1}\n", b"{}").unwrap(), b"{\"a\":1,\"quota\":{}}");
+        assert_eq!(splice_quota(b"{ }", b"1").unwrap(), b"{ \"quota\":1}");
+        assert!(splice_quota(b"[1]", b"1").is_none());
+    }
+}

@@ -9,7 +9,9 @@ pub const CREDITS_PER_USD: i64 = 1_000_000;
 
 /// An amount of money in credits (micro-dollars). Signed because platform accounts in a
 /// double-entry ledger carry negative balances and a wallet may overshoot once (SPEC §4.3.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Credits(pub i64);
 

@@ -18,12 +18,16 @@ impl SseSplitter {
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
         loop {
-            let Some((end, sep_len)) = find_event_end(&self.buf) else { break };
+            let Some((end, sep_len)) = find_event_end(&self.buf) else {
+                break;
+            };
             let event = self.buf.split_to(end + sep_len).freeze();
             events.push(event);
         }
         if self.buf.len() > SSE_EVENT_MAX_BYTES {
-            return Err(format!("an upstream SSE event exceeded {SSE_EVENT_MAX_BYTES} bytes"));
+            return Err(format!(
+                "an upstream SSE event exceeded {SSE_EVENT_MAX_BYTES} bytes"
+            ));
         }
         Ok(events)
     }

@@ -10,7 +10,11 @@ pub enum IdempotencyStart {
     /// First use: the caller proceeds and later completes the record.
     New,
     /// Same key, same body, finished: replay this.
-    Replay { status: u16, content_type: String, body: Vec<u8> },
+    Replay {
+        status: u16,
+        content_type: String,
+        body: Vec<u8>,
+    },
     /// Same key, different body.
     Conflict,
     /// Same key, same body, still running (or its process died mid-request).

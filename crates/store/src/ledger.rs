@@ -20,9 +20,9 @@
 //! that engine implements the same operations.
 
 use crate::idempotency::IdempotencyCompletion;
+use crate::now_ms;
 use crate::store::{Store, StoreError};
 use crate::usage::UsageRecord;
-use crate::now_ms;
 use parking_lot::Mutex;
 use quota_core::ledger::TransferError;
 use quota_core::{AccountId, Credits, Transfer};
@@ -92,7 +92,10 @@ pub struct Committed {
 
 impl Committed {
     pub fn balance_of(&self, account: &AccountId) -> Option<Credits> {
-        self.balances_after.iter().find(|(a, _)| a == account).map(|(_, b)| *b)
+        self.balances_after
+            .iter()
+            .find(|(a, _)| a == account)
+            .map(|(_, b)| *b)
     }
 }
 
@@ -125,9 +128,18 @@ impl State {
 }
 
 enum Job {
-    Load { accounts: Vec<AccountId>, reply: oneshot::Sender<Result<(), LedgerError>> },
-    Commit { hold: Option<u64>, settlement: Settlement, reply: oneshot::Sender<Result<Committed, LedgerError>> },
-    Flush { reply: oneshot::Sender<()> },
+    Load {
+        accounts: Vec<AccountId>,
+        reply: oneshot::Sender<Result<(), LedgerError>>,
+    },
+    Commit {
+        hold: Option<u64>,
+        settlement: Settlement,
+        reply: oneshot::Sender<Result<Committed, LedgerError>>,
+    },
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 struct Inner {
@@ -184,8 +196,19 @@ impl Ledger {
             .map_err(StoreError::from)?
             .get("s");
         let (tx, rx) = mpsc::channel(config.queue_max.max(1));
-        let inner = Arc::new(Inner { state: Mutex::new(State::default()), jobs: tx, next_hold: AtomicU64::new(1), config });
-        let writer = Writer { conn, inner: Arc::downgrade(&inner), last_seq, batch_max: inner.config.batch_max.max(1), origin: inner.config.origin.clone() };
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            jobs: tx,
+            next_hold: AtomicU64::new(1),
+            config,
+        });
+        let writer = Writer {
+            conn,
+            inner: Arc::downgrade(&inner),
+            last_seq,
+            batch_max: inner.config.batch_max.max(1),
+            origin: inner.config.origin.clone(),
+        };
         tokio::spawn(writer.run(rx, inner.config.tick));
         Ok(Ledger { inner })
     }
@@ -195,19 +218,31 @@ impl Ledger {
     }
 
     async fn send(&self, job: Job) -> Result<(), LedgerError> {
-        self.inner.jobs.send(job).await.map_err(|_| LedgerError::Stopped)
+        self.inner
+            .jobs
+            .send(job)
+            .await
+            .map_err(|_| LedgerError::Stopped)
     }
 
     async fn ensure_loaded(&self, accounts: &[&AccountId]) -> Result<(), LedgerError> {
         let missing: Vec<AccountId> = {
             let st = self.inner.state.lock();
-            accounts.iter().filter(|a| !st.accounts.contains_key(a)).map(|a| (*a).clone()).collect()
+            accounts
+                .iter()
+                .filter(|a| !st.accounts.contains_key(a))
+                .map(|a| (*a).clone())
+                .collect()
         };
         if missing.is_empty() {
             return Ok(());
         }
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Load { accounts: missing, reply }).await?;
+        self.send(Job::Load {
+            accounts: missing,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
@@ -215,14 +250,21 @@ impl Ledger {
     pub async fn balance(&self, account: &AccountId) -> Result<Credits, LedgerError> {
         self.ensure_loaded(&[account]).await?;
         let st = self.inner.state.lock();
-        Ok(Credits(st.accounts.get(account).map(|a| a.balance).unwrap_or(0)))
+        Ok(Credits(
+            st.accounts.get(account).map(|a| a.balance).unwrap_or(0),
+        ))
     }
 
     /// Balance minus open holds.
     pub async fn available(&self, account: &AccountId) -> Result<Credits, LedgerError> {
         self.ensure_loaded(&[account]).await?;
         let st = self.inner.state.lock();
-        Ok(Credits(st.accounts.get(account).map(|a| a.balance - a.held).unwrap_or(0)))
+        Ok(Credits(
+            st.accounts
+                .get(account)
+                .map(|a| a.balance - a.held)
+                .unwrap_or(0),
+        ))
     }
 
     /// Reserve `amount` on `account` (SPEC §4.3.1–2). Refused when the balance is ≤ 0 (no new
@@ -235,13 +277,29 @@ impl Ledger {
                 if let Some(acct) = st.accounts.get_mut(account) {
                     let available = acct.balance - acct.held;
                     if acct.balance <= 0 || available < amount.0 {
-                        return Err(LedgerError::Insufficient { available: Credits(available.max(0)), needed: amount });
+                        return Err(LedgerError::Insufficient {
+                            available: Credits(available.max(0)),
+                            needed: amount,
+                        });
                     }
                     acct.held += amount.0;
                     let balance_at_hold = Credits(acct.balance);
                     let id = self.inner.next_hold.fetch_add(1, Ordering::Relaxed);
-                    st.holds.insert(id, HoldState { account: account.clone(), amount: amount.0, expires_at: Instant::now() + self.inner.config.hold_ttl });
-                    return Ok(Hold { id, account: account.clone(), amount, balance_at_hold, inner: Some(self.inner.clone()) });
+                    st.holds.insert(
+                        id,
+                        HoldState {
+                            account: account.clone(),
+                            amount: amount.0,
+                            expires_at: Instant::now() + self.inner.config.hold_ttl,
+                        },
+                    );
+                    return Ok(Hold {
+                        id,
+                        account: account.clone(),
+                        amount,
+                        balance_at_hold,
+                        inner: Some(self.inner.clone()),
+                    });
                 }
             }
             self.ensure_loaded(&[account]).await?;
@@ -251,7 +309,11 @@ impl Ledger {
 
     /// Commit `settlement` and free `hold` in the same step. The charge may exceed the hold
     /// (an upstream that over-reports, SPEC §4.3.3). Returns once the commit is durable.
-    pub async fn settle(&self, mut hold: Hold, settlement: Settlement) -> Result<Committed, LedgerError> {
+    pub async fn settle(
+        &self,
+        mut hold: Hold,
+        settlement: Settlement,
+    ) -> Result<Committed, LedgerError> {
         for t in &settlement.transfers {
             t.validate()?;
         }
@@ -264,7 +326,10 @@ impl Ledger {
     /// so it fails with `Insufficient` rather than overdrawing.
     pub async fn transfer(&self, transfer: Transfer) -> Result<Committed, LedgerError> {
         transfer.validate()?;
-        let settlement = Settlement { transfers: vec![transfer.clone()], ..Default::default() };
+        let settlement = Settlement {
+            transfers: vec![transfer.clone()],
+            ..Default::default()
+        };
         if transfer.from.may_go_negative() {
             self.ensure_loaded(&[&transfer.from, &transfer.to]).await?;
             return self.commit(None, settlement).await;
@@ -274,15 +339,38 @@ impl Ledger {
         self.settle(hold, settlement).await
     }
 
-    async fn commit(&self, hold: Option<u64>, settlement: Settlement) -> Result<Committed, LedgerError> {
+    async fn commit(
+        &self,
+        hold: Option<u64>,
+        settlement: Settlement,
+    ) -> Result<Committed, LedgerError> {
         let (reply, rx) = oneshot::channel();
-        if let Err(e) = self.send(Job::Commit { hold, settlement, reply }).await {
+        if let Err(e) = self
+            .send(Job::Commit {
+                hold,
+                settlement,
+                reply,
+            })
+            .await
+        {
             if let Some(id) = hold {
                 self.inner.state.lock().release(id);
             }
             return Err(e);
         }
         rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Commit records that move no money (e.g. the usage record of a failed request).
+    pub async fn record(&self, usage: UsageRecord) -> Result<Committed, LedgerError> {
+        self.commit(
+            None,
+            Settlement {
+                usage: Some(usage),
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// Wait until everything queued before this call is committed.
@@ -299,7 +387,15 @@ impl Ledger {
 
     /// Credits held on an account right now.
     pub fn held(&self, account: &AccountId) -> Credits {
-        Credits(self.inner.state.lock().accounts.get(account).map(|a| a.held).unwrap_or(0))
+        Credits(
+            self.inner
+                .state
+                .lock()
+                .accounts
+                .get(account)
+                .map(|a| a.held)
+                .unwrap_or(0),
+        )
     }
 }
 
@@ -346,13 +442,23 @@ impl Writer {
     }
 
     async fn on_tick(&mut self) {
-        let Some(inner) = self.inner.upgrade() else { return };
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
         {
             let now = Instant::now();
             let mut st = inner.state.lock();
-            let expired: Vec<u64> = st.holds.iter().filter(|(_, h)| h.expires_at <= now).map(|(id, _)| *id).collect();
+            let expired: Vec<u64> = st
+                .holds
+                .iter()
+                .filter(|(_, h)| h.expires_at <= now)
+                .map(|(id, _)| *id)
+                .collect();
             for id in expired {
-                tracing::warn!(hold = id, "hold expired without settlement; credits released");
+                tracing::warn!(
+                    hold = id,
+                    "hold expired without settlement; credits released"
+                );
                 st.release(id);
             }
         }
@@ -364,7 +470,9 @@ impl Writer {
         match max {
             Ok(m) if m > self.last_seq => self.process(Vec::new()).await,
             Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "ledger writer could not read the transfer sequence"),
+            Err(e) => {
+                tracing::error!(error = %e, "ledger writer could not read the transfer sequence")
+            }
         }
     }
 
@@ -388,7 +496,9 @@ impl Writer {
     }
 
     async fn commit_batch(&mut self, batch: &[Job]) -> Result<BatchEffects, StoreError> {
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut self.conn).await?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut self.conn)
+            .await?;
         match self.commit_batch_in_tx(batch).await {
             Ok(effects) => match sqlx::query("COMMIT").execute(&mut self.conn).await {
                 Ok(_) => Ok(effects),
@@ -405,7 +515,9 @@ impl Writer {
     }
 
     async fn commit_batch_in_tx(&mut self, batch: &[Job]) -> Result<BatchEffects, StoreError> {
-        let Some(inner) = self.inner.upgrade() else { return Err(StoreError::Corrupt("ledger dropped".into())) };
+        let Some(inner) = self.inner.upgrade() else {
+            return Err(StoreError::Corrupt("ledger dropped".into()));
+        };
         let conn = &mut self.conn;
         // 1. Other processes' transfers since we last looked.
         let mut foreign = Vec::new();
@@ -420,8 +532,14 @@ impl Writer {
                 continue;
             }
             let amount: i64 = r.get("amount");
-            let from: AccountId = r.get::<String, _>("from_account").parse().map_err(StoreError::Corrupt)?;
-            let to: AccountId = r.get::<String, _>("to_account").parse().map_err(StoreError::Corrupt)?;
+            let from: AccountId = r
+                .get::<String, _>("from_account")
+                .parse()
+                .map_err(StoreError::Corrupt)?;
+            let to: AccountId = r
+                .get::<String, _>("to_account")
+                .parse()
+                .map_err(StoreError::Corrupt)?;
             foreign.push((from, -amount));
             foreign.push((to, amount));
         }
@@ -450,7 +568,13 @@ impl Writer {
         let now = now_ms();
         let all: Vec<&Transfer> = batch
             .iter()
-            .filter_map(|j| if let Job::Commit { settlement, .. } = j { Some(settlement.transfers.iter()) } else { None })
+            .filter_map(|j| {
+                if let Job::Commit { settlement, .. } = j {
+                    Some(settlement.transfers.iter())
+                } else {
+                    None
+                }
+            })
             .flatten()
             .collect();
         let mut inserted: HashMap<String, i64> = HashMap::new();
@@ -480,7 +604,9 @@ impl Writer {
         let mut usage: Vec<&UsageRecord> = Vec::new();
         let mut keys_used: HashSet<&str> = HashSet::new();
         for job in batch {
-            let Job::Commit { settlement, .. } = job else { continue };
+            let Job::Commit { settlement, .. } = job else {
+                continue;
+            };
             let mut deltas = Vec::new();
             let mut duplicates = 0;
             for t in &settlement.transfers {
@@ -515,14 +641,25 @@ impl Writer {
             insert_usage(conn, chunk).await?;
         }
         for key in keys_used {
-            sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?").bind(now).bind(key).execute(&mut *conn).await?;
+            sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(key)
+                .execute(&mut *conn)
+                .await?;
         }
-        Ok(BatchEffects { foreign, loaded, per_job, max_seq })
+        Ok(BatchEffects {
+            foreign,
+            loaded,
+            per_job,
+            max_seq,
+        })
     }
 
     fn apply(&mut self, batch: Vec<Job>, effects: BatchEffects) {
         self.last_seq = effects.max_seq;
-        let Some(inner) = self.inner.upgrade() else { return };
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
         let mut replies = Vec::new();
         {
             let mut st = inner.state.lock();
@@ -532,7 +669,9 @@ impl Writer {
                 }
             }
             for (account, balance) in effects.loaded {
-                st.accounts.entry(account).or_insert(AccountState { balance, held: 0 });
+                st.accounts
+                    .entry(account)
+                    .or_insert(AccountState { balance, held: 0 });
             }
             let mut per_job = effects.per_job.into_iter();
             for job in batch {
@@ -553,9 +692,19 @@ impl Writer {
                                 touched.push(account);
                             }
                         }
-                        let balances_after =
-                            touched.into_iter().filter_map(|a| st.accounts.get(&a).map(|s| (a.clone(), Credits(s.balance)))).collect();
-                        replies.push(Reply::Commit(reply, Committed { balances_after, duplicates }));
+                        let balances_after = touched
+                            .into_iter()
+                            .filter_map(|a| {
+                                st.accounts.get(&a).map(|s| (a.clone(), Credits(s.balance)))
+                            })
+                            .collect();
+                        replies.push(Reply::Commit(
+                            reply,
+                            Committed {
+                                balances_after,
+                                duplicates,
+                            },
+                        ));
                     }
                 }
             }
@@ -581,7 +730,9 @@ impl Writer {
         for job in batch {
             match job {
                 Job::Load { reply, .. } => {
-                    let _ = reply.send(Err(StoreError::Corrupt(format!("load failed: {error}")).into()));
+                    let _ = reply.send(Err(
+                        StoreError::Corrupt(format!("load failed: {error}")).into()
+                    ));
                 }
                 Job::Flush { reply } => {
                     let _ = reply.send(());
@@ -590,7 +741,9 @@ impl Writer {
                     if let (Some(id), Some(inner)) = (hold, inner.as_ref()) {
                         inner.state.lock().release(id);
                     }
-                    let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {error}")).into()));
+                    let _ = reply.send(Err(
+                        StoreError::Corrupt(format!("commit failed: {error}")).into()
+                    ));
                 }
             }
         }
@@ -604,8 +757,13 @@ enum Reply {
 }
 
 /// Insert one transfer unless its id exists; true when it was new.
-pub(crate) async fn insert_transfer(conn: &mut SqliteConnection, t: &Transfer, origin: &str) -> Result<bool, StoreError> {
-    t.validate().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+pub(crate) async fn insert_transfer(
+    conn: &mut SqliteConnection,
+    t: &Transfer,
+    origin: &str,
+) -> Result<bool, StoreError> {
+    t.validate()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let res = sqlx::query(
         "INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
@@ -623,11 +781,20 @@ pub(crate) async fn insert_transfer(conn: &mut SqliteConnection, t: &Transfer, o
     Ok(res.rows_affected() == 1)
 }
 
-pub(crate) async fn add_balance(conn: &mut SqliteConnection, account: &AccountId, delta: i64) -> Result<(), StoreError> {
+pub(crate) async fn add_balance(
+    conn: &mut SqliteConnection,
+    account: &AccountId,
+    delta: i64,
+) -> Result<(), StoreError> {
     add_balance_at(conn, account, delta, now_ms()).await
 }
 
-async fn add_balance_at(conn: &mut SqliteConnection, account: &AccountId, delta: i64, now: i64) -> Result<(), StoreError> {
+async fn add_balance_at(
+    conn: &mut SqliteConnection,
+    account: &AccountId,
+    delta: i64,
+    now: i64,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO accounts (id, balance, updated_at) VALUES (?, ?, ?) \
          ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + excluded.balance, updated_at = excluded.updated_at",
@@ -640,7 +807,10 @@ async fn add_balance_at(conn: &mut SqliteConnection, account: &AccountId, delta:
     Ok(())
 }
 
-pub(crate) async fn complete_idempotency(conn: &mut SqliteConnection, c: &IdempotencyCompletion) -> Result<(), StoreError> {
+pub(crate) async fn complete_idempotency(
+    conn: &mut SqliteConnection,
+    c: &IdempotencyCompletion,
+) -> Result<(), StoreError> {
     sqlx::query("UPDATE idempotency_keys SET status = ?, content_type = ?, response_body = ? WHERE scope = ? AND key = ?")
         .bind(i64::from(c.status))
         .bind(&c.content_type)
@@ -652,7 +822,10 @@ pub(crate) async fn complete_idempotency(conn: &mut SqliteConnection, c: &Idempo
     Ok(())
 }
 
-async fn insert_usage(conn: &mut SqliteConnection, records: &[&UsageRecord]) -> Result<(), StoreError> {
+async fn insert_usage(
+    conn: &mut SqliteConnection,
+    records: &[&UsageRecord],
+) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }

@@ -1,0 +1,260 @@
+//! The `quota` command line: `serve`, `migrate`, `admin …`, `ledger verify`.
+//!
+//! Admin commands write to the database directly (no server needed, and safe while one runs:
+//! a running server picks up their transfers within its ledger tick).
+
+use crate::app::{build_router, AppState};
+use crate::config::Config;
+use crate::routes::accounts::{parse_email, welcome_transfer};
+use crate::secrets::hash_password;
+use clap::{Parser, Subcommand};
+use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
+use quota_store::{clock::rfc3339, now_ms, Store, StoreConfig, StoreError};
+use std::path::PathBuf;
+
+/// Largest single admin credit: $1,000,000,000.
+pub const ADMIN_CREDIT_MAX: Credits = Credits(1_000_000_000_000_000);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "quota",
+    version,
+    about = "Quota: an AI API gateway with billing built in"
+)]
+pub struct Cli {
+    /// Configuration file (default: ./quota.toml if present; QUOTA_* variables override it).
+    #[arg(long, global = true, env = "QUOTA_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway (migrates the database first).
+    Serve {
+        /// Port to listen on (0 picks a free one). Overrides QUOTA_PORT.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Address to bind. Overrides QUOTA_BIND.
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Operator commands.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Ledger commands.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Create an account (with its welcome credits). Prints a generated password if none given.
+    CreateAccount {
+        email: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Credit a wallet from the platform's adjustments account.
+    Credit { email: String, credits: String },
+    /// List accounts with their balances.
+    ListAccounts,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LedgerCommand {
+    /// Recompute every balance from the transfers; check Σ = 0. Exit 1 on any mismatch.
+    Verify,
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("QUOTA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::open_and_migrate(&StoreConfig {
+        database_url: config.database_url.clone(),
+        synchronous: config
+            .sqlite_synchronous
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+        max_connections: 2,
+    })
+    .await?;
+    Ok(store)
+}
+
+/// Run a parsed command line. Returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let mut config = Config::load(cli.config.as_deref()).map_err(anyhow::Error::msg)?;
+    match cli.command {
+        Command::Serve { port, bind } => {
+            if let Some(p) = port {
+                config.port = p;
+            }
+            if let Some(b) = bind {
+                config.bind = b;
+            }
+            init_tracing(&config);
+            serve(config).await?;
+            Ok(0)
+        }
+        Command::Migrate => {
+            open_store(&config).await?;
+            println!("migrations applied to {}", config.database_url);
+            Ok(0)
+        }
+        Command::Admin { command } => admin(&config, command).await,
+        Command::Ledger {
+            command: LedgerCommand::Verify,
+        } => {
+            let store = open_store(&config).await?;
+            let report = store.verify_ledger().await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.ok() {
+                println!(
+                    "ledger OK: {} transfers, {} accounts, sum of balances = 0",
+                    report.transfers, report.accounts
+                );
+                Ok(0)
+            } else {
+                eprintln!("ledger verification FAILED");
+                Ok(1)
+            }
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = format!("{}:{}", config.bind, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    let state = AppState::start(config).await?;
+    let app = build_router(state.clone());
+    let shown = if local.ip().is_unspecified() {
+        format!("127.0.0.1:{}", local.port())
+    } else {
+        local.to_string()
+    };
+    tracing::info!(address = %local, database = %state.config.database_url, "Quota listening");
+    println!(
+        "Quota listening on http://{shown} (database {})",
+        state.config.database_url
+    );
+    use axum::serve::ListenerExt;
+    // TCP_NODELAY: a response written in two pieces must not wait for the peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("shutting down: in-flight requests finished; flushing the ledger");
+    state.ledger.flush().await.ok();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<i32> {
+    let store = open_store(config).await?;
+    match command {
+        AdminCommand::CreateAccount { email, password } => {
+            let email = parse_email(&email).map_err(|e| anyhow::anyhow!(e.message))?;
+            let generated = password.is_none();
+            let password = password.unwrap_or_else(|| quota_core::ids::new_secret(""));
+            if password.chars().count() < 8 {
+                anyhow::bail!("password must be at least 8 characters");
+            }
+            let hash = hash_password(&password).map_err(anyhow::Error::msg)?;
+            let id = quota_core::ids::new_id("usr_");
+            match store.create_user(&id, &email, &hash).await {
+                Err(StoreError::Conflict) => anyhow::bail!("an account with email {email} exists"),
+                other => other?,
+            };
+            if config.welcome_credits > 0 {
+                store
+                    .commit_direct(&[welcome_transfer(&id, config.welcome_credits)], "cli")
+                    .await?;
+            }
+            println!(
+                "created account {id} ({email}) with {} welcome credits",
+                config.welcome_credits
+            );
+            if generated {
+                println!("password: {password}");
+            }
+            Ok(0)
+        }
+        AdminCommand::Credit { email, credits } => {
+            let amount =
+                Credits::parse_positive(&credits, ADMIN_CREDIT_MAX).map_err(anyhow::Error::msg)?;
+            let email = email.trim().to_lowercase();
+            let user = store
+                .user_by_email(&email)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no account with email {email}"))?;
+            let transfer = Transfer {
+                id: quota_core::ids::new_id("ledg_admin_"),
+                from: AccountId::Platform(PlatformAccount::Adjustments),
+                to: AccountId::wallet(&user.id),
+                amount,
+                kind: TransferKind::AdminCredit,
+                cause: "quota admin credit".into(),
+                created_at_ms: now_ms(),
+            };
+            store.commit_direct(&[transfer], "cli").await?;
+            let balance = store.balance(&AccountId::wallet(&user.id)).await?;
+            println!(
+                "credited {amount} credits ({}) to {email}; balance {balance}",
+                amount.to_usd_string()
+            );
+            Ok(0)
+        }
+        AdminCommand::ListAccounts => {
+            println!("{:<28} {:<40} {:>18} created", "id", "email", "balance");
+            for (user, balance) in store.list_users_with_balances().await? {
+                println!(
+                    "{:<28} {:<40} {:>18} {}",
+                    user.id,
+                    user.email,
+                    balance,
+                    rfc3339(user.created_at)
+                );
+            }
+            Ok(0)
+        }
+    }
+}

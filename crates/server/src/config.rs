@@ -1,0 +1,257 @@
+//! Configuration: defaults, then a TOML file (`--config`, `QUOTA_CONFIG`, or `./quota.toml` if
+//! present), then `QUOTA_*` environment variables (and the providers' conventional
+//! `OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GEMINI_API_KEY`), then command-line flags.
+//! `quota serve` with nothing set works: SQLite in the working directory, port 8080, sandbox.
+
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// TCP port (0 picks a free one; the startup line says which).
+    pub port: u16,
+    /// Address to bind.
+    pub bind: String,
+    /// `sqlite://file.db` (default `sqlite://quota.db` in the working directory).
+    pub database_url: String,
+    /// `normal` (survives a process crash) or `full` (also power loss).
+    pub sqlite_synchronous: String,
+    /// Credits granted to every new account from the promotions account.
+    pub welcome_credits: i64,
+    /// Largest request body accepted (413 beyond).
+    pub body_limit_bytes: usize,
+    /// Session lifetime.
+    pub session_ttl_secs: u64,
+    /// Mark the session cookie `Secure` (set when Quota is served over TLS).
+    pub cookie_secure: bool,
+    pub openai_base_url: String,
+    pub openai_api_key: Option<String>,
+    pub anthropic_base_url: String,
+    pub anthropic_api_key: Option<String>,
+    pub google_base_url: String,
+    pub gemini_api_key: Option<String>,
+    /// Whole upstream request, first byte to last.
+    pub upstream_timeout_secs: u64,
+    /// Until the upstream's response headers arrive.
+    pub upstream_first_byte_timeout_secs: u64,
+    /// A catalog file whose models replace or add to the built-in ones.
+    pub catalog_path: Option<String>,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Most settlements committed in one ledger transaction.
+    pub ledger_batch_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 8080,
+            bind: "0.0.0.0".into(),
+            database_url: "sqlite://quota.db".into(),
+            sqlite_synchronous: "normal".into(),
+            welcome_credits: 1_000_000,
+            body_limit_bytes: 20 * 1024 * 1024,
+            session_ttl_secs: 24 * 3600,
+            cookie_secure: false,
+            openai_base_url: "https://api.openai.com/v1".into(),
+            openai_api_key: None,
+            anthropic_base_url: "https://api.anthropic.com".into(),
+            anthropic_api_key: None,
+            google_base_url: "https://generativelanguage.googleapis.com".into(),
+            gemini_api_key: None,
+            upstream_timeout_secs: 600,
+            upstream_first_byte_timeout_secs: 60,
+            catalog_path: None,
+            log_format: "text".into(),
+            ledger_batch_max: 512,
+        }
+    }
+}
+
+/// Every configuration key, for reading `QUOTA_<KEY>` variables (others are ignored).
+const KEYS: &[&str] = &[
+    "port",
+    "bind",
+    "database_url",
+    "sqlite_synchronous",
+    "welcome_credits",
+    "body_limit_bytes",
+    "session_ttl_secs",
+    "cookie_secure",
+    "openai_base_url",
+    "openai_api_key",
+    "anthropic_base_url",
+    "anthropic_api_key",
+    "google_base_url",
+    "gemini_api_key",
+    "upstream_timeout_secs",
+    "upstream_first_byte_timeout_secs",
+    "catalog_path",
+    "log_format",
+    "ledger_batch_max",
+];
+
+/// Keys whose values are always strings, even when they look like numbers.
+const STRING_KEYS: &[&str] = &[
+    "bind",
+    "database_url",
+    "sqlite_synchronous",
+    "openai_base_url",
+    "openai_api_key",
+    "anthropic_base_url",
+    "anthropic_api_key",
+    "google_base_url",
+    "gemini_api_key",
+    "catalog_path",
+    "log_format",
+];
+
+impl Config {
+    /// Load from `file` (if given or `./quota.toml` exists) and the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, String> {
+        Config::load_from(file, std::env::vars())
+    }
+
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, String> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| {
+                env.iter()
+                    .find(|(k, _)| k == "QUOTA_CONFIG")
+                    .map(|(_, v)| v.into())
+            })
+            .or_else(|| {
+                Path::new("quota.toml")
+                    .exists()
+                    .then(|| "quota.toml".into())
+            });
+        let mut table = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        // Conventional provider variables first, so QUOTA_* ones win.
+        for (var, key) in [
+            ("OPENAI_API_KEY", "openai_api_key"),
+            ("ANTHROPIC_API_KEY", "anthropic_api_key"),
+            ("GEMINI_API_KEY", "gemini_api_key"),
+        ] {
+            if let Some((_, v)) = env.iter().find(|(k, _)| k == var) {
+                if !v.is_empty() {
+                    table.insert(key.into(), toml::Value::String(v.clone()));
+                }
+            }
+        }
+        for (var, value) in &env {
+            let Some(key) = var.strip_prefix("QUOTA_").map(str::to_ascii_lowercase) else {
+                continue;
+            };
+            if !KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let v = if STRING_KEYS.contains(&key.as_str()) {
+                toml::Value::String(value.clone())
+            } else if let Ok(i) = value.trim().parse::<i64>() {
+                toml::Value::Integer(i)
+            } else if let Ok(b) = value.trim().parse::<bool>() {
+                toml::Value::Boolean(b)
+            } else {
+                return Err(format!("{var}: `{value}` is not a valid value"));
+            };
+            table.insert(key, v);
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.welcome_credits < 0 {
+            return Err("welcome_credits must not be negative".into());
+        }
+        if self.body_limit_bytes == 0 {
+            return Err("body_limit_bytes must be positive".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err("log_format must be `text` or `json`".into());
+        }
+        self.sqlite_synchronous
+            .parse::<quota_store::Synchronous>()?;
+        if self.upstream_timeout_secs == 0 || self.upstream_first_byte_timeout_secs == 0 {
+            return Err("upstream timeouts must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_timeout_secs)
+    }
+
+    pub fn upstream_first_byte_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_first_byte_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_work_without_anything() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.database_url, "sqlite://quota.db");
+        assert!(c.openai_api_key.is_none());
+    }
+
+    #[test]
+    fn env_overrides_file_and_unknown_quota_vars_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        std::fs::write(&path, "port = 9000\nwelcome_credits = 5\n").unwrap();
+        let c = Config::load_from(
+            Some(&path),
+            env(&[
+                ("QUOTA_PORT", "9100"),
+                ("QUOTA_TEST_POSTGRES_URL", "x"),
+                ("OPENAI_API_KEY", "sk-1"),
+                ("QUOTA_OPENAI_API_KEY", "sk-2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.port, 9100);
+        assert_eq!(c.welcome_credits, 5);
+        assert_eq!(c.openai_api_key.as_deref(), Some("sk-2"));
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        assert!(Config::load_from(None, env(&[("QUOTA_PORT", "eighty")])).is_err());
+        assert!(Config::load_from(None, env(&[("QUOTA_WELCOME_CREDITS", "-1")])).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        std::fs::write(&path, "prot = 1\n").unwrap();
+        assert!(Config::load_from(Some(&path), env(&[]))
+            .unwrap_err()
+            .contains("prot"));
+    }
+}

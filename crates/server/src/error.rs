@@ -1,0 +1,150 @@
+//! Quota's errors as its API shows them (SPEC §0, §13): one JSON shape, a stable `code`, an
+//! OpenAI-compatible `type`, never a stack trace, SQL or secret.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use quota_providers::UpstreamError;
+use serde_json::json;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+    /// Seconds, for `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            hint: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> ApiError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn invalid_api_key(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
+    }
+
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn insufficient_credits(available: i64, needed: i64) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_credits",
+            format!("insufficient credits: this request needs up to {needed} credits and {available} are available"),
+        )
+        .with_hint("top up the wallet, or lower max_tokens to reserve less")
+    }
+
+    /// A bug or an unavailable database. Logged with the request id by the caller; the client
+    /// sees no detail.
+    pub fn internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; nothing was charged",
+        )
+    }
+
+    /// The OpenAI-style `type` for this status.
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 | 404 | 409 | 413 => "invalid_request_error",
+            401 => "authentication_error",
+            402 => "insufficient_quota",
+            403 => "permission_error",
+            429 => "rate_limit_error",
+            _ => "api_error",
+        }
+    }
+
+    pub fn body_json(&self) -> serde_json::Value {
+        let mut error = json!({"code": self.code, "message": self.message, "type": self.kind()});
+        if let Some(h) = &self.hint {
+            error["hint"] = json!(h);
+        }
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body_json().to_string();
+        let mut resp = (
+            self.status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(e: UpstreamError) -> ApiError {
+        match e {
+            UpstreamError::RateLimited(m) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit",
+                format!("the provider is rate limiting requests: {m}"),
+            )
+            .with_hint("retry later; nothing was charged"),
+            UpstreamError::Status { status, message } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("the provider returned an error ({status}): {message}"),
+            ),
+            UpstreamError::Transport(m) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("could not complete the provider call: {m}"),
+            ),
+            UpstreamError::Timeout => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "the provider did not answer in time; nothing was charged",
+            ),
+            UpstreamError::NotConfigured(p) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                format!("the {p} provider is not configured on this gateway"),
+            )
+            .with_hint(
+                "set its API key in the gateway's configuration, or use a sandbox (test) key",
+            ),
+        }
+    }
+}
+
+/// Map storage failures to a 500, logging the cause (which may contain SQL) server-side only.
+pub fn internal<E: std::fmt::Display>(context: &'static str) -> impl FnOnce(E) -> ApiError {
+    move |e| {
+        tracing::error!(error = %e, "{context}");
+        ApiError::internal()
+    }
+}

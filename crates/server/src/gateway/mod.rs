@@ -1,0 +1,235 @@
+//! The life of one inference request (DESIGN §1), phase by phase:
+//!
+//! 1. **admit** — [`crate::auth::admit`]: credentials → [`Principal`].
+//! 2. **limit** — the rate limiter (SPEC §7; not in this build, see README "Not yet built").
+//! 3. **route** — [`route`]: model id → catalog entry + provider adapter (sandbox for `test`).
+//! 4. **reserve** — [`reserve`]: a ledger hold for the most the request can cost; 402 here.
+//! 5. **forward** — the adapter's `chat`: the upstream call, chunks as they arrive.
+//! 6. **meter** — the adapter's [`quota_providers::Meter`] or the complete body's usage.
+//! 7. **settle** — [`Billing::settle`]: the hold becomes the metered charge, durably.
+//! 8. **record** — the usage record, committed with the charge in the same transaction.
+//!
+//! Streams run phases 6–8 from [`stream::billed_stream`], including when the client leaves.
+
+pub mod idempotency;
+pub mod stream;
+
+use crate::app::SharedState;
+use crate::auth::Principal;
+use crate::error::{internal, ApiError};
+use quota_core::billing::{reservation, Charge};
+use quota_core::{
+    AccountId, BillingMode, Credits, Model, PlatformAccount, Transfer, TransferKind, Usage,
+};
+use quota_providers::ChatProvider;
+use quota_store::ledger::Hold;
+use quota_store::usage::UsageRecord;
+use quota_store::{now_ms, LedgerError, Settlement};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Phase *route*: the model and the adapter that serves it for this principal.
+pub fn route(
+    state: &SharedState,
+    principal: &Principal,
+    model_id: &str,
+) -> Result<(Arc<Model>, Arc<dyn ChatProvider>), ApiError> {
+    let model = state.catalog.get(model_id).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("model `{model_id}` does not exist"),
+        )
+        .with_hint("GET /v1/models lists the models this key may use")
+    })?;
+    let provider = state.chat_provider(model, principal.sandbox());
+    Ok((model.clone(), provider))
+}
+
+/// Phase *reserve*: hold the most this request can cost on the payer's wallet (SPEC §4.3.1–2).
+pub async fn reserve(
+    state: &SharedState,
+    principal: &Principal,
+    model: &Model,
+    prompt_tokens_max: u64,
+    output_tokens_max: u64,
+) -> Result<Hold, ApiError> {
+    let held = reservation(
+        model,
+        prompt_tokens_max,
+        output_tokens_max,
+        principal.margin,
+    );
+    match state.ledger.hold(&principal.payer, held.total()).await {
+        Ok(h) => Ok(h),
+        Err(LedgerError::Insufficient { available, needed }) => {
+            Err(ApiError::insufficient_credits(available.0, needed.0))
+        }
+        Err(e) => Err(internal("reserve")(e)),
+    }
+}
+
+/// The `quota` object (SPEC §3.5).
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaObject {
+    pub credits_used: i64,
+    pub balance_before: i64,
+    pub balance_after: i64,
+    pub billing_mode: BillingMode,
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_cost: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub markup: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<bool>,
+}
+
+impl QuotaObject {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("serializing the quota object cannot fail")
+    }
+}
+
+/// Everything needed to settle and record one request, whichever way it ends.
+pub struct Billing {
+    pub state: SharedState,
+    pub principal: Principal,
+    pub model: Arc<Model>,
+    pub request_id: String,
+    /// Prefix of this request's transfer ids: random, or derived from its Idempotency-Key so a
+    /// replayed request can never be charged twice.
+    pub charge_id: String,
+    pub started: Instant,
+}
+
+impl Billing {
+    fn usage_record(&self, usage: &Usage, charge: &Charge, status: &str) -> UsageRecord {
+        UsageRecord {
+            id: self.request_id.clone(),
+            created_at: now_ms(),
+            developer_id: self.principal.developer_id.clone(),
+            key_id: self.principal.key_id.clone(),
+            app_id: self.principal.app_id.clone(),
+            payer_account: self.principal.payer.to_string(),
+            billing_mode: self.principal.mode.as_str().to_string(),
+            model: self.model.id.clone(),
+            provider: self.model.provider.as_str().to_string(),
+            input_tokens: usage.input_tokens as i64,
+            cached_tokens: usage.cached_tokens as i64,
+            cache_write_tokens: usage.cache_write_tokens as i64,
+            output_tokens: usage.output_tokens as i64,
+            base_cost: charge.base.0,
+            markup: charge.markup.0,
+            total: charge.total().0,
+            status: status.to_string(),
+            latency_ms: self.started.elapsed().as_millis() as i64,
+            sandbox: self.principal.sandbox(),
+        }
+    }
+
+    /// The transfers that charge `charge` to the payer.
+    fn transfers(&self, charge: &Charge) -> Vec<Transfer> {
+        let now = now_ms();
+        let sandbox = self.principal.sandbox();
+        let mut out = Vec::with_capacity(2);
+        if charge.base.is_positive() {
+            out.push(Transfer {
+                id: format!("{}_base", self.charge_id),
+                from: self.principal.payer.clone(),
+                to: AccountId::Platform(if sandbox {
+                    PlatformAccount::SandboxRevenue
+                } else {
+                    PlatformAccount::Revenue
+                }),
+                amount: charge.base,
+                kind: if sandbox {
+                    TransferKind::SandboxCharge
+                } else {
+                    TransferKind::UsageCharge
+                },
+                cause: self.request_id.clone(),
+                created_at_ms: now,
+            });
+        }
+        if charge.markup.is_positive() && !sandbox {
+            out.push(Transfer {
+                id: format!("{}_markup", self.charge_id),
+                from: self.principal.payer.clone(),
+                to: AccountId::EarningsPending(self.principal.developer_id.clone()),
+                amount: charge.markup,
+                kind: TransferKind::Markup,
+                cause: self.request_id.clone(),
+                created_at_ms: now,
+            });
+        }
+        out
+    }
+
+    /// Phases *settle* and *record*: charge exactly the metered cost, free the rest of the hold,
+    /// write the usage record, all in one commit; answer once it is durable.
+    pub async fn settle(
+        &self,
+        hold: Hold,
+        usage: Usage,
+        status: &str,
+    ) -> Result<QuotaObject, ApiError> {
+        let charge = Charge::for_usage(&self.model, &usage, self.principal.margin);
+        // In the sandbox the developer pays the base price; the markup is reported, not taken.
+        let charged = if self.principal.sandbox() {
+            charge.base
+        } else {
+            charge.total()
+        };
+        let balance_before = hold.balance_at_hold();
+        let settlement = Settlement {
+            transfers: self.transfers(&charge),
+            usage: Some(self.usage_record(&usage, &charge, status)),
+            idempotency: None,
+            key_used: self.principal.key_id.clone(),
+        };
+        let committed = self
+            .state
+            .ledger
+            .settle(hold, settlement)
+            .await
+            .map_err(|e| {
+                tracing::error!(request_id = %self.request_id, error = %e, "settlement failed");
+                ApiError::internal()
+            })?;
+        let balance_after = match committed.balance_of(&self.principal.payer) {
+            Some(b) => b,
+            None => self
+                .state
+                .ledger
+                .balance(&self.principal.payer)
+                .await
+                .unwrap_or(Credits(balance_before.0 - charged.0)),
+        };
+        let user_mode = self.principal.user_id.is_some();
+        Ok(QuotaObject {
+            credits_used: charged.0,
+            balance_before: balance_before.0,
+            balance_after: balance_after.0,
+            billing_mode: self.principal.mode,
+            request_id: self.request_id.clone(),
+            base_cost: user_mode.then_some(charge.base.0),
+            markup: user_mode.then_some(charge.markup.0),
+            sandbox: self.principal.sandbox().then_some(true),
+        })
+    }
+
+    /// A request that ends without a charge still leaves a usage record (SPEC §9).
+    pub async fn record_failure(&self, status: &str) {
+        let record = self.usage_record(&Usage::default(), &Charge::default(), status);
+        if let Err(e) = self.state.ledger.record(record).await {
+            tracing::error!(request_id = %self.request_id, error = %e, "could not record a failed request");
+        }
+    }
+}
+
+/// The usage-record status for an error.
+pub fn failure_status(e: &ApiError) -> &'static str {
+    e.code
+}

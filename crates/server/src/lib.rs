@@ -1,0 +1,17 @@
+//! Quota's server: the HTTP API (axum), the phases of an inference request, accounts, keys, and
+//! the `quota` command line. Domain rules live in `quota-core`, persistence and the ledger in
+//! `quota-store`, upstream calls in `quota-providers`; this crate wires them to HTTP.
+
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod request_id;
+pub mod routes;
+pub mod secrets;
+
+pub use app::{build_router, AppState, SharedState};
+pub use config::Config;

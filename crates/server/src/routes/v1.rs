@@ -1,0 +1,73 @@
+//! `/v1/models` (SPEC §3.4) and `/v1/balance` (SPEC §6).
+
+use crate::app::SharedState;
+use crate::auth::admit;
+use crate::error::{internal, ApiError};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde_json::{json, Value};
+
+/// Credits per 1M tokens → USD per 1K tokens, as an exact decimal string.
+/// (credits/1M tokens) × 1000 / 1e6 credits per USD = credits / 1e9 USD per 1K tokens.
+pub fn usd_per_1k(credits_per_million: u64) -> String {
+    let int = credits_per_million / 1_000_000_000;
+    let frac = credits_per_million % 1_000_000_000;
+    if frac == 0 {
+        return int.to_string();
+    }
+    format!("{int}.{frac:09}").trim_end_matches('0').to_string()
+}
+
+pub async fn models(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let _principal = admit(&state, &headers).await?;
+    let data: Vec<Value> = state
+        .catalog
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "object": "model",
+                "created": m.price_changed_at,
+                "owned_by": m.provider.as_str(),
+                "context_window": m.context_window,
+                "max_output_tokens": m.max_output_tokens,
+                "pricing": {
+                    "prompt_per_1k_tokens": usd_per_1k(m.price.base.input),
+                    "completion_per_1k_tokens": usd_per_1k(m.price.base.output),
+                    "cached_prompt_per_1k_tokens": usd_per_1k(m.price.base.cached_input),
+                },
+            })
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+pub async fn balance(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let p = admit(&state, &headers).await?;
+    let balance = state
+        .ledger
+        .balance(&p.payer)
+        .await
+        .map_err(internal("balance"))?;
+    Ok(Json(
+        json!({"wallet": "developer", "balance": balance, "user_id": p.developer_id, "billing_mode": p.mode}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prices_convert_exactly() {
+        assert_eq!(super::usd_per_1k(150_000), "0.00015");
+        assert_eq!(super::usd_per_1k(2_500_000), "0.0025");
+        assert_eq!(super::usd_per_1k(312_500), "0.0003125");
+        assert_eq!(super::usd_per_1k(0), "0");
+    }
+}

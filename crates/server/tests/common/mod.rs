@@ -1,0 +1,149 @@
+//! Test harness: a real `quota` server on a real port (in-process, or the binary as a child
+//! process for crash tests), a fresh SQLite file per server, and small HTTP helpers.
+#![allow(dead_code)]
+
+use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
+use quota_server::{build_router, AppState, Config, SharedState};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+
+pub struct TestServer {
+    pub base: String,
+    pub state: SharedState,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn test_config(dir: &tempfile::TempDir) -> Config {
+    let mut c = Config::default();
+    c.bind = "127.0.0.1".into();
+    c.port = 0;
+    c.database_url = format!("sqlite://{}", dir.path().join("quota.db").display());
+    c
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&dir);
+        configure(&mut config);
+        let state = AppState::start(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let app = build_router(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        TestServer { base: format!("http://{addr}"), state, dir, http: reqwest::Client::new(), task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Register an account; returns (user id, session token).
+    pub async fn register(&self, email: &str) -> (String, String) {
+        let r = self.http.post(self.url("/auth/register")).json(&json!({"email": email, "password": "correct horse"})).send().await.unwrap();
+        assert_eq!(r.status(), 201, "register {email}");
+        let v: Value = r.json().await.unwrap();
+        (v["user"]["id"].as_str().unwrap().to_string(), v["session_token"].as_str().unwrap().to_string())
+    }
+
+    /// Create a key of `mode` with a session; returns (key id, secret).
+    pub async fn key(&self, session: &str, mode: &str) -> (String, String) {
+        let r = self
+            .http
+            .post(self.url("/developers/keys"))
+            .bearer_auth(session)
+            .json(&json!({"name": format!("{mode} key"), "billing_mode": mode}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        (v["id"].as_str().unwrap().to_string(), v["key"].as_str().unwrap().to_string())
+    }
+
+    /// A new account with a key of `mode`; returns (user id, session, key secret).
+    pub async fn developer(&self, mode: &str) -> (String, String, String) {
+        let email = format!("{}@example.com", quota_core::ids::new_id("dev_").to_lowercase());
+        let (user, session) = self.register(&email).await;
+        let (_, key) = self.key(&session, mode).await;
+        (user, session, key)
+    }
+
+    /// Credit a wallet through the ledger (as the admin CLI would).
+    pub async fn credit(&self, user_id: &str, amount: i64) {
+        self.state
+            .ledger
+            .transfer(Transfer {
+                id: quota_core::ids::new_id("ledg_test_"),
+                from: AccountId::Platform(PlatformAccount::Adjustments),
+                to: AccountId::wallet(user_id),
+                amount: Credits(amount),
+                kind: TransferKind::AdminCredit,
+                cause: "test".into(),
+                created_at_ms: 0,
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn balance(&self, user_id: &str) -> i64 {
+        self.state.ledger.balance(&AccountId::wallet(user_id)).await.unwrap().0
+    }
+
+    /// The wallet's balance as stored (what survives a restart).
+    pub async fn stored_balance(&self, user_id: &str) -> i64 {
+        self.state.ledger.flush().await.unwrap();
+        self.state.store.balance(&AccountId::wallet(user_id)).await.unwrap()
+    }
+
+    pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
+        self.http.post(self.url("/v1/chat/completions")).bearer_auth(key).json(&body).send().await.unwrap()
+    }
+
+    pub async fn assert_ledger_ok(&self) {
+        self.state.ledger.flush().await.unwrap();
+        let report = self.state.store.verify_ledger().await.unwrap();
+        assert!(report.ok(), "ledger verify failed: {report:?}");
+    }
+
+    /// Count transfers whose cause is `cause`.
+    pub async fn transfers_caused_by(&self, cause: &str) -> i64 {
+        self.state.ledger.flush().await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM transfers WHERE cause = ?").bind(cause).fetch_one(self.state.store.pool()).await.unwrap()
+    }
+
+    pub async fn transfer_count(&self) -> i64 {
+        self.state.ledger.flush().await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM transfers").fetch_one(self.state.store.pool()).await.unwrap()
+    }
+}
+
+/// `{"error": {...}}` of a response, asserting its status.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    let got = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    assert_eq!(got, status, "body: {text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("error body is not JSON: {text}"));
+    assert_eq!(v["error"]["code"], code, "body: {text}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(v["error"]["type"].is_string());
+    v
+}
+
+pub fn simple_chat(content: &str, max_tokens: u64) -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
+}

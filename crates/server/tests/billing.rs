@@ -14,7 +14,17 @@ const HI_PROMPT_TOKENS: u64 = 8;
 
 fn cost_gpt4o_mini(prompt: u64, output: u64) -> i64 {
     let c = Catalog::builtin();
-    Charge::for_usage(c.get("gpt-4o-mini").unwrap(), &Usage { input_tokens: prompt, output_tokens: output, ..Default::default() }, Margin::ZERO).total().0
+    Charge::for_usage(
+        c.get("gpt-4o-mini").unwrap(),
+        &Usage {
+            input_tokens: prompt,
+            output_tokens: output,
+            ..Default::default()
+        },
+        Margin::ZERO,
+    )
+    .total()
+    .0
 }
 
 #[tokio::test]
@@ -39,18 +49,26 @@ async fn a_sandbox_completion_charges_exactly_its_metered_cost() {
     assert_eq!(s.stored_balance(&user).await, before - expected);
     let rid = q["request_id"].as_str().unwrap();
     assert_eq!(s.transfers_caused_by(rid).await, 1);
-    let (to, kind, amount): (String, String, i64) = sqlx::query_as("SELECT to_account, kind, amount FROM transfers WHERE cause = ?")
-        .bind(rid)
-        .fetch_one(s.state.store.pool())
-        .await
-        .unwrap();
-    assert_eq!((to.as_str(), kind.as_str(), amount), ("platform:sandbox_revenue", "sandbox_charge", expected));
-    let (status, total, sandbox): (String, i64, bool) = sqlx::query_as("SELECT status, total, sandbox FROM usage_records WHERE id = ?")
-        .bind(rid)
-        .fetch_one(s.state.store.pool())
-        .await
-        .unwrap();
-    assert_eq!((status.as_str(), total, sandbox), ("succeeded", expected, true));
+    let (to, kind, amount): (String, String, i64) =
+        sqlx::query_as("SELECT to_account, kind, amount FROM transfers WHERE cause = ?")
+            .bind(rid)
+            .fetch_one(s.state.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (to.as_str(), kind.as_str(), amount),
+        ("platform:sandbox_revenue", "sandbox_charge", expected)
+    );
+    let (status, total, sandbox): (String, i64, bool) =
+        sqlx::query_as("SELECT status, total, sandbox FROM usage_records WHERE id = ?")
+            .bind(rid)
+            .fetch_one(s.state.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), total, sandbox),
+        ("succeeded", expected, true)
+    );
     assert_eq!(s.state.ledger.open_holds(), 0);
     s.assert_ledger_ok().await;
 }
@@ -59,18 +77,41 @@ async fn a_sandbox_completion_charges_exactly_its_metered_cost() {
 async fn the_same_request_gets_the_same_sandbox_text() {
     let s = TestServer::start().await;
     let (_, _, key) = s.developer("test").await;
-    let a: Value = s.chat(&key, simple_chat("tell me a story", 30)).await.json().await.unwrap();
-    let b: Value = s.chat(&key, simple_chat("tell me a story", 30)).await.json().await.unwrap();
-    let c: Value = s.chat(&key, simple_chat("tell me a joke", 30)).await.json().await.unwrap();
-    assert_eq!(a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"]);
-    assert_ne!(a["choices"][0]["message"]["content"], c["choices"][0]["message"]["content"]);
+    let a: Value = s
+        .chat(&key, simple_chat("tell me a story", 30))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let b: Value = s
+        .chat(&key, simple_chat("tell me a story", 30))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let c: Value = s
+        .chat(&key, simple_chat("tell me a joke", 30))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        a["choices"][0]["message"]["content"],
+        b["choices"][0]["message"]["content"]
+    );
+    assert_ne!(
+        a["choices"][0]["message"]["content"],
+        c["choices"][0]["message"]["content"]
+    );
     assert_ne!(a["quota"]["request_id"], b["quota"]["request_id"]);
 }
 
 /// Read an SSE response into its `data:` payloads.
 async fn sse_data(resp: reqwest::Response) -> Vec<String> {
     let text = resp.text().await.unwrap();
-    text.split("\n\n").filter_map(|e| e.strip_prefix("data: ").map(str::to_string)).collect()
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: ").map(str::to_string))
+        .collect()
 }
 
 #[tokio::test]
@@ -92,11 +133,22 @@ async fn a_stream_ends_with_usage_and_quota_after_the_charge_is_committed() {
     assert_eq!(last["quota"]["credits_used"], expected);
     assert_eq!(last["quota"]["balance_after"], before - expected);
     // Committed before the final chunk was sent: the stored balance already shows it.
-    assert_eq!(s.state.store.balance(&quota_core::AccountId::wallet(&user)).await.unwrap(), before - expected);
+    assert_eq!(
+        s.state
+            .store
+            .balance(&quota_core::AccountId::wallet(&user))
+            .await
+            .unwrap(),
+        before - expected
+    );
     let text: String = events[..events.len() - 2]
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect();
     assert_eq!(quota_core::tokens::count_tokens(&text), 6);
     s.assert_ledger_ok().await;
@@ -107,23 +159,45 @@ async fn faults_are_not_charged_and_map_to_their_errors() {
     let s = TestServer::start().await;
     let (user, _, key) = s.developer("test").await;
     let before = s.balance(&user).await;
-    for (fault, status, code) in [("rate_limit", 429, "rate_limit"), ("upstream_error", 502, "upstream_error"), ("timeout", 504, "gateway_timeout")] {
+    for (fault, status, code) in [
+        ("rate_limit", 429, "rate_limit"),
+        ("upstream_error", 502, "upstream_error"),
+        ("timeout", 504, "gateway_timeout"),
+    ] {
         for stream in [false, true] {
             let mut body = simple_chat("hi", 5);
             body["stream"] = json!(stream);
-            let r = s.http.post(s.url("/v1/chat/completions")).bearer_auth(&key).header("X-Quota-Sandbox-Fault", fault).json(&body).send().await.unwrap();
+            let r = s
+                .http
+                .post(s.url("/v1/chat/completions"))
+                .bearer_auth(&key)
+                .header("X-Quota-Sandbox-Fault", fault)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
             expect_error(r, status, code).await;
         }
     }
-    let r = s.http.post(s.url("/v1/chat/completions")).bearer_auth(&key).header("X-Quota-Sandbox-Fault", "explode").json(&simple_chat("hi", 5)).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("X-Quota-Sandbox-Fault", "explode")
+        .json(&simple_chat("hi", 5))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 400, "bad_request").await;
     assert_eq!(s.stored_balance(&user).await, before);
     assert_eq!(s.state.ledger.open_holds(), 0);
     // Failed requests still leave usage records, with nothing charged.
-    let (n, total): (i64, i64) = sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(total), 0) FROM usage_records WHERE status <> 'succeeded'")
-        .fetch_one(s.state.store.pool())
-        .await
-        .unwrap();
+    let (n, total): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(total), 0) FROM usage_records WHERE status <> 'succeeded'",
+    )
+    .fetch_one(s.state.store.pool())
+    .await
+    .unwrap();
     assert_eq!((n, total), (6, 0));
 }
 
@@ -134,7 +208,15 @@ async fn a_mid_stream_disconnect_charges_what_was_produced() {
     let before = s.balance(&user).await;
     let mut body = simple_chat("hi", 20);
     body["stream"] = json!(true);
-    let r = s.http.post(s.url("/v1/chat/completions")).bearer_auth(&key).header("X-Quota-Sandbox-Fault", "disconnect_mid_stream").json(&body).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("X-Quota-Sandbox-Fault", "disconnect_mid_stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let events = sse_data(r).await;
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "upstream_error");
@@ -142,11 +224,18 @@ async fn a_mid_stream_disconnect_charges_what_was_produced() {
     let produced: String = events
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect();
     let produced_tokens = quota_core::tokens::count_tokens(&produced);
     assert!(produced_tokens > 0 && produced_tokens < 20);
-    assert_eq!(s.stored_balance(&user).await, before - cost_gpt4o_mini(HI_PROMPT_TOKENS, produced_tokens));
+    assert_eq!(
+        s.stored_balance(&user).await,
+        before - cost_gpt4o_mini(HI_PROMPT_TOKENS, produced_tokens)
+    );
     s.assert_ledger_ok().await;
 }
 
@@ -166,16 +255,28 @@ async fn a_client_that_leaves_mid_stream_is_charged_for_what_was_forwarded() {
     let mut charged = 0;
     for _ in 0..500 {
         s.state.ledger.flush().await.unwrap();
-        charged = before - s.state.store.balance(&quota_core::AccountId::wallet(&user)).await.unwrap();
+        charged = before
+            - s.state
+                .store
+                .balance(&quota_core::AccountId::wallet(&user))
+                .await
+                .unwrap();
         if charged != 0 && s.state.ledger.open_holds() == 0 {
             break;
         }
         tokio::task::yield_now().await;
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(s.state.ledger.open_holds(), 0, "the hold was settled or released");
+    assert_eq!(
+        s.state.ledger.open_holds(),
+        0,
+        "the hold was settled or released"
+    );
     assert!(charged > 0, "what was forwarded is charged");
-    assert!(charged <= cost_gpt4o_mini(HI_PROMPT_TOKENS, 40), "never more than the whole answer");
+    assert!(
+        charged <= cost_gpt4o_mini(HI_PROMPT_TOKENS, 40),
+        "never more than the whole answer"
+    );
     s.assert_ledger_ok().await;
 }
 
@@ -187,11 +288,21 @@ async fn insufficient_credits_is_402_before_anything_runs() {
     expect_error(r, 402, "insufficient_credits").await;
     s.credit(&user, 7).await;
     // The reservation for this request is 8 credits: 7 is not enough.
-    expect_error(s.chat(&key, simple_chat("hi", 10)).await, 402, "insufficient_credits").await;
+    expect_error(
+        s.chat(&key, simple_chat("hi", 10)).await,
+        402,
+        "insufficient_credits",
+    )
+    .await;
     s.credit(&user, 1).await;
     assert_eq!(s.chat(&key, simple_chat("hi", 10)).await.status(), 200);
     assert_eq!(s.stored_balance(&user).await, 0);
-    expect_error(s.chat(&key, simple_chat("hi", 10)).await, 402, "insufficient_credits").await;
+    expect_error(
+        s.chat(&key, simple_chat("hi", 10)).await,
+        402,
+        "insufficient_credits",
+    )
+    .await;
     s.assert_ledger_ok().await;
 }
 
@@ -200,10 +311,22 @@ async fn without_max_tokens_the_reservation_covers_the_models_maximum_output() {
     let s = TestServer::start_with(|c| c.welcome_credits = 0).await;
     let (user, _, key) = s.developer("test").await;
     let model = Catalog::builtin().get("gpt-4o-mini").unwrap().clone();
-    let needed = reservation(&model, HI_PROMPT_TOKENS, model.max_output_tokens, Margin::ZERO).total().0;
+    let needed = reservation(
+        &model,
+        HI_PROMPT_TOKENS,
+        model.max_output_tokens,
+        Margin::ZERO,
+    )
+    .total()
+    .0;
     s.credit(&user, needed - 1).await;
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
-    expect_error(s.chat(&key, body.clone()).await, 402, "insufficient_credits").await;
+    expect_error(
+        s.chat(&key, body.clone()).await,
+        402,
+        "insufficient_credits",
+    )
+    .await;
     s.credit(&user, 1).await;
     assert_eq!(s.chat(&key, body).await.status(), 200);
 }
@@ -218,7 +341,10 @@ async fn n_choices_multiply_the_reservation_and_the_charge() {
     let v: Value = s.chat(&key, body).await.json().await.unwrap();
     assert_eq!(v["choices"].as_array().unwrap().len(), 3);
     assert_eq!(v["usage"]["completion_tokens"], 30);
-    assert_eq!(s.stored_balance(&user).await, before - cost_gpt4o_mini(HI_PROMPT_TOKENS, 30));
+    assert_eq!(
+        s.stored_balance(&user).await,
+        before - cost_gpt4o_mini(HI_PROMPT_TOKENS, 30)
+    );
 }
 
 #[tokio::test]
@@ -230,7 +356,8 @@ async fn tools_get_a_synthetic_call_and_a_tool_result_gets_text() {
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
     let call = &v["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "lookup");
-    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert!(args["q"].is_string());
     let follow = json!({"model": "gpt-4o", "tools": tools, "messages": [
         {"role": "user", "content": "find x"},
@@ -247,7 +374,14 @@ async fn an_idempotency_key_never_charges_twice() {
     let s = TestServer::start().await;
     let (user, _, key) = s.developer("test").await;
     let before = s.balance(&user).await;
-    let send = |body: Value, idem: &'static str| s.http.post(s.url("/v1/chat/completions")).bearer_auth(&key).header("Idempotency-Key", idem).json(&body).send();
+    let send = |body: Value, idem: &'static str| {
+        s.http
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", idem)
+            .json(&body)
+            .send()
+    };
     let first = send(simple_chat("hi", 10), "order-1").await.unwrap();
     assert!(first.headers().get("idempotent-replayed").is_none());
     let first: Value = first.json().await.unwrap();
@@ -255,17 +389,47 @@ async fn an_idempotency_key_never_charges_twice() {
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
     assert_eq!(first, again);
-    expect_error(send(simple_chat("different", 10), "order-1").await.unwrap(), 409, "idempotency_conflict").await;
-    assert_eq!(s.stored_balance(&user).await, before - cost_gpt4o_mini(HI_PROMPT_TOKENS, 10));
+    expect_error(
+        send(simple_chat("different", 10), "order-1").await.unwrap(),
+        409,
+        "idempotency_conflict",
+    )
+    .await;
+    assert_eq!(
+        s.stored_balance(&user).await,
+        before - cost_gpt4o_mini(HI_PROMPT_TOKENS, 10)
+    );
     // Streams replay too, without a second charge.
     let mut stream_body = simple_chat("hi", 4);
     stream_body["stream"] = json!(true);
-    let a = send(stream_body.clone(), "order-2").await.unwrap().text().await.unwrap();
-    let b = send(stream_body, "order-2").await.unwrap().text().await.unwrap();
+    let a = send(stream_body.clone(), "order-2")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let b = send(stream_body, "order-2")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(a, b);
-    assert_eq!(s.stored_balance(&user).await, before - cost_gpt4o_mini(HI_PROMPT_TOKENS, 10) - cost_gpt4o_mini(HI_PROMPT_TOKENS, 4));
+    assert_eq!(
+        s.stored_balance(&user).await,
+        before - cost_gpt4o_mini(HI_PROMPT_TOKENS, 10) - cost_gpt4o_mini(HI_PROMPT_TOKENS, 4)
+    );
     // A failed request under a key is not replayed: the retry runs.
-    let r = s.http.post(s.url("/v1/chat/completions")).bearer_auth(&key).header("Idempotency-Key", "order-3").header("X-Quota-Sandbox-Fault", "rate_limit").json(&simple_chat("hi", 10)).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("Idempotency-Key", "order-3")
+        .header("X-Quota-Sandbox-Fault", "rate_limit")
+        .json(&simple_chat("hi", 10))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 429, "rate_limit").await;
     let mut retried = None;
     for _ in 0..100 {
@@ -279,7 +443,15 @@ async fn an_idempotency_key_never_charges_twice() {
     }
     assert!(retried.is_some());
     let long = "k".repeat(256);
-    let r = s.http.post(s.url("/v1/chat/completions")).bearer_auth(&key).header("Idempotency-Key", long).json(&simple_chat("hi", 10)).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("Idempotency-Key", long)
+        .json(&simple_chat("hi", 10))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 400, "bad_request").await;
     s.assert_ledger_ok().await;
 }
@@ -290,7 +462,13 @@ async fn two_hundred_parallel_requests_against_a_wallet_that_affords_fifty() {
     let (user, _, key) = s.developer("test").await;
     let per_request = cost_gpt4o_mini(HI_PROMPT_TOKENS, 10);
     let model = Catalog::builtin().get("gpt-4o-mini").unwrap().clone();
-    assert_eq!(reservation(&model, HI_PROMPT_TOKENS, 10, Margin::ZERO).total().0, per_request, "hold = charge, so 'affordable' is exact");
+    assert_eq!(
+        reservation(&model, HI_PROMPT_TOKENS, 10, Margin::ZERO)
+            .total()
+            .0,
+        per_request,
+        "hold = charge, so 'affordable' is exact"
+    );
     s.credit(&user, 50 * per_request).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -299,7 +477,13 @@ async fn two_hundred_parallel_requests_against_a_wallet_that_affords_fifty() {
         tasks.push(tokio::spawn(async move {
             let mut body = simple_chat("hi", 10);
             body["stream"] = json!(stream);
-            let r = http.post(url).bearer_auth(key).json(&body).send().await.unwrap();
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
             let status = r.status().as_u16();
             let text = r.text().await.unwrap();
             (status, text)

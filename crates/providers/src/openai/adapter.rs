@@ -139,7 +139,9 @@ impl ChatProvider for OpenAiAdapter {
         if !resp.status().is_success() {
             return Err(self.error_from(resp, deadline).await);
         }
-        let prompt_estimate = prompt_upper_bound(call.raw).min(call.model.context_window);
+        // Charged only if the upstream never reports usage (a stream cut short): a fair count of
+        // the request, not the reservation's upper bound.
+        let prompt_estimate = estimate_prompt_tokens(call.raw).min(call.model.context_window);
         if !stream {
             let body = match tokio::time::timeout_at(deadline, resp.bytes()).await {
                 Err(_) => return Err(UpstreamError::Timeout),
@@ -157,6 +159,11 @@ impl ChatProvider for OpenAiAdapter {
         );
         Ok(ChatResponse::Stream { events, meter })
     }
+}
+
+/// The sandbox tokenizer over the request body: close to the provider's count for text.
+pub fn estimate_prompt_tokens(raw: &[u8]) -> u64 {
+    quota_core::tokens::count_tokens(&String::from_utf8_lossy(raw))
 }
 
 /// Usage of a complete body: the upstream's report, else counted from the choices.

@@ -4,5 +4,5 @@
 mod adapter;
 mod wire;
 
-pub use adapter::{OpenAiAdapter, OpenAiConfig};
+pub use adapter::{estimate_prompt_tokens, OpenAiAdapter, OpenAiConfig};
 pub use wire::*;

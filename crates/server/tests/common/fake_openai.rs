@@ -1,0 +1,193 @@
+//! A fake OpenAI upstream speaking the Chat Completions wire format, scripted by the test: it
+//! records each request, answers with the usage it is given, and can stream chunk by chunk on
+//! the test's command (so a test decides exactly when each chunk leaves).
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+#[derive(Clone)]
+pub enum Script {
+    /// Answer with this usage (prompt, cached, completion) and text.
+    Complete {
+        prompt: u64,
+        cached: u64,
+        completion: u64,
+        text: String,
+    },
+    /// Error status with an OpenAI error object.
+    Error { status: u16, message: String },
+    /// Stream: each `()` received on the gate sends the next content chunk; when the gate
+    /// closes, the usage chunk and `[DONE]` follow.
+    GatedStream { prompt: u64, completion: u64 },
+}
+
+#[derive(Default)]
+pub struct Fake {
+    pub requests: Mutex<Vec<(HeaderMap, Value)>>,
+    pub script: Mutex<Option<Script>>,
+    gate: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
+}
+
+pub struct FakeUpstream {
+    pub base_url: String,
+    pub fake: Arc<Fake>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeUpstream {
+    pub async fn start() -> FakeUpstream {
+        let fake = Arc::new(Fake::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(handle))
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeUpstream {
+            base_url: format!("http://{addr}/v1"),
+            fake,
+            task,
+        }
+    }
+
+    pub fn script(&self, s: Script) {
+        *self.fake.script.lock() = Some(s);
+    }
+
+    /// A gate for the next `GatedStream`: send `()` to release one chunk, drop to finish.
+    pub fn gate(&self) -> mpsc::UnboundedSender<()> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.fake.gate.lock() = Some(rx);
+        tx
+    }
+
+    pub fn last_request(&self) -> (HeaderMap, Value) {
+        self.fake
+            .requests
+            .lock()
+            .last()
+            .cloned()
+            .expect("the upstream was called")
+    }
+
+    pub fn calls(&self) -> usize {
+        self.fake.requests.lock().len()
+    }
+}
+
+fn chunk(content: &str) -> Bytes {
+    let c = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
+    Bytes::from(format!("data: {c}\n\n"))
+}
+
+async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    fake.requests.lock().push((headers, v.clone()));
+    let script = fake.script.lock().clone().unwrap_or(Script::Complete {
+        prompt: 10,
+        cached: 0,
+        completion: 5,
+        text: "hello".into(),
+    });
+    let stream = v["stream"] == json!(true);
+    let include_usage = v["stream_options"]["include_usage"] == json!(true);
+    match script {
+        Script::Error { status, message } => {
+            let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}});
+            (
+                StatusCode::from_u16(status).unwrap(),
+                [("content-type", "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        Script::Complete {
+            prompt,
+            cached,
+            completion,
+            text,
+        } if !stream => {
+            let body = json!({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                          "prompt_tokens_details": {"cached_tokens": cached}, "completion_tokens_details": {"reasoning_tokens": 0}},
+            });
+            ([("content-type", "application/json")], body.to_string()).into_response()
+        }
+        Script::Complete {
+            prompt,
+            cached,
+            completion,
+            text,
+        } => {
+            let mut out = vec![chunk(&text)];
+            if include_usage {
+                let u = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini-2024-07-18", "choices": [],
+                    "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "prompt_tokens_details": {"cached_tokens": cached}}});
+                out.push(Bytes::from(format!("data: {u}\n\n")));
+            }
+            out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            let s = futures::stream::iter(out.into_iter().map(Ok::<_, std::convert::Infallible>));
+            (
+                [("content-type", "text/event-stream")],
+                Body::from_stream(s),
+            )
+                .into_response()
+        }
+        Script::GatedStream { prompt, completion } => {
+            let mut gate = fake.gate.lock().take().expect("a gate was set");
+            let s = async_stream(move |tx: mpsc::UnboundedSender<Bytes>| async move {
+                while gate.recv().await.is_some() {
+                    if tx.send(chunk("word ")).is_err() {
+                        return;
+                    }
+                }
+                let u = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                    "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}});
+                let _ = tx.send(Bytes::from(format!("data: {u}\n\n")));
+                let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n"));
+            });
+            (
+                [("content-type", "text/event-stream")],
+                Body::from_stream(s),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// A body stream fed by a task.
+fn async_stream<F, Fut>(
+    f: F,
+) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>>
+where
+    F: FnOnce(mpsc::UnboundedSender<Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(f(tx));
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) },
+    )
+}

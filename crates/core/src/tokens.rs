@@ -64,7 +64,7 @@ pub fn split_tokens(text: &str) -> Vec<&str> {
         if c.is_ascii_alphanumeric() {
             run += 1;
             let next_is_alnum = iter.peek().is_some_and(|(_, n)| n.is_ascii_alphanumeric());
-            if run % 6 == 0 || !next_is_alnum {
+            if run.is_multiple_of(6) || !next_is_alnum {
                 let end = i + c.len_utf8();
                 pieces.push(&text[start..end]);
                 start = end;

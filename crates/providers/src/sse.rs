@@ -17,10 +17,7 @@ impl SseSplitter {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, String> {
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
-        loop {
-            let Some((end, sep_len)) = find_event_end(&self.buf) else {
-                break;
-            };
+        while let Some((end, sep_len)) = find_event_end(&self.buf) {
             let event = self.buf.split_to(end + sep_len).freeze();
             events.push(event);
         }

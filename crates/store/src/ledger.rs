@@ -127,6 +127,9 @@ impl State {
     }
 }
 
+// Jobs move once through the channel; boxing the big variant would cost an allocation per
+// settlement for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Job {
     Load {
         accounts: Vec<AccountId>,

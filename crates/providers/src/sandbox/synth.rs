@@ -208,7 +208,7 @@ fn synth_value(prop: &serde_json::Value, seed: u64) -> serde_json::Value {
     {
         "integer" => serde_json::json!((seed % 100) as i64),
         "number" => serde_json::json!((seed % 1000) as f64 / 10.0),
-        "boolean" => serde_json::json!(seed % 2 == 0),
+        "boolean" => serde_json::json!(seed.is_multiple_of(2)),
         "array" => serde_json::json!([]),
         "object" => serde_json::json!({}),
         _ => serde_json::json!(format!(

@@ -98,9 +98,7 @@ pub fn billed_stream(
             }
             Some(Err(e)) => {
                 st.finished = true;
-                let Some(p) = st.guard.0.take() else {
-                    return None;
-                };
+                let p = st.guard.0.take()?;
                 let usage = p.meter.usage();
                 let error = ApiError::from(e);
                 if produced(&p.meter, &usage) {
@@ -114,9 +112,7 @@ pub fn billed_stream(
             }
             None => {
                 st.finished = true;
-                let Some(p) = st.guard.0.take() else {
-                    return None;
-                };
+                let p = st.guard.0.take()?;
                 let usage = p.meter.usage();
                 match p.billing.settle(p.hold, usage, "succeeded").await {
                     Ok(quota) => {

@@ -24,11 +24,12 @@ impl Drop for TestServer {
 }
 
 pub fn test_config(dir: &tempfile::TempDir) -> Config {
-    let mut c = Config::default();
-    c.bind = "127.0.0.1".into();
-    c.port = 0;
-    c.database_url = format!("sqlite://{}", dir.path().join("quota.db").display());
-    c
+    Config {
+        bind: "127.0.0.1".into(),
+        port: 0,
+        database_url: format!("sqlite://{}", dir.path().join("quota.db").display()),
+        ..Default::default()
+    }
 }
 
 impl TestServer {

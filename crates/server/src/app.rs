@@ -103,6 +103,7 @@ pub fn build_router(state: SharedState) -> Router {
     Router::new()
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
+        .route("/openapi.json", get(routes::ops::openapi))
         .route("/auth/register", post(routes::accounts::register))
         .route("/auth/login", post(routes::accounts::login))
         .route("/auth/me", get(routes::accounts::me))

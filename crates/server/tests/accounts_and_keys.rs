@@ -697,3 +697,40 @@ async fn models_list_prices_in_usd_per_1k() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let s = TestServer::start().await;
+    let doc: Value = s
+        .http
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Every path in the document answers something other than the 404 fallback.
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        let concrete = path.replace("{id}", "key_x");
+        for method in methods
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|m| *m != "parameters")
+        {
+            let r = s
+                .http
+                .request(method.to_uppercase().parse().unwrap(), s.url(&concrete))
+                .send()
+                .await
+                .unwrap();
+            let body = r.text().await.unwrap();
+            assert!(
+                !body.contains("route not found"),
+                "{method} {path} is documented but not routed"
+            );
+        }
+    }
+}

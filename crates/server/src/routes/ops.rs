@@ -24,6 +24,16 @@ pub async fn readyz(State(state): State<SharedState>) -> Result<Json<Value>, Api
     Ok(Json(json!({"status": "ready"})))
 }
 
+/// The OpenAPI document (SPEC §12), written by hand next to the routes it describes.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
+pub async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI_JSON,
+    )
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }

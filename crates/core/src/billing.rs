@@ -40,9 +40,7 @@ impl FromStr for BillingMode {
             "developer" => Ok(BillingMode::Developer),
             "user" => Ok(BillingMode::User),
             "test" => Ok(BillingMode::Test),
-            other => Err(format!(
-                "billing_mode must be one of developer, user, test; got `{other}`"
-            )),
+            other => Err(format!("billing_mode must be one of developer, user, test; got `{other}`")),
         }
     }
 }
@@ -58,10 +56,7 @@ impl Charge {
     /// Base from usage, markup on top (`Margin::ZERO` outside user mode).
     pub fn for_usage(model: &Model, usage: &Usage, margin: Margin) -> Charge {
         let base = model.price.cost(usage);
-        Charge {
-            base,
-            markup: margin.markup_on(base),
-        }
+        Charge { base, markup: margin.markup_on(base) }
     }
 
     pub fn total(&self) -> Credits {
@@ -81,40 +76,20 @@ pub fn output_tokens_to_reserve(model: &Model, requested_max: Option<u64>) -> u6
 /// The most a request can cost (SPEC §4.3.1): every prompt token at the dearest input rate (so
 /// cache writes cannot exceed it), the prompt clamped to the context window (the provider refuses
 /// longer ones), the output at its maximum, with markup.
-pub fn reservation(
-    model: &Model,
-    prompt_tokens_max: u64,
-    output_tokens_max: u64,
-    margin: Margin,
-) -> Charge {
+pub fn reservation(model: &Model, prompt_tokens_max: u64, output_tokens_max: u64, margin: Margin) -> Charge {
     let prompt = prompt_tokens_max.min(model.context_window);
     let rates = model.price.rates_for(prompt);
     let dearest_input = rates.input.max(rates.cached_input).max(rates.cache_write);
     let mut price = model.price;
     // Price the whole prompt at the dearest input rate of whichever tier applies.
-    price.base.input = price
-        .base
-        .input
-        .max(price.base.cached_input)
-        .max(price.base.cache_write);
+    price.base.input = price.base.input.max(price.base.cached_input).max(price.base.cache_write);
     if let Some(tier) = price.long_context.as_mut() {
-        tier.rates.input = tier
-            .rates
-            .input
-            .max(tier.rates.cached_input)
-            .max(tier.rates.cache_write);
+        tier.rates.input = tier.rates.input.max(tier.rates.cached_input).max(tier.rates.cache_write);
     }
     debug_assert!(price.rates_for(prompt).input >= dearest_input);
-    let usage = Usage {
-        input_tokens: prompt,
-        output_tokens: output_tokens_max,
-        ..Default::default()
-    };
+    let usage = Usage { input_tokens: prompt, output_tokens: output_tokens_max, ..Default::default() };
     let base = price.cost(&usage);
-    Charge {
-        base,
-        markup: margin.markup_on(base),
-    }
+    Charge { base, markup: margin.markup_on(base) }
 }
 
 #[cfg(test)]
@@ -135,13 +110,7 @@ mod tests {
         let c = Catalog::builtin();
         let m = c.get("gpt-4o-mini").unwrap();
         // 1000 prompt × 0.15 + 100 output × 0.6 = 150 + 60.
-        assert_eq!(
-            reservation(m, 1000, 100, Margin::ZERO),
-            Charge {
-                base: Credits(210),
-                markup: Credits(0)
-            }
-        );
+        assert_eq!(reservation(m, 1000, 100, Margin::ZERO), Charge { base: Credits(210), markup: Credits(0) });
         let quarter = Margin::from_bps(2500).unwrap();
         assert_eq!(reservation(m, 1000, 100, quarter).total(), Credits(263));
     }

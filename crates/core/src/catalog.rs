@@ -121,10 +121,8 @@ impl Catalog {
         self.models.push(model.clone());
         // Native routes accept the bare provider id: `claude-sonnet-4.5`, `claude-sonnet-4-5`.
         let bare = model.id.rsplit('/').next().unwrap_or(&model.id).to_string();
-        self.by_native_id
-            .insert((model.provider, bare), model.clone());
-        self.by_native_id
-            .insert((model.provider, model.upstream_id.clone()), model.clone());
+        self.by_native_id.insert((model.provider, bare), model.clone());
+        self.by_native_id.insert((model.provider, model.upstream_id.clone()), model.clone());
         self.by_id.insert(model.id.clone(), model);
     }
 
@@ -165,30 +163,17 @@ fn row_to_model(row: ModelRow) -> Result<Model, String> {
         return Err(bad("OpenAI ids are bare or `openai/…`"));
     }
     if row.provider != Provider::Openai && !row.id.starts_with(&expected_prefix) {
-        return Err(bad(&format!(
-            "ids of {} models start with `{expected_prefix}`",
-            row.provider
-        )));
+        return Err(bad(&format!("ids of {} models start with `{expected_prefix}`", row.provider)));
     }
     if row.context_window == 0 || row.max_output_tokens == 0 {
         return Err(bad("context_window and max_output_tokens must be positive"));
     }
-    let price_changed_at =
-        parse_date(&row.price_date).ok_or_else(|| bad("price_date must be YYYY-MM-DD"))?;
-    let base = Rates {
-        input: row.input,
-        cached_input: row.cached_input,
-        cache_write: row.cache_write,
-        output: row.output,
-    };
+    let price_changed_at = parse_date(&row.price_date).ok_or_else(|| bad("price_date must be YYYY-MM-DD"))?;
+    let base =
+        Rates { input: row.input, cached_input: row.cached_input, cache_write: row.cache_write, output: row.output };
     let long_context = row.long_context.map(|t| LongContextTier {
         threshold_tokens: t.threshold_tokens,
-        rates: Rates {
-            input: t.input,
-            cached_input: t.cached_input,
-            cache_write: t.cache_write,
-            output: t.output,
-        },
+        rates: Rates { input: t.input, cached_input: t.cached_input, cache_write: t.cache_write, output: t.output },
     });
     Ok(Model {
         id: row.id,
@@ -226,14 +211,7 @@ mod tests {
     #[test]
     fn builtin_catalog_has_the_required_models_at_list_price() {
         let c = Catalog::builtin();
-        for id in [
-            "gpt-4o",
-            "gpt-4o-mini",
-            "gpt-4.1",
-            "gpt-4.1-mini",
-            "o4-mini",
-            "gpt-5-mini",
-        ] {
+        for id in ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o4-mini", "gpt-5-mini"] {
             assert!(c.get(id).is_some(), "{id} missing");
         }
         let mini = c.get("gpt-4o-mini").unwrap();
@@ -248,24 +226,9 @@ mod tests {
     #[test]
     fn native_ids_resolve_per_provider() {
         let c = Catalog::builtin();
-        assert_eq!(
-            c.get_native(Provider::Anthropic, "claude-sonnet-4.5")
-                .unwrap()
-                .id,
-            "anthropic/claude-sonnet-4.5"
-        );
-        assert_eq!(
-            c.get_native(Provider::Anthropic, "claude-sonnet-4-5")
-                .unwrap()
-                .id,
-            "anthropic/claude-sonnet-4.5"
-        );
-        assert_eq!(
-            c.get_native(Provider::Google, "gemini-2.5-flash")
-                .unwrap()
-                .id,
-            "google/gemini-2.5-flash"
-        );
+        assert_eq!(c.get_native(Provider::Anthropic, "claude-sonnet-4.5").unwrap().id, "anthropic/claude-sonnet-4.5");
+        assert_eq!(c.get_native(Provider::Anthropic, "claude-sonnet-4-5").unwrap().id, "anthropic/claude-sonnet-4.5");
+        assert_eq!(c.get_native(Provider::Google, "gemini-2.5-flash").unwrap().id, "google/gemini-2.5-flash");
         assert!(c.get_native(Provider::Google, "gpt-4o").is_none());
     }
 

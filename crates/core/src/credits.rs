@@ -9,9 +9,7 @@ pub const CREDITS_PER_USD: i64 = 1_000_000;
 
 /// An amount of money in credits (micro-dollars). Signed because platform accounts in a
 /// double-entry ledger carry negative balances and a wallet may overshoot once (SPEC §4.3.3).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Credits(pub i64);
 
@@ -38,9 +36,7 @@ impl Credits {
     /// than `max`. Rejects zero, negatives, decimals and overflow with a message to show.
     pub fn parse_positive(text: &str, max: Credits) -> Result<Credits, String> {
         let trimmed = text.trim();
-        let value: i64 = trimmed
-            .parse()
-            .map_err(|_| format!("`{trimmed}` is not a whole number of credits"))?;
+        let value: i64 = trimmed.parse().map_err(|_| format!("`{trimmed}` is not a whole number of credits"))?;
         if value <= 0 {
             return Err(format!("amount must be positive, got {value}"));
         }

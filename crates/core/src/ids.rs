@@ -11,11 +11,7 @@ pub const ID_RANDOM_CHARS: usize = 22;
 pub const SECRET_RANDOM_CHARS: usize = 32;
 
 fn random_base62(len: usize) -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// A new id such as `usr_3x9…`. `prefix` includes its separator.
@@ -44,9 +40,6 @@ mod tests {
         let b = new_id("usr_");
         assert!(a.starts_with("usr_") && a.len() == 4 + ID_RANDOM_CHARS);
         assert_ne!(a, b);
-        assert!(new_secret("sk-quota-")
-            .chars()
-            .skip(9)
-            .all(|c| c.is_ascii_alphanumeric()));
+        assert!(new_secret("sk-quota-").chars().skip(9).all(|c| c.is_ascii_alphanumeric()));
     }
 }

@@ -106,9 +106,7 @@ impl FromStr for AccountId {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (kind, rest) = s
-            .split_once(':')
-            .ok_or_else(|| format!("bad account id `{s}`"))?;
+        let (kind, rest) = s.split_once(':').ok_or_else(|| format!("bad account id `{s}`"))?;
         if rest.is_empty() {
             return Err(format!("bad account id `{s}`"));
         }
@@ -240,9 +238,7 @@ impl Transfer {
 
 /// Recompute balances from a sequence of transfers: the reference that `quota ledger verify`
 /// compares the stored balances against.
-pub fn balances_from_transfers<'a>(
-    transfers: impl IntoIterator<Item = &'a Transfer>,
-) -> HashMap<AccountId, i128> {
+pub fn balances_from_transfers<'a>(transfers: impl IntoIterator<Item = &'a Transfer>) -> HashMap<AccountId, i128> {
     let mut balances: HashMap<AccountId, i128> = HashMap::new();
     for t in transfers {
         *balances.entry(t.from.clone()).or_default() -= i128::from(t.amount.0);
@@ -284,26 +280,15 @@ mod tests {
             created_at_ms: 0,
         };
         assert_eq!(t.validate(), Err(TransferError::SameAccount));
-        let t = Transfer {
-            to: AccountId::wallet("b"),
-            amount: Credits(0),
-            ..t
-        };
+        let t = Transfer { to: AccountId::wallet("b"), amount: Credits(0), ..t };
         assert_eq!(t.validate(), Err(TransferError::NonPositiveAmount(0)));
-        let t = Transfer {
-            amount: Credits(-3),
-            ..t
-        };
+        let t = Transfer { amount: Credits(-3), ..t };
         assert_eq!(t.validate(), Err(TransferError::NonPositiveAmount(-3)));
     }
 
     #[test]
     fn transfer_kinds_round_trip() {
-        for k in [
-            TransferKind::Welcome,
-            TransferKind::UsageCharge,
-            TransferKind::ReserveRelease,
-        ] {
+        for k in [TransferKind::Welcome, TransferKind::UsageCharge, TransferKind::ReserveRelease] {
             assert_eq!(k.as_str().parse::<TransferKind>().unwrap(), k);
         }
     }

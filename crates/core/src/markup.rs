@@ -19,9 +19,7 @@ impl Margin {
 
     pub fn from_bps(bps: u32) -> Result<Margin, String> {
         if bps > MARGIN_MAX_BPS {
-            return Err(format!(
-                "profit_margin must be between 0 and 10, got {bps} bps"
-            ));
+            return Err(format!("profit_margin must be between 0 and 10, got {bps} bps"));
         }
         Ok(Margin(bps))
     }
@@ -30,17 +28,12 @@ impl Margin {
     /// places so the stored value is exactly what was asked for.
     pub fn parse_decimal(text: &str) -> Result<Margin, String> {
         let t = text.trim();
-        let err = || {
-            format!("profit_margin must be a number between 0 and 10 with at most 4 decimals, got `{t}`")
-        };
+        let err = || format!("profit_margin must be a number between 0 and 10 with at most 4 decimals, got `{t}`");
         let (int_part, frac_part) = match t.split_once('.') {
             Some((i, f)) => (i, f),
             None => (t, ""),
         };
-        if int_part.is_empty()
-            || !int_part.bytes().all(|b| b.is_ascii_digit())
-            || int_part.len() > 2
-        {
+        if int_part.is_empty() || !int_part.bytes().all(|b| b.is_ascii_digit()) || int_part.len() > 2 {
             return Err(err());
         }
         if frac_part.len() > 4 || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
@@ -61,14 +54,8 @@ impl Margin {
     /// `ceil(base × m)`, in 128 bits. `base` must be ≥ 0.
     pub fn markup_on(self, base: Credits) -> Credits {
         assert!(base.0 >= 0, "markup on a negative base");
-        let m = div_ceil_u128(
-            base.0 as u128 * u128::from(self.0),
-            u128::from(BPS_PER_UNIT),
-        );
-        Credits(
-            i64::try_from(m)
-                .expect("markup fits in i64: base ≤ i64::MAX and m ≤ 10 is checked by callers"),
-        )
+        let m = div_ceil_u128(base.0 as u128 * u128::from(self.0), u128::from(BPS_PER_UNIT));
+        Credits(i64::try_from(m).expect("markup fits in i64: base ≤ i64::MAX and m ≤ 10 is checked by callers"))
     }
 
     /// The margin as a decimal string (`"0.25"`), for JSON.
@@ -97,10 +84,7 @@ mod tests {
         assert!(Margin::parse_decimal("-1").is_err());
         assert!(Margin::parse_decimal("0.00001").is_err());
         assert!(Margin::parse_decimal("abc").is_err());
-        assert_eq!(
-            Margin::parse_decimal("1.5").unwrap().to_decimal_string(),
-            "1.5"
-        );
+        assert_eq!(Margin::parse_decimal("1.5").unwrap().to_decimal_string(), "1.5");
     }
 
     #[test]

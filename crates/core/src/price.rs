@@ -23,14 +23,11 @@ pub struct Usage {
 impl Usage {
     /// Every prompt-side token: what long-context thresholds are compared against.
     pub fn prompt_tokens_total(&self) -> u64 {
-        self.input_tokens
-            .saturating_add(self.cached_tokens)
-            .saturating_add(self.cache_write_tokens)
+        self.input_tokens.saturating_add(self.cached_tokens).saturating_add(self.cache_write_tokens)
     }
 
     pub fn total_tokens(&self) -> u64 {
-        self.prompt_tokens_total()
-            .saturating_add(self.output_tokens)
+        self.prompt_tokens_total().saturating_add(self.output_tokens)
     }
 }
 
@@ -86,32 +83,17 @@ mod tests {
 
     fn gpt4o_mini() -> Price {
         Price {
-            base: Rates {
-                input: 150_000,
-                cached_input: 75_000,
-                cache_write: 0,
-                output: 600_000,
-            },
+            base: Rates { input: 150_000, cached_input: 75_000, cache_write: 0, output: 600_000 },
             long_context: None,
         }
     }
 
     fn sonnet() -> Price {
         Price {
-            base: Rates {
-                input: 3_000_000,
-                cached_input: 300_000,
-                cache_write: 3_750_000,
-                output: 15_000_000,
-            },
+            base: Rates { input: 3_000_000, cached_input: 300_000, cache_write: 3_750_000, output: 15_000_000 },
             long_context: Some(LongContextTier {
                 threshold_tokens: 200_000,
-                rates: Rates {
-                    input: 6_000_000,
-                    cached_input: 600_000,
-                    cache_write: 7_500_000,
-                    output: 22_500_000,
-                },
+                rates: Rates { input: 6_000_000, cached_input: 600_000, cache_write: 7_500_000, output: 22_500_000 },
             }),
         }
     }
@@ -119,45 +101,25 @@ mod tests {
     #[test]
     fn cost_of_a_small_gpt4o_mini_request_rounds_up() {
         // 10 input × 0.15 + 5 output × 0.6 = 1.5 + 3.0 = 4.5 credits → 5.
-        let u = Usage {
-            input_tokens: 10,
-            output_tokens: 5,
-            ..Default::default()
-        };
+        let u = Usage { input_tokens: 10, output_tokens: 5, ..Default::default() };
         assert_eq!(gpt4o_mini().cost(&u), Credits(5));
     }
 
     #[test]
     fn cached_tokens_use_their_own_rate() {
-        let u = Usage {
-            input_tokens: 1_000_000,
-            cached_tokens: 1_000_000,
-            ..Default::default()
-        };
+        let u = Usage { input_tokens: 1_000_000, cached_tokens: 1_000_000, ..Default::default() };
         assert_eq!(gpt4o_mini().cost(&u), Credits(225_000));
     }
 
     #[test]
     fn long_context_tier_applies_to_the_whole_request() {
-        let below = Usage {
-            input_tokens: 200_000,
-            output_tokens: 1_000,
-            ..Default::default()
-        };
-        let above = Usage {
-            input_tokens: 200_001,
-            output_tokens: 1_000,
-            ..Default::default()
-        };
+        let below = Usage { input_tokens: 200_000, output_tokens: 1_000, ..Default::default() };
+        let above = Usage { input_tokens: 200_001, output_tokens: 1_000, ..Default::default() };
         assert_eq!(sonnet().cost(&below), Credits(600_000 + 15_000));
         // 200,001 × 6 + 1,000 × 22.5 = 1,200,006 + 22,500.
         assert_eq!(sonnet().cost(&above), Credits(1_200_006 + 22_500));
         // Cached and cache-write tokens count toward the threshold.
-        let cached = Usage {
-            input_tokens: 100_000,
-            cached_tokens: 100_001,
-            ..Default::default()
-        };
+        let cached = Usage { input_tokens: 100_000, cached_tokens: 100_001, ..Default::default() };
         assert_eq!(sonnet().cost(&cached), Credits(600_000 + 60_001));
     }
 

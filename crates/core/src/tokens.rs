@@ -23,10 +23,7 @@ fn count_occurrences(haystack: &[u8], needle: &[u8]) -> u64 {
     if needle.is_empty() || haystack.len() < needle.len() {
         return 0;
     }
-    haystack
-        .windows(needle.len())
-        .filter(|w| *w == needle)
-        .count() as u64
+    haystack.windows(needle.len()).filter(|w| *w == needle).count() as u64
 }
 
 /// The sandbox tokenizer: deterministic and close to real BPE counts for English text. A run of

@@ -78,10 +78,7 @@ pub enum ChatResponse {
     Complete { body: Bytes, usage: Usage },
     /// SSE events ready for the client, without the upstream's usage chunk and `[DONE]`: the
     /// gateway appends its own final chunk (usage + `quota`) and `[DONE]` after settling.
-    Stream {
-        events: BoxStream<'static, Result<Bytes, UpstreamError>>,
-        meter: Arc<Meter>,
-    },
+    Stream { events: BoxStream<'static, Result<Bytes, UpstreamError>>, meter: Arc<Meter> },
 }
 
 /// An upstream that answers OpenAI-shaped chat requests (translating if it is not OpenAI).
@@ -106,12 +103,9 @@ pub fn scrub_credentials(message: &str, configured_keys: &[&str]) -> String {
     }
     out.split_inclusive(char::is_whitespace)
         .map(|word| {
-            let trimmed =
-                word.trim_matches(|c: char| c.is_whitespace() || "\"'.,;:()[]{}".contains(c));
+            let trimmed = word.trim_matches(|c: char| c.is_whitespace() || "\"'.,;:()[]{}".contains(c));
             let looks_secret = trimmed.len() >= 16
-                && ["sk-", "sk_", "AIza", "quota_", "sess_", "Bearer"]
-                    .iter()
-                    .any(|p| trimmed.starts_with(p));
+                && ["sk-", "sk_", "AIza", "quota_", "sess_", "Bearer"].iter().any(|p| trimmed.starts_with(p));
             if looks_secret {
                 word.replace(trimmed, "[redacted]")
             } else {
@@ -127,8 +121,7 @@ mod tests {
 
     #[test]
     fn scrubs_keys_from_provider_messages() {
-        let msg =
-            "Incorrect API key provided: sk-proj-abcdefghijklmnop1234. You can find your key at x.";
+        let msg = "Incorrect API key provided: sk-proj-abcdefghijklmnop1234. You can find your key at x.";
         let s = scrub_credentials(msg, &[]);
         assert!(!s.contains("abcdefghijklmnop"), "{s}");
         assert!(s.contains("Incorrect API key provided"));

@@ -31,10 +31,7 @@ pub struct Meter {
 
 impl Meter {
     pub fn new(prompt_estimate: u64) -> Meter {
-        Meter {
-            state: Mutex::new(MeterState::default()),
-            prompt_estimate,
-        }
+        Meter { state: Mutex::new(MeterState::default()), prompt_estimate }
     }
 
     pub fn report_usage(&self, usage: Usage) {
@@ -97,20 +94,8 @@ mod tests {
         let m = Meter::new(12);
         m.count_output("Hello");
         m.count_output(" world");
-        assert_eq!(
-            m.usage(),
-            Usage {
-                input_tokens: 12,
-                output_tokens: 2,
-                ..Default::default()
-            }
-        );
-        let reported = Usage {
-            input_tokens: 10,
-            cached_tokens: 2,
-            output_tokens: 3,
-            ..Default::default()
-        };
+        assert_eq!(m.usage(), Usage { input_tokens: 12, output_tokens: 2, ..Default::default() });
+        let reported = Usage { input_tokens: 10, cached_tokens: 2, output_tokens: 3, ..Default::default() };
         m.report_usage(reported);
         assert_eq!(m.usage(), reported);
     }

@@ -22,9 +22,7 @@ impl SseSplitter {
             events.push(event);
         }
         if self.buf.len() > SSE_EVENT_MAX_BYTES {
-            return Err(format!(
-                "an upstream SSE event exceeded {SSE_EVENT_MAX_BYTES} bytes"
-            ));
+            return Err(format!("an upstream SSE event exceeded {SSE_EVENT_MAX_BYTES} bytes"));
         }
         Ok(events)
     }

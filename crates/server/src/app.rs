@@ -46,10 +46,7 @@ impl AppState {
     pub async fn start(config: Config) -> anyhow::Result<SharedState> {
         let store_config = StoreConfig {
             database_url: config.database_url.clone(),
-            synchronous: config
-                .sqlite_synchronous
-                .parse()
-                .map_err(anyhow::Error::msg)?,
+            synchronous: config.sqlite_synchronous.parse().map_err(anyhow::Error::msg)?,
             ..Default::default()
         };
         let store = Store::open_and_migrate(&store_config).await?;
@@ -61,8 +58,7 @@ impl AppState {
         let ledger = Ledger::start(store.clone(), ledger_config).await?;
         let mut catalog = Catalog::builtin();
         if let Some(path) = &config.catalog_path {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("catalog_path {path}: {e}"))?;
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("catalog_path {path}: {e}"))?;
             catalog.merge(Catalog::from_toml(&text).map_err(anyhow::Error::msg)?);
         }
         let openai = OpenAiAdapter::new(OpenAiConfig {
@@ -108,14 +104,8 @@ pub fn build_router(state: SharedState) -> Router {
         .route("/auth/login", post(routes::accounts::login))
         .route("/auth/me", get(routes::accounts::me))
         .route("/auth/logout", post(routes::accounts::logout))
-        .route(
-            "/developers/keys",
-            post(routes::keys::create).get(routes::keys::list),
-        )
-        .route(
-            "/developers/keys/{id}",
-            patch(routes::keys::update).delete(routes::keys::revoke),
-        )
+        .route("/developers/keys", post(routes::keys::create).get(routes::keys::list))
+        .route("/developers/keys/{id}", patch(routes::keys::update).delete(routes::keys::revoke))
         .route("/developers/keys/{id}/rotate", post(routes::keys::rotate))
         .route("/v1/models", get(routes::v1::models))
         .route("/v1/balance", get(routes::v1::balance))

@@ -46,13 +46,11 @@ impl Principal {
         self.mode == BillingMode::Test
     }
 
-    /// The scope of this caller's idempotency keys.
+    /// The scope of this caller's idempotency keys: the developer, the end user, and the mode,
+    /// so a sandbox answer is never replayed to a production key (as Stripe keeps test and live
+    /// apart).
     pub fn idempotency_scope(&self) -> String {
-        format!(
-            "{}:{}",
-            self.developer_id,
-            self.user_id.as_deref().unwrap_or("-")
-        )
+        format!("{}:{}:{}", self.developer_id, self.user_id.as_deref().unwrap_or("-"), self.mode)
     }
 }
 
@@ -67,11 +65,7 @@ impl KeyCache {
         if let Some(k) = self.by_hash.read().get(hash) {
             return Ok(Some(k.clone()));
         }
-        let Some(key) = store
-            .live_key_by_hash(hash)
-            .await
-            .map_err(internal("key lookup"))?
-        else {
+        let Some(key) = store.live_key_by_hash(hash).await.map_err(internal("key lookup"))? else {
             return Ok(None);
         };
         let key = Arc::new(key);
@@ -91,11 +85,7 @@ impl KeyCache {
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -122,24 +112,16 @@ pub async fn admit(state: &SharedState, headers: &HeaderMap) -> Result<Principal
         // User access tokens come from the OAuth authorization server, which this build does
         // not include yet; no such token can be valid here.
         let _ = token;
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-            "unknown or expired user access token",
-        ));
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "unknown or expired user access token"));
     }
     let Some(secret) = key_secret else {
         return Err(ApiError::invalid_api_key("missing API key"));
     };
     if secret.starts_with(SESSION_PREFIX) {
-        return Err(ApiError::invalid_api_key(
-            "session tokens cannot call /v1; use an API key (sk-quota-…)",
-        ));
+        return Err(ApiError::invalid_api_key("session tokens cannot call /v1; use an API key (sk-quota-…)"));
     }
     if !secret.starts_with(API_KEY_PREFIX) {
-        return Err(ApiError::invalid_api_key(
-            "malformed API key: Quota keys start with sk-quota-",
-        ));
+        return Err(ApiError::invalid_api_key("malformed API key: Quota keys start with sk-quota-"));
     }
     let key = state
         .keys
@@ -197,32 +179,21 @@ fn session_token(parts: &Parts) -> Result<&str, ApiError> {
             }
         }
     }
-    Err(ApiError::invalid_api_key(
-        "missing session: send `Authorization: Bearer sess_…` or the quota_session cookie",
-    ))
+    Err(ApiError::invalid_api_key("missing session: send `Authorization: Bearer sess_…` or the quota_session cookie"))
 }
 
 impl FromRequestParts<SharedState> for SessionUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &SharedState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
         let token = session_token(parts)?;
         if !token.starts_with(SESSION_PREFIX) {
             return Err(ApiError::invalid_api_key("malformed session token"));
         }
         let token_hash = hash_token(token);
-        let session = state
-            .store
-            .session(&token_hash)
-            .await
-            .map_err(internal("session lookup"))?;
+        let session = state.store.session(&token_hash).await.map_err(internal("session lookup"))?;
         let Some(session) = session else {
-            return Err(ApiError::invalid_api_key(
-                "unknown, expired or revoked session",
-            ));
+            return Err(ApiError::invalid_api_key("unknown, expired or revoked session"));
         };
         let user = state
             .store

@@ -16,16 +16,12 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(RawBody(b)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is larger than this gateway accepts",
-                ))
-            }
-            Err(rejection) => Err(ApiError::bad_request(format!(
-                "could not read the request body: {rejection}"
-            ))),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than this gateway accepts",
+            )),
+            Err(rejection) => Err(ApiError::bad_request(format!("could not read the request body: {rejection}"))),
         }
     }
 }

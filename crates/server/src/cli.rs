@@ -16,11 +16,7 @@ use std::path::PathBuf;
 pub const ADMIN_CREDIT_MAX: Credits = Credits(1_000_000_000_000_000);
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "quota",
-    version,
-    about = "Quota: an AI API gateway with billing built in"
-)]
+#[command(name = "quota", version, about = "Quota: an AI API gateway with billing built in")]
 pub struct Cli {
     /// Configuration file (default: ./quota.toml if present; QUOTA_* variables override it).
     #[arg(long, global = true, env = "QUOTA_CONFIG")]
@@ -77,9 +73,7 @@ pub enum LedgerCommand {
 fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("QUOTA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if config.log_format == "json" {
         let _ = builder.json().try_init();
     } else {
@@ -90,10 +84,7 @@ fn init_tracing(config: &Config) {
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let store = Store::open_and_migrate(&StoreConfig {
         database_url: config.database_url.clone(),
-        synchronous: config
-            .sqlite_synchronous
-            .parse()
-            .map_err(anyhow::Error::msg)?,
+        synchronous: config.sqlite_synchronous.parse().map_err(anyhow::Error::msg)?,
         max_connections: 2,
     })
     .await?;
@@ -121,9 +112,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Admin { command } => admin(&config, command).await,
-        Command::Ledger {
-            command: LedgerCommand::Verify,
-        } => {
+        Command::Ledger { command: LedgerCommand::Verify } => {
             let store = open_store(&config).await?;
             let report = store.verify_ledger().await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -143,30 +132,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = format!("{}:{}", config.bind, config.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     let state = AppState::start(config).await?;
     let app = build_router(state.clone());
-    let shown = if local.ip().is_unspecified() {
-        format!("127.0.0.1:{}", local.port())
-    } else {
-        local.to_string()
-    };
+    let shown = if local.ip().is_unspecified() { format!("127.0.0.1:{}", local.port()) } else { local.to_string() };
     tracing::info!(address = %local, database = %state.config.database_url, "Quota listening");
-    println!(
-        "Quota listening on http://{shown} (database {})",
-        state.config.database_url
-    );
+    println!("Quota listening on http://{shown} (database {})", state.config.database_url);
     use axum::serve::ListenerExt;
     // TCP_NODELAY: a response written in two pieces must not wait for the peer's delayed ACK.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("shutting down: in-flight requests finished; flushing the ledger");
     state.ledger.flush().await.ok();
     Ok(())
@@ -178,8 +157,7 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             s.recv().await;
         }
     };
@@ -205,27 +183,19 @@ async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<i32> {
                 other => other?,
             };
             if config.welcome_credits > 0 {
-                store
-                    .commit_direct(&[welcome_transfer(&id, config.welcome_credits)], "cli")
-                    .await?;
+                store.commit_direct(&[welcome_transfer(&id, config.welcome_credits)], "cli").await?;
             }
-            println!(
-                "created account {id} ({email}) with {} welcome credits",
-                config.welcome_credits
-            );
+            println!("created account {id} ({email}) with {} welcome credits", config.welcome_credits);
             if generated {
                 println!("password: {password}");
             }
             Ok(0)
         }
         AdminCommand::Credit { email, credits } => {
-            let amount =
-                Credits::parse_positive(&credits, ADMIN_CREDIT_MAX).map_err(anyhow::Error::msg)?;
+            let amount = Credits::parse_positive(&credits, ADMIN_CREDIT_MAX).map_err(anyhow::Error::msg)?;
             let email = email.trim().to_lowercase();
-            let user = store
-                .user_by_email(&email)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("no account with email {email}"))?;
+            let user =
+                store.user_by_email(&email).await?.ok_or_else(|| anyhow::anyhow!("no account with email {email}"))?;
             let transfer = Transfer {
                 id: quota_core::ids::new_id("ledg_admin_"),
                 from: AccountId::Platform(PlatformAccount::Adjustments),
@@ -237,22 +207,13 @@ async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<i32> {
             };
             store.commit_direct(&[transfer], "cli").await?;
             let balance = store.balance(&AccountId::wallet(&user.id)).await?;
-            println!(
-                "credited {amount} credits ({}) to {email}; balance {balance}",
-                amount.to_usd_string()
-            );
+            println!("credited {amount} credits ({}) to {email}; balance {balance}", amount.to_usd_string());
             Ok(0)
         }
         AdminCommand::ListAccounts => {
             println!("{:<28} {:<40} {:>18} created", "id", "email", "balance");
             for (user, balance) in store.list_users_with_balances().await? {
-                println!(
-                    "{:<28} {:<40} {:>18} {}",
-                    user.id,
-                    user.email,
-                    balance,
-                    rfc3339(user.created_at)
-                );
+                println!("{:<28} {:<40} {:>18} {}", user.id, user.email, balance, rfc3339(user.created_at));
             }
             Ok(0)
         }

@@ -114,29 +114,16 @@ impl Config {
         Config::load_from(file, std::env::vars())
     }
 
-    pub fn load_from(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, String> {
+    pub fn load_from(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, String> {
         let env: Vec<(String, String)> = env.into_iter().collect();
         let file = file
             .map(Path::to_path_buf)
-            .or_else(|| {
-                env.iter()
-                    .find(|(k, _)| k == "QUOTA_CONFIG")
-                    .map(|(_, v)| v.into())
-            })
-            .or_else(|| {
-                Path::new("quota.toml")
-                    .exists()
-                    .then(|| "quota.toml".into())
-            });
+            .or_else(|| env.iter().find(|(k, _)| k == "QUOTA_CONFIG").map(|(_, v)| v.into()))
+            .or_else(|| Path::new("quota.toml").exists().then(|| "quota.toml".into()));
         let mut table = match &file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| format!("{}: {e}", path.display()))?
+                let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                text.parse::<toml::Table>().map_err(|e| format!("{}: {e}", path.display()))?
             }
             None => toml::Table::new(),
         };
@@ -170,9 +157,7 @@ impl Config {
             };
             table.insert(key, v);
         }
-        let config: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| format!("configuration: {e}"))?;
+        let config: Config = table.try_into().map_err(|e: toml::de::Error| format!("configuration: {e}"))?;
         config.validate()?;
         Ok(config)
     }
@@ -187,8 +172,7 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err("log_format must be `text` or `json`".into());
         }
-        self.sqlite_synchronous
-            .parse::<quota_store::Synchronous>()?;
+        self.sqlite_synchronous.parse::<quota_store::Synchronous>()?;
         if self.upstream_timeout_secs == 0 || self.upstream_first_byte_timeout_secs == 0 {
             return Err("upstream timeouts must be positive".into());
         }
@@ -209,10 +193,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -250,8 +231,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.toml");
         std::fs::write(&path, "prot = 1\n").unwrap();
-        assert!(Config::load_from(Some(&path), env(&[]))
-            .unwrap_err()
-            .contains("prot"));
+        assert!(Config::load_from(Some(&path), env(&[])).unwrap_err().contains("prot"));
     }
 }

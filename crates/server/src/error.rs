@@ -18,13 +18,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            hint: None,
-            retry_after: None,
-        }
+        ApiError { status, code, message: message.into(), hint: None, retry_after: None }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> ApiError {
@@ -41,11 +35,7 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
 
     pub fn insufficient_credits(available: i64, needed: i64) -> ApiError {
@@ -60,11 +50,7 @@ impl ApiError {
     /// A bug or an unavailable database. Logged with the request id by the caller; the client
     /// sees no detail.
     pub fn internal() -> ApiError {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal error; nothing was charged",
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; nothing was charged")
     }
 
     /// The OpenAI-style `type` for this status.
@@ -91,15 +77,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.body_json().to_string();
-        let mut resp = (
-            self.status,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response();
+        let mut resp = (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
         if let Some(secs) = self.retry_after {
-            resp.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -134,9 +114,7 @@ impl From<UpstreamError> for ApiError {
                 "provider_unavailable",
                 format!("the {p} provider is not configured on this gateway"),
             )
-            .with_hint(
-                "set its API key in the gateway's configuration, or use a sandbox (test) key",
-            ),
+            .with_hint("set its API key in the gateway's configuration, or use a sandbox (test) key"),
         }
     }
 }

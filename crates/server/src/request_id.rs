@@ -16,9 +16,7 @@ const REQUEST_ID_MAX_LEN: usize = 128;
 fn valid(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= REQUEST_ID_MAX_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 pub async fn layer(mut req: Request, next: Next) -> Response {
@@ -29,8 +27,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         .filter(|v| valid(v))
         .map(str::to_string)
         .unwrap_or_else(|| quota_core::ids::new_id("req_"));
-    let header =
-        HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("req_invalid"));
+    let header = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("req_invalid"));
     req.extensions_mut().insert(RequestId(id));
     let mut resp = next.run(req).await;
     resp.headers_mut().insert("x-request-id", header);

@@ -58,12 +58,7 @@ async fn malformed_chat_requests_are_400_and_free() {
 async fn unknown_models_are_404_model_not_found() {
     let s = TestServer::start().await;
     let (user, _, key) = s.developer("test").await;
-    let r = s
-        .chat(
-            &key,
-            json!({"model": "gpt-9000", "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
+    let r = s.chat(&key, json!({"model": "gpt-9000", "messages": [{"role": "user", "content": "hi"}]})).await;
     let e = expect_error(r, 404, "model_not_found").await;
     assert!(e["error"]["message"].as_str().unwrap().contains("gpt-9000"));
     assert_eq!(s.stored_balance(&user).await, 1_000_000);
@@ -82,12 +77,7 @@ async fn oversize_bodies_are_413_payload_too_large() {
     let s = TestServer::start_with(|c| c.body_limit_bytes = 1024).await;
     let (user, _, key) = s.developer("test").await;
     let big = "a".repeat(2048);
-    let r = s
-        .chat(
-            &key,
-            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": big}]}),
-        )
-        .await;
+    let r = s.chat(&key, json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": big}]})).await;
     expect_error(r, 413, "payload_too_large").await;
     assert_eq!(s.stored_balance(&user).await, 1_000_000);
     // Registration bodies are bounded too.
@@ -114,111 +104,46 @@ async fn bad_credentials_are_401_and_free() {
         rb.send()
     };
     expect_error(send(None).await.unwrap(), 401, "invalid_api_key").await;
+    expect_error(send(Some(("authorization", "Bearer".into()))).await.unwrap(), 401, "invalid_api_key").await;
+    expect_error(send(Some(("authorization", "Basic abc".into()))).await.unwrap(), 401, "invalid_api_key").await;
     expect_error(
-        send(Some(("authorization", "Bearer".into())))
-            .await
-            .unwrap(),
+        send(Some(("authorization", "Bearer sk-quota-doesnotexist000000000000000000".into()))).await.unwrap(),
         401,
         "invalid_api_key",
     )
     .await;
     expect_error(
-        send(Some(("authorization", "Basic abc".into())))
-            .await
-            .unwrap(),
+        send(Some(("authorization", "Bearer sk-live-somethingelse".into()))).await.unwrap(),
         401,
         "invalid_api_key",
     )
     .await;
+    expect_error(send(Some(("x-api-key", format!("{key}x")))).await.unwrap(), 401, "invalid_api_key").await;
+    expect_error(send(Some(("authorization", format!("Bearer {session}")))).await.unwrap(), 401, "invalid_api_key")
+        .await;
     expect_error(
-        send(Some((
-            "authorization",
-            "Bearer sk-quota-doesnotexist000000000000000000".into(),
-        )))
-        .await
-        .unwrap(),
-        401,
-        "invalid_api_key",
-    )
-    .await;
-    expect_error(
-        send(Some((
-            "authorization",
-            "Bearer sk-live-somethingelse".into(),
-        )))
-        .await
-        .unwrap(),
-        401,
-        "invalid_api_key",
-    )
-    .await;
-    expect_error(
-        send(Some(("x-api-key", format!("{key}x")))).await.unwrap(),
-        401,
-        "invalid_api_key",
-    )
-    .await;
-    expect_error(
-        send(Some(("authorization", format!("Bearer {session}"))))
-            .await
-            .unwrap(),
-        401,
-        "invalid_api_key",
-    )
-    .await;
-    expect_error(
-        send(Some((
-            "authorization",
-            "Bearer quota_token_notarealtoken".into(),
-        )))
-        .await
-        .unwrap(),
+        send(Some(("authorization", "Bearer quota_token_notarealtoken".into()))).await.unwrap(),
         401,
         "invalid_token",
     )
     .await;
-    expect_error(
-        send(Some(("authorization", "Bearer whsec_notakey".into())))
-            .await
-            .unwrap(),
-        401,
-        "invalid_api_key",
-    )
-    .await;
+    expect_error(send(Some(("authorization", "Bearer whsec_notakey".into()))).await.unwrap(), 401, "invalid_api_key")
+        .await;
     assert_eq!(s.stored_balance(&user).await, 1_000_000);
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors() {
     let s = TestServer::start().await;
-    expect_error(
-        s.http.get(s.url("/v2/anything")).send().await.unwrap(),
-        404,
-        "not_found",
-    )
-    .await;
-    expect_error(
-        s.http
-            .get(s.url("/v1/chat/completions"))
-            .send()
-            .await
-            .unwrap(),
-        405,
-        "bad_request",
-    )
-    .await;
+    expect_error(s.http.get(s.url("/v2/anything")).send().await.unwrap(), 404, "not_found").await;
+    expect_error(s.http.get(s.url("/v1/chat/completions")).send().await.unwrap(), 405, "bad_request").await;
 }
 
 #[tokio::test]
 async fn errors_never_leak_internals() {
     let s = TestServer::start().await;
     let (_, _, key) = s.developer("test").await;
-    let r = post_raw(
-        &s,
-        &key,
-        b"{\"model\": \"gpt-4o-mini\", \"messages\": [".to_vec(),
-    )
-    .await;
+    let r = post_raw(&s, &key, b"{\"model\": \"gpt-4o-mini\", \"messages\": [".to_vec()).await;
     let text = r.text().await.unwrap();
     for leak in ["sqlx", "SELECT", "panicked", "src/", "sk-quota-"] {
         assert!(!text.contains(leak), "{leak} in {text}");

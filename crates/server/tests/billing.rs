@@ -16,11 +16,7 @@ fn cost_gpt4o_mini(prompt: u64, output: u64) -> i64 {
     let c = Catalog::builtin();
     Charge::for_usage(
         c.get("gpt-4o-mini").unwrap(),
-        &Usage {
-            input_tokens: prompt,
-            output_tokens: output,
-            ..Default::default()
-        },
+        &Usage { input_tokens: prompt, output_tokens: output, ..Default::default() },
         Margin::ZERO,
     )
     .total()
@@ -55,20 +51,14 @@ async fn a_sandbox_completion_charges_exactly_its_metered_cost() {
             .fetch_one(s.state.store.pool())
             .await
             .unwrap();
-    assert_eq!(
-        (to.as_str(), kind.as_str(), amount),
-        ("platform:sandbox_revenue", "sandbox_charge", expected)
-    );
+    assert_eq!((to.as_str(), kind.as_str(), amount), ("platform:sandbox_revenue", "sandbox_charge", expected));
     let (status, total, sandbox): (String, i64, bool) =
         sqlx::query_as("SELECT status, total, sandbox FROM usage_records WHERE id = ?")
             .bind(rid)
             .fetch_one(s.state.store.pool())
             .await
             .unwrap();
-    assert_eq!(
-        (status.as_str(), total, sandbox),
-        ("succeeded", expected, true)
-    );
+    assert_eq!((status.as_str(), total, sandbox), ("succeeded", expected, true));
     assert_eq!(s.state.ledger.open_holds(), 0);
     s.assert_ledger_ok().await;
 }
@@ -77,41 +67,18 @@ async fn a_sandbox_completion_charges_exactly_its_metered_cost() {
 async fn the_same_request_gets_the_same_sandbox_text() {
     let s = TestServer::start().await;
     let (_, _, key) = s.developer("test").await;
-    let a: Value = s
-        .chat(&key, simple_chat("tell me a story", 30))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let b: Value = s
-        .chat(&key, simple_chat("tell me a story", 30))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let c: Value = s
-        .chat(&key, simple_chat("tell me a joke", 30))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        a["choices"][0]["message"]["content"],
-        b["choices"][0]["message"]["content"]
-    );
-    assert_ne!(
-        a["choices"][0]["message"]["content"],
-        c["choices"][0]["message"]["content"]
-    );
+    let a: Value = s.chat(&key, simple_chat("tell me a story", 30)).await.json().await.unwrap();
+    let b: Value = s.chat(&key, simple_chat("tell me a story", 30)).await.json().await.unwrap();
+    let c: Value = s.chat(&key, simple_chat("tell me a joke", 30)).await.json().await.unwrap();
+    assert_eq!(a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"]);
+    assert_ne!(a["choices"][0]["message"]["content"], c["choices"][0]["message"]["content"]);
     assert_ne!(a["quota"]["request_id"], b["quota"]["request_id"]);
 }
 
 /// Read an SSE response into its `data:` payloads.
 async fn sse_data(resp: reqwest::Response) -> Vec<String> {
     let text = resp.text().await.unwrap();
-    text.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: ").map(str::to_string))
-        .collect()
+    text.split("\n\n").filter_map(|e| e.strip_prefix("data: ").map(str::to_string)).collect()
 }
 
 #[tokio::test]
@@ -133,22 +100,11 @@ async fn a_stream_ends_with_usage_and_quota_after_the_charge_is_committed() {
     assert_eq!(last["quota"]["credits_used"], expected);
     assert_eq!(last["quota"]["balance_after"], before - expected);
     // Committed before the final chunk was sent: the stored balance already shows it.
-    assert_eq!(
-        s.state
-            .store
-            .balance(&quota_core::AccountId::wallet(&user))
-            .await
-            .unwrap(),
-        before - expected
-    );
+    assert_eq!(s.state.store.balance(&quota_core::AccountId::wallet(&user)).await.unwrap(), before - expected);
     let text: String = events[..events.len() - 2]
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
         .collect();
     assert_eq!(quota_core::tokens::count_tokens(&text), 6);
     s.assert_ledger_ok().await;
@@ -192,12 +148,11 @@ async fn faults_are_not_charged_and_map_to_their_errors() {
     assert_eq!(s.stored_balance(&user).await, before);
     assert_eq!(s.state.ledger.open_holds(), 0);
     // Failed requests still leave usage records, with nothing charged.
-    let (n, total): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(total), 0) FROM usage_records WHERE status <> 'succeeded'",
-    )
-    .fetch_one(s.state.store.pool())
-    .await
-    .unwrap();
+    let (n, total): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(total), 0) FROM usage_records WHERE status <> 'succeeded'")
+            .fetch_one(s.state.store.pool())
+            .await
+            .unwrap();
     assert_eq!((n, total), (6, 0));
 }
 
@@ -224,18 +179,11 @@ async fn a_mid_stream_disconnect_charges_what_was_produced() {
     let produced: String = events
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
         .collect();
     let produced_tokens = quota_core::tokens::count_tokens(&produced);
     assert!(produced_tokens > 0 && produced_tokens < 20);
-    assert_eq!(
-        s.stored_balance(&user).await,
-        before - cost_gpt4o_mini(HI_PROMPT_TOKENS, produced_tokens)
-    );
+    assert_eq!(s.stored_balance(&user).await, before - cost_gpt4o_mini(HI_PROMPT_TOKENS, produced_tokens));
     s.assert_ledger_ok().await;
 }
 
@@ -255,28 +203,16 @@ async fn a_client_that_leaves_mid_stream_is_charged_for_what_was_forwarded() {
     let mut charged = 0;
     for _ in 0..500 {
         s.state.ledger.flush().await.unwrap();
-        charged = before
-            - s.state
-                .store
-                .balance(&quota_core::AccountId::wallet(&user))
-                .await
-                .unwrap();
+        charged = before - s.state.store.balance(&quota_core::AccountId::wallet(&user)).await.unwrap();
         if charged != 0 && s.state.ledger.open_holds() == 0 {
             break;
         }
         tokio::task::yield_now().await;
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(
-        s.state.ledger.open_holds(),
-        0,
-        "the hold was settled or released"
-    );
+    assert_eq!(s.state.ledger.open_holds(), 0, "the hold was settled or released");
     assert!(charged > 0, "what was forwarded is charged");
-    assert!(
-        charged <= cost_gpt4o_mini(HI_PROMPT_TOKENS, 40),
-        "never more than the whole answer"
-    );
+    assert!(charged <= cost_gpt4o_mini(HI_PROMPT_TOKENS, 40), "never more than the whole answer");
     s.assert_ledger_ok().await;
 }
 
@@ -288,21 +224,11 @@ async fn insufficient_credits_is_402_before_anything_runs() {
     expect_error(r, 402, "insufficient_credits").await;
     s.credit(&user, 7).await;
     // The reservation for this request is 8 credits: 7 is not enough.
-    expect_error(
-        s.chat(&key, simple_chat("hi", 10)).await,
-        402,
-        "insufficient_credits",
-    )
-    .await;
+    expect_error(s.chat(&key, simple_chat("hi", 10)).await, 402, "insufficient_credits").await;
     s.credit(&user, 1).await;
     assert_eq!(s.chat(&key, simple_chat("hi", 10)).await.status(), 200);
     assert_eq!(s.stored_balance(&user).await, 0);
-    expect_error(
-        s.chat(&key, simple_chat("hi", 10)).await,
-        402,
-        "insufficient_credits",
-    )
-    .await;
+    expect_error(s.chat(&key, simple_chat("hi", 10)).await, 402, "insufficient_credits").await;
     s.assert_ledger_ok().await;
 }
 
@@ -311,22 +237,10 @@ async fn without_max_tokens_the_reservation_covers_the_models_maximum_output() {
     let s = TestServer::start_with(|c| c.welcome_credits = 0).await;
     let (user, _, key) = s.developer("test").await;
     let model = Catalog::builtin().get("gpt-4o-mini").unwrap().clone();
-    let needed = reservation(
-        &model,
-        HI_PROMPT_TOKENS,
-        model.max_output_tokens,
-        Margin::ZERO,
-    )
-    .total()
-    .0;
+    let needed = reservation(&model, HI_PROMPT_TOKENS, model.max_output_tokens, Margin::ZERO).total().0;
     s.credit(&user, needed - 1).await;
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
-    expect_error(
-        s.chat(&key, body.clone()).await,
-        402,
-        "insufficient_credits",
-    )
-    .await;
+    expect_error(s.chat(&key, body.clone()).await, 402, "insufficient_credits").await;
     s.credit(&user, 1).await;
     assert_eq!(s.chat(&key, body).await.status(), 200);
 }
@@ -341,10 +255,7 @@ async fn n_choices_multiply_the_reservation_and_the_charge() {
     let v: Value = s.chat(&key, body).await.json().await.unwrap();
     assert_eq!(v["choices"].as_array().unwrap().len(), 3);
     assert_eq!(v["usage"]["completion_tokens"], 30);
-    assert_eq!(
-        s.stored_balance(&user).await,
-        before - cost_gpt4o_mini(HI_PROMPT_TOKENS, 30)
-    );
+    assert_eq!(s.stored_balance(&user).await, before - cost_gpt4o_mini(HI_PROMPT_TOKENS, 30));
 }
 
 #[tokio::test]
@@ -352,12 +263,16 @@ async fn tools_get_a_synthetic_call_and_a_tool_result_gets_text() {
     let s = TestServer::start().await;
     let (_, _, key) = s.developer("test").await;
     let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]);
-    let v: Value = s.chat(&key, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "find x"}], "tools": tools})).await.json().await.unwrap();
+    let v: Value = s
+        .chat(&key, json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "find x"}], "tools": tools}))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
     let call = &v["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "lookup");
-    let args: Value =
-        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert!(args["q"].is_string());
     let follow = json!({"model": "gpt-4o", "tools": tools, "messages": [
         {"role": "user", "content": "find x"},
@@ -375,12 +290,7 @@ async fn an_idempotency_key_never_charges_twice() {
     let (user, _, key) = s.developer("test").await;
     let before = s.balance(&user).await;
     let send = |body: Value, idem: &'static str| {
-        s.http
-            .post(s.url("/v1/chat/completions"))
-            .bearer_auth(&key)
-            .header("Idempotency-Key", idem)
-            .json(&body)
-            .send()
+        s.http.post(s.url("/v1/chat/completions")).bearer_auth(&key).header("Idempotency-Key", idem).json(&body).send()
     };
     let first = send(simple_chat("hi", 10), "order-1").await.unwrap();
     assert!(first.headers().get("idempotent-replayed").is_none());
@@ -389,31 +299,13 @@ async fn an_idempotency_key_never_charges_twice() {
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
     assert_eq!(first, again);
-    expect_error(
-        send(simple_chat("different", 10), "order-1").await.unwrap(),
-        409,
-        "idempotency_conflict",
-    )
-    .await;
-    assert_eq!(
-        s.stored_balance(&user).await,
-        before - cost_gpt4o_mini(HI_PROMPT_TOKENS, 10)
-    );
+    expect_error(send(simple_chat("different", 10), "order-1").await.unwrap(), 409, "idempotency_conflict").await;
+    assert_eq!(s.stored_balance(&user).await, before - cost_gpt4o_mini(HI_PROMPT_TOKENS, 10));
     // Streams replay too, without a second charge.
     let mut stream_body = simple_chat("hi", 4);
     stream_body["stream"] = json!(true);
-    let a = send(stream_body.clone(), "order-2")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let b = send(stream_body, "order-2")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let a = send(stream_body.clone(), "order-2").await.unwrap().text().await.unwrap();
+    let b = send(stream_body, "order-2").await.unwrap().text().await.unwrap();
     assert_eq!(a, b);
     assert_eq!(
         s.stored_balance(&user).await,
@@ -463,9 +355,7 @@ async fn two_hundred_parallel_requests_against_a_wallet_that_affords_fifty() {
     let per_request = cost_gpt4o_mini(HI_PROMPT_TOKENS, 10);
     let model = Catalog::builtin().get("gpt-4o-mini").unwrap().clone();
     assert_eq!(
-        reservation(&model, HI_PROMPT_TOKENS, 10, Margin::ZERO)
-            .total()
-            .0,
+        reservation(&model, HI_PROMPT_TOKENS, 10, Margin::ZERO).total().0,
         per_request,
         "hold = charge, so 'affordable' is exact"
     );
@@ -477,13 +367,7 @@ async fn two_hundred_parallel_requests_against_a_wallet_that_affords_fifty() {
         tasks.push(tokio::spawn(async move {
             let mut body = simple_chat("hi", 10);
             body["stream"] = json!(stream);
-            let r = http
-                .post(url)
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let r = http.post(url).bearer_auth(key).json(&body).send().await.unwrap();
             let status = r.status().as_u16();
             let text = r.text().await.unwrap();
             (status, text)
@@ -505,4 +389,88 @@ async fn two_hundred_parallel_requests_against_a_wallet_that_affords_fifty() {
     assert_eq!((ok, refused), (50, 150));
     assert_eq!(s.stored_balance(&user).await, 0);
     s.assert_ledger_ok().await;
+}
+
+#[tokio::test]
+async fn a_key_whose_charged_response_was_lost_in_a_crash_is_refused_not_charged_again() {
+    use sha2::Digest;
+    let s = TestServer::start().await;
+    let (user, _, key) = s.developer("test").await;
+    let body = serde_json::to_vec(&simple_chat("hi", 10)).unwrap();
+    let scope = format!("{user}:-:test");
+    let hash = hex::encode(sha2::Sha256::digest(&body));
+    let stale = quota_store::now_ms() - 3600 * 1000;
+    // What a crash between the charge and the stored response leaves behind: an unfinished
+    // claim, older than every timeout, and the charge under the key's derived transfer id.
+    for (idem, charged) in [("lost-1", true), ("lost-2", false)] {
+        sqlx::query("INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&scope)
+            .bind(idem)
+            .bind(&hash)
+            .bind(stale)
+            .execute(s.state.store.pool())
+            .await
+            .unwrap();
+        if charged {
+            let digest = sha2::Sha256::digest(format!("{scope}\u{0}{idem}").as_bytes());
+            s.state
+                .ledger
+                .transfer(quota_core::Transfer {
+                    id: format!("ledg_idem_{}_base", &hex::encode(digest)[..32]),
+                    from: quota_core::AccountId::wallet(&user),
+                    to: quota_core::AccountId::Platform(quota_core::PlatformAccount::SandboxRevenue),
+                    amount: quota_core::Credits(8),
+                    kind: quota_core::TransferKind::SandboxCharge,
+                    cause: "req_before_crash".into(),
+                    created_at_ms: stale,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let before = s.stored_balance(&user).await;
+    let send = |idem: &'static str| {
+        s.http
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .header("Idempotency-Key", idem)
+            .body(body.clone())
+            .send()
+    };
+    expect_error(send("lost-1").await.unwrap(), 409, "idempotency_conflict").await;
+    assert_eq!(s.stored_balance(&user).await, before, "the lost attempt's charge is not repeated");
+    // A stale claim whose attempt charged nothing simply runs again.
+    let v: Value = send("lost-2").await.unwrap().json().await.unwrap();
+    assert_eq!(v["quota"]["credits_used"], 8);
+    assert_eq!(s.stored_balance(&user).await, before - 8);
+    s.assert_ledger_ok().await;
+}
+
+#[tokio::test]
+async fn sandbox_and_production_keys_do_not_share_idempotency_keys() {
+    let up = common::fake_openai::FakeUpstream::start().await;
+    let base = up.base_url.clone();
+    let s = TestServer::start_with(move |c| {
+        c.openai_base_url = base;
+        c.openai_api_key = Some("sk-up".into());
+    })
+    .await;
+    let (_, session, test_key) = s.developer("test").await;
+    let (_, dev_key) = s.key(&session, "developer").await;
+    let send = |k: &str| {
+        s.http
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(k)
+            .header("Idempotency-Key", "same")
+            .json(&simple_chat("hi", 5))
+            .send()
+    };
+    let a: Value = send(&test_key).await.unwrap().json().await.unwrap();
+    let b = send(&dev_key).await.unwrap();
+    assert!(b.headers().get("idempotent-replayed").is_none());
+    let b: Value = b.json().await.unwrap();
+    assert_eq!(a["quota"]["sandbox"], true);
+    assert_eq!(b["quota"]["billing_mode"], "developer");
+    assert_eq!(up.calls(), 1);
 }

@@ -47,19 +47,11 @@ fn spawn(dir: &tempfile::TempDir, extra_env: &[(&str, &str)]) -> Proc {
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("no listening line: {line}"));
-    Proc {
-        child,
-        base: format!("http://{addr}"),
-    }
+    Proc { child, base: format!("http://{addr}") }
 }
 
 fn cli(dir: &tempfile::TempDir, args: &[&str]) -> std::process::Output {
-    Command::new(QUOTA)
-        .args(args)
-        .current_dir(dir.path())
-        .env("QUOTA_DATABASE_URL", db_url(dir))
-        .output()
-        .unwrap()
+    Command::new(QUOTA).args(args).current_dir(dir.path()).env("QUOTA_DATABASE_URL", db_url(dir)).output().unwrap()
 }
 
 async fn setup_developer(http: &reqwest::Client, base: &str) -> (String, String) {
@@ -83,10 +75,7 @@ async fn setup_developer(http: &reqwest::Client, base: &str) -> (String, String)
         .json()
         .await
         .unwrap();
-    (
-        r["user"]["id"].as_str().unwrap().to_string(),
-        k["key"].as_str().unwrap().to_string(),
-    )
+    (r["user"]["id"].as_str().unwrap().to_string(), k["key"].as_str().unwrap().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,12 +88,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_charge_and_charges_nothing_twice(
     // Eight clients hammer the server until it dies.
     let mut clients = Vec::new();
     for c in 0..8 {
-        let (http, base, key, seen_tx) = (
-            http.clone(),
-            server.base.clone(),
-            key.clone(),
-            seen_tx.clone(),
-        );
+        let (http, base, key, seen_tx) = (http.clone(), server.base.clone(), key.clone(), seen_tx.clone());
         clients.push(tokio::spawn(async move {
             for i in 0..10_000 {
                 let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("client {c} request {i}")}], "max_tokens": 8, "stream": i % 3 == 0});
@@ -131,12 +115,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_charge_and_charges_nothing_twice(
     // Kill after 300 acknowledged requests: mid-load by construction, not by a timer.
     let mut seen = Vec::new();
     while seen.len() < 300 {
-        seen.push(
-            seen_rx
-                .recv()
-                .await
-                .expect("clients keep succeeding until the kill"),
-        );
+        seen.push(seen_rx.recv().await.expect("clients keep succeeding until the kill"));
     }
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
@@ -149,44 +128,29 @@ async fn kill_9_mid_load_loses_no_acknowledged_charge_and_charges_nothing_twice(
     // Restart on the same file: the ledger must verify.
     let server = spawn(&dir, &[]);
     let out = cli(&dir, &["ledger", "verify"]);
-    assert!(
-        out.status.success(),
-        "ledger verify failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.status.success(), "ledger verify failed: {}", String::from_utf8_lossy(&out.stdout));
     // Every acknowledged request is charged exactly once, for what it reported.
     let pool = sqlx::SqlitePool::connect(&db_url(&dir)).await.unwrap();
     for (rid, credits) in &seen {
-        let rows: Vec<(i64,)> = sqlx::query_as("SELECT amount FROM transfers WHERE cause = ?")
-            .bind(rid)
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+        let rows: Vec<(i64,)> =
+            sqlx::query_as("SELECT amount FROM transfers WHERE cause = ?").bind(rid).fetch_all(&pool).await.unwrap();
         assert_eq!(rows.len(), 1, "request {rid} charged {} times", rows.len());
         assert_eq!(rows[0].0, *credits);
     }
     // And the restarted server reads the same balance the ledger holds.
-    let bal: Value = http
-        .get(format!("{}/v1/balance", server.base))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bal: Value =
+        http.get(format!("{}/v1/balance", server.base)).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = ?")
         .bind(format!("wallet:{user}"))
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(bal["balance"].as_i64().unwrap(), stored);
-    let charged: i64 =
-        sqlx::query_scalar("SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE from_account = ?")
-            .bind(format!("wallet:{user}"))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let charged: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE from_account = ?")
+        .bind(format!("wallet:{user}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(stored, 1_000_000 - charged);
     assert!(seen.len() >= 300);
 }
@@ -197,14 +161,7 @@ async fn admin_credit_reaches_a_running_server_and_rejects_bad_amounts() {
     let server = spawn(&dir, &[]);
     let http = reqwest::Client::new();
     let (_, key) = setup_developer(&http, &server.base).await;
-    for bad in [
-        "-5",
-        "0",
-        "1.5",
-        "abc",
-        "1000000000000000001",
-        "99999999999999999999999",
-    ] {
+    for bad in ["-5", "0", "1.5", "abc", "1000000000000000001", "99999999999999999999999"] {
         let out = cli(&dir, &["admin", "credit", "crash@example.com", "--", bad]);
         assert!(!out.status.success(), "{bad} was accepted");
     }
@@ -212,11 +169,7 @@ async fn admin_credit_reaches_a_running_server_and_rejects_bad_amounts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no account"));
     let out = cli(&dir, &["admin", "credit", "CRASH@example.com", "2500000"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The server's ledger tick picks up the other process's transfer; poll the API for it.
     let mut balance = 0;
     for _ in 0..200 {
@@ -238,31 +191,10 @@ async fn admin_credit_reaches_a_running_server_and_rejects_bad_amounts() {
     assert_eq!(balance, 3_500_000);
     let list = cli(&dir, &["admin", "list-accounts"]);
     let text = String::from_utf8_lossy(&list.stdout);
-    assert!(
-        text.contains("crash@example.com") && text.contains("3500000"),
-        "{text}"
-    );
-    let created = cli(
-        &dir,
-        &[
-            "admin",
-            "create-account",
-            "ops@example.com",
-            "--password",
-            "long enough",
-        ],
-    );
+    assert!(text.contains("crash@example.com") && text.contains("3500000"), "{text}");
+    let created = cli(&dir, &["admin", "create-account", "ops@example.com", "--password", "long enough"]);
     assert!(created.status.success());
-    let dup = cli(
-        &dir,
-        &[
-            "admin",
-            "create-account",
-            "ops@example.com",
-            "--password",
-            "long enough",
-        ],
-    );
+    let dup = cli(&dir, &["admin", "create-account", "ops@example.com", "--password", "long enough"]);
     assert!(!dup.status.success());
     let login = http
         .post(format!("{}/auth/login", server.base))
@@ -278,11 +210,7 @@ async fn admin_credit_reaches_a_running_server_and_rejects_bad_amounts() {
 fn migrate_and_verify_work_on_a_fresh_database() {
     let dir = tempfile::tempdir().unwrap();
     let out = cli(&dir, &["migrate"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = cli(&dir, &["ledger", "verify"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("ledger OK: 0 transfers"));

@@ -22,9 +22,7 @@ async fn proxied() -> (TestServer, FakeUpstream) {
 }
 
 fn cost(model: &str, usage: Usage) -> i64 {
-    Charge::for_usage(Catalog::builtin().get(model).unwrap(), &usage, Margin::ZERO)
-        .total()
-        .0
+    Charge::for_usage(Catalog::builtin().get(model).unwrap(), &usage, Margin::ZERO).total().0
 }
 
 #[tokio::test]
@@ -32,38 +30,20 @@ async fn a_proxied_completion_forwards_allowed_fields_and_charges_the_reported_u
     let (s, up) = proxied().await;
     let (user, _, key) = s.developer("developer").await;
     let before = s.balance(&user).await;
-    up.script(Script::Complete {
-        prompt: 1000,
-        cached: 400,
-        completion: 50,
-        text: "Hi!".into(),
-    });
+    up.script(Script::Complete { prompt: 1000, cached: 400, completion: 50, text: "Hi!".into() });
     let mut body = simple_chat("hello", 100);
     body["service_tier"] = json!("priority");
     body["temperature"] = json!(0.2);
     let v: Value = s.chat(&key, body).await.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "Hi!");
     let (headers, sent) = up.last_request();
-    assert_eq!(
-        headers["authorization"],
-        "Bearer sk-upstream-secret-0123456789"
-    );
+    assert_eq!(headers["authorization"], "Bearer sk-upstream-secret-0123456789");
     assert_eq!(sent["model"], "gpt-4o-mini");
     assert_eq!(sent["temperature"], 0.2);
-    assert!(
-        sent.get("service_tier").is_none(),
-        "fields Quota does not forward never reach the provider"
-    );
+    assert!(sent.get("service_tier").is_none(), "fields Quota does not forward never reach the provider");
     // 600 × 0.15 + 400 × 0.075 + 50 × 0.6 = 90 + 30 + 30 = 150.
-    let expected = cost(
-        "gpt-4o-mini",
-        Usage {
-            input_tokens: 600,
-            cached_tokens: 400,
-            output_tokens: 50,
-            ..Default::default()
-        },
-    );
+    let expected =
+        cost("gpt-4o-mini", Usage { input_tokens: 600, cached_tokens: 400, output_tokens: 50, ..Default::default() });
     assert_eq!(expected, 150);
     assert_eq!(v["quota"]["credits_used"], expected);
     assert_eq!(v["quota"]["billing_mode"], "developer");
@@ -83,37 +63,18 @@ async fn streams_always_ask_the_upstream_for_usage_and_end_with_quota() {
     let (s, up) = proxied().await;
     let (user, _, key) = s.developer("developer").await;
     let before = s.balance(&user).await;
-    up.script(Script::Complete {
-        prompt: 20,
-        cached: 0,
-        completion: 3,
-        text: "Hey there".into(),
-    });
+    up.script(Script::Complete { prompt: 20, cached: 0, completion: 3, text: "Hey there".into() });
     let mut body = simple_chat("hello", 100);
     body["stream"] = json!(true);
     let text = s.chat(&key, body).await.text().await.unwrap();
     let (_, sent) = up.last_request();
     assert_eq!(sent["stream_options"]["include_usage"], true);
-    let events: Vec<&str> = text
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .collect();
-    assert_eq!(
-        events.len(),
-        3,
-        "content chunk, final chunk, [DONE]: the upstream's usage chunk is replaced: {text}"
-    );
+    let events: Vec<&str> = text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).collect();
+    assert_eq!(events.len(), 3, "content chunk, final chunk, [DONE]: the upstream's usage chunk is replaced: {text}");
     let last: Value = serde_json::from_str(events[1]).unwrap();
     assert_eq!(last["usage"]["prompt_tokens"], 20);
     assert_eq!(last["id"], "chatcmpl-fake");
-    let expected = cost(
-        "gpt-4o-mini",
-        Usage {
-            input_tokens: 20,
-            output_tokens: 3,
-            ..Default::default()
-        },
-    );
+    let expected = cost("gpt-4o-mini", Usage { input_tokens: 20, output_tokens: 3, ..Default::default() });
     assert_eq!(last["quota"]["credits_used"], expected);
     assert_eq!(s.stored_balance(&user).await, before - expected);
 }
@@ -123,41 +84,19 @@ async fn upstream_errors_are_mapped_scrubbed_and_not_charged() {
     let (s, up) = proxied().await;
     let (user, _, key) = s.developer("developer").await;
     let before = s.balance(&user).await;
-    up.script(Script::Error {
-        status: 429,
-        message: "Rate limit reached".into(),
-    });
+    up.script(Script::Error { status: 429, message: "Rate limit reached".into() });
     expect_error(s.chat(&key, simple_chat("x", 5)).await, 429, "rate_limit").await;
-    up.script(Script::Error {
-        status: 500,
-        message: "boom for key sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX".into(),
-    });
-    let e = expect_error(
-        s.chat(&key, simple_chat("x", 5)).await,
-        502,
-        "upstream_error",
-    )
-    .await;
+    up.script(Script::Error { status: 500, message: "boom for key sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX".into() });
+    let e = expect_error(s.chat(&key, simple_chat("x", 5)).await, 502, "upstream_error").await;
     let msg = e["error"]["message"].as_str().unwrap();
     assert!(msg.contains("boom"));
-    assert!(
-        !msg.contains("ABCDEFGHIJKLMNOP"),
-        "credentials are scrubbed: {msg}"
-    );
+    assert!(!msg.contains("ABCDEFGHIJKLMNOP"), "credentials are scrubbed: {msg}");
     up.script(Script::Error {
         status: 401,
         message: "Incorrect API key provided: sk-upstream-secret-0123456789".into(),
     });
-    let e = expect_error(
-        s.chat(&key, simple_chat("x", 5)).await,
-        502,
-        "upstream_error",
-    )
-    .await;
-    assert!(
-        !e.to_string().contains("sk-upstream-secret"),
-        "our own provider key never leaks"
-    );
+    let e = expect_error(s.chat(&key, simple_chat("x", 5)).await, 502, "upstream_error").await;
+    assert!(!e.to_string().contains("sk-upstream-secret"), "our own provider key never leaks");
     assert_eq!(s.stored_balance(&user).await, before);
     assert_eq!(s.state.ledger.open_holds(), 0);
 }
@@ -166,12 +105,7 @@ async fn upstream_errors_are_mapped_scrubbed_and_not_charged() {
 async fn an_unconfigured_provider_is_503() {
     let s = TestServer::start().await;
     let (user, _, key) = s.developer("developer").await;
-    expect_error(
-        s.chat(&key, simple_chat("x", 5)).await,
-        503,
-        "provider_unavailable",
-    )
-    .await;
+    expect_error(s.chat(&key, simple_chat("x", 5)).await, 503, "provider_unavailable").await;
     assert_eq!(s.stored_balance(&user).await, 1_000_000);
 }
 
@@ -183,12 +117,7 @@ async fn an_unreachable_upstream_is_502_and_a_slow_one_504() {
     })
     .await;
     let (user, _, key) = s.developer("developer").await;
-    expect_error(
-        s.chat(&key, simple_chat("x", 5)).await,
-        502,
-        "upstream_error",
-    )
-    .await;
+    expect_error(s.chat(&key, simple_chat("x", 5)).await, 502, "upstream_error").await;
     assert_eq!(s.stored_balance(&user).await, 1_000_000);
 }
 
@@ -199,9 +128,7 @@ async fn an_over_reporting_upstream_is_charged_once_and_stops_the_next_request()
     // Leave just enough for the reservation of a 5-token answer.
     let held = quota_core::billing::reservation(
         Catalog::builtin().get("gpt-4o-mini").unwrap(),
-        quota_core::tokens::prompt_upper_bound(
-            serde_json::to_vec(&simple_chat("x", 5)).unwrap().as_slice(),
-        ),
+        quota_core::tokens::prompt_upper_bound(serde_json::to_vec(&simple_chat("x", 5)).unwrap().as_slice()),
         5,
         Margin::ZERO,
     )
@@ -223,35 +150,13 @@ async fn an_over_reporting_upstream_is_charged_once_and_stops_the_next_request()
         .unwrap();
     assert_eq!(s.balance(&user).await, held);
     // The upstream claims far more output than max_tokens allowed.
-    up.script(Script::Complete {
-        prompt: 10,
-        cached: 0,
-        completion: 10_000,
-        text: "x".into(),
-    });
-    let v: Value = s
-        .chat(&key, simple_chat("x", 5))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let charged = cost(
-        "gpt-4o-mini",
-        Usage {
-            input_tokens: 10,
-            output_tokens: 10_000,
-            ..Default::default()
-        },
-    );
+    up.script(Script::Complete { prompt: 10, cached: 0, completion: 10_000, text: "x".into() });
+    let v: Value = s.chat(&key, simple_chat("x", 5)).await.json().await.unwrap();
+    let charged = cost("gpt-4o-mini", Usage { input_tokens: 10, output_tokens: 10_000, ..Default::default() });
     assert_eq!(v["quota"]["credits_used"], charged);
     assert_eq!(s.stored_balance(&user).await, held - charged);
     assert!(held - charged < 0);
-    expect_error(
-        s.chat(&key, simple_chat("x", 5)).await,
-        402,
-        "insufficient_credits",
-    )
-    .await;
+    expect_error(s.chat(&key, simple_chat("x", 5)).await, 402, "insufficient_credits").await;
     s.assert_ledger_ok().await;
 }
 
@@ -260,10 +165,7 @@ async fn a_client_that_hangs_up_mid_stream_pays_for_the_chunks_it_was_sent() {
     let (s, up) = proxied().await;
     let (user, _, key) = s.developer("developer").await;
     let before = s.balance(&user).await;
-    up.script(Script::GatedStream {
-        prompt: 12,
-        completion: 99,
-    });
+    up.script(Script::GatedStream { prompt: 12, completion: 99 });
     let gate = up.gate();
     let resp = s.chat(&key, body_for_estimate()).await;
     let mut stream = resp.bytes_stream();
@@ -291,22 +193,12 @@ async fn a_client_that_hangs_up_mid_stream_pays_for_the_chunks_it_was_sent() {
             .unwrap();
     assert_eq!(status, "client_disconnected");
     let sent = serde_json::to_vec(&body_for_estimate()).unwrap();
-    assert_eq!(
-        input as u64,
-        quota_providers::openai::estimate_prompt_tokens(&sent)
-    );
+    assert_eq!(input as u64, quota_providers::openai::estimate_prompt_tokens(&sent));
     // "word " is one token per chunk; at least the chunk the client read was produced.
     assert!(output >= 1);
     assert_eq!(
         charged,
-        cost(
-            "gpt-4o-mini",
-            Usage {
-                input_tokens: input as u64,
-                output_tokens: output as u64,
-                ..Default::default()
-            }
-        )
+        cost("gpt-4o-mini", Usage { input_tokens: input as u64, output_tokens: output as u64, ..Default::default() })
     );
     s.assert_ledger_ok().await;
 }

@@ -9,12 +9,11 @@ pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 pub enum IdempotencyStart {
     /// First use: the caller proceeds and later completes the record.
     New,
+    /// An earlier claim went stale unfinished (its process died). The caller proceeds, but must
+    /// first check whether that attempt's charge was committed.
+    Retaken,
     /// Same key, same body, finished: replay this.
-    Replay {
-        status: u16,
-        content_type: String,
-        body: Vec<u8>,
-    },
+    Replay { status: u16, content_type: String, body: Vec<u8> },
     /// Same key, different body.
     Conflict,
     /// Same key, same body, still running (or its process died mid-request).

@@ -92,10 +92,7 @@ pub struct Committed {
 
 impl Committed {
     pub fn balance_of(&self, account: &AccountId) -> Option<Credits> {
-        self.balances_after
-            .iter()
-            .find(|(a, _)| a == account)
-            .map(|(_, b)| *b)
+        self.balances_after.iter().find(|(a, _)| a == account).map(|(_, b)| *b)
     }
 }
 
@@ -131,18 +128,9 @@ impl State {
 // settlement for nothing.
 #[allow(clippy::large_enum_variant)]
 enum Job {
-    Load {
-        accounts: Vec<AccountId>,
-        reply: oneshot::Sender<Result<(), LedgerError>>,
-    },
-    Commit {
-        hold: Option<u64>,
-        settlement: Settlement,
-        reply: oneshot::Sender<Result<Committed, LedgerError>>,
-    },
-    Flush {
-        reply: oneshot::Sender<()>,
-    },
+    Load { accounts: Vec<AccountId>, reply: oneshot::Sender<Result<(), LedgerError>> },
+    Commit { hold: Option<u64>, settlement: Settlement, reply: oneshot::Sender<Result<Committed, LedgerError>> },
+    Flush { reply: oneshot::Sender<()> },
 }
 
 struct Inner {
@@ -199,12 +187,8 @@ impl Ledger {
             .map_err(StoreError::from)?
             .get("s");
         let (tx, rx) = mpsc::channel(config.queue_max.max(1));
-        let inner = Arc::new(Inner {
-            state: Mutex::new(State::default()),
-            jobs: tx,
-            next_hold: AtomicU64::new(1),
-            config,
-        });
+        let inner =
+            Arc::new(Inner { state: Mutex::new(State::default()), jobs: tx, next_hold: AtomicU64::new(1), config });
         let writer = Writer {
             conn,
             inner: Arc::downgrade(&inner),
@@ -221,31 +205,19 @@ impl Ledger {
     }
 
     async fn send(&self, job: Job) -> Result<(), LedgerError> {
-        self.inner
-            .jobs
-            .send(job)
-            .await
-            .map_err(|_| LedgerError::Stopped)
+        self.inner.jobs.send(job).await.map_err(|_| LedgerError::Stopped)
     }
 
     async fn ensure_loaded(&self, accounts: &[&AccountId]) -> Result<(), LedgerError> {
         let missing: Vec<AccountId> = {
             let st = self.inner.state.lock();
-            accounts
-                .iter()
-                .filter(|a| !st.accounts.contains_key(a))
-                .map(|a| (*a).clone())
-                .collect()
+            accounts.iter().filter(|a| !st.accounts.contains_key(a)).map(|a| (*a).clone()).collect()
         };
         if missing.is_empty() {
             return Ok(());
         }
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Load {
-            accounts: missing,
-            reply,
-        })
-        .await?;
+        self.send(Job::Load { accounts: missing, reply }).await?;
         rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
@@ -253,21 +225,14 @@ impl Ledger {
     pub async fn balance(&self, account: &AccountId) -> Result<Credits, LedgerError> {
         self.ensure_loaded(&[account]).await?;
         let st = self.inner.state.lock();
-        Ok(Credits(
-            st.accounts.get(account).map(|a| a.balance).unwrap_or(0),
-        ))
+        Ok(Credits(st.accounts.get(account).map(|a| a.balance).unwrap_or(0)))
     }
 
     /// Balance minus open holds.
     pub async fn available(&self, account: &AccountId) -> Result<Credits, LedgerError> {
         self.ensure_loaded(&[account]).await?;
         let st = self.inner.state.lock();
-        Ok(Credits(
-            st.accounts
-                .get(account)
-                .map(|a| a.balance - a.held)
-                .unwrap_or(0),
-        ))
+        Ok(Credits(st.accounts.get(account).map(|a| a.balance - a.held).unwrap_or(0)))
     }
 
     /// Reserve `amount` on `account` (SPEC §4.3.1–2). Refused when the balance is ≤ 0 (no new
@@ -280,10 +245,7 @@ impl Ledger {
                 if let Some(acct) = st.accounts.get_mut(account) {
                     let available = acct.balance - acct.held;
                     if acct.balance <= 0 || available < amount.0 {
-                        return Err(LedgerError::Insufficient {
-                            available: Credits(available.max(0)),
-                            needed: amount,
-                        });
+                        return Err(LedgerError::Insufficient { available: Credits(available.max(0)), needed: amount });
                     }
                     acct.held += amount.0;
                     let balance_at_hold = Credits(acct.balance);
@@ -312,11 +274,7 @@ impl Ledger {
 
     /// Commit `settlement` and free `hold` in the same step. The charge may exceed the hold
     /// (an upstream that over-reports, SPEC §4.3.3). Returns once the commit is durable.
-    pub async fn settle(
-        &self,
-        mut hold: Hold,
-        settlement: Settlement,
-    ) -> Result<Committed, LedgerError> {
+    pub async fn settle(&self, mut hold: Hold, settlement: Settlement) -> Result<Committed, LedgerError> {
         for t in &settlement.transfers {
             t.validate()?;
         }
@@ -329,10 +287,7 @@ impl Ledger {
     /// so it fails with `Insufficient` rather than overdrawing.
     pub async fn transfer(&self, transfer: Transfer) -> Result<Committed, LedgerError> {
         transfer.validate()?;
-        let settlement = Settlement {
-            transfers: vec![transfer.clone()],
-            ..Default::default()
-        };
+        let settlement = Settlement { transfers: vec![transfer.clone()], ..Default::default() };
         if transfer.from.may_go_negative() {
             self.ensure_loaded(&[&transfer.from, &transfer.to]).await?;
             return self.commit(None, settlement).await;
@@ -342,20 +297,9 @@ impl Ledger {
         self.settle(hold, settlement).await
     }
 
-    async fn commit(
-        &self,
-        hold: Option<u64>,
-        settlement: Settlement,
-    ) -> Result<Committed, LedgerError> {
+    async fn commit(&self, hold: Option<u64>, settlement: Settlement) -> Result<Committed, LedgerError> {
         let (reply, rx) = oneshot::channel();
-        if let Err(e) = self
-            .send(Job::Commit {
-                hold,
-                settlement,
-                reply,
-            })
-            .await
-        {
+        if let Err(e) = self.send(Job::Commit { hold, settlement, reply }).await {
             if let Some(id) = hold {
                 self.inner.state.lock().release(id);
             }
@@ -366,14 +310,7 @@ impl Ledger {
 
     /// Commit records that move no money (e.g. the usage record of a failed request).
     pub async fn record(&self, usage: UsageRecord) -> Result<Committed, LedgerError> {
-        self.commit(
-            None,
-            Settlement {
-                usage: Some(usage),
-                ..Default::default()
-            },
-        )
-        .await
+        self.commit(None, Settlement { usage: Some(usage), ..Default::default() }).await
     }
 
     /// Wait until everything queued before this call is committed.
@@ -390,15 +327,7 @@ impl Ledger {
 
     /// Credits held on an account right now.
     pub fn held(&self, account: &AccountId) -> Credits {
-        Credits(
-            self.inner
-                .state
-                .lock()
-                .accounts
-                .get(account)
-                .map(|a| a.held)
-                .unwrap_or(0),
-        )
+        Credits(self.inner.state.lock().accounts.get(account).map(|a| a.held).unwrap_or(0))
     }
 }
 
@@ -451,17 +380,9 @@ impl Writer {
         {
             let now = Instant::now();
             let mut st = inner.state.lock();
-            let expired: Vec<u64> = st
-                .holds
-                .iter()
-                .filter(|(_, h)| h.expires_at <= now)
-                .map(|(id, _)| *id)
-                .collect();
+            let expired: Vec<u64> = st.holds.iter().filter(|(_, h)| h.expires_at <= now).map(|(id, _)| *id).collect();
             for id in expired {
-                tracing::warn!(
-                    hold = id,
-                    "hold expired without settlement; credits released"
-                );
+                tracing::warn!(hold = id, "hold expired without settlement; credits released");
                 st.release(id);
             }
         }
@@ -499,9 +420,7 @@ impl Writer {
     }
 
     async fn commit_batch(&mut self, batch: &[Job]) -> Result<BatchEffects, StoreError> {
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut self.conn)
-            .await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut self.conn).await?;
         match self.commit_batch_in_tx(batch).await {
             Ok(effects) => match sqlx::query("COMMIT").execute(&mut self.conn).await {
                 Ok(_) => Ok(effects),
@@ -525,24 +444,20 @@ impl Writer {
         // 1. Other processes' transfers since we last looked.
         let mut foreign = Vec::new();
         let mut max_seq = self.last_seq;
-        let rows = sqlx::query("SELECT seq, from_account, to_account, amount, origin FROM transfers WHERE seq > ? ORDER BY seq")
-            .bind(self.last_seq)
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT seq, from_account, to_account, amount, origin FROM transfers WHERE seq > ? ORDER BY seq",
+        )
+        .bind(self.last_seq)
+        .fetch_all(&mut *conn)
+        .await?;
         for r in rows {
             max_seq = max_seq.max(r.get::<i64, _>("seq"));
             if r.get::<String, _>("origin") == self.origin {
                 continue;
             }
             let amount: i64 = r.get("amount");
-            let from: AccountId = r
-                .get::<String, _>("from_account")
-                .parse()
-                .map_err(StoreError::Corrupt)?;
-            let to: AccountId = r
-                .get::<String, _>("to_account")
-                .parse()
-                .map_err(StoreError::Corrupt)?;
+            let from: AccountId = r.get::<String, _>("from_account").parse().map_err(StoreError::Corrupt)?;
+            let to: AccountId = r.get::<String, _>("to_account").parse().map_err(StoreError::Corrupt)?;
             foreign.push((from, -amount));
             foreign.push((to, amount));
         }
@@ -569,22 +484,24 @@ impl Writer {
         drop(inner);
         // 3. The batch's transfers, in one statement; RETURNING names those that were new.
         let now = now_ms();
-        let all: Vec<&Transfer> = batch
-            .iter()
-            .filter_map(|j| {
-                if let Job::Commit { settlement, .. } = j {
-                    Some(settlement.transfers.iter())
-                } else {
-                    None
-                }
-            })
-            .flatten()
-            .collect();
+        let all: Vec<&Transfer> =
+            batch
+                .iter()
+                .filter_map(|j| {
+                    if let Job::Commit { settlement, .. } = j {
+                        Some(settlement.transfers.iter())
+                    } else {
+                        None
+                    }
+                })
+                .flatten()
+                .collect();
         let mut inserted: HashMap<String, i64> = HashMap::new();
         // SQLite allows 32,766 bound values per statement; 8 per row.
         for chunk in all.chunks(4000) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) ");
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) ",
+            );
             qb.push_values(chunk, |mut b, t| {
                 b.push_bind(&t.id)
                     .push_bind(t.from.to_string())
@@ -650,12 +567,7 @@ impl Writer {
                 .execute(&mut *conn)
                 .await?;
         }
-        Ok(BatchEffects {
-            foreign,
-            loaded,
-            per_job,
-            max_seq,
-        })
+        Ok(BatchEffects { foreign, loaded, per_job, max_seq })
     }
 
     fn apply(&mut self, batch: Vec<Job>, effects: BatchEffects) {
@@ -672,9 +584,7 @@ impl Writer {
                 }
             }
             for (account, balance) in effects.loaded {
-                st.accounts
-                    .entry(account)
-                    .or_insert(AccountState { balance, held: 0 });
+                st.accounts.entry(account).or_insert(AccountState { balance, held: 0 });
             }
             let mut per_job = effects.per_job.into_iter();
             for job in batch {
@@ -697,17 +607,9 @@ impl Writer {
                         }
                         let balances_after = touched
                             .into_iter()
-                            .filter_map(|a| {
-                                st.accounts.get(&a).map(|s| (a.clone(), Credits(s.balance)))
-                            })
+                            .filter_map(|a| st.accounts.get(&a).map(|s| (a.clone(), Credits(s.balance))))
                             .collect();
-                        replies.push(Reply::Commit(
-                            reply,
-                            Committed {
-                                balances_after,
-                                duplicates,
-                            },
-                        ));
+                        replies.push(Reply::Commit(reply, Committed { balances_after, duplicates }));
                     }
                 }
             }
@@ -733,9 +635,7 @@ impl Writer {
         for job in batch {
             match job {
                 Job::Load { reply, .. } => {
-                    let _ = reply.send(Err(
-                        StoreError::Corrupt(format!("load failed: {error}")).into()
-                    ));
+                    let _ = reply.send(Err(StoreError::Corrupt(format!("load failed: {error}")).into()));
                 }
                 Job::Flush { reply } => {
                     let _ = reply.send(());
@@ -744,9 +644,7 @@ impl Writer {
                     if let (Some(id), Some(inner)) = (hold, inner.as_ref()) {
                         inner.state.lock().release(id);
                     }
-                    let _ = reply.send(Err(
-                        StoreError::Corrupt(format!("commit failed: {error}")).into()
-                    ));
+                    let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {error}")).into()));
                 }
             }
         }
@@ -765,8 +663,7 @@ pub(crate) async fn insert_transfer(
     t: &Transfer,
     origin: &str,
 ) -> Result<bool, StoreError> {
-    t.validate()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    t.validate().map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let res = sqlx::query(
         "INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
@@ -814,21 +711,20 @@ pub(crate) async fn complete_idempotency(
     conn: &mut SqliteConnection,
     c: &IdempotencyCompletion,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE idempotency_keys SET status = ?, content_type = ?, response_body = ? WHERE scope = ? AND key = ?")
-        .bind(i64::from(c.status))
-        .bind(&c.content_type)
-        .bind(&c.body)
-        .bind(&c.scope)
-        .bind(&c.key)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET status = ?, content_type = ?, response_body = ? WHERE scope = ? AND key = ?",
+    )
+    .bind(i64::from(c.status))
+    .bind(&c.content_type)
+    .bind(&c.body)
+    .bind(&c.scope)
+    .bind(&c.key)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
-async fn insert_usage(
-    conn: &mut SqliteConnection,
-    records: &[&UsageRecord],
-) -> Result<(), StoreError> {
+async fn insert_usage(conn: &mut SqliteConnection, records: &[&UsageRecord]) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }

@@ -28,9 +28,7 @@ impl FromStr for Synchronous {
         match s.to_ascii_lowercase().as_str() {
             "normal" => Ok(Synchronous::Normal),
             "full" => Ok(Synchronous::Full),
-            other => Err(format!(
-                "sqlite_synchronous must be `normal` or `full`, got `{other}`"
-            )),
+            other => Err(format!("sqlite_synchronous must be `normal` or `full`, got `{other}`")),
         }
     }
 }
@@ -46,11 +44,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig {
-            database_url: "sqlite://quota.db".into(),
-            synchronous: Synchronous::Normal,
-            max_connections: 8,
-        }
+        StoreConfig { database_url: "sqlite://quota.db".into(), synchronous: Synchronous::Normal, max_connections: 8 }
     }
 }
 
@@ -60,9 +54,7 @@ pub enum StoreError {
     Conflict,
     #[error("not found")]
     NotFound,
-    #[error(
-        "unsupported database url `{0}`: use sqlite://… (PostgreSQL support is tracked separately)"
-    )]
+    #[error("unsupported database url `{0}`: use sqlite://… (PostgreSQL support is tracked separately)")]
     UnsupportedUrl(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -138,49 +130,37 @@ impl Store {
 
     // ---- users -------------------------------------------------------------------------
 
-    pub async fn create_user(
-        &self,
-        id: &str,
-        email: &str,
-        password_hash: &str,
-    ) -> Result<User, StoreError> {
+    pub async fn create_user(&self, id: &str, email: &str, password_hash: &str) -> Result<User, StoreError> {
         let now = now_ms();
-        let res = sqlx::query(
-            "INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(email)
-        .bind(password_hash)
-        .bind(now)
-        .execute(&self.pool)
-        .await;
+        let res = sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(email)
+            .bind(password_hash)
+            .bind(now)
+            .execute(&self.pool)
+            .await;
         match res {
-            Ok(_) => Ok(User {
-                id: id.into(),
-                email: email.into(),
-                password_hash: password_hash.into(),
-                created_at: now,
-            }),
+            Ok(_) => {
+                Ok(User { id: id.into(), email: email.into(), password_hash: password_hash.into(), created_at: now })
+            }
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict),
             Err(e) => Err(e.into()),
         }
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        let row =
-            sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE email = ?")
-                .bind(email)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE email = ?")
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| user_from_row(&r)))
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let row =
-            sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| user_from_row(&r)))
     }
 
@@ -192,20 +172,12 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| (user_from_row(r), r.get::<i64, _>("balance")))
-            .collect())
+        Ok(rows.iter().map(|r| (user_from_row(r), r.get::<i64, _>("balance"))).collect())
     }
 
     // ---- sessions ----------------------------------------------------------------------
 
-    pub async fn create_session(
-        &self,
-        token_hash: &str,
-        user_id: &str,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn create_session(&self, token_hash: &str, user_id: &str, expires_at: i64) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
             .bind(token_hash)
             .bind(user_id)
@@ -225,20 +197,15 @@ impl Store {
         .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| Session {
-            user_id: r.get("user_id"),
-            expires_at: r.get("expires_at"),
-        }))
+        Ok(row.map(|r| Session { user_id: r.get("user_id"), expires_at: r.get("expires_at") }))
     }
 
     pub async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(token_hash)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL")
+            .bind(now_ms())
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -276,34 +243,29 @@ impl Store {
     }
 
     pub async fn list_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? ORDER BY created_at DESC, id"
-        ))
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? ORDER BY created_at DESC, id"))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(key_from_row).collect()
     }
 
     pub async fn key(&self, user_id: &str, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? AND id = ?"
-        ))
-        .bind(user_id)
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? AND id = ?"))
+            .bind(user_id)
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(key_from_row).transpose()
     }
 
     /// A live (unrevoked) key by the hash of its secret.
     pub async fn live_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL"
-        ))
-        .bind(key_hash)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL"))
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(key_from_row).transpose()
     }
 
@@ -315,7 +277,7 @@ impl Store {
         name: Option<&str>,
         rate_limit: Option<Option<i64>>,
     ) -> Result<ApiKey, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(name) = name {
             sqlx::query("UPDATE api_keys SET name = ? WHERE user_id = ? AND id = ?")
                 .bind(name)
@@ -325,23 +287,19 @@ impl Store {
                 .await?;
         }
         if let Some(limit) = rate_limit {
-            sqlx::query(
-                "UPDATE api_keys SET rate_limit_per_minute = ? WHERE user_id = ? AND id = ?",
-            )
-            .bind(limit)
+            sqlx::query("UPDATE api_keys SET rate_limit_per_minute = ? WHERE user_id = ? AND id = ?")
+                .bind(limit)
+                .bind(user_id)
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? AND id = ?"))
             .bind(user_id)
             .bind(key_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? AND id = ?"
-        ))
-        .bind(user_id)
-        .bind(key_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         tx.commit().await?;
         key_from_row(&row)
     }
@@ -370,7 +328,7 @@ impl Store {
         new_prefix: &str,
         new_hash: &str,
     ) -> Result<(ApiKey, String), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let old = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS}, key_hash FROM api_keys WHERE user_id = ? AND id = ? AND revoked_at IS NULL"
         ))
@@ -382,11 +340,7 @@ impl Store {
         let old_key = key_from_row(&old)?;
         let old_hash: String = old.get("key_hash");
         let now = now_ms();
-        sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(old_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ?").bind(now).bind(old_id).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, billing_mode, rate_limit_per_minute, app_id, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -428,11 +382,7 @@ impl Store {
     /// Write transfers in one transaction without a ledger engine (the admin CLI). Only for
     /// credits into wallets: it does not check that a debited wallet can pay. Idempotent by id;
     /// returns how many were new.
-    pub async fn commit_direct(
-        &self,
-        transfers: &[Transfer],
-        origin: &str,
-    ) -> Result<usize, StoreError> {
+    pub async fn commit_direct(&self, transfers: &[Transfer], origin: &str) -> Result<usize, StoreError> {
         let mut conn = self.pool.acquire().await?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         let result = async {
@@ -459,6 +409,12 @@ impl Store {
         }
     }
 
+    /// Whether a transfer with this id was committed.
+    pub async fn transfer_exists(&self, id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM transfers WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.is_some())
+    }
+
     // ---- idempotency -------------------------------------------------------------------
 
     /// Claim `(scope, key)` for a request whose body hashes to `request_hash`. A claim left
@@ -473,7 +429,7 @@ impl Store {
         stale_after_ms: i64,
     ) -> Result<IdempotencyStart, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT request_hash, status, content_type, response_body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?",
         )
@@ -489,27 +445,22 @@ impl Store {
                     IdempotencyStart::Conflict
                 } else if let Some(status) = status {
                     IdempotencyStart::Replay {
-                        status: u16::try_from(status)
-                            .map_err(|_| StoreError::Corrupt("idempotency status".into()))?,
+                        status: u16::try_from(status).map_err(|_| StoreError::Corrupt("idempotency status".into()))?,
                         content_type: r
                             .get::<Option<String>, _>("content_type")
                             .unwrap_or_else(|| "application/json".into()),
-                        body: r
-                            .get::<Option<Vec<u8>>, _>("response_body")
-                            .unwrap_or_default(),
+                        body: r.get::<Option<Vec<u8>>, _>("response_body").unwrap_or_default(),
                     }
                 } else if r.get::<i64, _>("created_at") + stale_after_ms > now {
                     IdempotencyStart::InProgress
                 } else {
-                    sqlx::query(
-                        "UPDATE idempotency_keys SET created_at = ? WHERE scope = ? AND key = ?",
-                    )
-                    .bind(now)
-                    .bind(scope)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
-                    IdempotencyStart::New
+                    sqlx::query("UPDATE idempotency_keys SET created_at = ? WHERE scope = ? AND key = ?")
+                        .bind(now)
+                        .bind(scope)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                    IdempotencyStart::Retaken
                 }
             }
             _ => {
@@ -542,10 +493,7 @@ impl Store {
     }
 
     /// Store a finished response that moved no money (e.g. an error answer).
-    pub async fn idempotency_complete(
-        &self,
-        c: &crate::idempotency::IdempotencyCompletion,
-    ) -> Result<(), StoreError> {
+    pub async fn idempotency_complete(&self, c: &crate::idempotency::IdempotencyCompletion) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
         crate::ledger::complete_idempotency(&mut conn, c).await
     }

@@ -47,14 +47,11 @@ impl Store {
         let mut recomputed: BTreeMap<String, i128> = BTreeMap::new();
         let mut transfers = 0u64;
         {
-            let mut rows = sqlx::query("SELECT from_account, to_account, amount FROM transfers")
-                .fetch(&mut *tx);
+            let mut rows = sqlx::query("SELECT from_account, to_account, amount FROM transfers").fetch(&mut *tx);
             while let Some(r) = rows.try_next().await? {
                 let amount: i64 = r.get("amount");
                 if amount <= 0 {
-                    return Err(StoreError::Corrupt(format!(
-                        "transfer with non-positive amount {amount}"
-                    )));
+                    return Err(StoreError::Corrupt(format!("transfer with non-positive amount {amount}")));
                 }
                 *recomputed.entry(r.get("from_account")).or_default() -= i128::from(amount);
                 *recomputed.entry(r.get("to_account")).or_default() += i128::from(amount);
@@ -78,11 +75,7 @@ impl Store {
             let s = stored.get(account).copied().unwrap_or(0);
             let r64 = i64::try_from(r).unwrap_or(i64::MIN);
             if i128::from(s) != r {
-                mismatches.push(Mismatch {
-                    account: account.clone(),
-                    stored: s,
-                    recomputed: r64,
-                });
+                mismatches.push(Mismatch { account: account.clone(), stored: s, recomputed: r64 });
             }
             if r < 0 {
                 match account.parse::<AccountId>() {

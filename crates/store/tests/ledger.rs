@@ -7,24 +7,11 @@ use std::sync::Arc;
 
 async fn open(dir: &tempfile::TempDir) -> Store {
     let url = format!("sqlite://{}", dir.path().join("q.db").display());
-    Store::open_and_migrate(&StoreConfig {
-        database_url: url,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    Store::open_and_migrate(&StoreConfig { database_url: url, ..Default::default() }).await.unwrap()
 }
 
 fn t(id: &str, from: AccountId, to: AccountId, amount: i64, kind: TransferKind) -> Transfer {
-    Transfer {
-        id: id.into(),
-        from,
-        to,
-        amount: Credits(amount),
-        kind,
-        cause: "test".into(),
-        created_at_ms: 0,
-    }
+    Transfer { id: id.into(), from, to, amount: Credits(amount), kind, cause: "test".into(), created_at_ms: 0 }
 }
 
 fn promo() -> AccountId {
@@ -38,31 +25,17 @@ fn revenue() -> AccountId {
 async fn hold_then_settle_charges_exactly_and_frees_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    let ledger = Ledger::start(store.clone(), LedgerConfig::default())
-        .await
-        .unwrap();
+    let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_a");
-    ledger
-        .transfer(t("w1", promo(), w.clone(), 1000, TransferKind::Welcome))
-        .await
-        .unwrap();
+    ledger.transfer(t("w1", promo(), w.clone(), 1000, TransferKind::Welcome)).await.unwrap();
     let hold = ledger.hold(&w, Credits(600)).await.unwrap();
     assert_eq!(ledger.available(&w).await.unwrap(), Credits(400));
-    assert!(matches!(
-        ledger.hold(&w, Credits(401)).await,
-        Err(LedgerError::Insufficient { .. })
-    ));
+    assert!(matches!(ledger.hold(&w, Credits(401)).await, Err(LedgerError::Insufficient { .. })));
     let c = ledger
         .settle(
             hold,
             Settlement {
-                transfers: vec![t(
-                    "c1",
-                    w.clone(),
-                    revenue(),
-                    250,
-                    TransferKind::UsageCharge,
-                )],
+                transfers: vec![t("c1", w.clone(), revenue(), 250, TransferKind::UsageCharge)],
                 ..Default::default()
             },
         )
@@ -79,14 +52,9 @@ async fn hold_then_settle_charges_exactly_and_frees_the_rest() {
 #[tokio::test]
 async fn dropping_a_hold_releases_it() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::start(open(&dir).await, LedgerConfig::default())
-        .await
-        .unwrap();
+    let ledger = Ledger::start(open(&dir).await, LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_b");
-    ledger
-        .transfer(t("w1", promo(), w.clone(), 100, TransferKind::Welcome))
-        .await
-        .unwrap();
+    ledger.transfer(t("w1", promo(), w.clone(), 100, TransferKind::Welcome)).await.unwrap();
     let hold = ledger.hold(&w, Credits(100)).await.unwrap();
     assert_eq!(ledger.available(&w).await.unwrap(), Credits(0));
     drop(hold);
@@ -97,18 +65,10 @@ async fn dropping_a_hold_releases_it() {
 async fn the_same_transfer_id_is_written_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    let ledger = Ledger::start(store.clone(), LedgerConfig::default())
-        .await
-        .unwrap();
+    let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_c");
-    let first = ledger
-        .transfer(t("same", promo(), w.clone(), 500, TransferKind::Welcome))
-        .await
-        .unwrap();
-    let again = ledger
-        .transfer(t("same", promo(), w.clone(), 500, TransferKind::Welcome))
-        .await
-        .unwrap();
+    let first = ledger.transfer(t("same", promo(), w.clone(), 500, TransferKind::Welcome)).await.unwrap();
+    let again = ledger.transfer(t("same", promo(), w.clone(), 500, TransferKind::Welcome)).await.unwrap();
     assert_eq!(first.duplicates, 0);
     assert_eq!(again.duplicates, 1);
     assert_eq!(ledger.balance(&w).await.unwrap(), Credits(500));
@@ -121,25 +81,15 @@ async fn the_same_transfer_id_is_written_once() {
 async fn a_wallet_debit_beyond_the_balance_is_refused_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    let ledger = Ledger::start(store.clone(), LedgerConfig::default())
-        .await
-        .unwrap();
+    let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let a = AccountId::wallet("usr_d");
     let b = AccountId::wallet("usr_e");
-    ledger
-        .transfer(t("w1", promo(), a.clone(), 100, TransferKind::Welcome))
-        .await
-        .unwrap();
-    let err = ledger
-        .transfer(t("f1", a.clone(), b.clone(), 101, TransferKind::Funding))
-        .await
-        .unwrap_err();
+    ledger.transfer(t("w1", promo(), a.clone(), 100, TransferKind::Welcome)).await.unwrap();
+    let err = ledger.transfer(t("f1", a.clone(), b.clone(), 101, TransferKind::Funding)).await.unwrap_err();
     assert!(matches!(err, LedgerError::Insufficient { .. }));
     assert_eq!(store.verify_ledger().await.unwrap().transfers, 1);
     assert!(matches!(
-        ledger
-            .transfer(t("bad", a.clone(), b, 0, TransferKind::Funding))
-            .await,
+        ledger.transfer(t("bad", a.clone(), b, 0, TransferKind::Funding)).await,
         Err(LedgerError::Invalid(_))
     ));
 }
@@ -148,14 +98,9 @@ async fn a_wallet_debit_beyond_the_balance_is_refused_and_writes_nothing() {
 async fn concurrent_holds_never_overspend() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    let ledger = Ledger::start(store.clone(), LedgerConfig::default())
-        .await
-        .unwrap();
+    let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_f");
-    ledger
-        .transfer(t("w1", promo(), w.clone(), 50 * 7, TransferKind::Welcome))
-        .await
-        .unwrap();
+    ledger.transfer(t("w1", promo(), w.clone(), 50 * 7, TransferKind::Welcome)).await.unwrap();
     let wins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -167,13 +112,7 @@ async fn concurrent_holds_never_overspend() {
                     .settle(
                         hold,
                         Settlement {
-                            transfers: vec![t(
-                                &format!("c{i}"),
-                                w.clone(),
-                                revenue(),
-                                7,
-                                TransferKind::UsageCharge,
-                            )],
+                            transfers: vec![t(&format!("c{i}"), w.clone(), revenue(), 7, TransferKind::UsageCharge)],
                             ..Default::default()
                         },
                     )
@@ -197,22 +136,14 @@ async fn concurrent_holds_never_overspend() {
 async fn another_process_credit_reaches_the_cached_balance() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    let ledger = Ledger::start(store.clone(), LedgerConfig::default())
-        .await
-        .unwrap();
+    let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_g");
     assert_eq!(ledger.balance(&w).await.unwrap(), Credits(0));
     // The admin CLI writes directly, as another process would.
     let other = open(&dir).await;
     other
         .commit_direct(
-            &[t(
-                "cli1",
-                AccountId::Platform(PlatformAccount::Adjustments),
-                w.clone(),
-                999,
-                TransferKind::AdminCredit,
-            )],
+            &[t("cli1", AccountId::Platform(PlatformAccount::Adjustments), w.clone(), 999, TransferKind::AdminCredit)],
             "cli",
         )
         .await
@@ -221,10 +152,7 @@ async fn another_process_credit_reaches_the_cached_balance() {
     ledger.flush().await.unwrap();
     assert_eq!(ledger.balance(&w).await.unwrap(), Credits(999));
     // And the cached balance is not counted twice by later loads.
-    ledger
-        .transfer(t("w2", promo(), w.clone(), 1, TransferKind::Welcome))
-        .await
-        .unwrap();
+    ledger.transfer(t("w2", promo(), w.clone(), 1, TransferKind::Welcome)).await.unwrap();
     assert_eq!(ledger.balance(&w).await.unwrap(), Credits(1000));
     assert_eq!(store.balance(&w).await.unwrap(), 1000);
 }
@@ -233,14 +161,9 @@ async fn another_process_credit_reaches_the_cached_balance() {
 async fn settlement_may_overshoot_its_hold_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    let ledger = Ledger::start(store.clone(), LedgerConfig::default())
-        .await
-        .unwrap();
+    let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_h");
-    ledger
-        .transfer(t("w1", promo(), w.clone(), 10, TransferKind::Welcome))
-        .await
-        .unwrap();
+    ledger.transfer(t("w1", promo(), w.clone(), 10, TransferKind::Welcome)).await.unwrap();
     let hold = ledger.hold(&w, Credits(10)).await.unwrap();
     ledger
         .settle(
@@ -254,10 +177,7 @@ async fn settlement_may_overshoot_its_hold_once() {
         .unwrap();
     assert_eq!(ledger.balance(&w).await.unwrap(), Credits(-5));
     // No new request starts from a balance ≤ 0, even for a free one.
-    assert!(matches!(
-        ledger.hold(&w, Credits(0)).await,
-        Err(LedgerError::Insufficient { .. })
-    ));
+    assert!(matches!(ledger.hold(&w, Credits(0)).await, Err(LedgerError::Insufficient { .. })));
     let report = store.verify_ledger().await.unwrap();
     assert!(report.ok());
     assert_eq!(report.negative_accounts, vec![(w.to_string(), -5)]);

@@ -43,11 +43,7 @@ impl OpenAiAdapter {
             .build()
             .map_err(|e| format!("http client: {e}"))?;
         let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
-        Ok(OpenAiAdapter {
-            client,
-            url,
-            config,
-        })
+        Ok(OpenAiAdapter { client, url, config })
     }
 
     fn scrub(&self, message: &str) -> String {
@@ -57,16 +53,10 @@ impl OpenAiAdapter {
 
     async fn error_from(&self, resp: reqwest::Response, deadline: Instant) -> UpstreamError {
         let status = resp.status().as_u16();
-        let body = read_limited(resp, deadline, ERROR_BODY_MAX_BYTES)
-            .await
-            .unwrap_or_default();
+        let body = read_limited(resp, deadline, ERROR_BODY_MAX_BYTES).await.unwrap_or_default();
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| {
-                v.pointer("/error/message")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            })
+            .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
         let message = self.scrub(&message);
         if status == 429 {
@@ -108,12 +98,8 @@ impl ChatProvider for OpenAiAdapter {
             return Err(UpstreamError::NotConfigured("openai"));
         };
         let stream = call.request.stream();
-        let body = forward_body(call.raw, &call.model.upstream_id, stream).map_err(|m| {
-            UpstreamError::Status {
-                status: 400,
-                message: m,
-            }
-        })?;
+        let body = forward_body(call.raw, &call.model.upstream_id, stream)
+            .map_err(|m| UpstreamError::Status { status: 400, message: m })?;
         let start = Instant::now();
         let deadline = start + self.config.total_timeout;
         let send = self
@@ -121,14 +107,7 @@ impl ChatProvider for OpenAiAdapter {
             .post(&self.url)
             .bearer_auth(key)
             .header("content-type", "application/json")
-            .header(
-                "accept",
-                if stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            )
+            .header("accept", if stream { "text/event-stream" } else { "application/json" })
             .body(body)
             .send();
         let resp = match tokio::time::timeout(self.config.first_byte_timeout, send).await {
@@ -152,11 +131,7 @@ impl ChatProvider for OpenAiAdapter {
             return Ok(ChatResponse::Complete { body, usage });
         }
         let meter = Arc::new(Meter::new(prompt_estimate));
-        let events = openai_event_stream(
-            resp.bytes_stream().map(|r| r.map_err(transport)),
-            meter.clone(),
-            deadline,
-        );
+        let events = openai_event_stream(resp.bytes_stream().map(|r| r.map_err(transport)), meter.clone(), deadline);
         Ok(ChatResponse::Stream { events, meter })
     }
 }
@@ -168,9 +143,8 @@ pub fn estimate_prompt_tokens(raw: &[u8]) -> u64 {
 
 /// Usage of a complete body: the upstream's report, else counted from the choices.
 fn usage_of_completion(body: &[u8], prompt_estimate: u64) -> Result<Usage, UpstreamError> {
-    let peek: CompletionPeek = serde_json::from_slice(body).map_err(|e| {
-        UpstreamError::Transport(format!("the provider sent an unreadable body: {e}"))
-    })?;
+    let peek: CompletionPeek = serde_json::from_slice(body)
+        .map_err(|e| UpstreamError::Transport(format!("the provider sent an unreadable body: {e}")))?;
     if let Some(u) = peek.usage {
         return Ok(u.to_usage());
     }
@@ -180,11 +154,7 @@ fn usage_of_completion(body: &[u8], prompt_estimate: u64) -> Result<Usage, Upstr
             m.for_each_text(|t| output += quota_core::tokens::count_tokens(t));
         }
     }
-    Ok(Usage {
-        input_tokens: prompt_estimate,
-        output_tokens: output,
-        ..Default::default()
-    })
+    Ok(Usage { input_tokens: prompt_estimate, output_tokens: output, ..Default::default() })
 }
 
 /// Turn an upstream OpenAI SSE byte stream into client events: every chunk forwarded as soon as
@@ -238,9 +208,7 @@ pub fn openai_event_stream(
                     }
                     if !st.meter.finished() {
                         return Some((
-                            Err(UpstreamError::Transport(
-                                "the provider closed the stream early".into(),
-                            )),
+                            Err(UpstreamError::Transport("the provider closed the stream early".into())),
                             st,
                         ));
                     }
@@ -279,15 +247,8 @@ fn inspect_chunk(event: &[u8], meter: &Meter) -> Result<bool, UpstreamError> {
         return Ok(true);
     };
     if let Some(err) = chunk.error {
-        let message = err
-            .get("message")
-            .and_then(|m| m.as_str())
-            .unwrap_or("stream error")
-            .to_string();
-        return Err(UpstreamError::Status {
-            status: 502,
-            message: scrub_credentials(&message, &[]),
-        });
+        let message = err.get("message").and_then(|m| m.as_str()).unwrap_or("stream error").to_string();
+        return Err(UpstreamError::Status { status: 502, message: scrub_credentials(&message, &[]) });
     }
     if let (Some(id), Some(created), Some(model)) = (&chunk.id, chunk.created, &chunk.model) {
         meter.set_identity(id, created, model);
@@ -313,22 +274,10 @@ mod tests {
 
     fn run(chunks: Vec<&'static str>) -> (Vec<Result<Bytes, UpstreamError>>, Arc<Meter>) {
         let meter = Arc::new(Meter::new(7));
-        let upstream = futures::stream::iter(
-            chunks
-                .into_iter()
-                .map(|c| Ok(Bytes::from_static(c.as_bytes()))),
-        );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let upstream = futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c.as_bytes()))));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let out = rt.block_on(
-            openai_event_stream(
-                upstream,
-                meter.clone(),
-                Instant::now() + Duration::from_secs(5),
-            )
-            .collect::<Vec<_>>(),
+            openai_event_stream(upstream, meter.clone(), Instant::now() + Duration::from_secs(5)).collect::<Vec<_>>(),
         );
         (out, meter)
     }
@@ -342,14 +291,7 @@ mod tests {
         ]);
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|r| r.is_ok()));
-        assert_eq!(
-            meter.usage(),
-            Usage {
-                input_tokens: 5,
-                output_tokens: 2,
-                ..Default::default()
-            }
-        );
+        assert_eq!(meter.usage(), Usage { input_tokens: 5, output_tokens: 2, ..Default::default() });
         assert_eq!(meter.identity(), Some(("c1".into(), 1, "m".into())));
     }
 
@@ -358,13 +300,6 @@ mod tests {
         let (out, meter) = run(vec!["data: {\"id\":\"c1\",\"created\":1,\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"Hello there\"}}]}\n\n"]);
         assert_eq!(out.len(), 2);
         assert!(matches!(out[1], Err(UpstreamError::Transport(_))));
-        assert_eq!(
-            meter.usage(),
-            Usage {
-                input_tokens: 7,
-                output_tokens: 2,
-                ..Default::default()
-            }
-        );
+        assert_eq!(meter.usage(), Usage { input_tokens: 7, output_tokens: 2, ..Default::default() });
     }
 }

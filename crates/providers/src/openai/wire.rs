@@ -119,11 +119,7 @@ impl Content {
     pub fn text(&self) -> String {
         match self {
             Content::Text(t) => t.clone(),
-            Content::Parts(parts) => parts
-                .iter()
-                .filter_map(|p| p.text.as_deref())
-                .collect::<Vec<_>>()
-                .join("\n"),
+            Content::Parts(parts) => parts.iter().filter_map(|p| p.text.as_deref()).collect::<Vec<_>>().join("\n"),
         }
     }
 }
@@ -139,14 +135,8 @@ impl ChatRequest {
             return Err("`messages` must contain at least one message".into());
         }
         for (i, m) in req.messages.iter().enumerate() {
-            if !matches!(
-                m.role.as_str(),
-                "system" | "developer" | "user" | "assistant" | "tool" | "function"
-            ) {
-                return Err(format!(
-                    "messages[{i}].role `{}` is not a valid role",
-                    m.role
-                ));
+            if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant" | "tool" | "function") {
+                return Err(format!("messages[{i}].role `{}` is not a valid role", m.role));
             }
         }
         if let Some(0) = req.max_tokens.or(req.max_completion_tokens) {
@@ -194,8 +184,7 @@ pub fn describe_json_error(e: &serde_json::Error) -> String {
 /// The upstream body: the forwarded fields as the client wrote them, the upstream model id, and
 /// for streams `stream_options.include_usage` forced on (SPEC §3.1).
 pub fn forward_body(raw: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, String> {
-    let fields: BTreeMap<String, &RawValue> =
-        serde_json::from_slice(raw).map_err(|e| describe_json_error(&e))?;
+    let fields: BTreeMap<String, &RawValue> = serde_json::from_slice(raw).map_err(|e| describe_json_error(&e))?;
     let mut out = Vec::with_capacity(raw.len() + 64);
     out.extend_from_slice(b"{\"model\":");
     serde_json::to_writer(&mut out, upstream_model).map_err(|e| e.to_string())?;
@@ -233,11 +222,7 @@ impl UsageWire {
     /// OpenAI's `prompt_tokens` includes cached tokens; reasoning tokens are already inside
     /// `completion_tokens` (reference/prices.md).
     pub fn to_usage(self) -> Usage {
-        let cached = self
-            .prompt_tokens_details
-            .and_then(|d| d.cached_tokens)
-            .unwrap_or(0)
-            .min(self.prompt_tokens);
+        let cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0).min(self.prompt_tokens);
         Usage {
             input_tokens: self.prompt_tokens - cached,
             cached_tokens: cached,
@@ -322,10 +307,7 @@ pub fn splice_quota(body: &[u8], quota_json: &[u8]) -> Option<Vec<u8>> {
     if body[end] != b'}' {
         return None;
     }
-    let inner_empty = body[..end]
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map(|i| body[i] == b'{')?;
+    let inner_empty = body[..end].iter().rposition(|b| !b.is_ascii_whitespace()).map(|i| body[i] == b'{')?;
     let mut out = Vec::with_capacity(body.len() + quota_json.len() + 12);
     out.extend_from_slice(&body[..end]);
     if !inner_empty {
@@ -358,54 +340,29 @@ mod tests {
         let u: UsageWire = serde_json::from_str(r#"{"prompt_tokens":100,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":30},"completion_tokens_details":{"reasoning_tokens":5}}"#).unwrap();
         assert_eq!(
             u.to_usage(),
-            Usage {
-                input_tokens: 70,
-                cached_tokens: 30,
-                cache_write_tokens: 0,
-                output_tokens: 20
-            }
+            Usage { input_tokens: 70, cached_tokens: 30, cache_write_tokens: 0, output_tokens: 20 }
         );
     }
 
     #[test]
     fn rejects_bad_requests_with_a_reason() {
-        assert!(ChatRequest::parse(b"{")
-            .unwrap_err()
-            .contains("not valid JSON"));
-        assert!(ChatRequest::parse(br#"{"messages":[]}"#)
-            .unwrap_err()
-            .contains("model"));
-        assert!(ChatRequest::parse(br#"{"model":"m","messages":[]}"#)
-            .unwrap_err()
-            .contains("at least one"));
-        assert!(ChatRequest::parse(
-            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#
-        )
-        .is_err());
-        assert!(ChatRequest::parse(
-            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#
-        )
-        .is_err());
-        assert!(ChatRequest::parse(
-            br#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#
-        )
-        .is_err());
-        assert!(ChatRequest::parse(
-            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":0}"#
-        )
-        .is_err());
-        assert!(ChatRequest::parse(
-            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"whatever":{"a":1}}"#
-        )
-        .is_ok());
+        assert!(ChatRequest::parse(b"{").unwrap_err().contains("not valid JSON"));
+        assert!(ChatRequest::parse(br#"{"messages":[]}"#).unwrap_err().contains("model"));
+        assert!(ChatRequest::parse(br#"{"model":"m","messages":[]}"#).unwrap_err().contains("at least one"));
+        assert!(ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#)
+            .is_err());
+        assert!(
+            ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#).is_err()
+        );
+        assert!(ChatRequest::parse(br#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#).is_err());
+        assert!(ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":0}"#).is_err());
+        assert!(ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"whatever":{"a":1}}"#)
+            .is_ok());
     }
 
     #[test]
     fn splices_quota_into_objects() {
-        assert_eq!(
-            splice_quota(b"{\"a\":1}\n", b"{}").unwrap(),
-            b"{\"a\":1,\"quota\":{}}"
-        );
+        assert_eq!(splice_quota(b"{\"a\":1}\n", b"{}").unwrap(), b"{\"a\":1,\"quota\":{}}");
         assert_eq!(splice_quota(b"{ }", b"1").unwrap(), b"{ \"quota\":1}");
         assert!(splice_quota(b"[1]", b"1").is_none());
     }

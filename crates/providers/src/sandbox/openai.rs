@@ -21,11 +21,7 @@ pub fn prompt_tokens(req: &ChatRequest) -> u64 {
     let mut n = TOKENS_PER_CONVERSATION;
     for m in &req.messages {
         n += TOKENS_PER_MESSAGE;
-        n += m
-            .content
-            .as_ref()
-            .map(|c| count_tokens(&c.text()))
-            .unwrap_or(0);
+        n += m.content.as_ref().map(|c| count_tokens(&c.text())).unwrap_or(0);
         n += m.name.as_deref().map(count_tokens).unwrap_or(0);
         for tc in m.tool_calls.iter().flatten() {
             if let Some(f) = &tc.function {
@@ -37,11 +33,7 @@ pub fn prompt_tokens(req: &ChatRequest) -> u64 {
     for t in req.tools.iter().flatten() {
         if let Some(f) = &t.function {
             n += count_tokens(&f.name) + f.description.as_deref().map(count_tokens).unwrap_or(0);
-            n += f
-                .parameters
-                .as_ref()
-                .map(|p| count_tokens(&p.to_string()))
-                .unwrap_or(0);
+            n += f.parameters.as_ref().map(|p| count_tokens(&p.to_string())).unwrap_or(0);
         }
     }
     n
@@ -61,16 +53,10 @@ fn tool_to_call(req: &ChatRequest) -> Option<OfferedTool<'_>> {
     };
     let functions = tools.iter().filter_map(|t| t.function.as_ref());
     let chosen = match named {
-        Some(name) => functions
-            .clone()
-            .find(|f| f.name == name)
-            .or_else(|| functions.clone().next()),
+        Some(name) => functions.clone().find(|f| f.name == name).or_else(|| functions.clone().next()),
         None => functions.clone().next(),
     }?;
-    Some(OfferedTool {
-        name: &chosen.name,
-        parameters: chosen.parameters.as_ref(),
-    })
+    Some(OfferedTool { name: &chosen.name, parameters: chosen.parameters.as_ref() })
 }
 
 fn plan_for(req: &ChatRequest) -> Plan {
@@ -91,20 +77,11 @@ fn plan_for(req: &ChatRequest) -> Plan {
         .and_then(|m| m.content.as_ref())
         .map(Content::text)
         .unwrap_or_default();
-    plan(
-        &seed,
-        &last_user,
-        tool_to_call(req),
-        req.max_output(),
-        req.choices(),
-    )
+    plan(&seed, &last_user, tool_to_call(req), req.max_output(), req.choices())
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 fn completion_id(req_seed: u64) -> String {
@@ -132,11 +109,7 @@ fn message_json(output: &PlannedOutput) -> serde_json::Value {
         PlannedOutput::Text { text, .. } => {
             json!({"role": "assistant", "content": text, "refusal": null})
         }
-        PlannedOutput::ToolCall {
-            id,
-            name,
-            arguments,
-        } => json!({
+        PlannedOutput::ToolCall { id, name, arguments } => json!({
             "role": "assistant", "content": null, "refusal": null,
             "tool_calls": [{"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}]
         }),
@@ -164,32 +137,17 @@ fn stream_chunks(id: &str, created: i64, model: &str, plan: &Plan) -> Vec<(Bytes
     for (index, output) in plan.outputs.iter().enumerate() {
         match output {
             PlannedOutput::Text { text, .. } => {
-                out.push((
-                    chunk(
-                        index,
-                        json!({"role": "assistant", "content": "", "refusal": null}),
-                        None,
-                    ),
-                    None,
-                ));
+                out.push((chunk(index, json!({"role": "assistant", "content": "", "refusal": null}), None), None));
                 for piece in split_tokens(text) {
-                    out.push((
-                        chunk(index, json!({"content": piece}), None),
-                        Some(piece.to_string()),
-                    ));
+                    out.push((chunk(index, json!({"content": piece}), None), Some(piece.to_string())));
                 }
             }
-            PlannedOutput::ToolCall {
-                id: call_id,
-                name,
-                arguments,
-            } => {
+            PlannedOutput::ToolCall { id: call_id, name, arguments } => {
                 let head = json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
                     {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]});
                 out.push((chunk(index, head, None), Some(name.clone())));
                 for piece in split_tokens(arguments) {
-                    let delta =
-                        json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]});
+                    let delta = json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]});
                     out.push((chunk(index, delta, None), Some(piece.to_string())));
                 }
             }
@@ -201,13 +159,10 @@ fn stream_chunks(id: &str, created: i64, model: &str, plan: &Plan) -> Vec<(Bytes
 
 fn fault_error(fault: Fault) -> Option<UpstreamError> {
     match fault {
-        Fault::UpstreamError => Some(UpstreamError::Status {
-            status: 500,
-            message: "sandbox: simulated provider error".into(),
-        }),
-        Fault::RateLimit => Some(UpstreamError::RateLimited(
-            "sandbox: simulated provider rate limit".into(),
-        )),
+        Fault::UpstreamError => {
+            Some(UpstreamError::Status { status: 500, message: "sandbox: simulated provider error".into() })
+        }
+        Fault::RateLimit => Some(UpstreamError::RateLimited("sandbox: simulated provider rate limit".into())),
         Fault::Timeout => Some(UpstreamError::Timeout),
         Fault::DisconnectMidStream => None,
     }
@@ -246,15 +201,8 @@ impl ChatProvider for Sandbox {
                 "id": id, "object": "chat.completion", "created": created, "model": model,
                 "system_fingerprint": "fp_quota_sandbox", "choices": choices, "usage": usage_json(prompt, output_tokens),
             });
-            let usage = Usage {
-                input_tokens: prompt,
-                output_tokens,
-                ..Default::default()
-            };
-            return Ok(ChatResponse::Complete {
-                body: Bytes::from(body.to_string()),
-                usage,
-            });
+            let usage = Usage { input_tokens: prompt, output_tokens, ..Default::default() };
+            return Ok(ChatResponse::Complete { body: Bytes::from(body.to_string()), usage });
         }
         let meter = Arc::new(Meter::new(prompt));
         meter.set_identity(&id, created, model);
@@ -263,36 +211,31 @@ impl ChatProvider for Sandbox {
         if disconnect {
             chunks.truncate(chunks.len() / 2);
         }
-        let final_usage = Usage {
-            input_tokens: prompt,
-            output_tokens,
-            ..Default::default()
-        };
+        let final_usage = Usage { input_tokens: prompt, output_tokens, ..Default::default() };
         let m = meter.clone();
-        let events =
-            futures::stream::iter(chunks.into_iter().map(Some).chain(std::iter::once(None)))
-                .filter_map(move |item| {
-                    let m = m.clone();
-                    async move {
-                        match item {
-                            Some((bytes, text)) => {
-                                if let Some(t) = text {
-                                    m.count_output(&t);
-                                }
-                                Some(Ok(bytes))
+        let events = futures::stream::iter(chunks.into_iter().map(Some).chain(std::iter::once(None)))
+            .filter_map(move |item| {
+                let m = m.clone();
+                async move {
+                    match item {
+                        Some((bytes, text)) => {
+                            if let Some(t) = text {
+                                m.count_output(&t);
                             }
-                            None if disconnect => Some(Err(UpstreamError::Transport(
-                                "sandbox: simulated disconnect mid-stream".into(),
-                            ))),
-                            None => {
-                                m.report_usage(final_usage);
-                                m.mark_finished();
-                                None
-                            }
+                            Some(Ok(bytes))
+                        }
+                        None if disconnect => {
+                            Some(Err(UpstreamError::Transport("sandbox: simulated disconnect mid-stream".into())))
+                        }
+                        None => {
+                            m.report_usage(final_usage);
+                            m.mark_finished();
+                            None
                         }
                     }
-                })
-                .boxed();
+                }
+            })
+            .boxed();
         Ok(ChatResponse::Stream { events, meter })
     }
 }
@@ -307,15 +250,8 @@ mod tests {
         let req = ChatRequest::parse(&raw).unwrap();
         let catalog = Catalog::builtin();
         let model = catalog.get("gpt-4o-mini").unwrap().clone();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let call = ChatCall {
-            model: &model,
-            request: &req,
-            raw: &raw,
-            fault,
-        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let call = ChatCall { model: &model, request: &req, raw: &raw, fault };
         let max = Sandbox.prompt_tokens_max(&call);
         (rt.block_on(Sandbox.chat(call)), max)
     }
@@ -326,9 +262,7 @@ mod tests {
             r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"max_tokens":5}"#,
             None,
         );
-        let Ok(ChatResponse::Complete { body, usage }) = resp else {
-            panic!("expected a body")
-        };
+        let Ok(ChatResponse::Complete { body, usage }) = resp else { panic!("expected a body") };
         assert_eq!(usage.input_tokens, prompt_max);
         assert_eq!(usage.output_tokens, 5);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -343,32 +277,18 @@ mod tests {
             r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"weather in Paris?"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]}"#,
             None,
         );
-        let Ok(ChatResponse::Complete { body, .. }) = resp else {
-            panic!()
-        };
+        let Ok(ChatResponse::Complete { body, .. }) = resp else { panic!() };
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(
-            v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
-            "get_weather"
-        );
+        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
     }
 
     #[test]
     fn faults_imitate_upstream_failures() {
         let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}]}"#;
-        assert!(matches!(
-            call_with(body, Some(Fault::RateLimit)).0,
-            Err(UpstreamError::RateLimited(_))
-        ));
-        assert!(matches!(
-            call_with(body, Some(Fault::Timeout)).0,
-            Err(UpstreamError::Timeout)
-        ));
-        assert!(matches!(
-            call_with(body, Some(Fault::UpstreamError)).0,
-            Err(UpstreamError::Status { .. })
-        ));
+        assert!(matches!(call_with(body, Some(Fault::RateLimit)).0, Err(UpstreamError::RateLimited(_))));
+        assert!(matches!(call_with(body, Some(Fault::Timeout)).0, Err(UpstreamError::Timeout)));
+        assert!(matches!(call_with(body, Some(Fault::UpstreamError)).0, Err(UpstreamError::Status { .. })));
     }
 
     #[test]
@@ -377,12 +297,8 @@ mod tests {
             r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"stream":true,"max_tokens":7}"#,
             Some(Fault::DisconnectMidStream),
         );
-        let Ok(ChatResponse::Stream { events, meter }) = resp else {
-            panic!()
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let Ok(ChatResponse::Stream { events, meter }) = resp else { panic!() };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let items: Vec<_> = rt.block_on(events.collect());
         assert!(items.last().unwrap().is_err());
         assert!(meter.reported().is_none());

@@ -54,29 +54,21 @@ pub enum PlannedOutput {
     /// Text, already truncated to the output budget.
     Text { text: String, truncated: bool },
     /// A call of `name` with JSON `arguments`.
-    ToolCall {
-        id: String,
-        name: String,
-        arguments: String,
-    },
+    ToolCall { id: String, name: String, arguments: String },
 }
 
 impl PlannedOutput {
     pub fn output_tokens(&self) -> u64 {
         match self {
             PlannedOutput::Text { text, .. } => count_tokens(text),
-            PlannedOutput::ToolCall {
-                name, arguments, ..
-            } => count_tokens(name) + count_tokens(arguments),
+            PlannedOutput::ToolCall { name, arguments, .. } => count_tokens(name) + count_tokens(arguments),
         }
     }
 
     /// The OpenAI finish reason for this output.
     pub fn finish_reason(&self) -> &'static str {
         match self {
-            PlannedOutput::Text {
-                truncated: true, ..
-            } => "length",
+            PlannedOutput::Text { truncated: true, .. } => "length",
             PlannedOutput::Text { .. } => "stop",
             PlannedOutput::ToolCall { .. } => "tool_calls",
         }
@@ -134,15 +126,10 @@ fn answer_text(last_user_text: &str, mut seed: u64) -> String {
     let mut text = if quoted.is_empty() {
         "This is a sandbox reply.".to_string()
     } else {
-        format!(
-            "This is a sandbox reply to \"{}\".",
-            quoted.join(" ").replace('"', "'")
-        )
+        format!("This is a sandbox reply to \"{}\".", quoted.join(" ").replace('"', "'"))
     };
     for i in 0..ANSWER_WORDS {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         let word = WORDS[(seed >> 33) as usize % WORDS.len()];
         text.push(' ');
         text.push_str(word);
@@ -158,15 +145,9 @@ fn truncate(text: &str, max_output: Option<u64>) -> PlannedOutput {
         Some(max) if count_tokens(text) > max => {
             let pieces = split_tokens(text);
             let kept: String = pieces[..max as usize].concat();
-            PlannedOutput::Text {
-                text: kept,
-                truncated: true,
-            }
+            PlannedOutput::Text { text: kept, truncated: true }
         }
-        _ => PlannedOutput::Text {
-            text: text.to_string(),
-            truncated: false,
-        },
+        _ => PlannedOutput::Text { text: text.to_string(), truncated: false },
     }
 }
 
@@ -174,10 +155,7 @@ fn truncate(text: &str, max_output: Option<u64>) -> PlannedOutput {
 /// property, when none is marked required) with a value of its type.
 fn synth_arguments(schema: Option<&serde_json::Value>, seed: u64) -> String {
     let mut args = serde_json::Map::new();
-    if let Some(props) = schema
-        .and_then(|s| s.get("properties"))
-        .and_then(|p| p.as_object())
-    {
+    if let Some(props) = schema.and_then(|s| s.get("properties")).and_then(|p| p.as_object()) {
         let required: Vec<&str> = schema
             .and_then(|s| s.get("required"))
             .and_then(|r| r.as_array())
@@ -194,27 +172,16 @@ fn synth_arguments(schema: Option<&serde_json::Value>, seed: u64) -> String {
 }
 
 fn synth_value(prop: &serde_json::Value, seed: u64) -> serde_json::Value {
-    if let Some(first) = prop
-        .get("enum")
-        .and_then(|e| e.as_array())
-        .and_then(|e| e.first())
-    {
+    if let Some(first) = prop.get("enum").and_then(|e| e.as_array()).and_then(|e| e.first()) {
         return first.clone();
     }
-    match prop
-        .get("type")
-        .and_then(|t| t.as_str())
-        .unwrap_or("string")
-    {
+    match prop.get("type").and_then(|t| t.as_str()).unwrap_or("string") {
         "integer" => serde_json::json!((seed % 100) as i64),
         "number" => serde_json::json!((seed % 1000) as f64 / 10.0),
         "boolean" => serde_json::json!(seed.is_multiple_of(2)),
         "array" => serde_json::json!([]),
         "object" => serde_json::json!({}),
-        _ => serde_json::json!(format!(
-            "sandbox-{}",
-            WORDS[(seed % WORDS.len() as u64) as usize]
-        )),
+        _ => serde_json::json!(format!("sandbox-{}", WORDS[(seed % WORDS.len() as u64) as usize])),
     }
 }
 
@@ -253,22 +220,8 @@ mod tests {
     #[test]
     fn tool_calls_fill_required_arguments_by_type() {
         let schema = serde_json::json!({"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"},"unit":{"enum":["c","f"]}},"required":["city","unit"]});
-        let p = plan(
-            "conv",
-            "weather?",
-            Some(OfferedTool {
-                name: "get_weather",
-                parameters: Some(&schema),
-            }),
-            None,
-            1,
-        );
-        let PlannedOutput::ToolCall {
-            name, arguments, ..
-        } = &p.outputs[0]
-        else {
-            panic!("expected a tool call")
-        };
+        let p = plan("conv", "weather?", Some(OfferedTool { name: "get_weather", parameters: Some(&schema) }), None, 1);
+        let PlannedOutput::ToolCall { name, arguments, .. } = &p.outputs[0] else { panic!("expected a tool call") };
         assert_eq!(name, "get_weather");
         let args: serde_json::Value = serde_json::from_str(arguments).unwrap();
         assert!(args["city"].is_string());

@@ -1,7 +1,9 @@
 //! `Idempotency-Key` on inference requests (SPEC §0, §4.3.7). A claim is taken before the
-//! request runs; a success stores its response for replay; any other ending releases the claim
-//! (errors are not replayed: a retry after a 402 and a top-up should run). Charges under a key
-//! use transfer ids derived from it, so even a response lost to a crash is never charged twice.
+//! request runs. If the request charged anything (a success, or a stream cut short after some
+//! output), its response is stored and replayed; if it charged nothing, the claim is released
+//! before the error is answered, so a retry (say after a 402 and a top-up) runs. Charges under a
+//! key use transfer ids derived from it: even if a crash loses the stored response, the key is
+//! never charged twice (the retry is refused instead of answered for free).
 
 use crate::app::SharedState;
 use crate::error::{internal, ApiError};
@@ -38,7 +40,20 @@ impl Claim {
         format!("ledg_idem_{}", &hex::encode(digest)[..32])
     }
 
-    /// Store the successful response for replay.
+    /// Release the claim now (the request charged nothing), before the error is answered.
+    pub async fn abandon(mut self) {
+        self.done = true;
+        if let Err(e) = self.state.store.idempotency_abandon(&self.scope, &self.key).await {
+            tracing::error!(error = %e, "could not release an idempotency key");
+        }
+    }
+
+    /// Leave the claim in place unfinished (its earlier attempt was charged; see `begin`).
+    pub fn keep(mut self) {
+        self.done = true;
+    }
+
+    /// Store the response of a request that charged, for replay.
     pub async fn complete(mut self, status: u16, content_type: &str, body: Vec<u8>) {
         self.done = true;
         let completion = IdempotencyCompletion {
@@ -59,11 +74,7 @@ impl Drop for Claim {
         if self.done {
             return;
         }
-        let (state, scope, key) = (
-            self.state.clone(),
-            std::mem::take(&mut self.scope),
-            std::mem::take(&mut self.key),
-        );
+        let (state, scope, key) = (self.state.clone(), std::mem::take(&mut self.scope), std::mem::take(&mut self.key));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 if let Err(e) = state.store.idempotency_abandon(&scope, &key).await {
@@ -74,12 +85,7 @@ impl Drop for Claim {
     }
 }
 
-pub async fn begin(
-    state: &SharedState,
-    headers: &HeaderMap,
-    scope: String,
-    body: &[u8],
-) -> Result<Begin, ApiError> {
+pub async fn begin(state: &SharedState, headers: &HeaderMap, scope: String, body: &[u8]) -> Result<Begin, ApiError> {
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(Begin::None);
     };
@@ -103,24 +109,32 @@ pub async fn begin(
         .await
         .map_err(internal("idempotency begin"))?
     {
-        IdempotencyStart::New => Ok(Begin::Claimed(Claim {
-            state: state.clone(),
-            scope,
-            key,
-            done: false,
-        })),
-        IdempotencyStart::Replay {
-            status,
-            content_type,
-            body,
-        } => {
+        IdempotencyStart::New => Ok(Begin::Claimed(Claim { state: state.clone(), scope, key, done: false })),
+        IdempotencyStart::Retaken => {
+            let claim = Claim { state: state.clone(), scope, key, done: false };
+            let charged = state
+                .store
+                .transfer_exists(&format!("{}_base", claim.charge_id()))
+                .await
+                .map_err(internal("idempotency check"))?;
+            if charged {
+                claim.keep();
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_conflict",
+                    "the request under this Idempotency-Key was charged, but its response was lost when the gateway stopped",
+                )
+                .with_hint("the charge stands and will not be repeated; send the request again with a new key"));
+            }
+            Ok(Begin::Claimed(claim))
+        }
+        IdempotencyStart::Replay { status, content_type, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             let mut resp = (status, body).into_response();
             if let Ok(ct) = HeaderValue::from_str(&content_type) {
                 resp.headers_mut().insert("content-type", ct);
             }
-            resp.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(Begin::Replay(resp))
         }
         IdempotencyStart::Conflict => Err(ApiError::new(

@@ -18,9 +18,7 @@ use crate::app::SharedState;
 use crate::auth::Principal;
 use crate::error::{internal, ApiError};
 use quota_core::billing::{reservation, Charge};
-use quota_core::{
-    AccountId, BillingMode, Credits, Model, PlatformAccount, Transfer, TransferKind, Usage,
-};
+use quota_core::{AccountId, BillingMode, Credits, Model, PlatformAccount, Transfer, TransferKind, Usage};
 use quota_providers::ChatProvider;
 use quota_store::ledger::Hold;
 use quota_store::usage::UsageRecord;
@@ -55,12 +53,7 @@ pub async fn reserve(
     prompt_tokens_max: u64,
     output_tokens_max: u64,
 ) -> Result<Hold, ApiError> {
-    let held = reservation(
-        model,
-        prompt_tokens_max,
-        output_tokens_max,
-        principal.margin,
-    );
+    let held = reservation(model, prompt_tokens_max, output_tokens_max, principal.margin);
     match state.ledger.hold(&principal.payer, held.total()).await {
         Ok(h) => Ok(h),
         Err(LedgerError::Insufficient { available, needed }) => {
@@ -144,11 +137,7 @@ impl Billing {
                     PlatformAccount::Revenue
                 }),
                 amount: charge.base,
-                kind: if sandbox {
-                    TransferKind::SandboxCharge
-                } else {
-                    TransferKind::UsageCharge
-                },
+                kind: if sandbox { TransferKind::SandboxCharge } else { TransferKind::UsageCharge },
                 cause: self.request_id.clone(),
                 created_at_ms: now,
             });
@@ -169,19 +158,10 @@ impl Billing {
 
     /// Phases *settle* and *record*: charge exactly the metered cost, free the rest of the hold,
     /// write the usage record, all in one commit; answer once it is durable.
-    pub async fn settle(
-        &self,
-        hold: Hold,
-        usage: Usage,
-        status: &str,
-    ) -> Result<QuotaObject, ApiError> {
+    pub async fn settle(&self, hold: Hold, usage: Usage, status: &str) -> Result<QuotaObject, ApiError> {
         let charge = Charge::for_usage(&self.model, &usage, self.principal.margin);
         // In the sandbox the developer pays the base price; the markup is reported, not taken.
-        let charged = if self.principal.sandbox() {
-            charge.base
-        } else {
-            charge.total()
-        };
+        let charged = if self.principal.sandbox() { charge.base } else { charge.total() };
         let balance_before = hold.balance_at_hold();
         let settlement = Settlement {
             transfers: self.transfers(&charge),
@@ -189,23 +169,31 @@ impl Billing {
             idempotency: None,
             key_used: self.principal.key_id.clone(),
         };
-        let committed = self
-            .state
-            .ledger
-            .settle(hold, settlement)
-            .await
-            .map_err(|e| {
-                tracing::error!(request_id = %self.request_id, error = %e, "settlement failed");
-                ApiError::internal()
-            })?;
+        let committed = self.state.ledger.settle(hold, settlement).await.map_err(|e| {
+            tracing::error!(request_id = %self.request_id, error = %e, "settlement failed");
+            ApiError::internal()
+        })?;
+        if committed.duplicates > 0 {
+            // Only an Idempotency-Key charge can repeat an id, and `idempotency::begin` refuses
+            // those whose first attempt was charged; report the truth if it happens anyway.
+            tracing::error!(request_id = %self.request_id, charge = %self.charge_id, "charge already existed; not charged again");
+            let balance = self.state.ledger.balance(&self.principal.payer).await.unwrap_or(balance_before);
+            return Ok(QuotaObject {
+                credits_used: 0,
+                balance_before: balance.0,
+                balance_after: balance.0,
+                billing_mode: self.principal.mode,
+                request_id: self.request_id.clone(),
+                base_cost: None,
+                markup: None,
+                sandbox: self.principal.sandbox().then_some(true),
+            });
+        }
         let balance_after = match committed.balance_of(&self.principal.payer) {
             Some(b) => b,
-            None => self
-                .state
-                .ledger
-                .balance(&self.principal.payer)
-                .await
-                .unwrap_or(Credits(balance_before.0 - charged.0)),
+            None => {
+                self.state.ledger.balance(&self.principal.payer).await.unwrap_or(Credits(balance_before.0 - charged.0))
+            }
         };
         let user_mode = self.principal.user_id.is_some();
         Ok(QuotaObject {

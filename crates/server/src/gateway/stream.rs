@@ -3,6 +3,9 @@
 //! terminator are sent (SPEC §4.3.6). If the upstream fails mid-stream, what was produced is
 //! charged and an error event ends the stream; if nothing was produced, nothing is charged. If
 //! the client goes away, the stream is dropped and its guard settles what was produced.
+//!
+//! Under an Idempotency-Key, whatever the stream charged is stored for replay (the bytes sent,
+//! plus the error event if it ended in one); a stream that charged nothing releases its key.
 
 use super::idempotency::Claim;
 use super::{Billing, QuotaObject};
@@ -23,11 +26,48 @@ pub trait StreamShape: Send + Sync + 'static {
     fn error_event(&self, error: &ApiError) -> Bytes;
 }
 
-/// A hold waiting for its stream to end; settles on drop if the stream did not finish.
+/// A hold waiting for its stream to end, with the idempotency claim and the bytes sent so far.
 struct Pending {
     hold: Hold,
     billing: Billing,
     meter: Arc<Meter>,
+    claim: Option<(Claim, Vec<u8>)>,
+}
+
+impl Pending {
+    /// Settle what was produced, or release everything if nothing was. Stores or releases the
+    /// idempotency claim accordingly, with `tail` appended to the stored bytes. Returns the
+    /// `quota` object of a charge, if one was made.
+    async fn end(self, status: &str, tail: impl FnOnce(Option<&QuotaObject>, &Usage) -> Bytes) -> Bytes {
+        let Pending { hold, billing, meter, claim } = self;
+        let usage = meter.usage();
+        let produced = meter.reported().is_some() || usage.output_tokens > 0;
+        let quota = if produced {
+            match billing.settle(hold, usage, status).await {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    if let Some((c, _)) = claim {
+                        c.abandon().await;
+                    }
+                    return Bytes::from(format!("data: {}\n\n", e.body_json()));
+                }
+            }
+        } else {
+            drop(hold);
+            billing.record_failure(status).await;
+            None
+        };
+        let tail = tail(quota.as_ref(), &usage);
+        if let Some((c, mut buf)) = claim {
+            if quota.is_some() {
+                buf.extend_from_slice(&tail);
+                c.complete(200, "text/event-stream", buf).await;
+            } else {
+                c.abandon().await;
+            }
+        }
+        tail
+    }
 }
 
 struct SettleOnDrop(Option<Pending>);
@@ -35,32 +75,18 @@ struct SettleOnDrop(Option<Pending>);
 impl Drop for SettleOnDrop {
     fn drop(&mut self) {
         let Some(p) = self.0.take() else { return };
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         handle.spawn(async move {
-            let usage = p.meter.usage();
-            if produced(&p.meter, &usage) {
-                tracing::info!(request_id = %p.billing.request_id, "client disconnected mid-stream; charging what was produced");
-                let _ = p.billing.settle(p.hold, usage, "client_disconnected").await;
-            } else {
-                drop(p.hold);
-                p.billing.record_failure("client_disconnected").await;
-            }
+            tracing::info!(request_id = %p.billing.request_id, "client disconnected mid-stream; charging what was produced");
+            p.end("client_disconnected", |_, _| Bytes::new()).await;
         });
     }
-}
-
-/// Whether anything billable was produced: the upstream reported usage, or output was counted.
-fn produced(meter: &Meter, usage: &Usage) -> bool {
-    meter.reported().is_some() || usage.output_tokens > 0
 }
 
 struct State {
     events: BoxStream<'static, Result<Bytes, UpstreamError>>,
     guard: SettleOnDrop,
     shape: Arc<dyn StreamShape>,
-    claim: Option<(Claim, Vec<u8>)>,
     finished: bool,
 }
 
@@ -73,61 +99,41 @@ pub fn billed_stream(
     shape: Arc<dyn StreamShape>,
     claim: Option<Claim>,
 ) -> BoxStream<'static, Result<Bytes, std::convert::Infallible>> {
-    let state = State {
-        events,
-        guard: SettleOnDrop(Some(Pending {
-            hold,
-            billing,
-            meter,
-        })),
-        shape,
-        claim: claim.map(|c| (c, Vec::new())),
-        finished: false,
-    };
+    let pending = Pending { hold, billing, meter, claim: claim.map(|c| (c, Vec::new())) };
+    let state = State { events, guard: SettleOnDrop(Some(pending)), shape, finished: false };
     futures::stream::unfold(state, |mut st| async move {
         if st.finished {
             return None;
         }
-        let item = st.events.next().await;
-        let out = match item {
+        let out = match st.events.next().await {
             Some(Ok(bytes)) => {
-                if let Some((_, buf)) = st.claim.as_mut() {
+                if let Some(Pending { claim: Some((_, buf)), .. }) = st.guard.0.as_mut() {
                     buf.extend_from_slice(&bytes);
                 }
                 return Some((Ok(bytes), st));
             }
             Some(Err(e)) => {
                 st.finished = true;
-                let p = st.guard.0.take()?;
-                let usage = p.meter.usage();
+                let pending = st.guard.0.take()?;
                 let error = ApiError::from(e);
-                if produced(&p.meter, &usage) {
-                    let _ = p.billing.settle(p.hold, usage, error.code).await;
-                } else {
-                    drop(p.hold);
-                    p.billing.record_failure(error.code).await;
-                }
-                st.claim = None;
-                st.shape.error_event(&error)
+                let event = st.shape.error_event(&error);
+                pending.end(error.code, |_, _| event).await
             }
             None => {
                 st.finished = true;
-                let p = st.guard.0.take()?;
-                let usage = p.meter.usage();
-                match p.billing.settle(p.hold, usage, "succeeded").await {
-                    Ok(quota) => {
-                        let tail = st.shape.final_events(&usage, &quota, &p.meter);
-                        if let Some((claim, mut buf)) = st.claim.take() {
-                            buf.extend_from_slice(&tail);
-                            claim.complete(200, "text/event-stream", buf).await;
-                        }
-                        tail
-                    }
-                    Err(e) => {
-                        st.claim = None;
-                        st.shape.error_event(&e)
-                    }
-                }
+                let pending = st.guard.0.take()?;
+                let shape = st.shape.clone();
+                let meter = pending.meter.clone();
+                pending
+                    .end("succeeded", |quota, usage| match quota {
+                        Some(q) => shape.final_events(usage, q, &meter),
+                        None => shape.error_event(&ApiError::new(
+                            axum::http::StatusCode::BAD_GATEWAY,
+                            "upstream_error",
+                            "the provider ended the stream without any output",
+                        )),
+                    })
+                    .await
             }
         };
         Some((Ok(out), st))

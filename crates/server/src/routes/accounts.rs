@@ -31,16 +31,12 @@ pub struct Credentials {
 pub fn parse_email(raw: &str) -> Result<String, ApiError> {
     let email = raw.trim().to_lowercase();
     let ok = email.len() <= EMAIL_MAX_CHARS
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
-        })
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty() && !domain.contains('@'))
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if !ok {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_email",
-            "email must look like name@example.com",
-        ));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_email", "email must look like name@example.com"));
     }
     Ok(email)
 }
@@ -65,11 +61,7 @@ fn check_password(password: &str) -> Result<(), ApiError> {
 }
 
 /// Create an account and grant its welcome credits (used by the API and `quota admin`).
-pub async fn create_account(
-    state: &SharedState,
-    email: &str,
-    password: &str,
-) -> Result<User, ApiError> {
+pub async fn create_account(state: &SharedState, email: &str, password: &str) -> Result<User, ApiError> {
     let password = password.to_string();
     let hash = tokio::task::spawn_blocking(move || hash_password(&password))
         .await
@@ -79,11 +71,7 @@ pub async fn create_account(
     let user = match state.store.create_user(&id, email, &hash).await {
         Ok(u) => u,
         Err(StoreError::Conflict) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "email_exists",
-                "an account with this email exists",
-            ))
+            return Err(ApiError::new(StatusCode::CONFLICT, "email_exists", "an account with this email exists"))
         }
         Err(e) => return Err(internal("create user")(e)),
     };
@@ -109,23 +97,11 @@ pub fn welcome_transfer(user_id: &str, amount: i64) -> Transfer {
     }
 }
 
-async fn session_response(
-    state: &SharedState,
-    user: &User,
-    status: StatusCode,
-) -> Result<Response, ApiError> {
+async fn session_response(state: &SharedState, user: &User, status: StatusCode) -> Result<Response, ApiError> {
     let token = quota_core::ids::new_secret(SESSION_PREFIX);
     let expires_at = now_ms() + (state.config.session_ttl_secs as i64) * 1000;
-    state
-        .store
-        .create_session(&hash_token(&token), &user.id, expires_at)
-        .await
-        .map_err(internal("create session"))?;
-    let balance = state
-        .ledger
-        .balance(&AccountId::wallet(&user.id))
-        .await
-        .map_err(internal("balance"))?;
+    state.store.create_session(&hash_token(&token), &user.id, expires_at).await.map_err(internal("create session"))?;
+    let balance = state.ledger.balance(&AccountId::wallet(&user.id)).await.map_err(internal("balance"))?;
     let body = json!({
         "user": {"id": user.id, "email": user.email, "balance": balance},
         "session_token": token,
@@ -134,11 +110,7 @@ async fn session_response(
     let cookie = format!(
         "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
         state.config.session_ttl_secs,
-        if state.config.cookie_secure {
-            "; Secure"
-        } else {
-            ""
-        }
+        if state.config.cookie_secure { "; Secure" } else { "" }
     );
     let mut resp = (status, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -158,64 +130,31 @@ pub async fn register(
     session_response(&state, &user, StatusCode::CREATED).await
 }
 
-pub async fn login(
-    State(state): State<SharedState>,
-    JsonBody(c): JsonBody<Credentials>,
-) -> Result<Response, ApiError> {
-    let invalid = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "email or password is incorrect",
-        )
-    };
+pub async fn login(State(state): State<SharedState>, JsonBody(c): JsonBody<Credentials>) -> Result<Response, ApiError> {
+    let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "email or password is incorrect");
     let email = c.email.trim().to_lowercase();
     if c.password.chars().count() > PASSWORD_MAX_CHARS {
         return Err(invalid());
     }
-    let user = state
-        .store
-        .user_by_email(&email)
-        .await
-        .map_err(internal("login lookup"))?;
+    let user = state.store.user_by_email(&email).await.map_err(internal("login lookup"))?;
     // Verify against a decoy when the email is unknown, so both cases take as long.
-    let phc = user
-        .as_ref()
-        .map(|u| u.password_hash.clone())
-        .unwrap_or_else(|| decoy_password_hash().to_string());
+    let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| decoy_password_hash().to_string());
     let password = c.password.clone();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-        .await
-        .map_err(internal("verify task"))?;
+    let ok =
+        tokio::task::spawn_blocking(move || verify_password(&password, &phc)).await.map_err(internal("verify task"))?;
     match user {
         Some(u) if ok => session_response(&state, &u, StatusCode::OK).await,
         _ => Err(invalid()),
     }
 }
 
-pub async fn me(
-    State(state): State<SharedState>,
-    session: SessionUser,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let balance = state
-        .ledger
-        .balance(&AccountId::wallet(&session.user.id))
-        .await
-        .map_err(internal("balance"))?;
-    Ok(Json(
-        json!({"id": session.user.id, "email": session.user.email, "balance": balance}),
-    ))
+pub async fn me(State(state): State<SharedState>, session: SessionUser) -> Result<Json<serde_json::Value>, ApiError> {
+    let balance = state.ledger.balance(&AccountId::wallet(&session.user.id)).await.map_err(internal("balance"))?;
+    Ok(Json(json!({"id": session.user.id, "email": session.user.email, "balance": balance})))
 }
 
-pub async fn logout(
-    State(state): State<SharedState>,
-    session: SessionUser,
-) -> Result<Response, ApiError> {
-    state
-        .store
-        .revoke_session(&session.token_hash)
-        .await
-        .map_err(internal("logout"))?;
+pub async fn logout(State(state): State<SharedState>, session: SessionUser) -> Result<Response, ApiError> {
+    state.store.revoke_session(&session.token_hash).await.map_err(internal("logout"))?;
     let mut resp = Json(json!({"success": true})).into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,
@@ -230,10 +169,7 @@ mod tests {
 
     #[test]
     fn emails_are_normalized_and_checked() {
-        assert_eq!(
-            parse_email("  Ada@Example.COM ").unwrap(),
-            "ada@example.com"
-        );
+        assert_eq!(parse_email("  Ada@Example.COM ").unwrap(), "ada@example.com");
         for bad in ["", "no-at-sign", "@x", "x@", "a b@c", "a@b@c"] {
             assert!(parse_email(bad).is_err(), "{bad}");
         }

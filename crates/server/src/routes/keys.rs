@@ -33,18 +33,14 @@ pub struct CreateKey {
 fn check_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > NAME_MAX_CHARS {
-        return Err(ApiError::bad_request(format!(
-            "name must be 1 to {NAME_MAX_CHARS} characters"
-        )));
+        return Err(ApiError::bad_request(format!("name must be 1 to {NAME_MAX_CHARS} characters")));
     }
     Ok(name.to_string())
 }
 
 fn check_rate_limit(limit: i64) -> Result<i64, ApiError> {
     if !(1..=RATE_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "rate_limit_per_minute must be between 1 and {RATE_LIMIT_MAX}"
-        )));
+        return Err(ApiError::bad_request(format!("rate_limit_per_minute must be between 1 and {RATE_LIMIT_MAX}")));
     }
     Ok(limit)
 }
@@ -80,10 +76,7 @@ pub async fn create(
         None => BillingMode::Developer,
         Some(m) => m.parse::<BillingMode>().map_err(ApiError::bad_request)?,
     };
-    let rate_limit_per_minute = body
-        .rate_limit_per_minute
-        .map(check_rate_limit)
-        .transpose()?;
+    let rate_limit_per_minute = body.rate_limit_per_minute.map(check_rate_limit).transpose()?;
     if body.app_id.is_some() {
         // Apps (OAuth) are not part of this build; no app id can exist yet.
         return Err(ApiError::not_found("app"));
@@ -113,15 +106,9 @@ pub async fn list(
     session: SessionUser,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let keys = state
-        .store
-        .list_keys(&session.user.id)
-        .await
-        .map_err(internal("list keys"))?;
+    let keys = state.store.list_keys(&session.user.id).await.map_err(internal("list keys"))?;
     let (keys, next) = page.page(keys)?;
-    Ok(Json(
-        json!({"data": keys.iter().map(key_json).collect::<Vec<_>>(), "next_cursor": next}),
-    ))
+    Ok(Json(json!({"data": keys.iter().map(key_json).collect::<Vec<_>>(), "next_cursor": next})))
 }
 
 pub async fn update(
@@ -138,23 +125,16 @@ pub async fn update(
     let rate_limit = match body.get("rate_limit_per_minute") {
         None => None,
         Some(Value::Null) => Some(None),
-        Some(v) => Some(Some(check_rate_limit(v.as_i64().ok_or_else(|| {
-            ApiError::bad_request("rate_limit_per_minute must be an integer or null")
-        })?)?)),
+        Some(v) => Some(Some(check_rate_limit(
+            v.as_i64().ok_or_else(|| ApiError::bad_request("rate_limit_per_minute must be an integer or null"))?,
+        )?)),
     };
-    if let Some(other) = body
-        .keys()
-        .find(|k| !["name", "rate_limit_per_minute"].contains(&k.as_str()))
-    {
+    if let Some(other) = body.keys().find(|k| !["name", "rate_limit_per_minute"].contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
             "`{other}` cannot be changed; only name and rate_limit_per_minute can"
         )));
     }
-    let key = match state
-        .store
-        .update_key(&session.user.id, &id, name.as_deref(), rate_limit)
-        .await
-    {
+    let key = match state.store.update_key(&session.user.id, &id, name.as_deref(), rate_limit).await {
         Ok(k) => k,
         Err(StoreError::NotFound) => return Err(ApiError::not_found("key")),
         Err(e) => return Err(internal("update key")(e)),
@@ -190,11 +170,7 @@ pub async fn rotate(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let (secret, prefix, key_hash) = new_secret();
     let new_id = quota_core::ids::new_id("key_");
-    let (key, old_hash) = match state
-        .store
-        .rotate_key(&session.user.id, &id, &new_id, &prefix, &key_hash)
-        .await
-    {
+    let (key, old_hash) = match state.store.rotate_key(&session.user.id, &id, &new_id, &prefix, &key_hash).await {
         Ok(r) => r,
         Err(StoreError::NotFound) => return Err(ApiError::not_found("key")),
         Err(e) => return Err(internal("rotate key")(e)),

@@ -22,15 +22,9 @@ impl PageQuery {
         use base64::Engine;
         let limit = match &self.limit {
             None => PAGE_DEFAULT,
-            Some(l) => l
-                .parse::<usize>()
-                .ok()
-                .filter(|l| (1..=PAGE_MAX).contains(l))
-                .ok_or_else(|| {
-                    crate::error::ApiError::bad_request(format!(
-                        "limit must be between 1 and {PAGE_MAX}"
-                    ))
-                })?,
+            Some(l) => l.parse::<usize>().ok().filter(|l| (1..=PAGE_MAX).contains(l)).ok_or_else(|| {
+                crate::error::ApiError::bad_request(format!("limit must be between 1 and {PAGE_MAX}"))
+            })?,
         };
         let offset = match &self.cursor {
             None => 0,
@@ -45,17 +39,13 @@ impl PageQuery {
     }
 
     /// Page `items` and make the next cursor.
-    pub fn page<T>(
-        &self,
-        items: Vec<T>,
-    ) -> Result<(Vec<T>, Option<String>), crate::error::ApiError> {
+    pub fn page<T>(&self, items: Vec<T>) -> Result<(Vec<T>, Option<String>), crate::error::ApiError> {
         use base64::Engine;
         let (offset, limit) = self.parse()?;
         let total = items.len();
         let page: Vec<T> = items.into_iter().skip(offset).take(limit).collect();
-        let next = (offset + limit < total).then(|| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{}", offset + limit))
-        });
+        let next = (offset + limit < total)
+            .then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{}", offset + limit)));
         Ok((page, next))
     }
 }

@@ -15,11 +15,7 @@ pub async fn healthz() -> Json<Value> {
 /// The database answers.
 pub async fn readyz(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
     state.store.ping().await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "internal_error",
-            "the database is not reachable",
-        )
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "internal_error", "the database is not reachable")
     })?;
     Ok(Json(json!({"status": "ready"})))
 }
@@ -28,10 +24,7 @@ pub async fn readyz(State(state): State<SharedState>) -> Result<Json<Value>, Api
 pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
 pub async fn openapi() -> impl axum::response::IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI_JSON,
-    )
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
 pub async fn not_found() -> ApiError {
@@ -39,9 +32,5 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "bad_request",
-        "method not allowed on this route",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "method not allowed on this route")
 }

@@ -19,10 +19,7 @@ pub fn usd_per_1k(credits_per_million: u64) -> String {
     format!("{int}.{frac:09}").trim_end_matches('0').to_string()
 }
 
-pub async fn models(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+pub async fn models(State(state): State<SharedState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let _principal = admit(&state, &headers).await?;
     let data: Vec<Value> = state
         .catalog
@@ -46,19 +43,10 @@ pub async fn models(
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
-pub async fn balance(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+pub async fn balance(State(state): State<SharedState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let p = admit(&state, &headers).await?;
-    let balance = state
-        .ledger
-        .balance(&p.payer)
-        .await
-        .map_err(internal("balance"))?;
-    Ok(Json(
-        json!({"wallet": "developer", "balance": balance, "user_id": p.developer_id, "billing_mode": p.mode}),
-    ))
+    let balance = state.ledger.balance(&p.payer).await.map_err(internal("balance"))?;
+    Ok(Json(json!({"wallet": "developer", "balance": balance, "user_id": p.developer_id, "billing_mode": p.mode})))
 }
 
 #[cfg(test)]

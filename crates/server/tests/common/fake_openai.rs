@@ -18,12 +18,7 @@ use tokio::sync::mpsc;
 #[derive(Clone)]
 pub enum Script {
     /// Answer with this usage (prompt, cached, completion) and text.
-    Complete {
-        prompt: u64,
-        cached: u64,
-        completion: u64,
-        text: String,
-    },
+    Complete { prompt: u64, cached: u64, completion: u64, text: String },
     /// Error status with an OpenAI error object.
     Error { status: u16, message: String },
     /// Stream: each `()` received on the gate sends the next content chunk; when the gate
@@ -53,19 +48,13 @@ impl Drop for FakeUpstream {
 impl FakeUpstream {
     pub async fn start() -> FakeUpstream {
         let fake = Arc::new(Fake::default());
-        let app = Router::new()
-            .route("/v1/chat/completions", post(handle))
-            .with_state(fake.clone());
+        let app = Router::new().route("/v1/chat/completions", post(handle)).with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        FakeUpstream {
-            base_url: format!("http://{addr}/v1"),
-            fake,
-            task,
-        }
+        FakeUpstream { base_url: format!("http://{addr}/v1"), fake, task }
     }
 
     pub fn script(&self, s: Script) {
@@ -80,12 +69,7 @@ impl FakeUpstream {
     }
 
     pub fn last_request(&self) -> (HeaderMap, Value) {
-        self.fake
-            .requests
-            .lock()
-            .last()
-            .cloned()
-            .expect("the upstream was called")
+        self.fake.requests.lock().last().cloned().expect("the upstream was called")
     }
 
     pub fn calls(&self) -> usize {
@@ -113,19 +97,10 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
     match script {
         Script::Error { status, message } => {
             let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}});
-            (
-                StatusCode::from_u16(status).unwrap(),
-                [("content-type", "application/json")],
-                body.to_string(),
-            )
+            (StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], body.to_string())
                 .into_response()
         }
-        Script::Complete {
-            prompt,
-            cached,
-            completion,
-            text,
-        } if !stream => {
+        Script::Complete { prompt, cached, completion, text } if !stream => {
             let body = json!({
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
@@ -134,12 +109,7 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
             });
             ([("content-type", "application/json")], body.to_string()).into_response()
         }
-        Script::Complete {
-            prompt,
-            cached,
-            completion,
-            text,
-        } => {
+        Script::Complete { prompt, cached, completion, text } => {
             let mut out = vec![chunk(&text)];
             if include_usage {
                 let u = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini-2024-07-18", "choices": [],
@@ -148,11 +118,7 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
             }
             out.push(Bytes::from_static(b"data: [DONE]\n\n"));
             let s = futures::stream::iter(out.into_iter().map(Ok::<_, std::convert::Infallible>));
-            (
-                [("content-type", "text/event-stream")],
-                Body::from_stream(s),
-            )
-                .into_response()
+            ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
         }
         Script::GatedStream { prompt, completion } => {
             let mut gate = fake.gate.lock().take().expect("a gate was set");
@@ -167,27 +133,18 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
                 let _ = tx.send(Bytes::from(format!("data: {u}\n\n")));
                 let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n"));
             });
-            (
-                [("content-type", "text/event-stream")],
-                Body::from_stream(s),
-            )
-                .into_response()
+            ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
         }
     }
 }
 
 /// A body stream fed by a task.
-fn async_stream<F, Fut>(
-    f: F,
-) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>>
+fn async_stream<F, Fut>(f: F) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>>
 where
     F: FnOnce(mpsc::UnboundedSender<Bytes>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(f(tx));
-    futures::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) },
-    )
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) })
 }

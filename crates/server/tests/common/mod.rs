@@ -48,13 +48,7 @@ impl TestServer {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        TestServer {
-            base: format!("http://{addr}"),
-            state,
-            dir,
-            http: reqwest::Client::new(),
-            task,
-        }
+        TestServer { base: format!("http://{addr}"), state, dir, http: reqwest::Client::new(), task }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -72,10 +66,7 @@ impl TestServer {
             .unwrap();
         assert_eq!(r.status(), 201, "register {email}");
         let v: Value = r.json().await.unwrap();
-        (
-            v["user"]["id"].as_str().unwrap().to_string(),
-            v["session_token"].as_str().unwrap().to_string(),
-        )
+        (v["user"]["id"].as_str().unwrap().to_string(), v["session_token"].as_str().unwrap().to_string())
     }
 
     /// Create a key of `mode` with a session; returns (key id, secret).
@@ -90,18 +81,12 @@ impl TestServer {
             .unwrap();
         assert_eq!(r.status(), 201);
         let v: Value = r.json().await.unwrap();
-        (
-            v["id"].as_str().unwrap().to_string(),
-            v["key"].as_str().unwrap().to_string(),
-        )
+        (v["id"].as_str().unwrap().to_string(), v["key"].as_str().unwrap().to_string())
     }
 
     /// A new account with a key of `mode`; returns (user id, session, key secret).
     pub async fn developer(&self, mode: &str) -> (String, String, String) {
-        let email = format!(
-            "{}@example.com",
-            quota_core::ids::new_id("dev_").to_lowercase()
-        );
+        let email = format!("{}@example.com", quota_core::ids::new_id("dev_").to_lowercase());
         let (user, session) = self.register(&email).await;
         let (_, key) = self.key(&session, mode).await;
         (user, session, key)
@@ -125,32 +110,17 @@ impl TestServer {
     }
 
     pub async fn balance(&self, user_id: &str) -> i64 {
-        self.state
-            .ledger
-            .balance(&AccountId::wallet(user_id))
-            .await
-            .unwrap()
-            .0
+        self.state.ledger.balance(&AccountId::wallet(user_id)).await.unwrap().0
     }
 
     /// The wallet's balance as stored (what survives a restart).
     pub async fn stored_balance(&self, user_id: &str) -> i64 {
         self.state.ledger.flush().await.unwrap();
-        self.state
-            .store
-            .balance(&AccountId::wallet(user_id))
-            .await
-            .unwrap()
+        self.state.store.balance(&AccountId::wallet(user_id)).await.unwrap()
     }
 
     pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
-        self.http
-            .post(self.url("/v1/chat/completions"))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.http.post(self.url("/v1/chat/completions")).bearer_auth(key).json(&body).send().await.unwrap()
     }
 
     pub async fn assert_ledger_ok(&self) {
@@ -171,10 +141,7 @@ impl TestServer {
 
     pub async fn transfer_count(&self) -> i64 {
         self.state.ledger.flush().await.unwrap();
-        sqlx::query_scalar("SELECT COUNT(*) FROM transfers")
-            .fetch_one(self.state.store.pool())
-            .await
-            .unwrap()
+        sqlx::query_scalar("SELECT COUNT(*) FROM transfers").fetch_one(self.state.store.pool()).await.unwrap()
     }
 }
 
@@ -183,12 +150,9 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> V
     let got = resp.status().as_u16();
     let text = resp.text().await.unwrap();
     assert_eq!(got, status, "body: {text}");
-    let v: Value =
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("error body is not JSON: {text}"));
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("error body is not JSON: {text}"));
     assert_eq!(v["error"]["code"], code, "body: {text}");
-    assert!(v["error"]["message"]
-        .as_str()
-        .is_some_and(|m| !m.is_empty()));
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert!(v["error"]["type"].is_string());
     v
 }

@@ -75,6 +75,11 @@ class QuotaServer:
                 "QUOTA_BIND": "127.0.0.1",
                 "QUOTA_WELCOME_CREDITS": str(WELCOME_CREDITS),
                 "QUOTA_LOG_FORMAT": "text",
+                # Tests make hundreds of requests per key and many accounts from one address;
+                # the limits themselves are tested in the Rust suite (crates/server/tests).
+                "QUOTA_RATE_LIMIT_PER_MINUTE": "1000000",
+                "QUOTA_REGISTER_RATE_LIMIT_PER_MINUTE": "10000",
+                "QUOTA_LOGIN_RATE_LIMIT_PER_MINUTE": "10000",
                 "NO_COLOR": "1",
             }
         )

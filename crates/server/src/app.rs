@@ -20,6 +20,7 @@ pub struct AppState {
     pub ledger: Ledger,
     pub catalog: Catalog,
     pub keys: KeyCache,
+    pub limiter: crate::limit::RateLimiter,
     openai: Arc<dyn ChatProvider>,
     anthropic: Arc<dyn ChatProvider>,
     google: Arc<dyn ChatProvider>,
@@ -44,6 +45,12 @@ impl ChatProvider for Unavailable {
 impl AppState {
     /// Open the database (migrating it), start the ledger, build the adapters.
     pub async fn start(config: Config) -> anyhow::Result<SharedState> {
+        AppState::start_with_clock(config, Arc::new(crate::limit::SystemClock)).await
+    }
+
+    /// As `start`, with the rate limiter's clock injected (tests move it without sleeping).
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::limit::Clock>) -> anyhow::Result<SharedState> {
+        crate::metrics::handle();
         let store_config = StoreConfig {
             database_url: config.database_url.clone(),
             synchronous: config.sqlite_synchronous.parse().map_err(anyhow::Error::msg)?,
@@ -68,7 +75,12 @@ impl AppState {
             total_timeout: config.upstream_timeout(),
         })
         .map_err(anyhow::Error::msg)?;
+        let limiter = match &config.redis_url {
+            Some(url) => crate::limit::RateLimiter::with_redis(url, clock).map_err(anyhow::Error::msg)?,
+            None => crate::limit::RateLimiter::local(clock),
+        };
         Ok(Arc::new(AppState {
+            limiter,
             config,
             store,
             ledger,
@@ -100,6 +112,7 @@ pub fn build_router(state: SharedState) -> Router {
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/openapi.json", get(routes::ops::openapi))
+        .route("/metrics", get(crate::metrics::render))
         .route("/auth/register", post(routes::accounts::register))
         .route("/auth/login", post(routes::accounts::login))
         .route("/auth/me", get(routes::accounts::me))
@@ -113,6 +126,7 @@ pub fn build_router(state: SharedState) -> Router {
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(crate::metrics::layer))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
         .with_state(state)
 }

@@ -42,6 +42,16 @@ pub struct Config {
     pub log_format: String,
     /// Most settlements committed in one ledger transaction.
     pub ledger_batch_max: usize,
+    /// Redis for rate limits shared by every instance (`redis://127.0.0.1:6379`); unset: per
+    /// instance.
+    pub redis_url: Option<String>,
+    /// Requests per minute per API key (and per app × user) unless the key overrides it.
+    pub rate_limit_per_minute: u32,
+    /// Per client IP.
+    pub register_rate_limit_per_minute: u32,
+    pub login_rate_limit_per_minute: u32,
+    /// Take the client IP from the first `X-Forwarded-For` address (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for Config {
@@ -66,6 +76,11 @@ impl Default for Config {
             catalog_path: None,
             log_format: "text".into(),
             ledger_batch_max: 512,
+            redis_url: None,
+            rate_limit_per_minute: 100,
+            register_rate_limit_per_minute: 3,
+            login_rate_limit_per_minute: 5,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -91,6 +106,11 @@ const KEYS: &[&str] = &[
     "catalog_path",
     "log_format",
     "ledger_batch_max",
+    "redis_url",
+    "rate_limit_per_minute",
+    "register_rate_limit_per_minute",
+    "login_rate_limit_per_minute",
+    "trust_forwarded_for",
 ];
 
 /// Keys whose values are always strings, even when they look like numbers.
@@ -106,6 +126,7 @@ const STRING_KEYS: &[&str] = &[
     "gemini_api_key",
     "catalog_path",
     "log_format",
+    "redis_url",
 ];
 
 impl Config {
@@ -173,6 +194,12 @@ impl Config {
             return Err("log_format must be `text` or `json`".into());
         }
         self.sqlite_synchronous.parse::<quota_store::Synchronous>()?;
+        if self.rate_limit_per_minute == 0
+            || self.register_rate_limit_per_minute == 0
+            || self.login_rate_limit_per_minute == 0
+        {
+            return Err("rate limits must be at least 1 per minute".into());
+        }
         if self.upstream_timeout_secs == 0 || self.upstream_first_byte_timeout_secs == 0 {
             return Err("upstream timeouts must be positive".into());
         }

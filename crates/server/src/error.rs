@@ -14,11 +14,13 @@ pub struct ApiError {
     pub hint: Option<String>,
     /// Seconds, for `Retry-After`.
     pub retry_after: Option<u64>,
+    /// The rate-limit state to report in headers (on a 429 from Quota's own limits).
+    pub rate_limit: Option<crate::limit::gcra::Decision>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), hint: None, retry_after: None }
+        ApiError { status, code, message: message.into(), hint: None, retry_after: None, rate_limit: None }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> ApiError {
@@ -78,6 +80,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.body_json().to_string();
         let mut resp = (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
+        if let Some(d) = &self.rate_limit {
+            crate::limit::apply_headers(resp.headers_mut(), d, 60, quota_store::now_ms() / 1000);
+        }
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod limit;
+pub mod metrics;
 pub mod request_id;
 pub mod routes;
 pub mod secrets;

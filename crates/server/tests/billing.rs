@@ -474,3 +474,20 @@ async fn sandbox_and_production_keys_do_not_share_idempotency_keys() {
     assert_eq!(b["quota"]["billing_mode"], "developer");
     assert_eq!(up.calls(), 1);
 }
+
+#[tokio::test]
+async fn metrics_count_requests_reservations_and_ledger_commits() {
+    let s = TestServer::start().await;
+    let (_, _, key) = s.developer("test").await;
+    assert_eq!(s.chat(&key, simple_chat("hi", 3)).await.status(), 200);
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "quota_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"}",
+        "quota_http_request_duration_seconds_bucket",
+        "quota_reservations_total{outcome=\"held\"}",
+        "quota_ledger_commit_seconds_bucket",
+        "quota_ledger_open_holds",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+}

@@ -32,6 +32,8 @@ fn spawn(dir: &tempfile::TempDir, extra_env: &[(&str, &str)]) -> Proc {
         .current_dir(dir.path())
         .env("QUOTA_DATABASE_URL", db_url(dir))
         .env("QUOTA_LOG", "warn")
+        // Load from one key far beyond the default 100/min; limits have their own tests.
+        .env("QUOTA_RATE_LIMIT_PER_MINUTE", "10000000")
         .env_remove("OPENAI_API_KEY")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

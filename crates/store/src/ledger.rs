@@ -401,7 +401,11 @@ impl Writer {
     }
 
     async fn process(&mut self, batch: Vec<Job>) {
+        let started = Instant::now();
+        let size = batch.len();
         let result = self.commit_batch(&batch).await;
+        metrics::histogram!("quota_ledger_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("quota_ledger_batch_size").record(size as f64);
         match result {
             Ok(effects) => self.apply(batch, effects),
             Err(e) if batch.len() > 1 => {

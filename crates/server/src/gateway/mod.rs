@@ -1,7 +1,7 @@
 //! The life of one inference request (DESIGN §1), phase by phase:
 //!
 //! 1. **admit** — [`crate::auth::admit`]: credentials → [`Principal`].
-//! 2. **limit** — the rate limiter (SPEC §7; not in this build, see README "Not yet built").
+//! 2. **limit** — [`limit`]: the rate limits that apply, all checked before any counts.
 //! 3. **route** — [`route`]: model id → catalog entry + provider adapter (sandbox for `test`).
 //! 4. **reserve** — [`reserve`]: a ledger hold for the most the request can cost; 402 here.
 //! 5. **forward** — the adapter's `chat`: the upstream call, chunks as they arrive.
@@ -26,6 +26,51 @@ use quota_store::{now_ms, LedgerError, Settlement};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// A request that passed its rate limits; its headers go on whatever the request answers.
+pub struct Limited(Option<crate::limit::gcra::Decision>);
+
+/// The window every `/v1` limit is expressed in.
+const LIMIT_WINDOW_SECS: i64 = 60;
+
+impl Limited {
+    pub fn apply(self, mut resp: axum::response::Response) -> axum::response::Response {
+        if let Some(d) = self.0 {
+            let now = (quota_store::now_ms() / 1000) as i64;
+            crate::limit::apply_headers(resp.headers_mut(), &d, LIMIT_WINDOW_SECS, now);
+        }
+        resp
+    }
+}
+
+/// Phase *limit* (SPEC §7): per key (its override or the default), and per (app, user) for
+/// user tokens. A refusal is 429 `rate_limit_exceeded`, before anything is reserved or sent.
+pub async fn limit(state: &SharedState, principal: &Principal) -> Result<Limited, ApiError> {
+    use crate::limit::{gcra::Quota, Limit};
+    let default = state.config.rate_limit_per_minute;
+    let mut limits = Vec::with_capacity(2);
+    if let Some(key) = &principal.key_id {
+        let per_minute =
+            principal.rate_limit_per_minute.map(|l| l.clamp(1, i64::from(u32::MAX)) as u32).unwrap_or(default);
+        limits.push(Limit { key: format!("key:{key}"), quota: Quota::per_minute(per_minute) });
+    }
+    if let (Some(app), Some(user)) = (&principal.app_id, &principal.user_id) {
+        limits.push(Limit { key: format!("appuser:{app}:{user}"), quota: Quota::per_minute(default) });
+    }
+    if limits.is_empty() {
+        return Ok(Limited(None));
+    }
+    let decisions = state.limiter.check(&limits).await;
+    let Some(shown) = crate::limit::shown(&decisions) else { return Ok(Limited(None)) };
+    metrics::counter!("quota_ratelimit_decisions_total", "allowed" => if shown.allowed { "true" } else { "false" })
+        .increment(1);
+    if !shown.allowed {
+        let mut e = crate::limit::refusal(&shown);
+        e.rate_limit = Some(shown);
+        return Err(e);
+    }
+    Ok(Limited(Some(shown)))
+}
 
 /// Phase *route*: the model and the adapter that serves it for this principal.
 pub fn route(
@@ -55,8 +100,12 @@ pub async fn reserve(
 ) -> Result<Hold, ApiError> {
     let held = reservation(model, prompt_tokens_max, output_tokens_max, principal.margin);
     match state.ledger.hold(&principal.payer, held.total()).await {
-        Ok(h) => Ok(h),
+        Ok(h) => {
+            metrics::counter!("quota_reservations_total", "outcome" => "held").increment(1);
+            Ok(h)
+        }
         Err(LedgerError::Insufficient { available, needed }) => {
+            metrics::counter!("quota_reservations_total", "outcome" => "insufficient").increment(1);
             Err(ApiError::insufficient_credits(available.0, needed.0))
         }
         Err(e) => Err(internal("reserve")(e)),
@@ -210,6 +259,10 @@ impl Billing {
 
     /// A request that ends without a charge still leaves a usage record (SPEC §9).
     pub async fn record_failure(&self, status: &str) {
+        if status != "client_disconnected" {
+            metrics::counter!("quota_upstream_errors_total", "provider" => self.model.provider.as_str(), "code" => status.to_string())
+                .increment(1);
+        }
         let record = self.usage_record(&Usage::default(), &Charge::default(), status);
         if let Err(e) = self.state.ledger.record(record).await {
             tracing::error!(request_id = %self.request_id, error = %e, "could not record a failed request");

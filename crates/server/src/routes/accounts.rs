@@ -7,7 +7,8 @@ use crate::auth::{SessionUser, SESSION_COOKIE, SESSION_PREFIX};
 use crate::body::JsonBody;
 use crate::error::{internal, ApiError};
 use crate::secrets::{decoy_password_hash, hash_password, hash_token, verify_password};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +16,7 @@ use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
 use quota_store::{clock::rfc3339, now_ms, StoreError, User};
 use serde::Deserialize;
 use serde_json::json;
+use std::net::SocketAddr;
 
 /// Longest password accepted (bounds the hashing work an attacker can ask for).
 const PASSWORD_MAX_CHARS: usize = 1024;
@@ -119,10 +121,40 @@ async fn session_response(state: &SharedState, user: &User, status: StatusCode) 
     Ok(resp)
 }
 
+/// The client's IP: the TCP peer, or the first `X-Forwarded-For` address behind a trusted proxy.
+fn client_ip(state: &SharedState, peer: &SocketAddr, headers: &HeaderMap) -> String {
+    if state.config.trust_forwarded_for {
+        let first = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next());
+        if let Some(ip) = first.and_then(|f| f.trim().parse::<std::net::IpAddr>().ok()) {
+            return ip.to_string();
+        }
+    }
+    peer.ip().to_string()
+}
+
+/// Per-IP limit on an auth route (SPEC §7): register 3/min, login 5/min by default.
+async fn limit_ip(state: &SharedState, route: &str, per_minute: u32, ip: &str) -> Result<(), ApiError> {
+    use crate::limit::{gcra::Quota, Limit};
+    let limits = [Limit { key: format!("ip:{route}:{ip}"), quota: Quota::per_minute(per_minute) }];
+    let decisions = state.limiter.check(&limits).await;
+    match decisions.first() {
+        Some(d) if !d.allowed => {
+            let mut e = crate::limit::refusal(d);
+            e.rate_limit = Some(*d);
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
 pub async fn register(
     State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     JsonBody(c): JsonBody<Credentials>,
 ) -> Result<Response, ApiError> {
+    limit_ip(&state, "register", state.config.register_rate_limit_per_minute, &client_ip(&state, &peer, &headers))
+        .await?;
     let email = parse_email(&c.email)?;
     check_password(&c.password)?;
     let user = create_account(&state, &email, &c.password).await?;
@@ -130,7 +162,13 @@ pub async fn register(
     session_response(&state, &user, StatusCode::CREATED).await
 }
 
-pub async fn login(State(state): State<SharedState>, JsonBody(c): JsonBody<Credentials>) -> Result<Response, ApiError> {
+pub async fn login(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    JsonBody(c): JsonBody<Credentials>,
+) -> Result<Response, ApiError> {
+    limit_ip(&state, "login", state.config.login_rate_limit_per_minute, &client_ip(&state, &peer, &headers)).await?;
     let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "email or password is incorrect");
     let email = c.email.trim().to_lowercase();
     if c.password.chars().count() > PASSWORD_MAX_CHARS {

@@ -7,7 +7,7 @@ use crate::body::RawBody;
 use crate::error::ApiError;
 use crate::gateway::idempotency::{self, Begin};
 use crate::gateway::stream::{billed_stream, StreamShape};
-use crate::gateway::{failure_status, reserve, route, Billing, QuotaObject};
+use crate::gateway::{failure_status, limit, reserve, route, Billing, QuotaObject};
 use crate::request_id::RequestId;
 use axum::body::Body;
 use axum::extract::State;
@@ -31,21 +31,33 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let principal = admit(&state, &headers).await?;
+    let limited = limit(&state, &principal).await?;
+    let resp = completions(&state, principal, request_id, &headers, body, started).await;
+    Ok(limited.apply(resp.unwrap_or_else(IntoResponse::into_response)))
+}
+
+async fn completions(
+    state: &SharedState,
+    principal: crate::auth::Principal,
+    request_id: String,
+    headers: &HeaderMap,
+    body: Bytes,
+    started: Instant,
+) -> Result<Response, ApiError> {
     let request = ChatRequest::parse(&body).map_err(ApiError::bad_request)?;
-    let (model, provider) = route(&state, &principal, &request.model)?;
+    let (model, provider) = route(state, &principal, &request.model)?;
     let fault = match headers.get("x-quota-sandbox-fault") {
         Some(v) if principal.sandbox() => {
             Some(v.to_str().unwrap_or("").parse::<Fault>().map_err(ApiError::bad_request)?)
         }
         _ => None,
     };
-    let claim = match idempotency::begin(&state, &headers, principal.idempotency_scope(), &body).await? {
+    let mut claim = match idempotency::begin(state, headers, principal.idempotency_scope(), &body).await? {
         Begin::Replay(resp) => return Ok(resp),
         Begin::Claimed(c) => Some(c),
         Begin::None => None,
     };
-    let mut claim = claim;
-    match forward(&state, &request, &body, fault, &model, provider, principal, request_id, started, &mut claim).await {
+    match forward(state, &request, &body, fault, &model, provider, principal, request_id, started, &mut claim).await {
         Ok(resp) => Ok(resp),
         Err(e) => {
             // Nothing was charged: release the key before answering, so a retry can run.

@@ -3,8 +3,10 @@
 use crate::app::SharedState;
 use crate::auth::admit;
 use crate::error::{internal, ApiError};
+use crate::gateway::limit;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -19,8 +21,9 @@ pub fn usd_per_1k(credits_per_million: u64) -> String {
     format!("{int}.{frac:09}").trim_end_matches('0').to_string()
 }
 
-pub async fn models(State(state): State<SharedState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let _principal = admit(&state, &headers).await?;
+pub async fn models(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let principal = admit(&state, &headers).await?;
+    let limited = limit(&state, &principal).await?;
     let data: Vec<Value> = state
         .catalog
         .iter()
@@ -40,13 +43,15 @@ pub async fn models(State(state): State<SharedState>, headers: HeaderMap) -> Res
             })
         })
         .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(limited.apply(Json(json!({"object": "list", "data": data})).into_response()))
 }
 
-pub async fn balance(State(state): State<SharedState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn balance(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let p = admit(&state, &headers).await?;
+    let limited = limit(&state, &p).await?;
     let balance = state.ledger.balance(&p.payer).await.map_err(internal("balance"))?;
-    Ok(Json(json!({"wallet": "developer", "balance": balance, "user_id": p.developer_id, "billing_mode": p.mode})))
+    let body = json!({"wallet": "developer", "balance": balance, "user_id": p.developer_id, "billing_mode": p.mode});
+    Ok(limited.apply(Json(body).into_response()))
 }
 
 #[cfg(test)]

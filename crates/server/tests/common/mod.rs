@@ -27,6 +27,10 @@ pub fn test_config(dir: &tempfile::TempDir) -> Config {
     Config {
         bind: "127.0.0.1".into(),
         port: 0,
+        // Tests register many accounts from one address; the auth limits have their own tests.
+        register_rate_limit_per_minute: 10_000,
+        login_rate_limit_per_minute: 10_000,
+        rate_limit_per_minute: 100_000,
         database_url: format!("sqlite://{}", dir.path().join("quota.db").display()),
         ..Default::default()
     }
@@ -38,17 +42,34 @@ impl TestServer {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_with_clock(configure, std::sync::Arc::new(quota_server::limit::SystemClock)).await
+    }
+
+    pub async fn start_with_clock(
+        configure: impl FnOnce(&mut Config),
+        clock: std::sync::Arc<dyn quota_server::limit::Clock>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&dir);
         configure(&mut config);
-        let state = AppState::start(config).await.unwrap();
+        let state = AppState::start_with_clock(config, clock).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let app = build_router(state.clone());
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
         });
         TestServer { base: format!("http://{addr}"), state, dir, http: reqwest::Client::new(), task }
+    }
+
+    /// A second instance on the same database (as several `quota serve` processes would be).
+    pub async fn start_sharing(first: &TestServer, configure: impl FnOnce(&mut Config)) -> TestServer {
+        let db = first.state.config.database_url.clone();
+        TestServer::start_with(move |c| {
+            c.database_url = db;
+            configure(c);
+        })
+        .await
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,213 @@
+//! Phase *limit* (DESIGN §1, SPEC §7): GCRA rate limits per API key, per (app, user), per client
+//! IP on register and login, per OAuth client on the token endpoint. Every limit that applies
+//! to a request is checked before any is counted. With `redis_url` the state is shared by every
+//! instance (one atomic script per decision); if Redis cannot be reached the limiter falls back
+//! to per-instance state, logs it once, counts it in a metric, and keeps serving.
+
+pub mod gcra;
+mod redis_store;
+
+use crate::error::ApiError;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use gcra::{Decision, Micros, Quota};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// A source of time, injectable so tests can move it without sleeping.
+pub trait Clock: Send + Sync {
+    fn now_us(&self) -> Micros;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_us(&self) -> Micros {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as Micros).unwrap_or(0)
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(start_us: Micros) -> ManualClock {
+        ManualClock(AtomicI64::new(start_us))
+    }
+    pub fn advance_us(&self, us: Micros) {
+        self.0.fetch_add(us, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_us(&self) -> Micros {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One limit to check: its storage key and quota.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    pub key: String,
+    pub quota: Quota,
+}
+
+/// Per-instance limiter state, bounded: entries whose allowance is full again are dropped when
+/// the table grows past `LOCAL_ENTRIES_SOFT_MAX`.
+#[derive(Default)]
+struct LocalStore {
+    tats: Mutex<HashMap<String, gcra::State>>,
+}
+
+const LOCAL_ENTRIES_SOFT_MAX: usize = 100_000;
+
+impl LocalStore {
+    fn check(&self, limits: &[Limit], now: Micros) -> Vec<Decision> {
+        let mut tats = self.tats.lock();
+        if tats.len() > LOCAL_ENTRIES_SOFT_MAX {
+            tats.retain(|_, (tat, _)| *tat > now);
+        }
+        let checks: Vec<(Quota, Option<gcra::State>)> =
+            limits.iter().map(|l| (l.quota, tats.get(&l.key).copied())).collect();
+        let (decisions, new_tats) = gcra::check_all(&checks, now);
+        if let Some(new_tats) = new_tats {
+            for (l, t) in limits.iter().zip(new_tats) {
+                tats.insert(l.key.clone(), (t, l.quota.emission_interval()));
+            }
+        }
+        decisions
+    }
+}
+
+pub struct RateLimiter {
+    local: LocalStore,
+    redis: Option<redis_store::RedisStore>,
+    clock: Arc<dyn Clock>,
+    /// Whether the last Redis call failed (to log the change once, not per request).
+    redis_failing: AtomicBool,
+    /// Redis is not tried again before this time (µs) after a failure.
+    redis_retry_at: AtomicI64,
+}
+
+/// How long to stay on per-instance limits after Redis fails before trying it again.
+const REDIS_RETRY_AFTER_US: Micros = 1_000_000;
+
+impl RateLimiter {
+    pub fn local(clock: Arc<dyn Clock>) -> RateLimiter {
+        RateLimiter {
+            local: LocalStore::default(),
+            redis: None,
+            clock,
+            redis_failing: AtomicBool::new(false),
+            redis_retry_at: AtomicI64::new(0),
+        }
+    }
+
+    /// Shared limits in Redis at `url`. Connecting is lazy: an unreachable Redis at start-up
+    /// is the same as one that goes away later.
+    pub fn with_redis(url: &str, clock: Arc<dyn Clock>) -> Result<RateLimiter, String> {
+        let mut limiter = RateLimiter::local(clock);
+        limiter.redis = Some(redis_store::RedisStore::new(url)?);
+        Ok(limiter)
+    }
+
+    /// Check `limits` together; all count or none does.
+    pub async fn check(&self, limits: &[Limit]) -> Vec<Decision> {
+        let now = self.clock.now_us();
+        if let Some(redis) = &self.redis {
+            if now >= self.redis_retry_at.load(Ordering::Relaxed) {
+                match redis.check(limits).await {
+                    Ok(d) => {
+                        if self.redis_failing.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(
+                                "rate limiter: Redis is reachable again; limits are shared across instances"
+                            );
+                        }
+                        return d;
+                    }
+                    Err(e) => {
+                        self.redis_retry_at.store(now + REDIS_RETRY_AFTER_US, Ordering::Relaxed);
+                        if !self.redis_failing.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "rate limiter: Redis unreachable; using per-instance limits until it is back");
+                        }
+                    }
+                }
+            }
+            metrics::counter!("quota_ratelimit_redis_fallback_total").increment(1);
+        }
+        self.local.check(limits, now)
+    }
+}
+
+/// The decision shown to the client: the most restrictive of those checked.
+pub fn shown(decisions: &[Decision]) -> Option<Decision> {
+    decisions.iter().copied().min_by_key(|d| (d.allowed, d.remaining))
+}
+
+fn ceil_secs(us: Micros) -> i64 {
+    (us.max(0) + 999_999) / 1_000_000
+}
+
+/// `X-RateLimit-*` and the IETF draft pair (`RateLimit-Policy`, `RateLimit`, draft-07 syntax).
+pub fn apply_headers(headers: &mut HeaderMap, d: &Decision, window_secs: i64, now_unix: i64) {
+    let reset_in = ceil_secs(d.reset_after_us);
+    let pairs = [
+        ("x-ratelimit-limit", d.limit.to_string()),
+        ("x-ratelimit-remaining", d.remaining.to_string()),
+        ("x-ratelimit-reset", (now_unix + reset_in).to_string()),
+        ("ratelimit-policy", format!("{};w={window_secs}", d.limit)),
+        ("ratelimit", format!("limit={}, remaining={}, reset={reset_in}", d.limit, d.remaining)),
+    ];
+    for (name, value) in pairs {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+}
+
+/// 429 `rate_limit_exceeded` with `Retry-After`.
+pub fn refusal(d: &Decision) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_exceeded",
+        format!("rate limit of {} requests per minute exceeded", d.limit),
+    )
+    .with_hint("retry after the number of seconds in Retry-After; nothing was charged");
+    e.retry_after = Some(ceil_secs(d.retry_after_us).max(1) as u64);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_limits_refill_on_the_injected_clock() {
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let limiter = RateLimiter::local(clock.clone());
+        let limit = [Limit { key: "k".into(), quota: Quota::per_minute(2) }];
+        assert!(limiter.check(&limit).await[0].allowed);
+        assert!(limiter.check(&limit).await[0].allowed);
+        let refused = limiter.check(&limit).await[0];
+        assert!(!refused.allowed);
+        assert_eq!(refusal(&refused).retry_after, Some(30));
+        clock.advance_us(29_999_999);
+        assert!(!limiter.check(&limit).await[0].allowed);
+        clock.advance_us(1);
+        assert!(limiter.check(&limit).await[0].allowed);
+    }
+
+    #[test]
+    fn headers_name_limit_remaining_and_reset() {
+        let d = Decision { allowed: true, limit: 100, remaining: 42, reset_after_us: 34_800_000, retry_after_us: 0 };
+        let mut h = HeaderMap::new();
+        apply_headers(&mut h, &d, 60, 1_000);
+        assert_eq!(h["x-ratelimit-limit"], "100");
+        assert_eq!(h["x-ratelimit-remaining"], "42");
+        assert_eq!(h["x-ratelimit-reset"], "1035");
+        assert_eq!(h["ratelimit-policy"], "100;w=60");
+        assert_eq!(h["ratelimit"], "limit=100, remaining=42, reset=35");
+    }
+}

@@ -85,48 +85,41 @@ impl Default for Config {
     }
 }
 
-/// Every configuration key, for reading `QUOTA_<KEY>` variables (others are ignored).
-const KEYS: &[&str] = &[
-    "port",
-    "bind",
-    "database_url",
-    "sqlite_synchronous",
-    "welcome_credits",
-    "body_limit_bytes",
-    "session_ttl_secs",
-    "cookie_secure",
-    "openai_base_url",
-    "openai_api_key",
-    "anthropic_base_url",
-    "anthropic_api_key",
-    "google_base_url",
-    "gemini_api_key",
-    "upstream_timeout_secs",
-    "upstream_first_byte_timeout_secs",
-    "catalog_path",
-    "log_format",
-    "ledger_batch_max",
-    "redis_url",
-    "rate_limit_per_minute",
-    "register_rate_limit_per_minute",
-    "login_rate_limit_per_minute",
-    "trust_forwarded_for",
-];
+/// How an environment variable's text becomes a TOML value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Always a string, even when it looks like a number.
+    Text,
+    /// An integer or a boolean.
+    Scalar,
+}
 
-/// Keys whose values are always strings, even when they look like numbers.
-const STRING_KEYS: &[&str] = &[
-    "bind",
-    "database_url",
-    "sqlite_synchronous",
-    "openai_base_url",
-    "openai_api_key",
-    "anthropic_base_url",
-    "anthropic_api_key",
-    "google_base_url",
-    "gemini_api_key",
-    "catalog_path",
-    "log_format",
-    "redis_url",
+/// Every configuration key, for reading `QUOTA_<KEY>` variables (others are ignored).
+const KEYS: &[(&str, Kind)] = &[
+    ("port", Kind::Scalar),
+    ("bind", Kind::Text),
+    ("database_url", Kind::Text),
+    ("sqlite_synchronous", Kind::Text),
+    ("welcome_credits", Kind::Scalar),
+    ("body_limit_bytes", Kind::Scalar),
+    ("session_ttl_secs", Kind::Scalar),
+    ("cookie_secure", Kind::Scalar),
+    ("openai_base_url", Kind::Text),
+    ("openai_api_key", Kind::Text),
+    ("anthropic_base_url", Kind::Text),
+    ("anthropic_api_key", Kind::Text),
+    ("google_base_url", Kind::Text),
+    ("gemini_api_key", Kind::Text),
+    ("upstream_timeout_secs", Kind::Scalar),
+    ("upstream_first_byte_timeout_secs", Kind::Scalar),
+    ("catalog_path", Kind::Text),
+    ("log_format", Kind::Text),
+    ("ledger_batch_max", Kind::Scalar),
+    ("redis_url", Kind::Text),
+    ("rate_limit_per_minute", Kind::Scalar),
+    ("register_rate_limit_per_minute", Kind::Scalar),
+    ("login_rate_limit_per_minute", Kind::Scalar),
+    ("trust_forwarded_for", Kind::Scalar),
 ];
 
 impl Config {
@@ -164,10 +157,8 @@ impl Config {
             let Some(key) = var.strip_prefix("QUOTA_").map(str::to_ascii_lowercase) else {
                 continue;
             };
-            if !KEYS.contains(&key.as_str()) {
-                continue;
-            }
-            let v = if STRING_KEYS.contains(&key.as_str()) {
+            let Some((_, kind)) = KEYS.iter().find(|(k, _)| *k == key) else { continue };
+            let v = if *kind == Kind::Text {
                 toml::Value::String(value.clone())
             } else if let Ok(i) = value.trim().parse::<i64>() {
                 toml::Value::Integer(i)

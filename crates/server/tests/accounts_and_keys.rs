@@ -156,16 +156,7 @@ async fn keys_paginate_with_an_opaque_cursor() {
         first["data"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap().to_string()).collect();
     let mut next = Some(cursor.to_string());
     while let Some(c) = next {
-        let page: Value = s
-            .http
-            .get(s.url(&format!("/developers/keys?limit=2&cursor={c}")))
-            .bearer_auth(&session)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = s.get_json(&format!("/developers/keys?limit=2&cursor={c}"), &session).await;
         seen.extend(page["data"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap().to_string()));
         next = page["next_cursor"].as_str().map(str::to_string);
     }
@@ -238,19 +229,9 @@ async fn revoked_keys_stop_working_at_once() {
     let s = TestServer::start().await;
     let (_, session, key) = s.developer("test").await;
     assert_eq!(s.http.get(s.url("/v1/balance")).bearer_auth(&key).send().await.unwrap().status(), 200);
-    let listed: Value =
-        s.http.get(s.url("/developers/keys")).bearer_auth(&session).send().await.unwrap().json().await.unwrap();
+    let listed = s.get_json("/developers/keys", &session).await;
     let id = listed["data"][0]["id"].as_str().unwrap();
-    let r: Value = s
-        .http
-        .delete(s.url(&format!("/developers/keys/{id}")))
-        .bearer_auth(&session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = s.call_json(reqwest::Method::DELETE, &format!("/developers/keys/{id}"), &session, None).await;
     assert!(r["revoked_at"].is_string());
     expect_error(s.http.get(s.url("/v1/balance")).bearer_auth(&key).send().await.unwrap(), 401, "invalid_api_key")
         .await;

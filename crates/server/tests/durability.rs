@@ -57,26 +57,16 @@ fn cli(dir: &tempfile::TempDir, args: &[&str]) -> std::process::Output {
 }
 
 async fn setup_developer(http: &reqwest::Client, base: &str) -> (String, String) {
-    let r: Value = http
-        .post(format!("{base}/auth/register"))
-        .json(&json!({"email": "crash@example.com", "password": "correct horse"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let post = |path: &str, bearer: Option<&str>, body: Value| {
+        let mut rb = http.post(format!("{base}{path}")).json(&body);
+        if let Some(b) = bearer {
+            rb = rb.bearer_auth(b);
+        }
+        async move { rb.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let r = post("/auth/register", None, json!({"email": "crash@example.com", "password": "correct horse"})).await;
     let session = r["session_token"].as_str().unwrap().to_string();
-    let k: Value = http
-        .post(format!("{base}/developers/keys"))
-        .bearer_auth(&session)
-        .json(&json!({"name": "load", "billing_mode": "test"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let k = post("/developers/keys", Some(&session), json!({"name": "load", "billing_mode": "test"})).await;
     (r["user"]["id"].as_str().unwrap().to_string(), k["key"].as_str().unwrap().to_string())
 }
 

@@ -140,6 +140,20 @@ impl TestServer {
         self.state.store.balance(&AccountId::wallet(user_id)).await.unwrap()
     }
 
+    /// `GET path` with a bearer token, as JSON.
+    pub async fn get_json(&self, path: &str, bearer: &str) -> Value {
+        self.http.get(self.url(path)).bearer_auth(bearer).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// `method path` with a bearer token (and a JSON body), as JSON.
+    pub async fn call_json(&self, method: reqwest::Method, path: &str, bearer: &str, body: Option<Value>) -> Value {
+        let mut rb = self.http.request(method, self.url(path)).bearer_auth(bearer);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        rb.send().await.unwrap().json().await.unwrap()
+    }
+
     pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
         self.http.post(self.url("/v1/chat/completions")).bearer_auth(key).json(&body).send().await.unwrap()
     }

@@ -26,7 +26,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| valid(v))
         .map(str::to_string)
-        .unwrap_or_else(|| quota_core::ids::new_id("req_"));
+        .unwrap_or_else(|| quota_core::ids::new_ordered_id("req_", quota_store::clock::now_us()));
     let header = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("req_invalid"));
     req.extensions_mut().insert(RequestId(id));
     let mut resp = next.run(req).await;

@@ -7,6 +7,11 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Now, in Unix microseconds (for time-ordered ids).
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
 /// Unix milliseconds as an RFC 3339 UTC string with millisecond precision.
 pub fn rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);

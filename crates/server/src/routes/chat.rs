@@ -88,7 +88,10 @@ async fn forward(
     let prompt_max = provider.prompt_tokens_max(&call);
     let output_max = output_tokens_to_reserve(model, request.max_output()).saturating_mul(request.choices());
     let hold = reserve(state, &principal, model, prompt_max, output_max).await?;
-    let charge_id = claim.as_ref().map(|c| c.charge_id()).unwrap_or_else(|| quota_core::ids::new_id("ledg_"));
+    let charge_id = claim
+        .as_ref()
+        .map(|c| c.charge_id())
+        .unwrap_or_else(|| quota_core::ids::new_ordered_id("ledg_", quota_store::clock::now_us()));
     let billing = Billing { state: state.clone(), principal, model: model.clone(), request_id, charge_id, started };
     match provider.chat(call).await {
         Err(e) => {

@@ -20,6 +20,10 @@ pub struct AppState {
     pub ledger: Ledger,
     pub catalog: Catalog,
     pub keys: KeyCache,
+    /// The authorization server's caches and keys (SPEC §5).
+    pub oauth: crate::oauth::OAuthState,
+    /// Time for expiry decisions (tests move it forward).
+    pub clock: crate::clock::Clock,
     openai: Arc<dyn ChatProvider>,
     anthropic: Arc<dyn ChatProvider>,
     google: Arc<dyn ChatProvider>,
@@ -74,6 +78,8 @@ impl AppState {
             ledger,
             catalog,
             keys: KeyCache::default(),
+            oauth: crate::oauth::OAuthState::default(),
+            clock: crate::clock::Clock::default(),
             openai: Arc::new(openai),
             anthropic: Arc::new(Unavailable("anthropic")),
             google: Arc::new(Unavailable("google")),
@@ -110,6 +116,7 @@ pub fn build_router(state: SharedState) -> Router {
         .route("/v1/models", get(routes::v1::models))
         .route("/v1/balance", get(routes::v1::balance))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
+        .merge(routes::user_billing_router())
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

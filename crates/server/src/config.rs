@@ -42,6 +42,9 @@ pub struct Config {
     pub log_format: String,
     /// Most settlements committed in one ledger transaction.
     pub ledger_batch_max: usize,
+    /// The public base URL (`https://quota.example.com`): the OAuth issuer and the endpoints in
+    /// the discovery document. Unset: `http://` + the request's Host header (local use).
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             catalog_path: None,
             log_format: "text".into(),
             ledger_batch_max: 512,
+            public_url: None,
         }
     }
 }
@@ -91,6 +95,7 @@ const KEYS: &[&str] = &[
     "catalog_path",
     "log_format",
     "ledger_batch_max",
+    "public_url",
 ];
 
 /// Keys whose values are always strings, even when they look like numbers.
@@ -106,6 +111,7 @@ const STRING_KEYS: &[&str] = &[
     "gemini_api_key",
     "catalog_path",
     "log_format",
+    "public_url",
 ];
 
 impl Config {
@@ -173,6 +179,12 @@ impl Config {
             return Err("log_format must be `text` or `json`".into());
         }
         self.sqlite_synchronous.parse::<quota_store::Synchronous>()?;
+        if let Some(url) = self.public_url.as_deref().filter(|u| !u.is_empty()) {
+            let parsed = url::Url::parse(url).map_err(|e| format!("public_url `{url}`: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(format!("public_url must be an http(s) base URL without query or fragment, got `{url}`"));
+            }
+        }
         if self.upstream_timeout_secs == 0 || self.upstream_first_byte_timeout_secs == 0 {
             return Err("upstream timeouts must be positive".into());
         }

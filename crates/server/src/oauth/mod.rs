@@ -35,17 +35,13 @@ pub const STATE_MAX_LEN: usize = 1024;
 pub const NONCE_MAX_LEN: usize = 512;
 
 /// The authorization server's per-process state.
+#[derive(Default)]
 pub struct OAuthState {
     pub tokens: TokenCache,
     pub signing: jwt::SigningKeys,
     pub csrf: csrf::Csrf,
 }
 
-impl Default for OAuthState {
-    fn default() -> Self {
-        OAuthState { tokens: TokenCache::default(), signing: jwt::SigningKeys::default(), csrf: csrf::Csrf::new() }
-    }
-}
 
 /// The issuer URL: `public_url` from the configuration, else `http://` + the request's Host
 /// (a local or development setup). Production deployments behind TLS set `public_url`.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_openai;
+pub mod oauth;
 
 use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
 use quota_server::{build_router, AppState, Config, SharedState};

@@ -42,7 +42,6 @@ pub struct OAuthState {
     pub csrf: csrf::Csrf,
 }
 
-
 /// The issuer URL: `public_url` from the configuration, else `http://` + the request's Host
 /// (a local or development setup). Production deployments behind TLS set `public_url`.
 pub fn issuer(config: &crate::config::Config, headers: &axum::http::HeaderMap) -> String {

@@ -5,22 +5,11 @@
 
 mod common;
 
-use common::fake_openai::{FakeUpstream, Script};
+use common::fake_openai::{proxied, Script};
 use common::oauth::{browser, hidden_inputs, location_params, param, pkce, TestApp, REDIRECT};
 use common::{expect_error, simple_chat, TestServer};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-async fn with_upstream() -> (TestServer, FakeUpstream) {
-    let fake = FakeUpstream::start().await;
-    let base = fake.base_url.clone();
-    let s = TestServer::start_with(move |c| {
-        c.openai_base_url = base;
-        c.openai_api_key = Some("sk-upstream-test".into());
-    })
-    .await;
-    (s, fake)
-}
 
 fn access(t: &Value) -> String {
     t["access_token"].as_str().unwrap().to_string()
@@ -34,7 +23,7 @@ async fn chat_as(s: &TestServer, token: &str, body: Value) -> reqwest::Response 
 
 #[tokio::test]
 async fn a_user_token_pays_base_plus_markup_in_one_settlement() {
-    let (s, fake) = with_upstream().await;
+    let (s, fake) = proxied().await;
     let app = s.app(json!({"profit_margin": 0.25})).await;
     let (user, _, tokens) = s.connected_user(&app, "openid credits.spend credits.read").await;
     assert_eq!(tokens["token_type"], "Bearer");
@@ -110,8 +99,7 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_grant() {
     let app = s.app(json!({})).await;
     let (_, _, t1) = s.connected_user(&app, "credits.read").await;
     let r1 = t1["refresh_token"].as_str().unwrap().to_string();
-    let t2: Value =
-        s.token_request(&app, &[("grant_type", "refresh_token"), ("refresh_token", &r1)]).await.json().await.unwrap();
+    let t2: Value = s.refresh(&app, &r1).await.json().await.unwrap();
     let r2 = t2["refresh_token"].as_str().unwrap().to_string();
     assert_ne!(r1, r2);
     assert_ne!(t1["access_token"], t2["access_token"]);
@@ -121,12 +109,12 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_grant() {
     };
     assert_eq!(balance(access(&t2)).await, 200);
     // The rotated token again: refused, and everything of the grant stops working.
-    let again = s.token_request(&app, &[("grant_type", "refresh_token"), ("refresh_token", &r1)]).await;
+    let again = s.refresh(&app, &r1).await;
     assert_eq!(again.status(), 400);
     assert_eq!(again.json::<Value>().await.unwrap()["error"], "invalid_grant");
     assert_eq!(balance(access(&t2)).await, 401);
     assert_eq!(balance(access(&t1)).await, 401);
-    let r = s.token_request(&app, &[("grant_type", "refresh_token"), ("refresh_token", &r2)]).await;
+    let r = s.refresh(&app, &r2).await;
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
 }
 
@@ -145,12 +133,7 @@ async fn a_reused_code_is_refused_and_revokes_what_it_issued() {
     assert_eq!(second.json::<Value>().await.unwrap()["error"], "invalid_grant");
     expect_error(s.http.get(s.url("/v1/balance")).bearer_auth(&token).send().await.unwrap(), 401, "invalid_token")
         .await;
-    let r = s
-        .token_request(
-            &app,
-            &[("grant_type", "refresh_token"), ("refresh_token", first["refresh_token"].as_str().unwrap())],
-        )
-        .await;
+    let r = s.refresh(&app, first["refresh_token"].as_str().unwrap()).await;
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
 }
 
@@ -438,21 +421,11 @@ async fn access_tokens_expire_after_an_hour_and_refresh_still_works() {
     assert_eq!(get(access(&t)).await.status(), 200, "cached now");
     s.state.clock.advance(Duration::from_secs(3600));
     expect_error(get(access(&t)).await, 401, "invalid_token").await;
-    let r = s
-        .token_request(
-            &app,
-            &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap())],
-        )
-        .await;
+    let r = s.refresh(&app, t["refresh_token"].as_str().unwrap()).await;
     let t2: Value = r.json().await.unwrap();
     assert_eq!(get(access(&t2)).await.status(), 200);
     s.state.clock.advance(Duration::from_secs(30 * 24 * 3600));
-    let r = s
-        .token_request(
-            &app,
-            &[("grant_type", "refresh_token"), ("refresh_token", t2["refresh_token"].as_str().unwrap())],
-        )
-        .await;
+    let r = s.refresh(&app, t2["refresh_token"].as_str().unwrap()).await;
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
 }
 
@@ -460,7 +433,7 @@ async fn access_tokens_expire_after_an_hour_and_refresh_still_works() {
 
 #[tokio::test]
 async fn a_token_of_app_x_with_a_key_of_developer_y_is_403_app_mismatch() {
-    let (s, _fake) = with_upstream().await;
+    let (s, _fake) = proxied().await;
     let app_x = s.app(json!({})).await;
     let (_, _, t) = s.connected_user(&app_x, "credits.spend").await;
     let (_, _, y_user_key) = s.developer("user").await;
@@ -565,12 +538,7 @@ async fn disconnecting_stops_the_apps_tokens_at_once_and_records_the_event() {
         s.http.delete(s.url(&format!("/account/connections/{}", app.id))).bearer_auth(&session).send().await.unwrap();
     assert_eq!(r.status(), 200);
     expect_error(get().await.unwrap(), 401, "invalid_token").await;
-    let r = s
-        .token_request(
-            &app,
-            &[("grant_type", "refresh_token"), ("refresh_token", t["refresh_token"].as_str().unwrap())],
-        )
-        .await;
+    let r = s.refresh(&app, t["refresh_token"].as_str().unwrap()).await;
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
     assert_eq!(s.events(&app.developer_id, "user.connected").await, vec![json!({"app_id": app.id, "user_id": user})]);
     assert_eq!(
@@ -613,7 +581,7 @@ async fn revoking_a_token_at_the_revocation_endpoint_disconnects_the_user() {
 
 #[tokio::test]
 async fn a_user_who_cannot_cover_the_reservation_gets_402_and_nothing_moves() {
-    let (s, fake) = with_upstream().await;
+    let (s, fake) = proxied().await;
     let app = s.app(json!({"profit_margin": 1})).await;
     let (user, _, t) = s.connected_user(&app, "credits.spend").await;
     s.drain(&user, 1_000).await;
@@ -633,7 +601,7 @@ async fn a_user_who_cannot_cover_the_reservation_gets_402_and_nothing_moves() {
 
 #[tokio::test]
 async fn parallel_user_billed_requests_never_overspend_the_users_wallet() {
-    let (s, fake) = with_upstream().await;
+    let (s, fake) = proxied().await;
     fake.script(Script::Complete { prompt: 10, cached: 0, completion: 10, text: "ok".into() });
     let app = s.app(json!({"profit_margin": 0.5})).await;
     let (user, _, t) = s.connected_user(&app, "credits.spend").await;
@@ -855,7 +823,7 @@ async fn apps_crud_shows_the_secret_once_and_settings_exactly() {
 
 #[tokio::test]
 async fn deleting_an_app_ends_its_tokens_and_a_margin_change_applies_at_once() {
-    let (s, fake) = with_upstream().await;
+    let (s, fake) = proxied().await;
     fake.script(Script::Complete { prompt: 1000, cached: 0, completion: 500, text: "hi".into() });
     let app = s.app(json!({})).await;
     let (user, _, t) = s.connected_user(&app, "credits.spend").await;

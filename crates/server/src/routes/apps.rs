@@ -95,6 +95,11 @@ fn margin_json(bps: u32) -> Value {
     serde_json::from_str(&text).unwrap_or(json!(0))
 }
 
+/// A stored scope string as a JSON list.
+pub fn scope_list(scopes: &str) -> Vec<&str> {
+    scopes.split(' ').filter(|s| !s.is_empty()).collect()
+}
+
 pub fn app_json(a: &App) -> Value {
     json!({
         "id": a.id,
@@ -102,7 +107,7 @@ pub fn app_json(a: &App) -> Value {
         "client_id": a.client_id,
         "token_endpoint_auth_method": a.token_endpoint_auth_method(),
         "redirect_uris": a.redirect_uris,
-        "allowed_scopes": a.allowed_scopes.split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+        "allowed_scopes": scope_list(&a.allowed_scopes),
         "profit_margin": margin_json(a.profit_margin_bps),
         "profit_margin_bps": a.profit_margin_bps,
         "welcome_credits": a.welcome_credits,
@@ -170,8 +175,7 @@ pub async fn list(
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let apps = state.store.apps_of(&session.user.id).await.map_err(internal("list apps"))?;
-    let (apps, next) = page.page(apps)?;
-    Ok(Json(json!({"data": apps.iter().map(app_json).collect::<Vec<_>>(), "next_cursor": next})))
+    page.json(apps, app_json)
 }
 
 pub async fn get(
@@ -237,21 +241,16 @@ pub async fn users(
 ) -> Result<Json<Value>, ApiError> {
     let app = owned_app(&state, &session, &id).await?;
     let users = state.store.app_users(&app.id).await.map_err(internal("app users"))?;
-    let (users, next) = page.page(users)?;
-    let data: Vec<Value> = users
-        .iter()
-        .map(|u| {
-            json!({
-                "user_id": u.user_id,
-                "email": u.email,
-                "balance": u.balance,
-                "spend": u.spend,
-                "scopes": u.scopes.split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
-                "connected_at": rfc3339(u.connected_at),
-            })
+    page.json(users, |u| {
+        json!({
+            "user_id": u.user_id,
+            "email": u.email,
+            "balance": u.balance,
+            "spend": u.spend,
+            "scopes": scope_list(&u.scopes),
+            "connected_at": rfc3339(u.connected_at),
         })
-        .collect();
-    Ok(Json(json!({"data": data, "next_cursor": next})))
+    })
 }
 
 pub async fn delete(

@@ -4,6 +4,7 @@
 use crate::app::SharedState;
 use crate::auth::SessionUser;
 use crate::error::{internal, ApiError};
+use crate::routes::apps::scope_list;
 use crate::routes::PageQuery;
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -16,20 +17,15 @@ pub async fn list(
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let connections = state.store.connections_of(&session.user.id).await.map_err(internal("list connections"))?;
-    let (connections, next) = page.page(connections)?;
-    let data: Vec<Value> = connections
-        .iter()
-        .map(|c| {
-            json!({
-                "app_id": c.app_id,
-                "app_name": c.app_name,
-                "scopes": c.scopes.split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
-                "spend": c.spend,
-                "connected_at": rfc3339(c.created_at),
-            })
+    page.json(connections, |c| {
+        json!({
+            "app_id": c.app_id,
+            "app_name": c.app_name,
+            "scopes": scope_list(&c.scopes),
+            "spend": c.spend,
+            "connected_at": rfc3339(c.created_at),
         })
-        .collect();
-    Ok(Json(json!({"data": data, "next_cursor": next})))
+    })
 }
 
 pub async fn disconnect(

@@ -118,8 +118,7 @@ pub async fn list(
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let keys = state.store.list_keys(&session.user.id).await.map_err(internal("list keys"))?;
-    let (keys, next) = page.page(keys)?;
-    Ok(Json(json!({"data": keys.iter().map(key_json).collect::<Vec<_>>(), "next_cursor": next})))
+    page.json(keys, key_json)
 }
 
 pub async fn update(

@@ -64,6 +64,17 @@ impl PageQuery {
         Ok((offset, limit))
     }
 
+    /// A page of `items` as `{"data": [...], "next_cursor": ...}` (SPEC §0).
+    pub fn json<T>(
+        &self,
+        items: Vec<T>,
+        to_json: impl Fn(&T) -> serde_json::Value,
+    ) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
+        let (page, next) = self.page(items)?;
+        let data: Vec<serde_json::Value> = page.iter().map(to_json).collect();
+        Ok(axum::Json(serde_json::json!({"data": data, "next_cursor": next})))
+    }
+
     /// Page `items` and make the next cursor.
     pub fn page<T>(&self, items: Vec<T>) -> Result<(Vec<T>, Option<String>), crate::error::ApiError> {
         use base64::Engine;

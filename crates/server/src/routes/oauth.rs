@@ -297,20 +297,23 @@ async fn consent_page(state: &SharedState, session: &SessionUser, v: &Validated,
     html(StatusCode::OK, pages::consent(&v.app.name, &session.user.email, v.scopes, &price, &hidden, &csrf), None)
 }
 
+/// Parse (a query string or a form body) and validate an authorization request.
+async fn read_request(state: &SharedState, encoded: &[u8]) -> Result<(Form, AuthorizeRequest, Validated), Refusal> {
+    let form = parse_form(encoded).map_err(|e| Refusal::Page(StatusCode::BAD_REQUEST, e))?;
+    let req = AuthorizeRequest::from_form(&form);
+    let v = validate(state, &req).await?;
+    Ok((form, req, v))
+}
+
 /// `GET /oauth/authorize`: sign in if needed, then the consent page.
 pub async fn authorize_get(
     State(state): State<SharedState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let form = match parse_form(query.unwrap_or_default().as_bytes()) {
-        Ok(f) => f,
-        Err(e) => return Refusal::Page(StatusCode::BAD_REQUEST, e).into_response(),
-    };
-    let req = AuthorizeRequest::from_form(&form);
-    let v = match validate(&state, &req).await {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
+    let (_, req, v) = match read_request(&state, query.unwrap_or_default().as_bytes()).await {
+        Ok(r) => r,
+        Err(refusal) => return refusal.into_response(),
     };
     match browser_session(&state, &headers).await {
         Ok(Some(session)) => consent_page(&state, &session, &v, &req).await,
@@ -321,14 +324,9 @@ pub async fn authorize_get(
 
 /// `POST /oauth/authorize`: the sign-in, sign-up and consent forms.
 pub async fn authorize_post(State(state): State<SharedState>, headers: HeaderMap, RawBody(body): RawBody) -> Response {
-    let form = match parse_form(&body) {
-        Ok(f) => f,
-        Err(e) => return Refusal::Page(StatusCode::BAD_REQUEST, e).into_response(),
-    };
-    let req = AuthorizeRequest::from_form(&form);
-    let v = match validate(&state, &req).await {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
+    let (form, req, v) = match read_request(&state, &body).await {
+        Ok(r) => r,
+        Err(refusal) => return refusal.into_response(),
     };
     let submitted_csrf = form.get("csrf_token").map(String::as_str).unwrap_or("");
     let action = form.get("action").map(String::as_str).unwrap_or("");

@@ -49,6 +49,18 @@ impl Drop for FakeUpstream {
     }
 }
 
+/// A gateway whose OpenAI upstream is a new fake (with a fake upstream key).
+pub async fn proxied() -> (super::TestServer, FakeUpstream) {
+    let up = FakeUpstream::start().await;
+    let base = up.base_url.clone();
+    let s = super::TestServer::start_with(move |c| {
+        c.openai_base_url = base;
+        c.openai_api_key = Some("sk-upstream-secret-0123456789".into());
+    })
+    .await;
+    (s, up)
+}
+
 impl FakeUpstream {
     pub async fn start() -> FakeUpstream {
         let fake = Arc::new(Fake::default());

@@ -149,6 +149,11 @@ impl TestServer {
         self.http.post(self.url("/oauth/token")).form(&form).send().await.unwrap()
     }
 
+    /// `grant_type=refresh_token`.
+    pub async fn refresh(&self, app: &TestApp, refresh_token: &str) -> reqwest::Response {
+        self.token_request(app, &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)]).await
+    }
+
     /// A user (new account) who connected `app` with `scope`; returns (user id, session, token
     /// response).
     pub async fn connected_user(&self, app: &TestApp, scope: &str) -> (String, String, Value) {

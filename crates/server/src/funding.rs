@@ -50,9 +50,9 @@ pub async fn fund_user(state: &SharedState, f: Funding<'_>) -> Result<Committed,
     state.ledger.transfer_with_events(transfer, vec![event]).await
 }
 
-/// An app's welcome credits for a user who just connected: once per user and app (the transfer
-/// id is derived from both), from the developer's wallet. If the developer cannot pay, the
-/// connection still stands and the grant is skipped (logged).
+/// An app's welcome credits for a user who connected: once per user and app (the transfer id
+/// is derived from both), from the developer's wallet. If the developer cannot pay, the
+/// connection still stands and the grant is skipped (logged) until the user's next approval.
 pub async fn grant_app_welcome(state: &SharedState, app: &App, user_id: &str) {
     if app.welcome_credits <= 0 || user_id == app.developer_id {
         return;

@@ -921,3 +921,19 @@ async fn no_secret_reaches_the_database_in_clear() {
         assert!(!hay.contains(secret), "a secret is stored in clear");
     }
 }
+
+#[tokio::test]
+async fn welcome_credits_the_developer_cannot_pay_are_skipped_then_granted_at_the_next_approval() {
+    let s = TestServer::start().await;
+    let app = s.app(json!({"welcome_credits": 1_500_000})).await;
+    let (user, session, _) = s.connected_user(&app, "credits.read").await;
+    assert_eq!(s.stored_balance(&user).await, 1_000_000, "the developer has only 1,000,000");
+    assert_eq!(s.stored_balance(&app.developer_id).await, 1_000_000);
+    s.credit(&app.developer_id, 1_000_000).await;
+    s.code_for(&session, &app, &[("scope", "credits.read")]).await;
+    assert_eq!(s.stored_balance(&user).await, 2_500_000);
+    assert_eq!(s.stored_balance(&app.developer_id).await, 500_000);
+    s.code_for(&session, &app, &[("scope", "credits.read")]).await;
+    assert_eq!(s.stored_balance(&user).await, 2_500_000, "once per user");
+    s.assert_ledger_ok().await;
+}

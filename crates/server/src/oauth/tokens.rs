@@ -103,6 +103,9 @@ pub struct TokenResponse {
     pub id_token: Option<String>,
 }
 
+/// Most access tokens kept in memory at once.
+pub const TOKEN_CACHE_MAX: usize = 100_000;
+
 /// Live access tokens by hash. Holds only tokens that were live when read; each entry is
 /// re-checked for expiry against the clock on every use, and revocations evict at once.
 #[derive(Default)]
@@ -128,6 +131,13 @@ impl TokenCache {
         let grant = Arc::new(grant);
         let mut map = self.by_hash.write();
         if self.generation.load(Ordering::Acquire) == generation {
+            if map.len() >= TOKEN_CACHE_MAX {
+                // Bounded: drop what expired; if that is not enough, start over (entries reload).
+                map.retain(|_, t| t.expires_at > now);
+                if map.len() >= TOKEN_CACHE_MAX {
+                    map.clear();
+                }
+            }
             map.insert(hash.to_string(), grant.clone());
         }
         Ok(Some(grant))

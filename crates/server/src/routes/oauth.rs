@@ -409,8 +409,8 @@ async fn sign_up(state: &SharedState, email: &str, password: &str) -> Result<quo
     accounts::create_account(state, &email, password).await
 }
 
-/// Consent given: connect (with `user.connected` and the app's welcome credits the first
-/// time), then a single-use code for the app.
+/// Consent given: connect (with `user.connected` the first time) and grant the app's welcome
+/// credits (once per user ever), then a single-use code for the app.
 async fn approve(state: &SharedState, session: &SessionUser, v: &Validated) -> Result<String, ApiError> {
     let now = state.clock.now_ms();
     let user_id = &session.user.id;
@@ -422,8 +422,11 @@ async fn approve(state: &SharedState, session: &SessionUser, v: &Validated) -> R
         .map_err(crate::error::internal("connect"))?;
     if newly {
         tracing::info!(app = %v.app.id, user = %user_id, "user connected");
-        crate::funding::grant_app_welcome(state, &v.app, user_id).await;
     }
+    // Tried on every approval, not only the first: the transfer id makes it once per user and
+    // app, and a grant lost to a crash (or skipped while the developer's wallet was empty) is
+    // made up the next time the user approves.
+    crate::funding::grant_app_welcome(state, &v.app, user_id).await;
     let code = quota_core::ids::new_secret(crate::oauth::CODE_PREFIX);
     state
         .store

@@ -890,7 +890,10 @@ async fn the_id_token_verifies_against_the_jwks_and_userinfo_has_the_balance() {
     let info: Value =
         s.http.get(s.url("/oauth/userinfo")).bearer_auth(access(&t)).send().await.unwrap().json().await.unwrap();
     assert_eq!(info, json!({"sub": user, "email": "oidc@example.com", "email_verified": false, "balance": 1_000_000}));
-    // The key is generated once and kept: a second server on the same database serves it.
+    // The key is generated once and kept: a fresh process on the same database loads it.
+    let reloaded = quota_server::oauth::jwt::SigningKeys::default().get(&s.state.store, 0).await.unwrap();
+    assert_eq!(Some(reloaded.kid.as_str()), jwk["kid"].as_str());
+    assert_eq!(reloaded.jwk, *jwk);
     let stored: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM oauth_signing_keys").fetch_one(s.state.store.pool()).await.unwrap();
     assert_eq!(stored, 1);

@@ -940,3 +940,20 @@ async fn welcome_credits_the_developer_cannot_pay_are_skipped_then_granted_at_th
     assert_eq!(s.stored_balance(&user).await, 2_500_000, "once per user");
     s.assert_ledger_ok().await;
 }
+
+#[tokio::test]
+async fn a_code_not_yet_exchanged_dies_with_the_connection() {
+    let s = TestServer::start().await;
+    let app = s.app(json!({})).await;
+    let (_, session, _) = s.connected_user(&app, "credits.read").await;
+    let pending = s.code_for(&session, &app, &[("scope", "credits.read")]).await;
+    let r =
+        s.http.delete(s.url(&format!("/account/connections/{}", app.id))).bearer_auth(&session).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Even after the user connects again, the old code stays dead.
+    s.code_for(&session, &app, &[("scope", "credits.read")]).await;
+    let r = s
+        .token_request(&app, &[("grant_type", "authorization_code"), ("code", &pending), ("redirect_uri", REDIRECT)])
+        .await;
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
+}

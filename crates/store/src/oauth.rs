@@ -224,8 +224,8 @@ async fn connection_active(conn: &mut SqliteConnection, user_id: &str, app_id: &
         .is_some())
 }
 
-/// Revoke every grant and token of `user_id` × `app_id` (or of the whole app if `user_id` is
-/// `None`) inside the caller's transaction.
+/// Revoke every grant, token and unexchanged code of `user_id` × `app_id` (or of the whole app
+/// if `user_id` is `None`) inside the caller's transaction.
 async fn revoke_all(
     conn: &mut SqliteConnection,
     app_id: &str,
@@ -233,8 +233,10 @@ async fn revoke_all(
     now: i64,
 ) -> Result<(), StoreError> {
     let user_filter = if user_id.is_some() { " AND user_id = ?" } else { "" };
-    for table in ["oauth_grants", "oauth_tokens"] {
-        let sql = format!("UPDATE {table} SET revoked_at = ? WHERE app_id = ?{user_filter} AND revoked_at IS NULL");
+    // Codes not yet exchanged die too (marked used: exchanging one finds it spent).
+    for (table, column) in [("oauth_grants", "revoked_at"), ("oauth_tokens", "revoked_at"), ("oauth_codes", "used_at")]
+    {
+        let sql = format!("UPDATE {table} SET {column} = ? WHERE app_id = ?{user_filter} AND {column} IS NULL");
         let mut q = sqlx::query(&sql).bind(now).bind(app_id);
         if let Some(u) = user_id {
             q = q.bind(u);

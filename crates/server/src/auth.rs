@@ -98,7 +98,27 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Admit an inference request (SPEC §2 table): user tokens need `credits.spend`.
 pub async fn admit(state: &SharedState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    admit_with_scope(state, headers, Scope::CreditsSpend).await
+    admit_request(state, headers, None, Scope::CreditsSpend).await
+}
+
+/// [`admit`], also accepting the key as the `key` query parameter (SPEC §3.3: Gemini clients
+/// send `?key=`); a key in a header wins over one in the query.
+pub async fn admit_with_key_param(
+    state: &SharedState,
+    headers: &HeaderMap,
+    key_param: Option<&str>,
+) -> Result<Principal, ApiError> {
+    admit_request(state, headers, key_param, Scope::CreditsSpend).await
+}
+
+/// [`admit`] for a route whose user tokens need `required` instead (`credits.read` for
+/// `/v1/balance` and `/v1/models`).
+pub async fn admit_with_scope(
+    state: &SharedState,
+    headers: &HeaderMap,
+    required: Scope,
+) -> Result<Principal, ApiError> {
+    admit_request(state, headers, None, required).await
 }
 
 fn invalid_token(message: &str) -> ApiError {
@@ -169,13 +189,17 @@ pub fn api_key_secret(headers: &HeaderMap) -> Option<&str> {
 ///   the key's own app, if it is bound to one), else 403 `app_mismatch`;
 /// * a `test` key (+ optionally a user token, checked the same way): sandbox, the key owner
 ///   pays; with a token the user's scopes and balance are checked too.
-pub async fn admit_with_scope(
+async fn admit_request(
     state: &SharedState,
     headers: &HeaderMap,
+    key_param: Option<&str>,
     required: Scope,
 ) -> Result<Principal, ApiError> {
-    // `x-api-key` (the Anthropic SDK's header) and `X-API-Key` are the same header in HTTP.
-    let api_key = header(headers, "x-api-key").or_else(|| header(headers, "x-goog-api-key"));
+    // `x-api-key` (the Anthropic SDK's header) and `X-API-Key` are the same header in HTTP;
+    // `x-goog-api-key` is the Google GenAI SDK's.
+    let api_key = header(headers, "x-api-key")
+        .or_else(|| header(headers, "x-goog-api-key"))
+        .or_else(|| key_param.map(str::trim).filter(|k| !k.is_empty()));
     let bearer = bearer(headers);
     if api_key.is_none() && bearer.is_some_and(|b| b.starts_with(crate::oauth::REFRESH_TOKEN_PREFIX)) {
         return Err(invalid_token("refresh tokens cannot call the API; exchange it at /oauth/token"));

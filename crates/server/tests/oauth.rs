@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::fake_openai::{proxied, Script};
+use common::fake_openai::Script;
+use common::oauth::HeldUpstream;
 use common::oauth::{browser, hidden_inputs, location_params, param, pkce, TestApp, REDIRECT};
-use common::{expect_error, simple_chat, TestServer};
+use common::{expect_error, proxied, simple_chat, TestServer};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -601,8 +602,14 @@ async fn a_user_who_cannot_cover_the_reservation_gets_402_and_nothing_moves() {
 
 #[tokio::test]
 async fn parallel_user_billed_requests_never_overspend_the_users_wallet() {
-    let (s, fake) = proxied().await;
-    fake.script(Script::Complete { prompt: 10, cached: 0, completion: 10, text: "ok".into() });
+    // An upstream that holds every request, so all admitted ones are in flight at once.
+    let fake = HeldUpstream::start(10, 10).await;
+    let base = fake.base_url.clone();
+    let s = TestServer::start_with(move |c| {
+        c.openai_base_url = base;
+        c.openai_api_key = Some("sk-upstream-test".into());
+    })
+    .await;
     let app = s.app(json!({"profit_margin": 0.5})).await;
     let (user, _, t) = s.connected_user(&app, "credits.spend").await;
     let token = access(&t);
@@ -618,8 +625,6 @@ async fn parallel_user_billed_requests_never_overspend_the_users_wallet() {
     // Leave the user able to afford exactly M = 5 reservations at once.
     let m = 5;
     s.drain(&user, m * reserve).await;
-    // Hold the upstream so every admitted request is in flight at once.
-    fake.script(Script::Held { prompt: 10, completion: 10 });
     let n = 20usize;
     let mut tasks = Vec::new();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -642,7 +647,7 @@ async fn parallel_user_billed_requests_never_overspend_the_users_wallet() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(fake.calls(), m as usize, "exactly M requests reached the upstream");
-    fake.release_held();
+    fake.release();
     let mut statuses = Vec::new();
     for t in tasks {
         let (status, v) = t.await.unwrap();

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::fake_openai::{proxied, Script};
-use common::{expect_error, simple_chat, TestServer};
+use common::fake_openai::Script;
+use common::{expect_error, proxied, simple_chat, TestServer};
 use futures::StreamExt;
 use quota_core::billing::Charge;
 use quota_core::{Catalog, Margin, Usage};

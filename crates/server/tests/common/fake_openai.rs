@@ -24,8 +24,6 @@ pub enum Script {
     /// Stream: each `()` received on the gate sends the next content chunk; when the gate
     /// closes, the usage chunk and `[DONE]` follow.
     GatedStream { prompt: u64, completion: u64 },
-    /// Like `Complete`, but every request waits until the test calls `release_held`.
-    Held { prompt: u64, completion: u64 },
 }
 
 #[derive(Default)]
@@ -33,8 +31,6 @@ pub struct Fake {
     pub requests: Mutex<Vec<(HeaderMap, Value)>>,
     pub script: Mutex<Option<Script>>,
     gate: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
-    released: std::sync::atomic::AtomicBool,
-    release: tokio::sync::Notify,
 }
 
 pub struct FakeUpstream {
@@ -47,18 +43,6 @@ impl Drop for FakeUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// A gateway whose OpenAI upstream is a new fake (with a fake upstream key).
-pub async fn proxied() -> (super::TestServer, FakeUpstream) {
-    let up = FakeUpstream::start().await;
-    let base = up.base_url.clone();
-    let s = super::TestServer::start_with(move |c| {
-        c.openai_base_url = base;
-        c.openai_api_key = Some("sk-upstream-secret-0123456789".into());
-    })
-    .await;
-    (s, up)
 }
 
 impl FakeUpstream {
@@ -88,12 +72,6 @@ impl FakeUpstream {
         self.fake.requests.lock().last().cloned().expect("the upstream was called")
     }
 
-    /// Let every `Held` request (waiting or future) answer.
-    pub fn release_held(&self) {
-        self.fake.released.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.fake.release.notify_waiters();
-    }
-
     pub fn calls(&self) -> usize {
         self.fake.requests.lock().len()
     }
@@ -116,21 +94,7 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
     });
     let stream = v["stream"] == json!(true);
     let include_usage = v["stream_options"]["include_usage"] == json!(true);
-    let script = match script {
-        Script::Held { prompt, completion } => {
-            loop {
-                let notified = fake.release.notified();
-                if fake.released.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                notified.await;
-            }
-            Script::Complete { prompt, cached: 0, completion, text: "held".into() }
-        }
-        other => other,
-    };
     match script {
-        Script::Held { .. } => unreachable!("replaced above"),
         Script::Error { status, message } => {
             let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}});
             (StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], body.to_string())

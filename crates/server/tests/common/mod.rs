@@ -33,6 +33,18 @@ pub fn test_config(dir: &tempfile::TempDir) -> Config {
     }
 }
 
+/// A gateway whose OpenAI upstream is a new fake (with a fake upstream key).
+pub async fn proxied() -> (TestServer, fake_openai::FakeUpstream) {
+    let up = fake_openai::FakeUpstream::start().await;
+    let base = up.base_url.clone();
+    let s = TestServer::start_with(move |c| {
+        c.openai_base_url = base;
+        c.openai_api_key = Some("sk-upstream-secret-0123456789".into());
+    })
+    .await;
+    (s, up)
+}
+
 impl TestServer {
     pub async fn start() -> TestServer {
         TestServer::start_with(|_| {}).await

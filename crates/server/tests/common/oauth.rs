@@ -231,3 +231,76 @@ impl TestServer {
         rows.into_iter().map(|(d,)| serde_json::from_str(&d).unwrap()).collect()
     }
 }
+
+/// An OpenAI-shaped upstream that holds every request until `release` (so a test can have many
+/// requests in flight at once), then answers each with the same usage.
+pub struct HeldUpstream {
+    pub base_url: String,
+    state: std::sync::Arc<Held>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Held {
+    calls: std::sync::atomic::AtomicUsize,
+    released: std::sync::atomic::AtomicBool,
+    release: tokio::sync::Notify,
+    usage: (u64, u64),
+}
+
+impl Drop for HeldUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl HeldUpstream {
+    pub async fn start(prompt: u64, completion: u64) -> HeldUpstream {
+        use std::sync::atomic::Ordering;
+        let state = std::sync::Arc::new(Held {
+            calls: Default::default(),
+            released: Default::default(),
+            release: Default::default(),
+            usage: (prompt, completion),
+        });
+        let handler_state = state.clone();
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move || {
+                let h = handler_state.clone();
+                async move {
+                    h.calls.fetch_add(1, Ordering::SeqCst);
+                    loop {
+                        let notified = h.release.notified();
+                        if h.released.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        notified.await;
+                    }
+                    let (p, c) = h.usage;
+                    axum::Json(json!({
+                        "id": "chatcmpl-held", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        HeldUpstream { base_url: format!("http://{addr}/v1"), state, task }
+    }
+
+    /// Requests received so far (each is waiting until `release`).
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Let every held request (waiting or future) answer.
+    pub fn release(&self) {
+        self.state.released.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.release.notify_waiters();
+    }
+}

@@ -42,7 +42,7 @@ pub fn percent(m: Margin) -> String {
     }
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;color:#111}\
+const STYLE: &str = "*{box-sizing:border-box}body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;color:#111}\
 h1{font-size:1.4rem}fieldset{border:1px solid #ccc;border-radius:6px;margin:1rem 0}\
 label{display:block;margin:.5rem 0}input[type=email],input[type=password]{width:100%;padding:.4rem}\
 button{padding:.5rem 1rem;margin:.5rem .5rem 0 0}table{border-collapse:collapse;width:100%}\

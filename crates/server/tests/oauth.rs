@@ -962,3 +962,18 @@ async fn a_code_not_yet_exchanged_dies_with_the_connection() {
         .await;
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
 }
+
+#[tokio::test]
+async fn a_cached_token_needs_no_database_read_and_an_api_revocation_evicts_it() {
+    let s = TestServer::start().await;
+    let app = s.app(json!({})).await;
+    let (_, session, t) = s.connected_user(&app, "credits.read").await;
+    let get = || s.http.get(s.url("/v1/balance")).bearer_auth(access(&t)).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+    // Behind the cache's back: the row is gone, the cached token still answers (no read).
+    sqlx::query("DELETE FROM oauth_tokens WHERE kind = 'access'").execute(s.state.store.pool()).await.unwrap();
+    assert_eq!(get().await.unwrap().status(), 200);
+    // Through the API: evicted at once.
+    s.http.delete(s.url(&format!("/account/connections/{}", app.id))).bearer_auth(&session).send().await.unwrap();
+    expect_error(get().await.unwrap(), 401, "invalid_token").await;
+}

@@ -86,11 +86,11 @@ async fn balance_with_a_user_token_is_the_users_wallet() {
     let s = TestServer::start().await;
     let app = s.app(json!({})).await;
     let (user, _, tokens) = s.connected_user(&app, "credits.read").await;
-    let r = s.http.get(s.url("/v1/balance")).bearer_auth(access(&tokens)).send().await.unwrap();
+    let r = s.send(reqwest::Method::GET, "/v1/balance", access(&tokens), Value::Null).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v, json!({"wallet": "oauth_user", "balance": 1_000_000, "user_id": user, "billing_mode": "user"}));
-    let r = s.http.get(s.url("/v1/models")).bearer_auth(access(&tokens)).send().await.unwrap();
+    let r = s.send(reqwest::Method::GET, "/v1/models", access(&tokens), Value::Null).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -106,7 +106,7 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_grant() {
     assert_ne!(t1["access_token"], t2["access_token"]);
     let balance = |t: String| {
         let s = &s;
-        async move { s.http.get(s.url("/v1/balance")).bearer_auth(t).send().await.unwrap().status().as_u16() }
+        async move { s.send(reqwest::Method::GET, "/v1/balance", t, Value::Null).await.status().as_u16() }
     };
     assert_eq!(balance(access(&t2)).await, 200);
     // The rotated token again: refused, and everything of the grant stops working.
@@ -128,12 +128,11 @@ async fn a_reused_code_is_refused_and_revokes_what_it_issued() {
     let exchange = [("grant_type", "authorization_code"), ("code", code.as_str()), ("redirect_uri", REDIRECT)];
     let first: Value = s.token_request(&app, &exchange).await.json().await.unwrap();
     let token = access(&first);
-    assert_eq!(s.http.get(s.url("/v1/balance")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    assert_eq!(s.send(reqwest::Method::GET, "/v1/balance", &token, Value::Null).await.status(), 200);
     let second = s.token_request(&app, &exchange).await;
     assert_eq!(second.status(), 400);
     assert_eq!(second.json::<Value>().await.unwrap()["error"], "invalid_grant");
-    expect_error(s.http.get(s.url("/v1/balance")).bearer_auth(&token).send().await.unwrap(), 401, "invalid_token")
-        .await;
+    expect_error(s.send(reqwest::Method::GET, "/v1/balance", &token, Value::Null).await, 401, "invalid_token").await;
     let r = s.refresh(&app, first["refresh_token"].as_str().unwrap()).await;
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
 }
@@ -243,13 +242,13 @@ async fn unregistered_redirect_uris_get_an_error_page_never_a_redirect() {
     assert!(r.headers().get("location").is_none());
     // Registering plain http off localhost is refused.
     let r = s
-        .http
-        .post(s.url("/developers/apps"))
-        .bearer_auth(&app.developer_session)
-        .json(&json!({"name": "x", "redirect_uris": ["http://app.example.com/cb"]}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/developers/apps",
+            &app.developer_session,
+            json!({"name": "x", "redirect_uris": ["http://app.example.com/cb"]}),
+        )
+        .await;
     expect_error(r, 400, "bad_request").await;
 }
 
@@ -417,7 +416,7 @@ async fn access_tokens_expire_after_an_hour_and_refresh_still_works() {
     let (_, _, t) = s.connected_user(&app, "credits.read").await;
     let get = |token: String| {
         let s = &s;
-        async move { s.http.get(s.url("/v1/balance")).bearer_auth(token).send().await.unwrap() }
+        async move { s.send(reqwest::Method::GET, "/v1/balance", token, Value::Null).await }
     };
     assert_eq!(get(access(&t)).await.status(), 200, "cached now");
     s.state.clock.advance(Duration::from_secs(3600));
@@ -473,13 +472,13 @@ async fn a_user_key_bound_to_another_app_is_403_app_mismatch() {
     let other = s.app_of(&app.developer_id, &app.developer_session, json!({"name": "Other"})).await;
     let (_, _, t) = s.connected_user(&app, "credits.spend").await;
     let r = s
-        .http
-        .post(s.url("/developers/keys"))
-        .bearer_auth(&app.developer_session)
-        .json(&json!({"name": "bound", "billing_mode": "user", "app_id": other.id}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/developers/keys",
+            &app.developer_session,
+            json!({"name": "bound", "billing_mode": "user", "app_id": other.id}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["app_id"], other.id);
@@ -496,13 +495,13 @@ async fn a_user_key_bound_to_another_app_is_403_app_mismatch() {
     // An app id the developer does not own: 404.
     let (_, stranger) = s.register("stranger@example.com").await;
     let r = s
-        .http
-        .post(s.url("/developers/keys"))
-        .bearer_auth(&stranger)
-        .json(&json!({"name": "x", "billing_mode": "user", "app_id": app.id}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/developers/keys",
+            &stranger,
+            json!({"name": "x", "billing_mode": "user", "app_id": app.id}),
+        )
+        .await;
     expect_error(r, 404, "not_found").await;
 }
 
@@ -513,13 +512,9 @@ async fn user_token_without_credits_spend_scope_is_403() {
     let (_, _, t) = s.connected_user(&app, "openid credits.read").await;
     expect_error(s.chat(&access(&t), simple_chat("hi", 5)).await, 403, "insufficient_scope").await;
     let (_, _, t) = s.connected_user(&app, "credits.spend").await;
-    expect_error(
-        s.http.get(s.url("/v1/balance")).bearer_auth(access(&t)).send().await.unwrap(),
-        403,
-        "insufficient_scope",
-    )
-    .await;
-    let r = s.http.get(s.url("/oauth/userinfo")).bearer_auth(access(&t)).send().await.unwrap();
+    expect_error(s.send(reqwest::Method::GET, "/v1/balance", access(&t), Value::Null).await, 403, "insufficient_scope")
+        .await;
+    let r = s.send(reqwest::Method::GET, "/oauth/userinfo", access(&t), Value::Null).await;
     assert_eq!(r.status(), 403, "userinfo needs openid");
 }
 
@@ -531,12 +526,11 @@ async fn disconnecting_stops_the_apps_tokens_at_once_and_records_the_event() {
     let get = || s.http.get(s.url("/v1/balance")).bearer_auth(access(&t)).send();
     assert_eq!(get().await.unwrap().status(), 200, "cached now");
     let list: Value =
-        s.http.get(s.url("/account/connections")).bearer_auth(&session).send().await.unwrap().json().await.unwrap();
+        s.send(reqwest::Method::GET, "/account/connections", &session, Value::Null).await.json().await.unwrap();
     assert_eq!(list["data"][0]["app_id"], app.id);
     assert_eq!(list["data"][0]["app_name"], "Test App");
     assert_eq!(list["data"][0]["spend"], 0);
-    let r =
-        s.http.delete(s.url(&format!("/account/connections/{}", app.id))).bearer_auth(&session).send().await.unwrap();
+    let r = s.send(reqwest::Method::DELETE, &format!("/account/connections/{}", app.id), &session, Value::Null).await;
     assert_eq!(r.status(), 200);
     expect_error(get().await.unwrap(), 401, "invalid_token").await;
     let r = s.refresh(&app, t["refresh_token"].as_str().unwrap()).await;
@@ -546,11 +540,10 @@ async fn disconnecting_stops_the_apps_tokens_at_once_and_records_the_event() {
         s.events(&app.developer_id, "user.disconnected").await,
         vec![json!({"app_id": app.id, "user_id": user})]
     );
-    let r =
-        s.http.delete(s.url(&format!("/account/connections/{}", app.id))).bearer_auth(&session).send().await.unwrap();
+    let r = s.send(reqwest::Method::DELETE, &format!("/account/connections/{}", app.id), &session, Value::Null).await;
     expect_error(r, 404, "not_found").await;
     let list: Value =
-        s.http.get(s.url("/account/connections")).bearer_auth(&session).send().await.unwrap().json().await.unwrap();
+        s.send(reqwest::Method::GET, "/account/connections", &session, Value::Null).await.json().await.unwrap();
     assert_eq!(list["data"], json!([]));
 }
 
@@ -569,10 +562,10 @@ async fn revoking_a_token_at_the_revocation_endpoint_disconnects_the_user() {
     };
     let r = s.http.post(s.url("/oauth/revoke")).form(&form("quota_token_unknown")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(s.http.get(s.url("/v1/balance")).bearer_auth(access(&t)).send().await.unwrap().status(), 200);
+    assert_eq!(s.send(reqwest::Method::GET, "/v1/balance", access(&t), Value::Null).await.status(), 200);
     let r = s.http.post(s.url("/oauth/revoke")).form(&form(t["refresh_token"].as_str().unwrap())).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    expect_error(s.http.get(s.url("/v1/balance")).bearer_auth(access(&t)).send().await.unwrap(), 401, "invalid_token")
+    expect_error(s.send(reqwest::Method::GET, "/v1/balance", access(&t), Value::Null).await, 401, "invalid_token")
         .await;
     assert_eq!(
         s.events(&app.developer_id, "user.disconnected").await,
@@ -761,17 +754,13 @@ async fn welcome_credits_are_granted_once_per_user_from_the_developer() {
     assert_eq!(s.stored_balance(&user).await, 1_100_000);
     assert_eq!(s.stored_balance(&app.developer_id).await, 900_000);
     // Disconnect and connect again: no second grant.
-    s.http.delete(s.url(&format!("/account/connections/{}", app.id))).bearer_auth(&session).send().await.unwrap();
+    s.send(reqwest::Method::DELETE, &format!("/account/connections/{}", app.id), &session, Value::Null).await;
     s.code_for(&session, &app, &[("scope", "credits.read")]).await;
     assert_eq!(s.stored_balance(&user).await, 1_100_000);
     assert_eq!(s.events(&app.developer_id, "user.connected").await.len(), 2);
     let users: Value = s
-        .http
-        .get(s.url(&format!("/developers/apps/{}/users", app.id)))
-        .bearer_auth(&app.developer_session)
-        .send()
+        .send(reqwest::Method::GET, &format!("/developers/apps/{}/users", app.id), &app.developer_session, Value::Null)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -788,7 +777,7 @@ async fn apps_crud_shows_the_secret_once_and_settings_exactly() {
     let app = s.app(json!({})).await;
     let secret = app.client_secret.clone().unwrap();
     assert!(secret.starts_with("quota_secret_") && app.client_id.starts_with("quota_client_"));
-    let list = s.http.get(s.url("/developers/apps")).bearer_auth(&app.developer_session).send().await.unwrap();
+    let list = s.send(reqwest::Method::GET, "/developers/apps", &app.developer_session, Value::Null).await;
     let text = list.text().await.unwrap();
     assert!(!text.contains(&secret) && !text.contains("\"client_secret\""));
     let v: Value = serde_json::from_str(&text).unwrap();
@@ -806,13 +795,13 @@ async fn apps_crud_shows_the_secret_once_and_settings_exactly() {
     let v: Value = s.app_settings(&app, json!({"profit_margin": 0.3})).await.json().await.unwrap();
     assert_eq!((v["profit_margin"].as_f64(), v["profit_margin_bps"].as_u64()), (Some(0.3), Some(3000)));
     let r = s
-        .http
-        .patch(s.url(&format!("/developers/apps/{}", app.id)))
-        .bearer_auth(&app.developer_session)
-        .json(&json!({"name": "Renamed", "redirect_uris": ["https://app.example.com/cb"]}))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/developers/apps/{}", app.id),
+            &app.developer_session,
+            json!({"name": "Renamed", "redirect_uris": ["https://app.example.com/cb"]}),
+        )
+        .await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(
         (v["name"].as_str(), v["redirect_uris"][0].as_str()),
@@ -820,9 +809,9 @@ async fn apps_crud_shows_the_secret_once_and_settings_exactly() {
     );
     // Another developer sees none of it.
     let (_, other) = s.register("other-dev@example.com").await;
-    let r = s.http.get(s.url(&format!("/developers/apps/{}", app.id))).bearer_auth(&other).send().await.unwrap();
+    let r = s.send(reqwest::Method::GET, &format!("/developers/apps/{}", app.id), &other, Value::Null).await;
     expect_error(r, 404, "not_found").await;
-    let r = s.http.delete(s.url(&format!("/developers/apps/{}", app.id))).bearer_auth(&other).send().await.unwrap();
+    let r = s.send(reqwest::Method::DELETE, &format!("/developers/apps/{}", app.id), &other, Value::Null).await;
     expect_error(r, 404, "not_found").await;
 }
 
@@ -838,12 +827,8 @@ async fn deleting_an_app_ends_its_tokens_and_a_margin_change_applies_at_once() {
     let v: Value = s.chat(&access(&t), simple_chat("hi", 600)).await.json().await.unwrap();
     assert_eq!((v["quota"]["base_cost"].as_i64(), v["quota"]["markup"].as_i64()), (Some(450), Some(900)));
     let r = s
-        .http
-        .delete(s.url(&format!("/developers/apps/{}", app.id)))
-        .bearer_auth(&app.developer_session)
-        .send()
-        .await
-        .unwrap();
+        .send(reqwest::Method::DELETE, &format!("/developers/apps/{}", app.id), &app.developer_session, Value::Null)
+        .await;
     assert_eq!(r.status(), 200);
     expect_error(s.chat(&access(&t), simple_chat("hi", 5)).await, 401, "invalid_token").await;
     assert_eq!(
@@ -893,7 +878,7 @@ async fn the_id_token_verifies_against_the_jwks_and_userinfo_has_the_balance() {
     bad.push(if id_token.ends_with('A') { 'B' } else { 'A' });
     assert!(jsonwebtoken::decode::<Value>(&bad, &key, &validation).is_err());
     let info: Value =
-        s.http.get(s.url("/oauth/userinfo")).bearer_auth(access(&t)).send().await.unwrap().json().await.unwrap();
+        s.send(reqwest::Method::GET, "/oauth/userinfo", access(&t), Value::Null).await.json().await.unwrap();
     assert_eq!(info, json!({"sub": user, "email": "oidc@example.com", "email_verified": false, "balance": 1_000_000}));
     // The key is generated once and kept: a fresh process on the same database loads it.
     let reloaded = quota_server::oauth::jwt::SigningKeys::default().get(&s.state.store, 0).await.unwrap();
@@ -952,8 +937,7 @@ async fn a_code_not_yet_exchanged_dies_with_the_connection() {
     let app = s.app(json!({})).await;
     let (_, session, _) = s.connected_user(&app, "credits.read").await;
     let pending = s.code_for(&session, &app, &[("scope", "credits.read")]).await;
-    let r =
-        s.http.delete(s.url(&format!("/account/connections/{}", app.id))).bearer_auth(&session).send().await.unwrap();
+    let r = s.send(reqwest::Method::DELETE, &format!("/account/connections/{}", app.id), &session, Value::Null).await;
     assert_eq!(r.status(), 200);
     // Even after the user connects again, the old code stays dead.
     s.code_for(&session, &app, &[("scope", "credits.read")]).await;
@@ -974,6 +958,6 @@ async fn a_cached_token_needs_no_database_read_and_an_api_revocation_evicts_it()
     sqlx::query("DELETE FROM oauth_tokens WHERE kind = 'access'").execute(s.state.store.pool()).await.unwrap();
     assert_eq!(get().await.unwrap().status(), 200);
     // Through the API: evicted at once.
-    s.http.delete(s.url(&format!("/account/connections/{}", app.id))).bearer_auth(&session).send().await.unwrap();
+    s.send(reqwest::Method::DELETE, &format!("/account/connections/{}", app.id), &session, Value::Null).await;
     expect_error(get().await.unwrap(), 401, "invalid_token").await;
 }

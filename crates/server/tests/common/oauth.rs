@@ -149,6 +149,21 @@ impl TestServer {
         self.http.post(self.url("/oauth/token")).form(&form).send().await.unwrap()
     }
 
+    /// A request with a bearer credential and, unless `body` is null, a JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: impl std::fmt::Display,
+        body: Value,
+    ) -> reqwest::Response {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(bearer);
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        req.send().await.unwrap()
+    }
+
     /// `grant_type=refresh_token`.
     pub async fn refresh(&self, app: &TestApp, refresh_token: &str) -> reqwest::Response {
         self.token_request(app, &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)]).await

@@ -125,6 +125,30 @@ mod tests {
     }
 
     proptest! {
+        /// A user-mode charge (SPEC §4.2): the user pays base + ceil(base × m); the base (to the
+        /// platform) and the markup (to the developer) add up to exactly what the user pays;
+        /// the markup never undercharges and overcharges by less than one credit; a larger
+        /// margin or a larger base never yields a smaller markup.
+        #[test]
+        fn user_charges_split_exactly_and_round_up(
+            model_idx in 0usize..20, input in 0u64..5_000_000, output in 0u64..500_000, bps in 0u32..=100_000, extra_bps in 0u32..=1000,
+        ) {
+            let c = Catalog::builtin();
+            let m = c.iter().nth(model_idx % c.len()).unwrap().clone();
+            let usage = Usage { input_tokens: input, output_tokens: output, ..Default::default() };
+            let margin = Margin::from_bps(bps).unwrap();
+            let charge = Charge::for_usage(&m, &usage, margin);
+            prop_assert_eq!(charge.base, m.price.cost(&usage));
+            prop_assert_eq!(charge.total().0, charge.base.0 + charge.markup.0);
+            let exact_times_10k = i128::from(charge.base.0) * i128::from(bps);
+            prop_assert!(i128::from(charge.markup.0) * 10_000 >= exact_times_10k);
+            prop_assert!(i128::from(charge.markup.0) * 10_000 < exact_times_10k + 10_000);
+            let more = Margin::from_bps((bps + extra_bps).min(crate::markup::MARGIN_MAX_BPS)).unwrap();
+            prop_assert!(more.markup_on(charge.base) >= charge.markup);
+            prop_assert!(margin.markup_on(Credits(charge.base.0 + 1)) >= charge.markup);
+            prop_assert_eq!(Charge::for_usage(&m, &usage, Margin::ZERO).markup, Credits(0));
+        }
+
         /// Whatever the request actually uses within its bounds, the charge fits the hold.
         #[test]
         fn any_usage_within_bounds_fits_the_reservation(

@@ -21,6 +21,10 @@ pub struct AppState {
     pub catalog: Catalog,
     pub keys: KeyCache,
     pub limiter: crate::limit::RateLimiter,
+    /// The authorization server's caches and keys (SPEC §5).
+    pub oauth: crate::oauth::OAuthState,
+    /// Time for expiry and refill decisions (tests move it).
+    pub clock: Arc<crate::clock::Clock>,
     openai: Arc<dyn ChatProvider>,
     anthropic: Arc<dyn ChatProvider>,
     google: Arc<dyn ChatProvider>,
@@ -45,11 +49,11 @@ impl ChatProvider for Unavailable {
 impl AppState {
     /// Open the database (migrating it), start the ledger, build the adapters.
     pub async fn start(config: Config) -> anyhow::Result<SharedState> {
-        AppState::start_with_clock(config, Arc::new(crate::limit::SystemClock)).await
+        AppState::start_with_clock(config, Arc::new(crate::clock::Clock::system())).await
     }
 
-    /// As `start`, with the rate limiter's clock injected (tests move it without sleeping).
-    pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::limit::Clock>) -> anyhow::Result<SharedState> {
+    /// As `start`, with the clock injected (tests move it without sleeping).
+    pub async fn start_with_clock(config: Config, clock: Arc<crate::clock::Clock>) -> anyhow::Result<SharedState> {
         crate::metrics::handle();
         let store_config = StoreConfig {
             database_url: config.database_url.clone(),
@@ -76,8 +80,8 @@ impl AppState {
         })
         .map_err(anyhow::Error::msg)?;
         let limiter = match &config.redis_url {
-            Some(url) => crate::limit::RateLimiter::with_redis(url, clock).map_err(anyhow::Error::msg)?,
-            None => crate::limit::RateLimiter::local(clock),
+            Some(url) => crate::limit::RateLimiter::with_redis(url, clock.clone()).map_err(anyhow::Error::msg)?,
+            None => crate::limit::RateLimiter::local(clock.clone()),
         };
         Ok(Arc::new(AppState {
             limiter,
@@ -86,6 +90,8 @@ impl AppState {
             ledger,
             catalog,
             keys: KeyCache::default(),
+            oauth: crate::oauth::OAuthState::default(),
+            clock,
             openai: Arc::new(openai),
             anthropic: Arc::new(Unavailable("anthropic")),
             google: Arc::new(Unavailable("google")),
@@ -123,6 +129,7 @@ pub fn build_router(state: SharedState) -> Router {
         .route("/v1/models", get(routes::v1::models))
         .route("/v1/balance", get(routes::v1::balance))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
+        .merge(routes::user_billing_router())
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -8,12 +8,14 @@
 
 use crate::app::SharedState;
 use crate::error::{internal, ApiError};
+use crate::oauth::{Scope, Scopes};
 use crate::secrets::hash_token;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use parking_lot::RwLock;
 use quota_core::{AccountId, BillingMode, Margin};
+use quota_store::oauth::AccessGrant;
 use quota_store::{ApiKey, Store, User};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,47 +96,144 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Admit an inference request: resolve its credentials to a principal (SPEC §2 table).
+/// Admit an inference request (SPEC §2 table): user tokens need `credits.spend`.
 pub async fn admit(state: &SharedState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    // `x-api-key` (the Anthropic SDK's header) and `X-API-Key` are the same header in HTTP.
-    let api_key = header(headers, "x-api-key").or_else(|| header(headers, "x-goog-api-key"));
-    let bearer = bearer(headers);
-    let (key_secret, user_token) = match (api_key, bearer) {
-        (Some(k), b) => (Some(k), b.filter(|b| b.starts_with(USER_TOKEN_PREFIX))),
-        (None, Some(b)) if b.starts_with(USER_TOKEN_PREFIX) => (None, Some(b)),
-        (None, Some(b)) => (Some(b), None),
-        (None, None) => {
-            return Err(ApiError::invalid_api_key("missing API key")
-                .with_hint("send `Authorization: Bearer sk-quota-…` or `X-API-Key: sk-quota-…`"))
-        }
-    };
-    if let Some(token) = user_token {
-        // User access tokens come from the OAuth authorization server, which this build does
-        // not include yet; no such token can be valid here.
-        let _ = token;
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "unknown or expired user access token"));
+    admit_request(state, headers, None, Scope::CreditsSpend).await
+}
+
+/// [`admit`], also accepting the key as the `key` query parameter (SPEC §3.3: Gemini clients
+/// send `?key=`); a key in a header wins over one in the query.
+pub async fn admit_with_key_param(
+    state: &SharedState,
+    headers: &HeaderMap,
+    key_param: Option<&str>,
+) -> Result<Principal, ApiError> {
+    admit_request(state, headers, key_param, Scope::CreditsSpend).await
+}
+
+/// [`admit`] for a route whose user tokens need `required` instead (`credits.read` for
+/// `/v1/balance` and `/v1/models`).
+pub async fn admit_with_scope(
+    state: &SharedState,
+    headers: &HeaderMap,
+    required: Scope,
+) -> Result<Principal, ApiError> {
+    admit_request(state, headers, None, required).await
+}
+
+fn invalid_token(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
+}
+
+/// A live user access token (from the token cache; one database read the first time).
+pub async fn user_access_token(state: &SharedState, token: &str) -> Result<Arc<AccessGrant>, ApiError> {
+    state
+        .oauth
+        .tokens
+        .lookup(&state.store, &hash_token(token), state.clock.now_ms())
+        .await
+        .map_err(internal("token lookup"))?
+        .ok_or_else(|| invalid_token("unknown, expired or revoked user access token"))
+}
+
+/// The scopes a live token carries; 403 `insufficient_scope` unless `required` is among them.
+pub fn require_scope(token: &AccessGrant, required: Scope) -> Result<Scopes, ApiError> {
+    let scopes = Scopes::parse(&token.scopes).map_err(internal("stored token scopes"))?;
+    if !scopes.contains(required) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("this user token was not granted the `{}` scope", required.as_str()),
+        )
+        .with_hint("ask the user to authorize the app again with that scope"));
     }
-    let Some(secret) = key_secret else {
-        return Err(ApiError::invalid_api_key("missing API key"));
+    Ok(scopes)
+}
+
+/// Resolve an API key (`X-API-Key`, its synonyms, or `Authorization: Bearer sk-quota-…`) for
+/// routes that take only a key (funding). Also the key half of [`admit_with_scope`].
+pub async fn admit_key(state: &SharedState, secret: Option<&str>) -> Result<Arc<ApiKey>, ApiError> {
+    let Some(secret) = secret else {
+        return Err(ApiError::invalid_api_key("missing API key")
+            .with_hint("send `Authorization: Bearer sk-quota-…` or `X-API-Key: sk-quota-…`"));
     };
     if secret.starts_with(SESSION_PREFIX) {
         return Err(ApiError::invalid_api_key("session tokens cannot call /v1; use an API key (sk-quota-…)"));
     }
+    if secret.starts_with(USER_TOKEN_PREFIX) || secret.starts_with(crate::oauth::REFRESH_TOKEN_PREFIX) {
+        return Err(ApiError::invalid_api_key("this route takes the developer's API key, not a user token"));
+    }
     if !secret.starts_with(API_KEY_PREFIX) {
         return Err(ApiError::invalid_api_key("malformed API key: Quota keys start with sk-quota-"));
     }
-    let key = state
+    state
         .keys
         .lookup(&state.store, &hash_token(secret))
         .await?
-        .ok_or_else(|| ApiError::invalid_api_key("unknown or revoked API key"))?;
-    match key.billing_mode {
-        BillingMode::User => Err(ApiError::new(
+        .ok_or_else(|| ApiError::invalid_api_key("unknown or revoked API key"))
+}
+
+/// The API key on a request, wherever it is sent: `X-API-Key` (its synonyms), else a bearer
+/// that is not a user token.
+pub fn api_key_secret(headers: &HeaderMap) -> Option<&str> {
+    header(headers, "x-api-key")
+        .or_else(|| header(headers, "x-goog-api-key"))
+        .or_else(|| bearer(headers).filter(|b| !b.starts_with(USER_TOKEN_PREFIX)))
+}
+
+/// Admit a `/v1` request whose user tokens need `required` (SPEC §2 table, §4.4, §5):
+///
+/// * a `developer` key: the key owner pays (a user token alongside is not used);
+/// * a user token alone: the user pays base + the token's app markup;
+/// * a `user` key + a user token: the same, and the token's app must be the key owner's (and
+///   the key's own app, if it is bound to one), else 403 `app_mismatch`;
+/// * a `test` key (+ optionally a user token, checked the same way): sandbox, the key owner
+///   pays; with a token the user's scopes and balance are checked too.
+async fn admit_request(
+    state: &SharedState,
+    headers: &HeaderMap,
+    key_param: Option<&str>,
+    required: Scope,
+) -> Result<Principal, ApiError> {
+    // `x-api-key` (the Anthropic SDK's header) and `X-API-Key` are the same header in HTTP;
+    // `x-goog-api-key` is the Google GenAI SDK's.
+    let api_key = header(headers, "x-api-key")
+        .or_else(|| header(headers, "x-goog-api-key"))
+        .or_else(|| key_param.map(str::trim).filter(|k| !k.is_empty()));
+    let bearer = bearer(headers);
+    if api_key.is_none() && bearer.is_some_and(|b| b.starts_with(crate::oauth::REFRESH_TOKEN_PREFIX)) {
+        return Err(invalid_token("refresh tokens cannot call the API; exchange it at /oauth/token"));
+    }
+    let user_token = bearer.filter(|b| b.starts_with(USER_TOKEN_PREFIX));
+    if api_key.is_none() {
+        if let Some(token) = user_token {
+            let t = user_access_token(state, token).await?;
+            require_scope(&t, required)?;
+            return user_principal(&t, None, BillingMode::User, AccountId::wallet(&t.user_id));
+        }
+    }
+    let key = admit_key(state, api_key.or(bearer)).await?;
+    match (key.billing_mode, user_token) {
+        (BillingMode::User, None) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "user_token_required",
             "this key bills users: send the user's access token as `Authorization: Bearer quota_token_…` and the key as `X-API-Key`",
         )),
-        mode @ (BillingMode::Developer | BillingMode::Test) => Ok(Principal {
+        (mode @ (BillingMode::User | BillingMode::Test), Some(token)) => {
+            let t = user_access_token(state, token).await?;
+            require_scope(&t, required)?;
+            if t.developer_id != key.user_id || key.app_id.as_ref().is_some_and(|a| *a != t.app_id) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "app_mismatch",
+                    "this user token was issued to an app that does not belong to this key's owner",
+                )
+                .with_hint("use a key of the developer who owns the app the user authorized"));
+            }
+            let payer = if mode == BillingMode::Test { AccountId::wallet(&key.user_id) } else { AccountId::wallet(&t.user_id) };
+            user_principal(&t, Some(&key), mode, payer)
+        }
+        (mode, _) => Ok(Principal {
             developer_id: key.user_id.clone(),
             key_id: Some(key.id.clone()),
             mode,
@@ -147,10 +246,61 @@ pub async fn admit(state: &SharedState, headers: &HeaderMap) -> Result<Principal
     }
 }
 
+fn user_principal(
+    t: &AccessGrant,
+    key: Option<&ApiKey>,
+    mode: BillingMode,
+    payer: AccountId,
+) -> Result<Principal, ApiError> {
+    Ok(Principal {
+        developer_id: t.developer_id.clone(),
+        key_id: key.map(|k| k.id.clone()),
+        mode,
+        payer,
+        user_id: Some(t.user_id.clone()),
+        app_id: Some(t.app_id.clone()),
+        margin: Margin::from_bps(t.profit_margin_bps).map_err(internal("stored margin"))?,
+        rate_limit_per_minute: key.and_then(|k| k.rate_limit_per_minute),
+    })
+}
+
 /// A signed-in account on a management route.
 pub struct SessionUser {
     pub user: User,
     pub token_hash: String,
+}
+
+/// The value of cookie `name`, if the request carries it.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|text| text.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, v)| *n == name && !v.is_empty())
+        .map(|(_, v)| v)
+}
+
+/// The live session behind a session token, if any.
+pub async fn session_user(state: &SharedState, token: &str) -> Result<Option<SessionUser>, ApiError> {
+    if !token.starts_with(SESSION_PREFIX) {
+        return Ok(None);
+    }
+    let token_hash = hash_token(token);
+    let Some(session) = state.store.session(&token_hash).await.map_err(internal("session lookup"))? else {
+        return Ok(None);
+    };
+    let user = state.store.user_by_id(&session.user_id).await.map_err(internal("session user"))?;
+    Ok(user.map(|user| SessionUser { user, token_hash }))
+}
+
+/// The signed-in browser (the `quota_session` cookie) on a page such as `/oauth/authorize`.
+pub async fn browser_session(state: &SharedState, headers: &HeaderMap) -> Result<Option<SessionUser>, ApiError> {
+    match cookie(headers, SESSION_COOKIE) {
+        Some(token) => session_user(state, token).await,
+        None => Ok(None),
+    }
 }
 
 fn session_token(parts: &Parts) -> Result<&str, ApiError> {
@@ -167,17 +317,8 @@ fn session_token(parts: &Parts) -> Result<&str, ApiError> {
             "API keys cannot call management routes; sign in and use the session token",
         ));
     }
-    for cookie_header in parts.headers.get_all("cookie") {
-        let Ok(text) = cookie_header.to_str() else {
-            continue;
-        };
-        for pair in text.split(';') {
-            if let Some((name, value)) = pair.trim().split_once('=') {
-                if name == SESSION_COOKIE && !value.is_empty() {
-                    return Ok(value);
-                }
-            }
-        }
+    if let Some(value) = cookie(&parts.headers, SESSION_COOKIE) {
+        return Ok(value);
     }
     Err(ApiError::invalid_api_key("missing session: send `Authorization: Bearer sess_…` or the quota_session cookie"))
 }
@@ -190,17 +331,8 @@ impl FromRequestParts<SharedState> for SessionUser {
         if !token.starts_with(SESSION_PREFIX) {
             return Err(ApiError::invalid_api_key("malformed session token"));
         }
-        let token_hash = hash_token(token);
-        let session = state.store.session(&token_hash).await.map_err(internal("session lookup"))?;
-        let Some(session) = session else {
-            return Err(ApiError::invalid_api_key("unknown, expired or revoked session"));
-        };
-        let user = state
-            .store
-            .user_by_id(&session.user_id)
-            .await
-            .map_err(internal("session user"))?
-            .ok_or_else(|| ApiError::invalid_api_key("unknown session"))?;
-        Ok(SessionUser { user, token_hash })
+        session_user(state, token)
+            .await?
+            .ok_or_else(|| ApiError::invalid_api_key("unknown, expired or revoked session"))
     }
 }

@@ -52,6 +52,9 @@ pub struct Config {
     pub login_rate_limit_per_minute: u32,
     /// Take the client IP from the first `X-Forwarded-For` address (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
+    /// The public base URL (`https://quota.example.com`): the OAuth issuer and the endpoints in
+    /// the discovery document. Unset: `http://` + the request's Host header (local use).
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             register_rate_limit_per_minute: 3,
             login_rate_limit_per_minute: 5,
             trust_forwarded_for: false,
+            public_url: None,
         }
     }
 }
@@ -120,6 +124,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("register_rate_limit_per_minute", Kind::Scalar),
     ("login_rate_limit_per_minute", Kind::Scalar),
     ("trust_forwarded_for", Kind::Scalar),
+    ("public_url", Kind::Text),
 ];
 
 impl Config {
@@ -190,6 +195,12 @@ impl Config {
             || self.login_rate_limit_per_minute == 0
         {
             return Err("rate limits must be at least 1 per minute".into());
+        }
+        if let Some(url) = self.public_url.as_deref().filter(|u| !u.is_empty()) {
+            let parsed = url::Url::parse(url).map_err(|e| format!("public_url `{url}`: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(format!("public_url must be an http(s) base URL without query or fragment, got `{url}`"));
+            }
         }
         if self.upstream_timeout_secs == 0 || self.upstream_first_byte_timeout_secs == 0 {
             return Err("upstream timeouts must be positive".into());

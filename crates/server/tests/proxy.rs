@@ -3,23 +3,12 @@
 
 mod common;
 
-use common::fake_openai::{FakeUpstream, Script};
-use common::{expect_error, simple_chat, TestServer};
+use common::fake_openai::Script;
+use common::{expect_error, proxied, simple_chat, TestServer};
 use futures::StreamExt;
 use quota_core::billing::Charge;
 use quota_core::{Catalog, Margin, Usage};
 use serde_json::{json, Value};
-
-async fn proxied() -> (TestServer, FakeUpstream) {
-    let up = FakeUpstream::start().await;
-    let base = up.base_url.clone();
-    let s = TestServer::start_with(move |c| {
-        c.openai_base_url = base;
-        c.openai_api_key = Some("sk-upstream-secret-0123456789".into());
-    })
-    .await;
-    (s, up)
-}
 
 fn cost(model: &str, usage: Usage) -> i64 {
     Charge::for_usage(Catalog::builtin().get(model).unwrap(), &usage, Margin::ZERO).total().0

@@ -5,14 +5,15 @@
 mod common;
 
 use common::{expect_error, simple_chat, TestServer};
-use quota_server::limit::ManualClock;
+use quota_server::clock::Clock;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use std::time::Duration;
 
 const START_US: i64 = 1_800_000_000_000_000;
 
-async fn with_clock(configure: impl FnOnce(&mut quota_server::Config)) -> (TestServer, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(START_US));
+async fn with_clock(configure: impl FnOnce(&mut quota_server::Config)) -> (TestServer, Arc<Clock>) {
+    let clock = Arc::new(Clock::manual(START_US));
     let s = TestServer::start_with_clock(configure, clock.clone()).await;
     (s, clock)
 }
@@ -66,11 +67,11 @@ async fn the_allowance_refills_on_the_clock() {
         assert_eq!(s.chat(&key, simple_chat("hi", 3)).await.status(), 200);
     }
     assert_eq!(s.chat(&key, simple_chat("hi", 3)).await.status(), 429);
-    clock.advance_us(9_999_999);
+    clock.advance(Duration::from_micros(9_999_999));
     assert_eq!(s.chat(&key, simple_chat("hi", 3)).await.status(), 429, "not yet: one per 10 s");
-    clock.advance_us(1);
+    clock.advance(Duration::from_micros(1));
     assert_eq!(s.chat(&key, simple_chat("hi", 3)).await.status(), 200);
-    clock.advance_us(60_000_000);
+    clock.advance(Duration::from_micros(60_000_000));
     let r = s.chat(&key, simple_chat("hi", 3)).await;
     assert_eq!(r.headers()["x-ratelimit-remaining"], "5", "a quiet minute restores the whole burst");
 }
@@ -171,7 +172,7 @@ async fn register_is_limited_to_3_and_login_to_5_per_minute_per_ip() {
         assert_eq!(login().await.unwrap().status(), 401);
     }
     expect_error(login().await.unwrap(), 429, "rate_limit_exceeded").await;
-    clock.advance_us(20_000_000);
+    clock.advance(Duration::from_micros(20_000_000));
     assert_eq!(register(4).await.unwrap().status(), 201);
 }
 

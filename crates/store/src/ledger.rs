@@ -19,6 +19,7 @@
 //! the embedded SQLite deployment). Several instances on PostgreSQL need holds in the database;
 //! that engine implements the same operations.
 
+use crate::events::{insert_events, OutboxEvent};
 use crate::idempotency::IdempotencyCompletion;
 use crate::now_ms;
 use crate::store::{Store, StoreError};
@@ -79,6 +80,8 @@ pub struct Settlement {
     pub idempotency: Option<IdempotencyCompletion>,
     /// The API key to mark as used at the commit time.
     pub key_used: Option<String>,
+    /// Webhook events caused by this settlement (outbox), committed with it.
+    pub events: Vec<OutboxEvent>,
 }
 
 /// The result of a committed settlement.
@@ -286,8 +289,18 @@ impl Ledger {
     /// Make one transfer now. A debit from an account that may not go negative is held first,
     /// so it fails with `Insufficient` rather than overdrawing.
     pub async fn transfer(&self, transfer: Transfer) -> Result<Committed, LedgerError> {
+        self.transfer_with_events(transfer, Vec::new()).await
+    }
+
+    /// [`Ledger::transfer`], with the webhook events it causes committed in the same
+    /// transaction (none are written if the transfer id already existed).
+    pub async fn transfer_with_events(
+        &self,
+        transfer: Transfer,
+        events: Vec<OutboxEvent>,
+    ) -> Result<Committed, LedgerError> {
         transfer.validate()?;
-        let settlement = Settlement { transfers: vec![transfer.clone()], ..Default::default() };
+        let settlement = Settlement { transfers: vec![transfer.clone()], events, ..Default::default() };
         if transfer.from.may_go_negative() {
             self.ensure_loaded(&[&transfer.from, &transfer.to]).await?;
             return self.commit(None, settlement).await;
@@ -550,6 +563,7 @@ impl Writer {
                 if let Some(c) = &settlement.idempotency {
                     complete_idempotency(conn, c).await?;
                 }
+                insert_events(conn, &settlement.events).await?;
             }
             if let Some(k) = &settlement.key_used {
                 keys_used.insert(k);

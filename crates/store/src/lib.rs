@@ -6,14 +6,17 @@
 //! later change; the SQL here sticks to what both dialects share where that costs nothing.
 
 pub mod clock;
+pub mod events;
 pub mod idempotency;
 pub mod ledger;
 pub mod models;
+pub mod oauth;
 mod store;
 pub mod usage;
 pub mod verify;
 
 pub use clock::now_ms;
+pub use events::OutboxEvent;
 pub use ledger::{Ledger, LedgerConfig, LedgerError, Settlement};
 pub use models::*;
 pub use store::{Store, StoreConfig, StoreError, Synchronous};

@@ -2,7 +2,7 @@
 //! commit under concurrency, other processes' transfers, and verify.
 
 use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
-use quota_store::{Ledger, LedgerConfig, LedgerError, Settlement, Store, StoreConfig};
+use quota_store::{Ledger, LedgerConfig, LedgerError, OutboxEvent, Settlement, Store, StoreConfig};
 use std::sync::Arc;
 
 async fn open(dir: &tempfile::TempDir) -> Store {
@@ -75,6 +75,38 @@ async fn the_same_transfer_id_is_written_once() {
     assert_eq!(store.balance(&w).await.unwrap(), 500);
     let report = store.verify_ledger().await.unwrap();
     assert_eq!(report.transfers, 1);
+}
+
+#[tokio::test]
+async fn outbox_events_commit_with_their_transfer_and_never_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
+    let dev = AccountId::wallet("usr_dev");
+    let user = AccountId::wallet("usr_user");
+    ledger.transfer(t("w1", promo(), dev.clone(), 100, TransferKind::Welcome)).await.unwrap();
+    let event = |id: &str| OutboxEvent {
+        id: id.into(),
+        kind: "balance.updated".into(),
+        developer_id: "usr_dev".into(),
+        data: serde_json::json!({"amount": 40}),
+        sandbox: false,
+        created_at_ms: 0,
+    };
+    let f = || t("fund1", dev.clone(), user.clone(), 40, TransferKind::Funding);
+    ledger.transfer_with_events(f(), vec![event("evt_1")]).await.unwrap();
+    // The same transfer again (a replay) writes no second event, even under a new event id.
+    let again = ledger.transfer_with_events(f(), vec![event("evt_2")]).await.unwrap();
+    assert_eq!(again.duplicates, 1);
+    // A refused transfer writes none.
+    let refused = ledger
+        .transfer_with_events(t("fund2", dev.clone(), user, 61, TransferKind::Funding), vec![event("evt_3")])
+        .await;
+    assert!(matches!(refused, Err(LedgerError::Insufficient { .. })));
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM events ORDER BY seq").fetch_all(store.pool()).await.unwrap();
+    assert_eq!(ids, vec!["evt_1".to_string()]);
+    assert_eq!(store.balance(&dev).await.unwrap(), 60);
 }
 
 #[tokio::test]

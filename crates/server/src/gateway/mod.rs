@@ -90,7 +90,10 @@ pub fn route(
     Ok((model.clone(), provider))
 }
 
-/// Phase *reserve*: hold the most this request can cost on the payer's wallet (SPEC §4.3.1–2).
+/// Phase *reserve*: hold the most this request can cost on the payer's wallet (SPEC §4.3.1–2):
+/// base + markup in user mode. In the sandbox the developer's wallet holds the base only; with
+/// a user token the user's wallet must still be able to cover base + markup (SPEC §4.4), which
+/// is checked but not held: the user's money is never spent in the sandbox.
 pub async fn reserve(
     state: &SharedState,
     principal: &Principal,
@@ -99,7 +102,21 @@ pub async fn reserve(
     output_tokens_max: u64,
 ) -> Result<Hold, ApiError> {
     let held = reservation(model, prompt_tokens_max, output_tokens_max, principal.margin);
-    match state.ledger.hold(&principal.payer, held.total()).await {
+    let amount = if principal.sandbox() {
+        if let Some(user) = &principal.user_id {
+            let wallet = AccountId::wallet(user);
+            let balance = state.ledger.balance(&wallet).await.map_err(internal("reserve"))?;
+            let available = state.ledger.available(&wallet).await.map_err(internal("reserve"))?;
+            if balance.0 <= 0 || available < held.total() {
+                return Err(ApiError::insufficient_credits(available.0.max(0), held.total().0)
+                    .with_hint("the user's wallet could not pay for this request in production (sandbox check)"));
+            }
+        }
+        held.base
+    } else {
+        held.total()
+    };
+    match state.ledger.hold(&principal.payer, amount).await {
         Ok(h) => {
             metrics::counter!("quota_reservations_total", "outcome" => "held").increment(1);
             Ok(h)
@@ -217,6 +234,7 @@ impl Billing {
             usage: Some(self.usage_record(&usage, &charge, status)),
             idempotency: None,
             key_used: self.principal.key_id.clone(),
+            ..Default::default()
         };
         let committed = self.state.ledger.settle(hold, settlement).await.map_err(|e| {
             tracing::error!(request_id = %self.request_id, error = %e, "settlement failed");

@@ -7,6 +7,7 @@
 pub mod gcra;
 mod redis_store;
 
+use crate::clock::Clock;
 use crate::error::ApiError;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use gcra::{Decision, Micros, Quota};
@@ -14,38 +15,6 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-
-/// A source of time, injectable so tests can move it without sleeping.
-pub trait Clock: Send + Sync {
-    fn now_us(&self) -> Micros;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_us(&self) -> Micros {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as Micros).unwrap_or(0)
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    pub fn new(start_us: Micros) -> ManualClock {
-        ManualClock(AtomicI64::new(start_us))
-    }
-    pub fn advance_us(&self, us: Micros) {
-        self.0.fetch_add(us, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_us(&self) -> Micros {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// One limit to check: its storage key and quota.
 #[derive(Debug, Clone)]
@@ -84,7 +53,7 @@ impl LocalStore {
 pub struct RateLimiter {
     local: LocalStore,
     redis: Option<redis_store::RedisStore>,
-    clock: Arc<dyn Clock>,
+    clock: Arc<Clock>,
     /// Whether the last Redis call failed (to log the change once, not per request).
     redis_failing: AtomicBool,
     /// Redis is not tried again before this time (µs) after a failure.
@@ -95,7 +64,7 @@ pub struct RateLimiter {
 const REDIS_RETRY_AFTER_US: Micros = 1_000_000;
 
 impl RateLimiter {
-    pub fn local(clock: Arc<dyn Clock>) -> RateLimiter {
+    pub fn local(clock: Arc<Clock>) -> RateLimiter {
         RateLimiter {
             local: LocalStore::default(),
             redis: None,
@@ -107,7 +76,7 @@ impl RateLimiter {
 
     /// Shared limits in Redis at `url`. Connecting is lazy: an unreachable Redis at start-up
     /// is the same as one that goes away later.
-    pub fn with_redis(url: &str, clock: Arc<dyn Clock>) -> Result<RateLimiter, String> {
+    pub fn with_redis(url: &str, clock: Arc<Clock>) -> Result<RateLimiter, String> {
         let mut limiter = RateLimiter::local(clock);
         limiter.redis = Some(redis_store::RedisStore::new(url)?);
         Ok(limiter)
@@ -185,7 +154,7 @@ mod tests {
 
     #[tokio::test]
     async fn local_limits_refill_on_the_injected_clock() {
-        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let clock = Arc::new(Clock::manual(1_000_000_000));
         let limiter = RateLimiter::local(clock.clone());
         let limit = [Limit { key: "k".into(), quota: Quota::per_minute(2) }];
         assert!(limiter.check(&limit).await[0].allowed);
@@ -193,9 +162,9 @@ mod tests {
         let refused = limiter.check(&limit).await[0];
         assert!(!refused.allowed);
         assert_eq!(refusal(&refused).retry_after, Some(30));
-        clock.advance_us(29_999_999);
+        clock.advance(std::time::Duration::from_micros(29_999_999));
         assert!(!limiter.check(&limit).await[0].allowed);
-        clock.advance_us(1);
+        clock.advance(std::time::Duration::from_micros(1));
         assert!(limiter.check(&limit).await[0].allowed);
     }
 

@@ -43,7 +43,7 @@ pub fn parse_email(raw: &str) -> Result<String, ApiError> {
     Ok(email)
 }
 
-fn check_password(password: &str) -> Result<(), ApiError> {
+pub fn check_password(password: &str) -> Result<(), ApiError> {
     let n = password.chars().count();
     if n < PASSWORD_MIN_CHARS {
         return Err(ApiError::new(
@@ -99,21 +99,27 @@ pub fn welcome_transfer(user_id: &str, amount: i64) -> Transfer {
     }
 }
 
-async fn session_response(state: &SharedState, user: &User, status: StatusCode) -> Result<Response, ApiError> {
+/// A new session for `user`: (token, expiry, the `quota_session` Set-Cookie value).
+pub async fn new_session(state: &SharedState, user: &User) -> Result<(String, i64, String), ApiError> {
     let token = quota_core::ids::new_secret(SESSION_PREFIX);
     let expires_at = now_ms() + (state.config.session_ttl_secs as i64) * 1000;
     state.store.create_session(&hash_token(&token), &user.id, expires_at).await.map_err(internal("create session"))?;
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        state.config.session_ttl_secs,
+        if state.config.cookie_secure { "; Secure" } else { "" }
+    );
+    Ok((token, expires_at, cookie))
+}
+
+async fn session_response(state: &SharedState, user: &User, status: StatusCode) -> Result<Response, ApiError> {
+    let (token, expires_at, cookie) = new_session(state, user).await?;
     let balance = state.ledger.balance(&AccountId::wallet(&user.id)).await.map_err(internal("balance"))?;
     let body = json!({
         "user": {"id": user.id, "email": user.email, "balance": balance},
         "session_token": token,
         "expires_at": rfc3339(expires_at),
     });
-    let cookie = format!(
-        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
-        state.config.session_ttl_secs,
-        if state.config.cookie_secure { "; Secure" } else { "" }
-    );
     let mut resp = (status, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -147,6 +153,26 @@ async fn limit_ip(state: &SharedState, route: &str, per_minute: u32, ip: &str) -
     }
 }
 
+/// Check an email and password (401 `invalid_credentials` alike for an unknown email and a
+/// wrong password, in the same time).
+pub async fn authenticate(state: &SharedState, email: &str, password: &str) -> Result<User, ApiError> {
+    let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "email or password is incorrect");
+    let email = email.trim().to_lowercase();
+    if password.chars().count() > PASSWORD_MAX_CHARS {
+        return Err(invalid());
+    }
+    let user = state.store.user_by_email(&email).await.map_err(internal("login lookup"))?;
+    // Verify against a decoy when the email is unknown, so both cases take as long.
+    let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| decoy_password_hash().to_string());
+    let password = password.to_string();
+    let ok =
+        tokio::task::spawn_blocking(move || verify_password(&password, &phc)).await.map_err(internal("verify task"))?;
+    match user {
+        Some(u) if ok => Ok(u),
+        _ => Err(invalid()),
+    }
+}
+
 pub async fn register(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -169,21 +195,8 @@ pub async fn login(
     JsonBody(c): JsonBody<Credentials>,
 ) -> Result<Response, ApiError> {
     limit_ip(&state, "login", state.config.login_rate_limit_per_minute, &client_ip(&state, &peer, &headers)).await?;
-    let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "email or password is incorrect");
-    let email = c.email.trim().to_lowercase();
-    if c.password.chars().count() > PASSWORD_MAX_CHARS {
-        return Err(invalid());
-    }
-    let user = state.store.user_by_email(&email).await.map_err(internal("login lookup"))?;
-    // Verify against a decoy when the email is unknown, so both cases take as long.
-    let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| decoy_password_hash().to_string());
-    let password = c.password.clone();
-    let ok =
-        tokio::task::spawn_blocking(move || verify_password(&password, &phc)).await.map_err(internal("verify task"))?;
-    match user {
-        Some(u) if ok => session_response(&state, &u, StatusCode::OK).await,
-        _ => Err(invalid()),
-    }
+    let user = authenticate(&state, &c.email, &c.password).await?;
+    session_response(&state, &user, StatusCode::OK).await
 }
 
 pub async fn me(State(state): State<SharedState>, session: SessionUser) -> Result<Json<serde_json::Value>, ApiError> {

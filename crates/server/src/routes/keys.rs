@@ -30,7 +30,8 @@ pub struct CreateKey {
     app_id: Option<String>,
 }
 
-fn check_name(name: &str) -> Result<String, ApiError> {
+/// A key's or app's name: 1 to 100 characters after trimming.
+pub fn check_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > NAME_MAX_CHARS {
         return Err(ApiError::bad_request(format!("name must be 1 to {NAME_MAX_CHARS} characters")));
@@ -77,10 +78,20 @@ pub async fn create(
         Some(m) => m.parse::<BillingMode>().map_err(ApiError::bad_request)?,
     };
     let rate_limit_per_minute = body.rate_limit_per_minute.map(check_rate_limit).transpose()?;
-    if body.app_id.is_some() {
-        // Apps (OAuth) are not part of this build; no app id can exist yet.
-        return Err(ApiError::not_found("app"));
-    }
+    // A key may be bound to one of its owner's apps: a `user` key then accepts only that
+    // app's user tokens (SPEC §2).
+    let app_id = match &body.app_id {
+        None => None,
+        Some(id) => Some(
+            state
+                .store
+                .app_of(&session.user.id, id)
+                .await
+                .map_err(internal("read app"))?
+                .ok_or_else(|| ApiError::not_found("app"))?
+                .id,
+        ),
+    };
     let (secret, prefix, key_hash) = new_secret();
     let key = state
         .store
@@ -92,7 +103,7 @@ pub async fn create(
             key_hash,
             billing_mode,
             rate_limit_per_minute,
-            app_id: None,
+            app_id,
         })
         .await
         .map_err(internal("create key"))?;
@@ -107,8 +118,7 @@ pub async fn list(
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let keys = state.store.list_keys(&session.user.id).await.map_err(internal("list keys"))?;
-    let (keys, next) = page.page(keys)?;
-    Ok(Json(json!({"data": keys.iter().map(key_json).collect::<Vec<_>>(), "next_cursor": next})))
+    page.json(keys, key_json)
 }
 
 pub async fn update(

@@ -1,10 +1,36 @@
 //! HTTP handlers, thin: parse, call the domain, shape the answer.
 
 pub mod accounts;
+pub mod apps;
 pub mod chat;
+pub mod connections;
+pub mod funding;
 pub mod keys;
+pub mod oauth;
 pub mod ops;
 pub mod v1;
+
+use crate::app::SharedState;
+use axum::routing::{get, patch, post};
+use axum::Router;
+
+/// User billing via OAuth (SPEC §5, §6): apps, the authorization server, connections, funding.
+pub fn user_billing_router() -> Router<SharedState> {
+    Router::new()
+        .route("/developers/apps", post(apps::create).get(apps::list))
+        .route("/developers/apps/{id}", get(apps::get).patch(apps::update).delete(apps::delete))
+        .route("/developers/apps/{id}/settings", patch(apps::settings))
+        .route("/developers/apps/{id}/users", get(apps::users))
+        .route("/.well-known/openid-configuration", get(oauth::discovery))
+        .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route("/oauth/authorize", get(oauth::authorize_get).post(oauth::authorize_post))
+        .route("/oauth/token", post(oauth::token))
+        .route("/oauth/userinfo", get(oauth::userinfo).post(oauth::userinfo))
+        .route("/oauth/revoke", post(oauth::revoke))
+        .route("/account/connections", get(connections::list))
+        .route("/account/connections/{app_id}", axum::routing::delete(connections::disconnect))
+        .route("/v1/funding/oauth_user", post(funding::fund_oauth_user))
+}
 
 /// `?limit=&cursor=` (SPEC §0).
 #[derive(Debug, serde::Deserialize)]
@@ -36,6 +62,17 @@ impl PageQuery {
                 .ok_or_else(|| crate::error::ApiError::bad_request("invalid cursor"))?,
         };
         Ok((offset, limit))
+    }
+
+    /// A page of `items` as `{"data": [...], "next_cursor": ...}` (SPEC §0).
+    pub fn json<T>(
+        &self,
+        items: Vec<T>,
+        to_json: impl Fn(&T) -> serde_json::Value,
+    ) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
+        let (page, next) = self.page(items)?;
+        let data: Vec<serde_json::Value> = page.iter().map(to_json).collect();
+        Ok(axum::Json(serde_json::json!({"data": data, "next_cursor": next})))
     }
 
     /// Page `items` and make the next cursor.

@@ -1,13 +1,15 @@
 //! `/v1/models` (SPEC §3.4) and `/v1/balance` (SPEC §6).
 
 use crate::app::SharedState;
-use crate::auth::admit;
+use crate::auth::admit_with_scope;
 use crate::error::{internal, ApiError};
 use crate::gateway::limit;
+use crate::oauth::Scope;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use quota_core::BillingMode;
 use serde_json::{json, Value};
 
 /// Credits per 1M tokens → USD per 1K tokens, as an exact decimal string.
@@ -22,7 +24,7 @@ pub fn usd_per_1k(credits_per_million: u64) -> String {
 }
 
 pub async fn models(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let principal = admit(&state, &headers).await?;
+    let principal = admit_with_scope(&state, &headers, Scope::CreditsRead).await?;
     let limited = limit(&state, &principal).await?;
     let data: Vec<Value> = state
         .catalog
@@ -46,11 +48,18 @@ pub async fn models(State(state): State<SharedState>, headers: HeaderMap) -> Res
     Ok(limited.apply(Json(json!({"object": "list", "data": data})).into_response()))
 }
 
+/// `GET /v1/balance` (SPEC §6): the payer's wallet — the developer's for keys, the user's
+/// (`wallet: "oauth_user"`) for user tokens.
 pub async fn balance(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let p = admit(&state, &headers).await?;
+    let p = admit_with_scope(&state, &headers, Scope::CreditsRead).await?;
     let limited = limit(&state, &p).await?;
     let balance = state.ledger.balance(&p.payer).await.map_err(internal("balance"))?;
-    let body = json!({"wallet": "developer", "balance": balance, "user_id": p.developer_id, "billing_mode": p.mode});
+    let body = match (&p.user_id, p.mode) {
+        (Some(user), BillingMode::User) => {
+            json!({"wallet": "oauth_user", "balance": balance, "user_id": user, "billing_mode": p.mode})
+        }
+        _ => json!({"wallet": "developer", "balance": balance, "user_id": p.developer_id, "billing_mode": p.mode}),
+    };
     Ok(limited.apply(Json(body).into_response()))
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_openai;
+pub mod oauth;
 
 use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
 use quota_server::{build_router, AppState, Config, SharedState};
@@ -36,18 +37,30 @@ pub fn test_config(dir: &tempfile::TempDir) -> Config {
     }
 }
 
+/// A gateway whose OpenAI upstream is a new fake (with a fake upstream key).
+pub async fn proxied() -> (TestServer, fake_openai::FakeUpstream) {
+    let up = fake_openai::FakeUpstream::start().await;
+    let base = up.base_url.clone();
+    let s = TestServer::start_with(move |c| {
+        c.openai_base_url = base;
+        c.openai_api_key = Some("sk-upstream-secret-0123456789".into());
+    })
+    .await;
+    (s, up)
+}
+
 impl TestServer {
     pub async fn start() -> TestServer {
         TestServer::start_with(|_| {}).await
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
-        TestServer::start_with_clock(configure, std::sync::Arc::new(quota_server::limit::SystemClock)).await
+        TestServer::start_with_clock(configure, std::sync::Arc::new(quota_server::clock::Clock::system())).await
     }
 
     pub async fn start_with_clock(
         configure: impl FnOnce(&mut Config),
-        clock: std::sync::Arc<dyn quota_server::limit::Clock>,
+        clock: std::sync::Arc<quota_server::clock::Clock>,
     ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&dir);

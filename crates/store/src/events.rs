@@ -1,0 +1,51 @@
+//! The outbox (SPEC §8, DESIGN §1 *record*): webhook events written in the same transaction as
+//! the change that causes them. Delivery (signing, retries) is the webhooks issue's; this module
+//! only writes rows to the `events` table.
+
+use serde_json::Value;
+use sqlx::SqliteConnection;
+
+/// One event to deliver later to `developer_id`'s webhook endpoints.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// `evt_…`; writing the same id twice is a no-op.
+    pub id: String,
+    /// `user.connected`, `user.disconnected`, `balance.updated`, …
+    pub kind: String,
+    pub developer_id: String,
+    pub data: Value,
+    pub sandbox: bool,
+    pub created_at_ms: i64,
+}
+
+impl OutboxEvent {
+    pub fn new(kind: &str, developer_id: &str, data: Value, now_ms: i64) -> OutboxEvent {
+        OutboxEvent {
+            id: quota_core::ids::new_id("evt_"),
+            kind: kind.to_string(),
+            developer_id: developer_id.to_string(),
+            data,
+            sandbox: false,
+            created_at_ms: now_ms,
+        }
+    }
+}
+
+/// Insert events inside the caller's transaction.
+pub(crate) async fn insert_events(conn: &mut SqliteConnection, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
+    for e in events {
+        sqlx::query(
+            "INSERT INTO events (id, type, developer_id, data, sandbox, created_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&e.id)
+        .bind(&e.kind)
+        .bind(&e.developer_id)
+        .bind(e.data.to_string())
+        .bind(e.sandbox)
+        .bind(e.created_at_ms)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}

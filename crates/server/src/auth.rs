@@ -96,8 +96,21 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Admit an inference request: resolve its credentials to a principal (SPEC §2 table).
 pub async fn admit(state: &SharedState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    // `x-api-key` (the Anthropic SDK's header) and `X-API-Key` are the same header in HTTP.
-    let api_key = header(headers, "x-api-key").or_else(|| header(headers, "x-goog-api-key"));
+    admit_with_key_param(state, headers, None).await
+}
+
+/// [`admit`], also accepting the key as the `key` query parameter (SPEC §3.3: Gemini clients
+/// send `?key=`); a key in a header wins over one in the query.
+pub async fn admit_with_key_param(
+    state: &SharedState,
+    headers: &HeaderMap,
+    key_param: Option<&str>,
+) -> Result<Principal, ApiError> {
+    // `x-api-key` (the Anthropic SDK's header) and `X-API-Key` are the same header in HTTP;
+    // `x-goog-api-key` is the Google GenAI SDK's.
+    let api_key = header(headers, "x-api-key")
+        .or_else(|| header(headers, "x-goog-api-key"))
+        .or_else(|| key_param.map(str::trim).filter(|k| !k.is_empty()));
     let bearer = bearer(headers);
     let (key_secret, user_token) = match (api_key, bearer) {
         (Some(k), b) => (Some(k), b.filter(|b| b.starts_with(USER_TOKEN_PREFIX))),

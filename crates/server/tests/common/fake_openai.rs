@@ -139,7 +139,7 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
 }
 
 /// A body stream fed by a task.
-fn async_stream<F, Fut>(f: F) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>>
+pub fn async_stream<F, Fut>(f: F) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>>
 where
     F: FnOnce(mpsc::UnboundedSender<Bytes>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

@@ -2,6 +2,8 @@
 //! process for crash tests), a fresh SQLite file per server, and small HTTP helpers.
 #![allow(dead_code)]
 
+pub mod fake_anthropic;
+pub mod fake_gemini;
 pub mod fake_openai;
 
 use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};

@@ -257,7 +257,7 @@ async fn anthropic_errors_are_mapped_scrubbed_and_never_charged() {
     up.script(Script::Error { status: 401, kind: "authentication_error", message: format!("invalid x-api-key {UPSTREAM_KEY}") });
     let e = expect_error(s.chat(&key, chat).await, 502, "upstream_error").await;
     assert!(!e.to_string().contains(UPSTREAM_KEY), "our provider key never leaks: {e}");
-    assert_eq!(up.calls(), 5);
+    assert_eq!(up.calls(), 4);
     assert_eq!(s.stored_balance(&user).await, before);
     assert_eq!(s.state.ledger.open_holds(), 0);
 }

@@ -104,8 +104,8 @@ impl Upstream {
     async fn error_from(&self, resp: reqwest::Response, deadline: Instant) -> UpstreamError {
         let status = resp.status().as_u16();
         let body = read_limited(resp, deadline, ERROR_BODY_MAX_BYTES).await;
-        let message = error_message(&body)
-            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
+        let message =
+            error_message(&body).unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
         let message = self.scrub(&message);
         if status == 429 {
             UpstreamError::RateLimited(message)

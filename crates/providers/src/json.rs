@@ -66,7 +66,10 @@ mod tests {
     #[test]
     fn forwards_allowed_fields_as_written() {
         let raw = br#"{"b": 1.50, "a": {"x" : 1}, "secret": true}"#;
-        assert_eq!(forward_fields(raw, Some("m"), &["a", "b"], b"").unwrap(), br#"{"model":"m","a":{"x" : 1},"b":1.50}"#);
+        assert_eq!(
+            forward_fields(raw, Some("m"), &["a", "b"], b"").unwrap(),
+            br#"{"model":"m","a":{"x" : 1},"b":1.50}"#
+        );
         assert_eq!(forward_fields(raw, None, &["zzz"], b",\"t\":1").unwrap(), br#"{"t":1}"#);
         assert!(forward_fields(b"[1]", None, &[], b"").is_err());
     }

@@ -118,7 +118,10 @@ async fn a_native_stream_is_anthropics_events_then_quota_usage() {
     assert_eq!(names[names.len() - 2..], ["message_stop", "quota_usage"]);
     assert_eq!(names.iter().filter(|n| **n == "content_block_delta").count(), 2, "every upstream event is forwarded");
     let quota = &evs.last().unwrap().1;
-    let expected = cost("anthropic/claude-haiku-4.5", Usage { input_tokens: 12, cached_tokens: 300, output_tokens: 25, ..Default::default() });
+    let expected = cost(
+        "anthropic/claude-haiku-4.5",
+        Usage { input_tokens: 12, cached_tokens: 300, output_tokens: 25, ..Default::default() },
+    );
     assert_eq!(quota["type"], "quota_usage");
     assert_eq!(quota["credits_used"], expected);
     assert_eq!(quota["balance_after"], before - expected);
@@ -235,7 +238,10 @@ async fn a_translated_stream_is_openai_chunks_ending_with_usage_quota_and_done()
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"]["prompt_tokens"], 100);
     assert_eq!(last["usage"]["prompt_tokens_details"]["cached_tokens"], 70);
-    let expected = cost("anthropic/claude-haiku-4.5", Usage { input_tokens: 30, cached_tokens: 70, output_tokens: 8, ..Default::default() });
+    let expected = cost(
+        "anthropic/claude-haiku-4.5",
+        Usage { input_tokens: 30, cached_tokens: 70, output_tokens: 8, ..Default::default() },
+    );
     assert_eq!(last["quota"]["credits_used"], expected);
     assert_eq!(s.stored_balance(&user).await, before - expected);
     assert_eq!(up.last_request().1["max_tokens"], 8);
@@ -248,13 +254,21 @@ async fn anthropic_errors_are_mapped_scrubbed_and_never_charged() {
     let before = s.balance(&user).await;
     let native = json!({"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
     let chat = json!({"model": "anthropic/claude-haiku-4.5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
-    up.script(Script::Error { status: 429, kind: "rate_limit_error", message: "Number of request tokens has exceeded your per-minute rate limit".into() });
+    up.script(Script::Error {
+        status: 429,
+        kind: "rate_limit_error",
+        message: "Number of request tokens has exceeded your per-minute rate limit".into(),
+    });
     expect_error(messages(&s, &key, &native, None).await, 429, "rate_limit").await;
     expect_error(s.chat(&key, chat.clone()).await, 429, "rate_limit").await;
     up.script(Script::Error { status: 529, kind: "overloaded_error", message: "Overloaded".into() });
     let e = expect_error(messages(&s, &key, &native, None).await, 502, "upstream_error").await;
     assert!(e["error"]["message"].as_str().unwrap().contains("Overloaded"));
-    up.script(Script::Error { status: 401, kind: "authentication_error", message: format!("invalid x-api-key {UPSTREAM_KEY}") });
+    up.script(Script::Error {
+        status: 401,
+        kind: "authentication_error",
+        message: format!("invalid x-api-key {UPSTREAM_KEY}"),
+    });
     let e = expect_error(s.chat(&key, chat).await, 502, "upstream_error").await;
     assert!(!e.to_string().contains(UPSTREAM_KEY), "our provider key never leaks: {e}");
     assert_eq!(up.calls(), 4);
@@ -275,7 +289,8 @@ async fn an_error_event_mid_stream_charges_what_was_produced_and_ends_the_stream
     assert_eq!(data["type"], "error");
     assert_eq!(data["error"]["code"], "upstream_error");
     // message_start reported 10 input tokens; "Partial" was forwarded (2 sandbox-tokenizer tokens).
-    let expected = cost("anthropic/claude-haiku-4.5", Usage { input_tokens: 10, output_tokens: 2, ..Default::default() });
+    let expected =
+        cost("anthropic/claude-haiku-4.5", Usage { input_tokens: 10, output_tokens: 2, ..Default::default() });
     assert_eq!(s.stored_balance(&user).await, before - expected);
     s.assert_ledger_ok().await;
 }
@@ -286,7 +301,8 @@ async fn bad_input_gets_the_section_13_error_and_never_reaches_anthropic() {
     let (user, _, key) = s.developer("developer").await;
     let before = s.balance(&user).await;
     let msg = |extra: Value| {
-        let mut b = json!({"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
+        let mut b =
+            json!({"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
         for (k, v) in extra.as_object().unwrap() {
             b[k] = v.clone();
         }
@@ -343,7 +359,8 @@ async fn the_sandbox_answers_in_the_messages_shape_and_charges_exactly_its_usage
     assert_eq!(v["usage"]["output_tokens"], 7);
     let prompt = v["usage"]["input_tokens"].as_u64().unwrap();
     assert_eq!(prompt, 3 + 4 + 1, "conversation + message framing + `Hello`");
-    let expected = cost("anthropic/claude-haiku-4.5", Usage { input_tokens: prompt, output_tokens: 7, ..Default::default() });
+    let expected =
+        cost("anthropic/claude-haiku-4.5", Usage { input_tokens: prompt, output_tokens: 7, ..Default::default() });
     assert_eq!(v["quota"]["credits_used"], expected);
     assert_eq!(v["quota"]["sandbox"], true);
     let mut streamed = body.clone();
@@ -351,11 +368,7 @@ async fn the_sandbox_answers_in_the_messages_shape_and_charges_exactly_its_usage
     let evs = events(&messages(&s, &key, &streamed, None).await.text().await.unwrap());
     assert_eq!(evs.last().unwrap().0, "quota_usage");
     assert_eq!(evs.last().unwrap().1["credits_used"], expected);
-    let text: String = evs
-        .iter()
-        .filter_map(|(_, d)| d["delta"]["text"].as_str())
-        .collect::<Vec<_>>()
-        .concat();
+    let text: String = evs.iter().filter_map(|(_, d)| d["delta"]["text"].as_str()).collect::<Vec<_>>().concat();
     assert_eq!(text, v["content"][0]["text"].as_str().unwrap(), "stream and body say the same");
     assert_eq!(s.stored_balance(&user).await, before - 2 * expected);
     s.assert_ledger_ok().await;
@@ -366,16 +379,36 @@ async fn sandbox_faults_work_on_the_messages_route() {
     let s = TestServer::start().await;
     let (user, _, key) = s.developer("test").await;
     let before = s.balance(&user).await;
-    let body = json!({"model": "claude-haiku-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "Hello"}]});
-    for (fault, status, code) in [("rate_limit", 429, "rate_limit"), ("upstream_error", 502, "upstream_error"), ("timeout", 504, "gateway_timeout")] {
-        let r = s.http.post(s.url("/v1/messages")).header("x-api-key", &key).header("x-quota-sandbox-fault", fault).json(&body).send().await.unwrap();
+    let body =
+        json!({"model": "claude-haiku-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "Hello"}]});
+    for (fault, status, code) in [
+        ("rate_limit", 429, "rate_limit"),
+        ("upstream_error", 502, "upstream_error"),
+        ("timeout", 504, "gateway_timeout"),
+    ] {
+        let r = s
+            .http
+            .post(s.url("/v1/messages"))
+            .header("x-api-key", &key)
+            .header("x-quota-sandbox-fault", fault)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         expect_error(r, status, code).await;
     }
     assert_eq!(s.stored_balance(&user).await, before);
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
-    let r = s.http.post(s.url("/v1/messages")).header("x-api-key", &key)
-        .header("x-quota-sandbox-fault", "disconnect_mid_stream").json(&streamed).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .header("x-quota-sandbox-fault", "disconnect_mid_stream")
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
     let evs = events(&r.text().await.unwrap());
     assert_eq!(evs.last().unwrap().0, "error");
     let charged = before - s.stored_balance(&user).await;

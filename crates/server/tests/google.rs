@@ -56,7 +56,8 @@ async fn generate_content_is_forwarded_and_charged_with_cached_and_thinking_toke
         "systemInstruction": {"parts": [{"text": "Be brief."}]},
         "generationConfig": {"temperature": 0.1, "maxOutputTokens": 500, "thinkingConfig": {"thinkingBudget": 256}},
         "safetySettings": [], "labels": {"team": "x"}});
-    let v: Value = generate(&s, &key, "/v1beta/models/gemini-2.5-flash:generateContent", &body).await.json().await.unwrap();
+    let v: Value =
+        generate(&s, &key, "/v1beta/models/gemini-2.5-flash:generateContent", &body).await.json().await.unwrap();
     let rec = up.last_request();
     assert_eq!(rec.path, "/v1beta/models/gemini-2.5-flash:generateContent");
     assert_eq!(rec.headers["x-goog-api-key"], UPSTREAM_KEY);
@@ -98,7 +99,13 @@ async fn the_key_may_come_as_a_query_parameter_and_ids_in_every_spelling() {
         assert_eq!(rec.path, "/v1beta/models/gemini-2.5-pro:generateContent");
         assert_eq!(rec.query, None, "Quota's key never travels upstream");
     }
-    let r = s.http.post(s.url("/v1beta/models/gemini-2.5-pro:generateContent?key=sk-quota-wrong")).json(&hello()).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/v1beta/models/gemini-2.5-pro:generateContent?key=sk-quota-wrong"))
+        .json(&hello())
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 401, "invalid_api_key").await;
 }
 
@@ -108,7 +115,11 @@ async fn a_native_stream_is_forwarded_with_quota_in_the_last_chunk() {
     let (user, _, key) = s.developer("developer").await;
     let before = s.balance(&user).await;
     let usage = GeminiUsage { prompt: 40, cached: 0, candidates: 3, thoughts: 10 };
-    up.script(Script::Answer { parts: vec![json!({"text": "One "}), json!({"text": "two "}), json!({"text": "three."})], finish: "STOP", usage });
+    up.script(Script::Answer {
+        parts: vec![json!({"text": "One "}), json!({"text": "two "}), json!({"text": "three."})],
+        finish: "STOP",
+        usage,
+    });
     let r = generate(&s, &key, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", &hello()).await;
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let text = r.text().await.unwrap();
@@ -161,7 +172,10 @@ async fn chat_completions_translate_a_tool_conversation_to_the_exact_gemini_body
     let (user, _, key) = s.developer("developer").await;
     let before = s.balance(&user).await;
     up.script(Script::Answer {
-        parts: vec![json!({"text": "thinking", "thought": true}), json!({"functionCall": {"name": "get_weather", "args": {"city": "Rome"}}})],
+        parts: vec![
+            json!({"text": "thinking", "thought": true}),
+            json!({"functionCall": {"name": "get_weather", "args": {"city": "Rome"}}}),
+        ],
         finish: "STOP",
         usage: GeminiUsage { prompt: 80, cached: 20, candidates: 12, thoughts: 30 },
     });
@@ -206,7 +220,10 @@ async fn chat_completions_translate_a_tool_conversation_to_the_exact_gemini_body
     assert_eq!(v["usage"]["completion_tokens"], 42);
     assert_eq!(v["usage"]["completion_tokens_details"]["reasoning_tokens"], 30);
     assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 20);
-    let expected = cost("google/gemini-2.5-flash", Usage { input_tokens: 60, cached_tokens: 20, output_tokens: 42, ..Default::default() });
+    let expected = cost(
+        "google/gemini-2.5-flash",
+        Usage { input_tokens: 60, cached_tokens: 20, output_tokens: 42, ..Default::default() },
+    );
     assert_eq!(v["quota"]["credits_used"], expected);
     assert_eq!(s.stored_balance(&user).await, before - expected);
 }
@@ -221,13 +238,15 @@ async fn a_translated_stream_is_openai_chunks_ending_with_usage_quota_and_done()
         finish: "STOP",
         usage: GeminiUsage { prompt: 9, cached: 0, candidates: 2, thoughts: 7 },
     });
-    let body = json!({"model": "google/gemini-2.0-flash", "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
+    let body =
+        json!({"model": "google/gemini-2.0-flash", "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
     let text = s.chat(&key, body).await.text().await.unwrap();
     assert_eq!(up.last_request().path, "/v1beta/models/gemini-2.0-flash:streamGenerateContent");
     let data: Vec<&str> = text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).collect();
     assert_eq!(data.last(), Some(&"[DONE]"));
     let parsed: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
-    let content: String = parsed.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect::<Vec<_>>().concat();
+    let content: String =
+        parsed.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect::<Vec<_>>().concat();
     assert_eq!(content, "Hello world.");
     assert_eq!(parsed[0]["choices"][0]["delta"]["role"], "assistant");
     let last = parsed.last().unwrap();
@@ -242,11 +261,24 @@ async fn google_errors_are_mapped_scrubbed_and_never_charged() {
     let (s, up) = proxied().await;
     let (user, _, key) = s.developer("developer").await;
     let before = s.balance(&user).await;
-    up.script(Script::Error { status: 429, status_text: "RESOURCE_EXHAUSTED", message: "Resource has been exhausted".into() });
-    expect_error(generate(&s, &key, "/v1beta/models/gemini-2.5-flash:generateContent", &hello()).await, 429, "rate_limit").await;
+    up.script(Script::Error {
+        status: 429,
+        status_text: "RESOURCE_EXHAUSTED",
+        message: "Resource has been exhausted".into(),
+    });
+    expect_error(
+        generate(&s, &key, "/v1beta/models/gemini-2.5-flash:generateContent", &hello()).await,
+        429,
+        "rate_limit",
+    )
+    .await;
     let chat = json!({"model": "google/gemini-2.5-flash", "messages": [{"role": "user", "content": "x"}]});
     expect_error(s.chat(&key, chat.clone()).await, 429, "rate_limit").await;
-    up.script(Script::Error { status: 400, status_text: "INVALID_ARGUMENT", message: format!("API key not valid: {UPSTREAM_KEY}") });
+    up.script(Script::Error {
+        status: 400,
+        status_text: "INVALID_ARGUMENT",
+        message: format!("API key not valid: {UPSTREAM_KEY}"),
+    });
     let e = expect_error(s.chat(&key, chat).await, 502, "upstream_error").await;
     assert!(e["error"]["message"].as_str().unwrap().contains("API key not valid"));
     assert!(!e.to_string().contains(UPSTREAM_KEY));
@@ -264,13 +296,27 @@ async fn bad_input_gets_the_section_13_error_and_never_reaches_google() {
         (json!({"contents": []}), 400, "bad_request"),
         (json!({"contents": [{"role": "assistant", "parts": [{"text": "x"}]}]}), 400, "bad_request"),
         (json!({"contents": [{"parts": [{"text": "x"}]}], "tools": [{"googleSearch": {}}]}), 400, "bad_request"),
-        (json!({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"candidateCount": 9}}), 400, "bad_request"),
+        (
+            json!({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"candidateCount": 9}}),
+            400,
+            "bad_request",
+        ),
         (json!({"contents": "hello"}), 400, "bad_request"),
     ] {
         expect_error(generate(&s, &key, path, &body).await, status, code).await;
     }
-    expect_error(generate(&s, &key, "/v1beta/models/gemini-9-ultra:generateContent", &hello()).await, 404, "model_not_found").await;
-    expect_error(generate(&s, &key, "/v1beta/models/claude-haiku-4-5:generateContent", &hello()).await, 404, "model_not_found").await;
+    expect_error(
+        generate(&s, &key, "/v1beta/models/gemini-9-ultra:generateContent", &hello()).await,
+        404,
+        "model_not_found",
+    )
+    .await;
+    expect_error(
+        generate(&s, &key, "/v1beta/models/claude-haiku-4-5:generateContent", &hello()).await,
+        404,
+        "model_not_found",
+    )
+    .await;
     let chat = json!({"model": "google/gemini-2.5-flash", "messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]});
     expect_error(s.chat(&key, chat).await, 400, "bad_request").await;
     assert_eq!(up.calls(), 0);
@@ -284,21 +330,35 @@ async fn the_sandbox_answers_in_the_gemini_shape_with_quota_in_the_last_chunk() 
     let before = s.balance(&user).await;
     let mut body = hello();
     body["generationConfig"] = json!({"maxOutputTokens": 6});
-    let v: Value = generate(&s, &key, "/v1beta/models/gemini-2.5-flash:generateContent", &body).await.json().await.unwrap();
+    let v: Value =
+        generate(&s, &key, "/v1beta/models/gemini-2.5-flash:generateContent", &body).await.json().await.unwrap();
     assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
     assert_eq!(v["usageMetadata"]["candidatesTokenCount"], 6);
     let prompt = v["usageMetadata"]["promptTokenCount"].as_u64().unwrap();
-    let expected = cost("google/gemini-2.5-flash", Usage { input_tokens: prompt, output_tokens: 6, ..Default::default() });
+    let expected =
+        cost("google/gemini-2.5-flash", Usage { input_tokens: prompt, output_tokens: 6, ..Default::default() });
     assert_eq!(v["quota"]["credits_used"], expected);
-    let text = generate(&s, &key, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", &body).await.text().await.unwrap();
+    let text = generate(&s, &key, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", &body)
+        .await
+        .text()
+        .await
+        .unwrap();
     let got = chunks(&text);
     assert_eq!(got.len(), 6);
     assert!(got[..5].iter().all(|c| c.get("quota").is_none()));
     assert_eq!(got[5]["quota"]["credits_used"], expected);
-    let streamed: String = got.iter().filter_map(|c| c["candidates"][0]["content"]["parts"][0]["text"].as_str()).collect();
+    let streamed: String =
+        got.iter().filter_map(|c| c["candidates"][0]["content"]["parts"][0]["text"].as_str()).collect();
     assert_eq!(streamed, v["candidates"][0]["content"]["parts"][0]["text"].as_str().unwrap());
-    let r = s.http.post(s.url("/v1beta/models/gemini-2.5-flash:generateContent")).header("x-goog-api-key", &key)
-        .header("x-quota-sandbox-fault", "rate_limit").json(&body).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/v1beta/models/gemini-2.5-flash:generateContent"))
+        .header("x-goog-api-key", &key)
+        .header("x-quota-sandbox-fault", "rate_limit")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 429, "rate_limit").await;
     assert_eq!(s.stored_balance(&user).await, before - 2 * expected);
     s.assert_ledger_ok().await;

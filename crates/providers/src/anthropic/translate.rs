@@ -135,7 +135,9 @@ fn user_content(m: &Message, i: usize) -> Result<Value, String> {
                         let url = image_url(p.image_url.as_ref())
                             .ok_or_else(|| format!("messages[{i}].content[{j}].image_url.url is required"))?;
                         let source = match parse_data_url(url) {
-                            Some((media_type, data)) => json!({"type": "base64", "media_type": media_type, "data": data}),
+                            Some((media_type, data)) => {
+                                json!({"type": "base64", "media_type": media_type, "data": data})
+                            }
                             None => json!({"type": "url", "url": url}),
                         };
                         blocks.push(json!({"type": "image", "source": source}));
@@ -343,7 +345,9 @@ impl EventTranslator for ChunkTranslator {
                 _ => None,
             },
             "content_block_delta" => match ev.delta.as_ref() {
-                Some(d) if d.kind.as_deref() == Some("text_delta") => Some(self.chunk(json!({"content": d.text}), None)),
+                Some(d) if d.kind.as_deref() == Some("text_delta") => {
+                    Some(self.chunk(json!({"content": d.text}), None))
+                }
                 Some(d) if d.kind.as_deref() == Some("input_json_delta") => {
                     let index = self.tool_index.get(&ev.index.unwrap_or(0)).copied().unwrap_or(0);
                     Some(self.chunk(
@@ -483,7 +487,10 @@ mod tests {
         assert_eq!(out[4]["choices"][0]["finish_reason"], "tool_calls");
         assert!(out.iter().all(|c| c["id"] == "msg_9" && c["model"] == "anthropic/claude-haiku-4.5"));
         assert!(meter.finished());
-        assert_eq!(meter.usage(), Usage { input_tokens: 11, cached_tokens: 100, cache_write_tokens: 0, output_tokens: 17 });
+        assert_eq!(
+            meter.usage(),
+            Usage { input_tokens: 11, cached_tokens: 100, cache_write_tokens: 0, output_tokens: 17 }
+        );
     }
 
     #[test]

@@ -282,7 +282,8 @@ mod tests {
 
     #[test]
     fn forwards_only_allowed_fields_with_the_upstream_model() {
-        let raw = br#"{"model":"anthropic/claude-sonnet-4.5","max_tokens":10,"messages":[],"service_tier":"auto","top_k":3}"#;
+        let raw =
+            br#"{"model":"anthropic/claude-sonnet-4.5","max_tokens":10,"messages":[],"service_tier":"auto","top_k":3}"#;
         let v: Value = serde_json::from_slice(&forward_body(raw, "claude-sonnet-4-5").unwrap()).unwrap();
         assert_eq!(v, serde_json::json!({"model":"claude-sonnet-4-5","max_tokens":10,"messages":[],"top_k":3}));
     }

@@ -154,7 +154,8 @@ mod tests {
         let upstream = futures::stream::iter(chunks.map(|c| Ok(Bytes::from_static(c.as_bytes()))));
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        let out: Vec<_> = rt.block_on(event_stream(upstream, meter.clone(), deadline, NativeChunks::default()).collect());
+        let out: Vec<_> =
+            rt.block_on(event_stream(upstream, meter.clone(), deadline, NativeChunks::default()).collect());
         assert_eq!(out.len(), 1, "the finished chunk waits for the gateway");
         assert_eq!(out[0].as_ref().unwrap(), chunks[0].as_bytes());
         assert_eq!(meter.usage(), Usage { input_tokens: 3, output_tokens: 2, ..Default::default() });

@@ -4,7 +4,7 @@
 //! tool calls, finish reasons, usage with thoughts as reasoning tokens), and the stream,
 //! translated one upstream chunk at a time.
 
-use super::wire::{CandidatePeek, ResponsePeek, UsageWire};
+use super::wire::{CandidatePeek, ResponsePeek};
 use crate::openai::{image_url, openai_usage, parse_data_url, ChatRequest, Content, Stop};
 use crate::sse::{frame, parse_event, EventTranslator};
 use crate::{scrub_credentials, Meter, UpstreamError};
@@ -30,7 +30,10 @@ pub fn request_from_openai(req: &ChatRequest) -> Result<Value, String> {
                     parts.push(json!({"text": text}));
                 }
                 for (j, c) in m.tool_calls.iter().flatten().enumerate() {
-                    let f = c.function.as_ref().ok_or_else(|| format!("messages[{i}].tool_calls[{j}].function is required"))?;
+                    let f = c
+                        .function
+                        .as_ref()
+                        .ok_or_else(|| format!("messages[{i}].tool_calls[{j}].function is required"))?;
                     let name = f.name.as_deref().unwrap_or_default();
                     let args = f.arguments.as_deref().filter(|a| !a.trim().is_empty()).unwrap_or("{}");
                     let args: Value = serde_json::from_str(args)
@@ -198,7 +201,9 @@ fn mime_of(url: &str) -> &'static str {
 pub fn finish_reason(c: &CandidatePeek, has_calls: bool) -> &'static str {
     match c.finish_reason.as_deref() {
         Some("MAX_TOKENS") => "length",
-        Some("SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY") => "content_filter",
+        Some("SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY") => {
+            "content_filter"
+        }
         _ if has_calls => "tool_calls",
         _ => "stop",
     }
@@ -283,7 +288,7 @@ pub fn observe_chunk(chunk: &ResponsePeek, meter: &Meter) -> Result<(), Upstream
         });
     }
     chunk.for_each_generated(|t| meter.count_output(t));
-    let usage = chunk.usage_metadata.unwrap_or(UsageWire::default());
+    let usage = chunk.usage_metadata.unwrap_or_default();
     if chunk.finished() {
         if chunk.usage_metadata.is_some() {
             meter.report_usage(usage.to_usage());
@@ -347,7 +352,10 @@ impl EventTranslator for ChunkTranslator {
                 self.started.insert(index, calls_before + n);
                 delta.insert("tool_calls".into(), Value::Array(calls));
             }
-            let finish = c.finish_reason.as_ref().map(|_| finish_reason(c, calls_before > 0 || delta.contains_key("tool_calls")));
+            let finish = c
+                .finish_reason
+                .as_ref()
+                .map(|_| finish_reason(c, calls_before > 0 || delta.contains_key("tool_calls")));
             choices.push(json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}));
         }
         if choices.is_empty() {
@@ -432,15 +440,19 @@ mod tests {
             "usageMetadata": {"promptTokenCount": 100, "cachedContentTokenCount": 40, "candidatesTokenCount": 10,
                 "thoughtsTokenCount": 25, "totalTokenCount": 135},
             "modelVersion": "gemini-2.5-flash", "responseId": "resp_1"});
-        let (out, usage) = completion_from_response(body.to_string().as_bytes(), "google/gemini-2.5-flash", 9, 0).unwrap();
+        let (out, usage) =
+            completion_from_response(body.to_string().as_bytes(), "google/gemini-2.5-flash", 9, 0).unwrap();
         assert_eq!(usage, Usage { input_tokens: 60, cached_tokens: 40, cache_write_tokens: 0, output_tokens: 35 });
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], "resp_1");
         assert_eq!(v["choices"][0]["message"]["content"], "Paris is sunny.");
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Paris\"}");
-        assert_eq!(v["usage"], json!({"prompt_tokens": 100, "completion_tokens": 35, "total_tokens": 135,
-            "prompt_tokens_details": {"cached_tokens": 40}, "completion_tokens_details": {"reasoning_tokens": 25}}));
+        assert_eq!(
+            v["usage"],
+            json!({"prompt_tokens": 100, "completion_tokens": 35, "total_tokens": 135,
+            "prompt_tokens_details": {"cached_tokens": 40}, "completion_tokens_details": {"reasoning_tokens": 25}})
+        );
     }
 
     #[test]

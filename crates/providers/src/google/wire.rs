@@ -25,7 +25,8 @@ pub const FORWARDED_FIELDS: &[&str] = &[
 
 /// Tool kinds billed by tokens only. Google Search grounding, Maps, URL context and the like are
 /// billed per request on top; Quota does not price them, so it does not forward them.
-const PRICED_TOOL_KINDS: &[&str] = &["functionDeclarations", "function_declarations", "codeExecution", "code_execution"];
+const PRICED_TOOL_KINDS: &[&str] =
+    &["functionDeclarations", "function_declarations", "codeExecution", "code_execution"];
 
 /// Most candidates Gemini returns for one request.
 pub const CANDIDATES_MAX: u64 = 8;
@@ -246,7 +247,10 @@ mod tests {
             r#"{"promptTokenCount":1000,"cachedContentTokenCount":600,"candidatesTokenCount":50,"thoughtsTokenCount":200,"totalTokenCount":1250}"#,
         )
         .unwrap();
-        assert_eq!(u.to_usage(), Usage { input_tokens: 400, cached_tokens: 600, cache_write_tokens: 0, output_tokens: 250 });
+        assert_eq!(
+            u.to_usage(),
+            Usage { input_tokens: 400, cached_tokens: 600, cache_write_tokens: 0, output_tokens: 250 }
+        );
     }
 
     #[test]

@@ -117,12 +117,15 @@ fn stream_events(id: &str, model: &str, prompt: u64, output: &PlannedOutput) -> 
     match output {
         PlannedOutput::Text { text, .. } => {
             out.push((
-                event(&json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+                event(
+                    &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ),
                 None,
             ));
             out.push((event(&json!({"type": "ping"})), None));
             for piece in split_tokens(text) {
-                let delta = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}});
+                let delta =
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}});
                 out.push((event(&delta), Some(piece.to_string())));
             }
         }
@@ -215,7 +218,9 @@ mod tests {
     #[test]
     fn tools_get_a_tool_use_and_tool_results_get_text() {
         let tools = json!([{"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]);
-        let (resp, _) = run(json!({"model": "m", "max_tokens": 100, "tools": tools, "messages": [{"role": "user", "content": "Weather?"}]}));
+        let (resp, _) = run(
+            json!({"model": "m", "max_tokens": 100, "tools": tools, "messages": [{"role": "user", "content": "Weather?"}]}),
+        );
         let ChatResponse::Complete { body, .. } = resp else { panic!() };
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["stop_reason"], "tool_use");
@@ -234,7 +239,9 @@ mod tests {
 
     #[test]
     fn a_stream_has_anthropics_event_sequence() {
-        let (resp, _) = run(json!({"model": "m", "max_tokens": 4, "stream": true, "messages": [{"role": "user", "content": "Hi"}]}));
+        let (resp, _) = run(
+            json!({"model": "m", "max_tokens": 4, "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
+        );
         let ChatResponse::Stream { events, meter } = resp else { panic!() };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let items: Vec<Bytes> = rt.block_on(events.map(|r| r.unwrap()).collect());

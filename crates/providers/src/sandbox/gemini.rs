@@ -50,7 +50,10 @@ fn tool_to_call(req: &GenerateRequest) -> Option<OfferedTool<'_>> {
     if req.contents.last().is_some_and(|c| c.has_function_response()) {
         return None;
     }
-    let config = req.tool_config.as_ref().and_then(|c| c.get("functionCallingConfig").or_else(|| c.get("function_calling_config")));
+    let config = req
+        .tool_config
+        .as_ref()
+        .and_then(|c| c.get("functionCallingConfig").or_else(|| c.get("function_calling_config")));
     if config.and_then(|c| c.get("mode")).and_then(Value::as_str) == Some("NONE") {
         return None;
     }
@@ -61,10 +64,13 @@ fn tool_to_call(req: &GenerateRequest) -> Option<OfferedTool<'_>> {
         .and_then(Value::as_str);
     let name_of = |d: &&serde_json::Map<String, Value>| d.get("name").and_then(Value::as_str).map(str::to_string);
     let chosen = match allowed {
-        Some(name) => declarations(req).find(|d| name_of(d).as_deref() == Some(name)).or_else(|| declarations(req).next()),
+        Some(name) => {
+            declarations(req).find(|d| name_of(d).as_deref() == Some(name)).or_else(|| declarations(req).next())
+        }
         None => declarations(req).next(),
     }?;
-    let parameters = ["parametersJsonSchema", "parameters_json_schema", "parameters"].iter().find_map(|k| chosen.get(*k));
+    let parameters =
+        ["parametersJsonSchema", "parameters_json_schema", "parameters"].iter().find_map(|k| chosen.get(*k));
     Some(OfferedTool { name: chosen.get("name").and_then(Value::as_str)?, parameters })
 }
 
@@ -141,7 +147,8 @@ fn stream_chunks(id: &str, version: &str, prompt: u64, plan: &Plan) -> Vec<(Byte
             if generated == 0 {
                 usage = json!({"promptTokenCount": prompt, "totalTokenCount": prompt});
             }
-            let chunk = json!({"candidates": [candidate], "usageMetadata": usage, "modelVersion": version, "responseId": id});
+            let chunk =
+                json!({"candidates": [candidate], "usageMetadata": usage, "modelVersion": version, "responseId": id});
             out.push((frame(None, chunk.to_string().as_bytes()), Some(text)));
         }
     }
@@ -237,7 +244,8 @@ mod tests {
 
     #[test]
     fn a_stream_holds_its_last_chunk_for_the_gateway() {
-        let (resp, _) = run(json!({"contents": [{"parts": [{"text": "Hi"}]}], "generationConfig": {"maxOutputTokens": 3}}), true);
+        let (resp, _) =
+            run(json!({"contents": [{"parts": [{"text": "Hi"}]}], "generationConfig": {"maxOutputTokens": 3}}), true);
         let ChatResponse::Stream { events, meter } = resp else { panic!() };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let items: Vec<Bytes> = rt.block_on(events.map(|r| r.unwrap()).collect());

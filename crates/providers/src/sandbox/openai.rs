@@ -2,7 +2,10 @@
 //! `chat.completion.chunk` streams that the official SDKs accept.
 
 use super::synth::{plan, OfferedTool, Plan, PlannedOutput};
-use super::{TOKENS_PER_CONVERSATION, TOKENS_PER_MESSAGE, disconnected_before_answer, fault_error, now_secs, response_id, synthetic_stream, Sandbox};
+use super::{
+    disconnected_before_answer, fault_error, now_secs, response_id, synthetic_stream, Sandbox, TOKENS_PER_CONVERSATION,
+    TOKENS_PER_MESSAGE,
+};
 use crate::openai::{ChatRequest, Content};
 use crate::{ChatCall, ChatProvider, ChatResponse, Fault, Meter, UpstreamError};
 use bytes::Bytes;
@@ -10,7 +13,6 @@ use quota_core::tokens::{count_tokens, split_tokens};
 use quota_core::{Provider, Usage};
 use serde_json::json;
 use std::sync::Arc;
-
 
 /// The sandbox's exact prompt token count for an OpenAI-shaped request.
 pub fn prompt_tokens(req: &ChatRequest) -> u64 {

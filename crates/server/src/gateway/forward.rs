@@ -48,7 +48,8 @@ impl Inference {
         shape: Arc<dyn StreamShape>,
         call: impl Future<Output = Result<ChatResponse, UpstreamError>>,
     ) -> Result<Response, ApiError> {
-        let mut claim = match idempotency::begin(&self.state, headers, self.principal.idempotency_scope(), body).await? {
+        let mut claim = match idempotency::begin(&self.state, headers, self.principal.idempotency_scope(), body).await?
+        {
             Begin::Replay(resp) => return Ok(resp),
             Begin::Claimed(c) => Some(c),
             Begin::None => None,

@@ -39,8 +39,7 @@ pub async fn chat_completions(
         prompt_tokens_max: provider.prompt_tokens_max(&call),
         output_tokens_max: output_tokens_to_reserve(&model, request.max_output()).saturating_mul(request.choices()),
     };
-    let shape =
-        Arc::new(OpenAiChunks { model: request.model.clone(), fallback_id: format!("chatcmpl-{request_id}") });
+    let shape = Arc::new(OpenAiChunks { model: request.model.clone(), fallback_id: format!("chatcmpl-{request_id}") });
     let inference = Inference { state: state.clone(), principal, model: model.clone(), request_id, started };
     inference.run(&headers, &body, bounds, shape, provider.chat(call)).await
 }

@@ -87,4 +87,3 @@ impl StreamShape for GeminiChunks {
         frame(None, data.to_string().as_bytes())
     }
 }
-

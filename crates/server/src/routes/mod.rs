@@ -3,8 +3,8 @@
 pub mod accounts;
 pub mod chat;
 pub mod gemini;
-pub mod messages;
 pub mod keys;
+pub mod messages;
 pub mod ops;
 pub mod v1;
 

@@ -130,7 +130,9 @@ fn answer_events(model: &Value, content: &[Value], stop: &str, u: &AnthropicUsag
                     "delta": {"type": "input_json_delta", "partial_json": block["input"].to_string()}})));
             }
             _ => {
-                out.push(event(json!({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}})));
+                out.push(event(
+                    json!({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}),
+                ));
                 out.push(event(json!({"type": "content_block_delta", "index": i,
                     "delta": {"type": "text_delta", "text": block["text"]}})));
             }
@@ -172,14 +174,18 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
         Script::StreamThenError { kind, message } => sse(vec![
             start_event(&model, &AnthropicUsage { input: 10, cache_read: 0, cache_write: 0, output: 1 }),
             event(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
-            event(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Partial"}})),
+            event(
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Partial"}}),
+            ),
             event(json!({"type": "error", "error": {"type": kind, "message": message}})),
         ]),
         Script::GatedStream { usage } => {
             let mut gate = fake.gate.lock().take().expect("a gate was set");
             let s = async_stream(move |tx: mpsc::UnboundedSender<Bytes>| async move {
                 let _ = tx.send(start_event(&model, &usage));
-                let _ = tx.send(event(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+                let _ = tx.send(event(
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ));
                 while gate.recv().await.is_some() {
                     let delta = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "word "}});
                     if tx.send(event(delta)).is_err() {

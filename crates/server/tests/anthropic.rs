@@ -5,10 +5,9 @@
 mod common;
 
 use common::fake_anthropic::{text, tool_use, AnthropicUsage, FakeAnthropic, Script};
-use common::{expect_error, TestServer};
+use common::{cost, expect_error, TestServer};
 use futures::StreamExt;
-use quota_core::billing::Charge;
-use quota_core::{Catalog, Margin, Usage};
+use quota_core::Usage;
 use serde_json::{json, Value};
 
 const UPSTREAM_KEY: &str = "sk-ant-upstream-secret-0123456789";
@@ -22,10 +21,6 @@ async fn proxied() -> (TestServer, FakeAnthropic) {
     })
     .await;
     (s, up)
-}
-
-fn cost(model: &str, usage: Usage) -> i64 {
-    Charge::for_usage(Catalog::builtin().get(model).unwrap(), &usage, Margin::ZERO).total().0
 }
 
 async fn messages(s: &TestServer, key: &str, body: &Value, version: Option<&str>) -> reqwest::Response {

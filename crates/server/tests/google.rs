@@ -6,10 +6,9 @@
 mod common;
 
 use common::fake_gemini::{FakeGemini, GeminiUsage, Script};
-use common::{expect_error, TestServer};
+use common::{cost, expect_error, TestServer};
 use futures::StreamExt;
-use quota_core::billing::Charge;
-use quota_core::{Catalog, Margin, Usage};
+use quota_core::Usage;
 use serde_json::{json, Value};
 
 const UPSTREAM_KEY: &str = "AIzaUpstreamSecret0123456789abcdef";
@@ -23,10 +22,6 @@ async fn proxied() -> (TestServer, FakeGemini) {
     })
     .await;
     (s, up)
-}
-
-fn cost(model: &str, usage: Usage) -> i64 {
-    Charge::for_usage(Catalog::builtin().get(model).unwrap(), &usage, Margin::ZERO).total().0
 }
 
 async fn generate(s: &TestServer, key: &str, path: &str, body: &Value) -> reqwest::Response {

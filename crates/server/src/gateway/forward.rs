@@ -8,8 +8,11 @@ use super::stream::{billed_stream, StreamShape};
 use super::{failure_status, reserve, Billing};
 use crate::app::SharedState;
 use crate::auth::Principal;
+use crate::body::RawBody;
 use crate::error::ApiError;
+use crate::request_id::RequestId;
 use axum::body::Body;
+use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -19,6 +22,53 @@ use quota_providers::{ChatResponse, UpstreamError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What every inference handler reads from its HTTP request: the state, the request id, the
+/// headers (credentials, Idempotency-Key, sandbox fault) and the raw body.
+pub struct Inbound {
+    pub state: SharedState,
+    pub request_id: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub started: Instant,
+}
+
+impl FromRequest<SharedState> for Inbound {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &SharedState) -> Result<Self, Self::Rejection> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let headers = std::mem::take(&mut parts.headers);
+        let request_id = match parts.extensions.get::<RequestId>() {
+            Some(RequestId(id)) => id.clone(),
+            None => quota_core::ids::new_id("req_"),
+        };
+        let RawBody(body) = RawBody::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(Inbound { state: state.clone(), request_id, headers, body, started })
+    }
+}
+
+impl Inbound {
+    /// Run the admitted and routed request (see [`Inference::run`]).
+    pub async fn run(
+        &self,
+        principal: Principal,
+        model: Arc<Model>,
+        bounds: Bounds,
+        shape: Arc<dyn StreamShape>,
+        call: impl Future<Output = Result<ChatResponse, UpstreamError>>,
+    ) -> Result<Response, ApiError> {
+        let inference = Inference {
+            state: self.state.clone(),
+            principal,
+            model,
+            request_id: self.request_id.clone(),
+            started: self.started,
+        };
+        inference.run(&self.headers, &self.body, bounds, shape, call).await
+    }
+}
 
 /// An inference request after *admit* and *route*.
 pub struct Inference {

@@ -2,18 +2,12 @@
 //! [`crate::gateway`]. Models of every provider: `anthropic/…` and `google/…` ones are translated
 //! by their adapters, both ways.
 
-use crate::app::SharedState;
 use crate::auth::admit;
-use crate::body::RawBody;
 use crate::error::ApiError;
-use crate::gateway::forward::{Bounds, Inference};
+use crate::gateway::forward::{Bounds, Inbound};
 use crate::gateway::stream::StreamShape;
 use crate::gateway::{route, sandbox_fault, QuotaObject};
-use crate::request_id::RequestId;
-use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::Extension;
 use bytes::Bytes;
 use quota_core::billing::output_tokens_to_reserve;
 use quota_core::Usage;
@@ -21,27 +15,20 @@ use quota_providers::openai::{openai_usage, ChatRequest};
 use quota_providers::{ChatCall, Meter};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
 
-pub async fn chat_completions(
-    State(state): State<SharedState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let principal = admit(&state, &headers).await?;
-    let request = ChatRequest::parse(&body).map_err(ApiError::bad_request)?;
-    let (model, provider) = route(&state, &principal, &request.model)?;
-    let fault = sandbox_fault(&headers, &principal)?;
-    let call = ChatCall { model: &model, request: &request, raw: &body, fault };
+pub async fn chat_completions(inbound: Inbound) -> Result<Response, ApiError> {
+    let principal = admit(&inbound.state, &inbound.headers).await?;
+    let request = ChatRequest::parse(&inbound.body).map_err(ApiError::bad_request)?;
+    let (model, provider) = route(&inbound.state, &principal, &request.model)?;
+    let fault = sandbox_fault(&inbound.headers, &principal)?;
+    let call = ChatCall { model: &model, request: &request, raw: &inbound.body, fault };
     let bounds = Bounds {
         prompt_tokens_max: provider.prompt_tokens_max(&call),
         output_tokens_max: output_tokens_to_reserve(&model, request.max_output()).saturating_mul(request.choices()),
     };
-    let shape = Arc::new(OpenAiChunks { model: request.model.clone(), fallback_id: format!("chatcmpl-{request_id}") });
-    let inference = Inference { state: state.clone(), principal, model: model.clone(), request_id, started };
-    inference.run(&headers, &body, bounds, shape, provider.chat(call)).await
+    let fallback_id = format!("chatcmpl-{}", inbound.request_id);
+    let shape = Arc::new(OpenAiChunks { model: request.model.clone(), fallback_id });
+    inbound.run(principal, model.clone(), bounds, shape, provider.chat(call)).await
 }
 
 /// OpenAI's stream ending: a chunk with `choices: []`, `usage` and `quota`, then `[DONE]`.

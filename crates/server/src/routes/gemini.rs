@@ -4,18 +4,13 @@
 //! stream's last chunk). The same routes answer under `/v1/models/…`, the Google GenAI SDK's
 //! default API version.
 
-use crate::app::SharedState;
 use crate::auth::admit_with_key_param;
-use crate::body::RawBody;
 use crate::error::ApiError;
-use crate::gateway::forward::{Bounds, Inference};
+use crate::gateway::forward::{Bounds, Inbound};
 use crate::gateway::stream::StreamShape;
 use crate::gateway::{route_native, sandbox_fault, QuotaObject};
-use crate::request_id::RequestId;
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, Query};
 use axum::response::Response;
-use axum::Extension;
 use bytes::Bytes;
 use quota_core::billing::output_tokens_to_reserve;
 use quota_core::{Provider, Usage};
@@ -24,7 +19,6 @@ use quota_providers::sse::frame;
 use quota_providers::{Meter, NativeCall};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// `?alt=` and `?key=`.
 #[derive(Debug, serde::Deserialize)]
@@ -34,15 +28,11 @@ pub struct GeminiQuery {
 }
 
 pub async fn generate_content(
-    State(state): State<SharedState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
     Path(model_action): Path<String>,
     Query(query): Query<GeminiQuery>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    inbound: Inbound,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let principal = admit_with_key_param(&state, &headers, query.key.as_deref()).await?;
+    let principal = admit_with_key_param(&inbound.state, &inbound.headers, query.key.as_deref()).await?;
     let (model_id, action) = model_action.rsplit_once(':').ok_or_else(|| ApiError::not_found("route"))?;
     let stream = match action {
         "generateContent" => false,
@@ -54,17 +44,16 @@ pub async fn generate_content(
         _ => return Err(ApiError::not_found("route")),
     };
     let model_id = model_id.strip_prefix("models/").unwrap_or(model_id);
-    let request = GenerateRequest::parse(&body, stream).map_err(ApiError::bad_request)?;
-    let model = route_native(&state, Provider::Google, model_id)?;
-    let fault = sandbox_fault(&headers, &principal)?;
-    let provider = state.gemini_provider(principal.sandbox());
-    let call = NativeCall { model: &model, request: &request, raw: &body, version: None, fault };
+    let request = GenerateRequest::parse(&inbound.body, stream).map_err(ApiError::bad_request)?;
+    let model = route_native(&inbound.state, Provider::Google, model_id)?;
+    let fault = sandbox_fault(&inbound.headers, &principal)?;
+    let provider = inbound.state.gemini_provider(principal.sandbox());
+    let call = NativeCall { model: &model, request: &request, raw: &inbound.body, version: None, fault };
     let bounds = Bounds {
         prompt_tokens_max: provider.prompt_tokens_max(&call),
         output_tokens_max: output_tokens_to_reserve(&model, request.max_output()).saturating_mul(request.candidates()),
     };
-    let inference = Inference { state: state.clone(), principal, model: model.clone(), request_id, started };
-    inference.run(&headers, &body, bounds, Arc::new(GeminiChunks), provider.call(call)).await
+    inbound.run(principal, model.clone(), bounds, Arc::new(GeminiChunks), provider.call(call)).await
 }
 
 /// Gemini's stream ending: the last chunk (held back by the adapter) with `quota` added.

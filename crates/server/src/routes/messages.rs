@@ -2,18 +2,12 @@
 //! answered by the sandbox) through every phase of [`crate::gateway`]. The answer is
 //! Anthropic's, unchanged, plus `quota`; a stream ends with an extra `event: quota_usage`.
 
-use crate::app::SharedState;
 use crate::auth::admit;
-use crate::body::RawBody;
 use crate::error::ApiError;
-use crate::gateway::forward::{Bounds, Inference};
+use crate::gateway::forward::{Bounds, Inbound};
 use crate::gateway::stream::StreamShape;
 use crate::gateway::{route_native, sandbox_fault, QuotaObject};
-use crate::request_id::RequestId;
-use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::Extension;
 use bytes::Bytes;
 use quota_core::billing::output_tokens_to_reserve;
 use quota_core::{Provider, Usage};
@@ -21,23 +15,16 @@ use quota_providers::anthropic::MessagesRequest;
 use quota_providers::sse::frame;
 use quota_providers::{Meter, NativeCall};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Longest `anthropic-version` passed through.
 const VERSION_MAX_LEN: usize = 64;
 
-pub async fn messages(
-    State(state): State<SharedState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let principal = admit(&state, &headers).await?;
-    let request = MessagesRequest::parse(&body).map_err(ApiError::bad_request)?;
-    let model = route_native(&state, Provider::Anthropic, &request.model)?;
-    let fault = sandbox_fault(&headers, &principal)?;
-    let version = match headers.get("anthropic-version") {
+pub async fn messages(inbound: Inbound) -> Result<Response, ApiError> {
+    let principal = admit(&inbound.state, &inbound.headers).await?;
+    let request = MessagesRequest::parse(&inbound.body).map_err(ApiError::bad_request)?;
+    let model = route_native(&inbound.state, Provider::Anthropic, &request.model)?;
+    let fault = sandbox_fault(&inbound.headers, &principal)?;
+    let version = match inbound.headers.get("anthropic-version") {
         None => None,
         Some(v) => Some(
             v.to_str()
@@ -47,14 +34,13 @@ pub async fn messages(
                 .ok_or_else(|| ApiError::bad_request("`anthropic-version` must be a version such as 2023-06-01"))?,
         ),
     };
-    let provider = state.messages_provider(principal.sandbox());
-    let call = NativeCall { model: &model, request: &request, raw: &body, version, fault };
+    let provider = inbound.state.messages_provider(principal.sandbox());
+    let call = NativeCall { model: &model, request: &request, raw: &inbound.body, version, fault };
     let bounds = Bounds {
         prompt_tokens_max: provider.prompt_tokens_max(&call),
         output_tokens_max: output_tokens_to_reserve(&model, Some(request.max_tokens)),
     };
-    let inference = Inference { state: state.clone(), principal, model: model.clone(), request_id, started };
-    inference.run(&headers, &body, bounds, Arc::new(AnthropicEvents), provider.call(call)).await
+    inbound.run(principal, model.clone(), bounds, Arc::new(AnthropicEvents), provider.call(call)).await
 }
 
 /// Anthropic's stream ending: its own events, then `event: quota_usage` whose data is the

@@ -4,7 +4,7 @@
 //! test's command.
 #![allow(dead_code)]
 
-use super::fake_openai::async_stream;
+use super::fake::{async_stream, FakeServer, Scripted};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -39,53 +38,12 @@ pub enum Script {
     StreamThenError { kind: &'static str, message: String },
 }
 
-#[derive(Default)]
-pub struct Fake {
-    pub requests: Mutex<Vec<(HeaderMap, Value)>>,
-    pub script: Mutex<Option<Script>>,
-    gate: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
-}
-
-pub struct FakeAnthropic {
-    pub base_url: String,
-    pub fake: Arc<Fake>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeAnthropic {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub type Fake = Scripted<Script, (HeaderMap, Value)>;
+pub type FakeAnthropic = FakeServer<Script, (HeaderMap, Value)>;
 
 impl FakeAnthropic {
     pub async fn start() -> FakeAnthropic {
-        let fake = Arc::new(Fake::default());
-        let app = Router::new().route("/v1/messages", post(handle)).with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        FakeAnthropic { base_url: format!("http://{addr}"), fake, task }
-    }
-
-    pub fn script(&self, s: Script) {
-        *self.fake.script.lock() = Some(s);
-    }
-
-    pub fn gate(&self) -> mpsc::UnboundedSender<()> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        *self.fake.gate.lock() = Some(rx);
-        tx
-    }
-
-    pub fn last_request(&self) -> (HeaderMap, Value) {
-        self.fake.requests.lock().last().cloned().expect("the upstream was called")
-    }
-
-    pub fn calls(&self) -> usize {
-        self.fake.requests.lock().len()
+        FakeServer::serve(|fake| Router::new().route("/v1/messages", post(handle)).with_state(fake), "").await
     }
 }
 
@@ -152,8 +110,8 @@ fn sse(events: Vec<Bytes>) -> Response {
 
 async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    fake.requests.lock().push((headers, v.clone()));
-    let script = fake.script.lock().clone().unwrap_or(Script::Answer {
+    fake.record((headers, v.clone()));
+    let script = fake.script_or(Script::Answer {
         content: vec![text("Hello from Claude.")],
         stop_reason: "end_turn",
         usage: AnthropicUsage { input: 10, cache_read: 0, cache_write: 0, output: 5 },
@@ -180,7 +138,7 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
             event(json!({"type": "error", "error": {"type": kind, "message": message}})),
         ]),
         Script::GatedStream { usage } => {
-            let mut gate = fake.gate.lock().take().expect("a gate was set");
+            let mut gate = fake.take_gate();
             let s = async_stream(move |tx: mpsc::UnboundedSender<Bytes>| async move {
                 let _ = tx.send(start_event(&model, &usage));
                 let _ = tx.send(event(

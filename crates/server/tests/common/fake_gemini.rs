@@ -5,7 +5,7 @@
 //! body) and can stream chunk by chunk on the test's command.
 #![allow(dead_code)]
 
-use super::fake_openai::async_stream;
+use super::fake::{async_stream, FakeServer, Scripted};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -46,53 +45,16 @@ pub struct Recorded {
     pub body: Value,
 }
 
-#[derive(Default)]
-pub struct Fake {
-    pub requests: Mutex<Vec<Recorded>>,
-    pub script: Mutex<Option<Script>>,
-    gate: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
-}
-
-pub struct FakeGemini {
-    pub base_url: String,
-    pub fake: Arc<Fake>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeGemini {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub type Fake = Scripted<Script, Recorded>;
+pub type FakeGemini = FakeServer<Script, Recorded>;
 
 impl FakeGemini {
     pub async fn start() -> FakeGemini {
-        let fake = Arc::new(Fake::default());
-        let app = Router::new().route("/v1beta/models/{model_action}", post(handle)).with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        FakeGemini { base_url: format!("http://{addr}"), fake, task }
-    }
-
-    pub fn script(&self, s: Script) {
-        *self.fake.script.lock() = Some(s);
-    }
-
-    pub fn gate(&self) -> mpsc::UnboundedSender<()> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        *self.fake.gate.lock() = Some(rx);
-        tx
-    }
-
-    pub fn last_request(&self) -> Recorded {
-        self.fake.requests.lock().last().cloned().expect("the upstream was called")
-    }
-
-    pub fn calls(&self) -> usize {
-        self.fake.requests.lock().len()
+        FakeServer::serve(
+            |fake| Router::new().route("/v1beta/models/{model_action}", post(handle)).with_state(fake),
+            "",
+        )
+        .await
     }
 }
 
@@ -119,8 +81,8 @@ async fn handle(
 ) -> Response {
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = format!("/v1beta/models/{model_action}");
-    fake.requests.lock().push(Recorded { path, query: query.clone(), headers, body: v });
-    let script = fake.script.lock().clone().unwrap_or(Script::Answer {
+    fake.record(Recorded { path, query: query.clone(), headers, body: v });
+    let script = fake.script_or(Script::Answer {
         parts: vec![json!({"text": "Hello from Gemini."})],
         finish: "STOP",
         usage: GeminiUsage { prompt: 10, cached: 0, candidates: 5, thoughts: 0 },
@@ -155,7 +117,7 @@ async fn handle(
             ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
         }
         Script::GatedStream { usage } => {
-            let mut gate = fake.gate.lock().take().expect("a gate was set");
+            let mut gate = fake.take_gate();
             let s = async_stream(move |tx: mpsc::UnboundedSender<Bytes>| async move {
                 while gate.recv().await.is_some() {
                     if tx.send(chunk(vec![json!({"text": "word "})], None, prompt_only(&usage))).is_err() {

@@ -2,6 +2,7 @@
 //! process for crash tests), a fresh SQLite file per server, and small HTTP helpers.
 #![allow(dead_code)]
 
+pub mod fake;
 pub mod fake_anthropic;
 pub mod fake_gemini;
 pub mod fake_openai;
@@ -157,6 +158,12 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> V
     assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert!(v["error"]["type"].is_string());
     v
+}
+
+/// The base cost of `usage` on `model` at its catalog price (SPEC §4.1).
+pub fn cost(model: &str, usage: quota_core::Usage) -> i64 {
+    let catalog = quota_core::Catalog::builtin();
+    quota_core::billing::Charge::for_usage(catalog.get(model).unwrap(), &usage, quota_core::Margin::ZERO).total().0
 }
 
 pub fn simple_chat(content: &str, max_tokens: u64) -> Value {

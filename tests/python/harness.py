@@ -9,6 +9,7 @@ at teardown it is stopped (SIGTERM, then SIGKILL if it lingers), ``quota ledger 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -341,6 +342,17 @@ def assert_not_charged(gw: Gateway, before: int, transfers_before: int, request_
     assert gw.balance() == before
     assert len(gw.server.transfers()) == transfers_before
     assert gw.server.transfers(cause=request_id) == []
+
+
+@contextlib.contextmanager
+def refused_without_charge(gw: Gateway, error_type: type[BaseException]):
+    """Expect the block to raise `error_type` (any SDK's error carrying the HTTP `response`), and
+    nothing to be charged for it: ``with refused_without_charge(gw, SomeError) as info: …``."""
+    before = gw.balance()
+    transfers_before = len(gw.server.transfers())
+    with pytest.raises(error_type) as info:
+        yield info
+    assert_not_charged(gw, before, transfers_before, info.value.response.headers["x-request-id"])
 
 
 def read_sse(response: httpx.Response) -> list[str]:

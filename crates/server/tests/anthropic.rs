@@ -5,7 +5,7 @@
 mod common;
 
 use common::fake_anthropic::{text, tool_use, AnthropicUsage, FakeAnthropic, Script};
-use common::{cost, expect_error, TestServer};
+use common::{cost, expect_error, weather_conversation, with, TestServer};
 use futures::StreamExt;
 use quota_core::Usage;
 use serde_json::{json, Value};
@@ -156,21 +156,11 @@ async fn chat_completions_translate_a_tool_conversation_to_the_exact_messages_bo
         stop_reason: "tool_use",
         usage: AnthropicUsage { input: 50, cache_read: 0, cache_write: 10, output: 20 },
     });
-    let body = json!({
-        "model": "anthropic/claude-sonnet-4.5",
-        "messages": [
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_1", "type": "function",
-                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
-            {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
-            {"role": "user", "content": "And Rome?"}
-        ],
-        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
-        "tool_choice": "auto", "temperature": 0.2, "top_p": 0.9, "stop": ["\n\n"], "max_tokens": 200,
-        "logit_bias": {"50256": -100}
-    });
+    let body = with(
+        weather_conversation("anthropic/claude-sonnet-4.5", "toolu_1"),
+        json!({"tool_choice": "auto", "temperature": 0.2, "top_p": 0.9, "stop": ["\n\n"], "max_tokens": 200,
+            "logit_bias": {"50256": -100}}),
+    );
     let v: Value = s.chat(&key, body).await.json().await.unwrap();
     let (headers, sent) = up.last_request();
     assert_eq!(headers["x-api-key"], UPSTREAM_KEY);
@@ -317,11 +307,7 @@ async fn bad_input_gets_the_section_13_error_and_never_reaches_anthropic() {
     let r = s.http.post(s.url("/v1/messages")).header("x-api-key", &key).body("{not json").send().await.unwrap();
     expect_error(r, 400, "bad_request").await;
     let chat = |extra: Value| {
-        let mut b = json!({"model": "anthropic/claude-haiku-4.5", "messages": [{"role": "user", "content": "x"}]});
-        for (k, v) in extra.as_object().unwrap() {
-            b[k] = v.clone();
-        }
-        b
+        with(json!({"model": "anthropic/claude-haiku-4.5", "messages": [{"role": "user", "content": "x"}]}), extra)
     };
     expect_error(s.chat(&key, chat(json!({"n": 2}))).await, 400, "bad_request").await;
     let bad_args = json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]});

@@ -6,7 +6,7 @@
 mod common;
 
 use common::fake_gemini::{FakeGemini, GeminiUsage, Script};
-use common::{cost, expect_error, TestServer};
+use common::{cost, expect_error, weather_conversation, with, TestServer};
 use futures::StreamExt;
 use quota_core::Usage;
 use serde_json::{json, Value};
@@ -174,20 +174,10 @@ async fn chat_completions_translate_a_tool_conversation_to_the_exact_gemini_body
         finish: "STOP",
         usage: GeminiUsage { prompt: 80, cached: 20, candidates: 12, thoughts: 30 },
     });
-    let body = json!({
-        "model": "google/gemini-2.5-flash",
-        "messages": [
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_a", "type": "function",
-                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
-            {"role": "tool", "tool_call_id": "call_a", "content": "18C"},
-            {"role": "user", "content": "And Rome?"}
-        ],
-        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
-        "tool_choice": "required", "temperature": 0.2, "stop": "STOP!", "max_completion_tokens": 300
-    });
+    let body = with(
+        weather_conversation("google/gemini-2.5-flash", "call_a"),
+        json!({"tool_choice": "required", "temperature": 0.2, "stop": "STOP!", "max_completion_tokens": 300}),
+    );
     let v: Value = s.chat(&key, body).await.json().await.unwrap();
     let rec = up.last_request();
     assert_eq!(rec.path, "/v1beta/models/gemini-2.5-flash:generateContent");

@@ -169,3 +169,29 @@ pub fn cost(model: &str, usage: quota_core::Usage) -> i64 {
 pub fn simple_chat(content: &str, max_tokens: u64) -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
 }
+
+/// An OpenAI-shaped tool conversation for `model`: a system prompt, a question, the assistant's
+/// call `call_id` of `get_weather` for Paris, its result, and a follow-up; with the tool offered.
+pub fn weather_conversation(model: &str, call_id: &str) -> Value {
+    json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": call_id, "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "18C"},
+            {"role": "user", "content": "And Rome?"}
+        ],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+    })
+}
+
+/// `body` with the fields of `extra` set.
+pub fn with(mut body: Value, extra: Value) -> Value {
+    for (k, v) in extra.as_object().expect("an object of fields") {
+        body[k] = v.clone();
+    }
+    body
+}

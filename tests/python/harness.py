@@ -305,6 +305,14 @@ def sse_events(response: httpx.Response) -> list[tuple[str | None, str]]:
     return events
 
 
+def post_sse(gw: Gateway, path: str, headers: dict[str, str], body: dict) -> list[tuple[str | None, str]]:
+    """POST `body` to the gateway and read the streamed answer's events (see `sse_events`)."""
+    with httpx.Client(base_url=gw.server.url, timeout=HTTP_TIMEOUT_SECS) as h:
+        with h.stream("POST", path, headers=headers, json=body) as r:
+            assert r.status_code == 200, r.read()
+            return sse_events(r)
+
+
 def quota_of(obj) -> dict:
     """The `quota` object (SPEC §3.5) of an SDK response or stream chunk (an extra field)."""
     extra = obj.model_extra or {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import anthropic
-import httpx
 import pytest
 
 from fake_anthropic import Reply, Usage
@@ -19,7 +18,7 @@ from harness import (
     cost,
     quota_of,
     refused_without_charge,
-    sse_events,
+    post_sse,
 )
 
 SONNET = "anthropic/claude-sonnet-4.5"
@@ -93,14 +92,12 @@ def test_messages_stream_yields_the_text_and_ends_with_a_quota_usage_event(provi
     expected = cost(HAIKU, 40, 12)
     assert providers.balance() == before - expected
     # The raw wire: Anthropic's events unchanged, then `quota_usage` with the charge.
-    with httpx.Client(base_url=providers.server.url, timeout=20) as h:
-        with h.stream(
-            "POST",
-            "/v1/messages",
-            headers={"x-api-key": providers.key, "anthropic-version": "2023-06-01"},
-            json={"model": "claude-haiku-4-5", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
-        ) as r:
-            events = sse_events(r)
+    events = post_sse(
+        providers,
+        "/v1/messages",
+        {"x-api-key": providers.key, "anthropic-version": "2023-06-01"},
+        {"model": "claude-haiku-4-5", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+    )
     names = [n for n, _ in events]
     assert names[0] == "message_start" and names[-2:] == ["message_stop", "quota_usage"]
     quota = json.loads(events[-1][1])

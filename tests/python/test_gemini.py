@@ -20,7 +20,7 @@ from harness import (
     cost,
     quota_of,
     refused_without_charge,
-    sse_events,
+    post_sse,
 )
 
 FLASH = "google/gemini-2.5-flash"
@@ -94,14 +94,13 @@ def test_generate_content_stream_yields_every_chunk_and_quota_rides_on_the_last(
     assert fake_gemini.requests[0].path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
     expected = cost(FLASH, 50, 15)
     assert providers.balance() == before - expected
-    with httpx.Client(base_url=providers.server.url, timeout=20) as h:
-        with h.stream(
-            "POST",
-            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
-            headers={"x-goog-api-key": providers.key},
-            json={"contents": [{"role": "user", "parts": [{"text": "Count."}]}]},
-        ) as r:
-            data = [json.loads(d) for _, d in sse_events(r)]
+    events = post_sse(
+        providers,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        {"x-goog-api-key": providers.key},
+        {"contents": [{"role": "user", "parts": [{"text": "Count."}]}]},
+    )
+    data = [json.loads(d) for _, d in events]
     assert len(data) == 3
     assert [("quota" in d) for d in data] == [False, False, True]
     assert_charged(providers, before - expected, data[-1]["quota"], expected)

@@ -5,22 +5,22 @@
 mod common;
 
 use common::fake_anthropic::{text, tool_use, AnthropicUsage, FakeAnthropic, Script};
-use common::{cost, expect_error, weather_conversation, with, TestServer};
+use common::{cost, developer_behind, expect_error, weather_conversation, with, TestServer};
 use futures::StreamExt;
 use quota_core::Usage;
 use serde_json::{json, Value};
 
 const UPSTREAM_KEY: &str = "sk-ant-upstream-secret-0123456789";
 
-async fn proxied() -> (TestServer, FakeAnthropic) {
+/// A gateway proxying to a fresh fake, a developer with a `developer` key, and its balance.
+async fn proxied_developer() -> (TestServer, FakeAnthropic, String, String, i64) {
     let up = FakeAnthropic::start().await;
-    let base = up.base_url.clone();
-    let s = TestServer::start_with(move |c| {
-        c.anthropic_base_url = base;
+    let (s, user, key, before) = developer_behind(up.base_url.clone(), |c, url| {
+        c.anthropic_base_url = url;
         c.anthropic_api_key = Some(UPSTREAM_KEY.into());
     })
     .await;
-    (s, up)
+    (s, up, user, key, before)
 }
 
 async fn messages(s: &TestServer, key: &str, body: &Value, version: Option<&str>) -> reqwest::Response {
@@ -45,9 +45,7 @@ fn events(text: &str) -> Vec<(String, Value)> {
 
 #[tokio::test]
 async fn native_messages_are_forwarded_and_charged_by_anthropics_usage_classes() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     let usage = AnthropicUsage { input: 100, cache_read: 2000, cache_write: 500, output: 40 };
     up.script(Script::Answer { content: vec![text("Bonjour.")], stop_reason: "end_turn", usage });
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 300, "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
@@ -95,9 +93,7 @@ async fn native_messages_are_forwarded_and_charged_by_anthropics_usage_classes()
 
 #[tokio::test]
 async fn a_native_stream_is_anthropics_events_then_quota_usage() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     let usage = AnthropicUsage { input: 12, cache_read: 300, cache_write: 0, output: 25 };
     up.script(Script::Answer {
         content: vec![text("Let me look."), tool_use("toolu_1", "get_weather", json!({"city": "Paris"}))],
@@ -126,8 +122,7 @@ async fn a_native_stream_is_anthropics_events_then_quota_usage() {
 
 #[tokio::test]
 async fn a_native_stream_is_forwarded_event_by_event_not_buffered() {
-    let (s, up) = proxied().await;
-    let (_, _, key) = s.developer("developer").await;
+    let (s, up, _, key, _) = proxied_developer().await;
     up.script(Script::GatedStream { usage: AnthropicUsage { input: 5, cache_read: 0, cache_write: 0, output: 3 } });
     let gate = up.gate();
     let body = json!({"model": "claude-haiku-4-5", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
@@ -148,9 +143,7 @@ async fn a_native_stream_is_forwarded_event_by_event_not_buffered() {
 
 #[tokio::test]
 async fn chat_completions_translate_a_tool_conversation_to_the_exact_messages_body_and_back() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     up.script(Script::Answer {
         content: vec![text("Checking."), tool_use("toolu_9", "get_weather", json!({"city": "Rome"}))],
         stop_reason: "tool_use",
@@ -199,9 +192,7 @@ async fn chat_completions_translate_a_tool_conversation_to_the_exact_messages_bo
 
 #[tokio::test]
 async fn a_translated_stream_is_openai_chunks_ending_with_usage_quota_and_done() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     up.script(Script::Answer {
         content: vec![text("Hello there.")],
         stop_reason: "max_tokens",
@@ -234,9 +225,7 @@ async fn a_translated_stream_is_openai_chunks_ending_with_usage_quota_and_done()
 
 #[tokio::test]
 async fn anthropic_errors_are_mapped_scrubbed_and_never_charged() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     let native = json!({"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
     let chat = json!({"model": "anthropic/claude-haiku-4.5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
     up.script(Script::Error {
@@ -263,9 +252,7 @@ async fn anthropic_errors_are_mapped_scrubbed_and_never_charged() {
 
 #[tokio::test]
 async fn an_error_event_mid_stream_charges_what_was_produced_and_ends_the_stream() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     up.script(Script::StreamThenError { kind: "overloaded_error", message: "Overloaded".into() });
     let body = json!({"model": "claude-haiku-4-5", "max_tokens": 50, "stream": true, "messages": [{"role": "user", "content": "x"}]});
     let evs = events(&messages(&s, &key, &body, None).await.text().await.unwrap());
@@ -282,9 +269,7 @@ async fn an_error_event_mid_stream_charges_what_was_produced_and_ends_the_stream
 
 #[tokio::test]
 async fn bad_input_gets_the_section_13_error_and_never_reaches_anthropic() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     let msg = |extra: Value| {
         let mut b =
             json!({"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});

@@ -6,22 +6,22 @@
 mod common;
 
 use common::fake_gemini::{FakeGemini, GeminiUsage, Script};
-use common::{cost, expect_error, weather_conversation, with, TestServer};
+use common::{cost, developer_behind, expect_error, weather_conversation, with, TestServer};
 use futures::StreamExt;
 use quota_core::Usage;
 use serde_json::{json, Value};
 
 const UPSTREAM_KEY: &str = "AIzaUpstreamSecret0123456789abcdef";
 
-async fn proxied() -> (TestServer, FakeGemini) {
+/// A gateway proxying to a fresh fake, a developer with a `developer` key, and its balance.
+async fn proxied_developer() -> (TestServer, FakeGemini, String, String, i64) {
     let up = FakeGemini::start().await;
-    let base = up.base_url.clone();
-    let s = TestServer::start_with(move |c| {
-        c.google_base_url = base;
+    let (s, user, key, before) = developer_behind(up.base_url.clone(), |c, url| {
+        c.google_base_url = url;
         c.gemini_api_key = Some(UPSTREAM_KEY.into());
     })
     .await;
-    (s, up)
+    (s, up, user, key, before)
 }
 
 async fn generate(s: &TestServer, key: &str, path: &str, body: &Value) -> reqwest::Response {
@@ -42,9 +42,7 @@ fn chunks(text: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn generate_content_is_forwarded_and_charged_with_cached_and_thinking_tokens() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     let usage = GeminiUsage { prompt: 1000, cached: 600, candidates: 50, thoughts: 200 };
     up.script(Script::Answer { parts: vec![json!({"text": "Hi!"})], finish: "STOP", usage });
     let body = json!({"contents": [{"role": "user", "parts": [{"text": "Hello"}]}],
@@ -81,8 +79,7 @@ async fn generate_content_is_forwarded_and_charged_with_cached_and_thinking_toke
 
 #[tokio::test]
 async fn the_key_may_come_as_a_query_parameter_and_ids_in_every_spelling() {
-    let (s, up) = proxied().await;
-    let (_, _, key) = s.developer("developer").await;
+    let (s, up, _, key, _) = proxied_developer().await;
     for path in [
         format!("/v1beta/models/gemini-2.5-pro:generateContent?key={key}"),
         format!("/v1beta/models/google/gemini-2.5-pro:generateContent?key={key}"),
@@ -106,9 +103,7 @@ async fn the_key_may_come_as_a_query_parameter_and_ids_in_every_spelling() {
 
 #[tokio::test]
 async fn a_native_stream_is_forwarded_with_quota_in_the_last_chunk() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     let usage = GeminiUsage { prompt: 40, cached: 0, candidates: 3, thoughts: 10 };
     up.script(Script::Answer {
         parts: vec![json!({"text": "One "}), json!({"text": "two "}), json!({"text": "three."})],
@@ -131,8 +126,7 @@ async fn a_native_stream_is_forwarded_with_quota_in_the_last_chunk() {
 
 #[tokio::test]
 async fn a_native_stream_is_forwarded_chunk_by_chunk_not_buffered() {
-    let (s, up) = proxied().await;
-    let (_, _, key) = s.developer("developer").await;
+    let (s, up, _, key, _) = proxied_developer().await;
     up.script(Script::GatedStream { usage: GeminiUsage { prompt: 5, cached: 0, candidates: 4, thoughts: 0 } });
     let gate = up.gate();
     let r = generate(&s, &key, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", &hello()).await;
@@ -152,8 +146,7 @@ async fn a_native_stream_is_forwarded_chunk_by_chunk_not_buffered() {
 
 #[tokio::test]
 async fn stream_generate_content_without_alt_sse_is_a_400() {
-    let (s, up) = proxied().await;
-    let (_, _, key) = s.developer("developer").await;
+    let (s, up, _, key, _) = proxied_developer().await;
     let r = generate(&s, &key, "/v1beta/models/gemini-2.5-flash:streamGenerateContent", &hello()).await;
     expect_error(r, 400, "bad_request").await;
     let r = generate(&s, &key, "/v1beta/models/gemini-2.5-flash:countTokens", &hello()).await;
@@ -163,9 +156,7 @@ async fn stream_generate_content_without_alt_sse_is_a_400() {
 
 #[tokio::test]
 async fn chat_completions_translate_a_tool_conversation_to_the_exact_gemini_body_and_back() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     up.script(Script::Answer {
         parts: vec![
             json!({"text": "thinking", "thought": true}),
@@ -215,9 +206,7 @@ async fn chat_completions_translate_a_tool_conversation_to_the_exact_gemini_body
 
 #[tokio::test]
 async fn a_translated_stream_is_openai_chunks_ending_with_usage_quota_and_done() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     up.script(Script::Answer {
         parts: vec![json!({"text": "Hello "}), json!({"text": "world."})],
         finish: "STOP",
@@ -243,9 +232,7 @@ async fn a_translated_stream_is_openai_chunks_ending_with_usage_quota_and_done()
 
 #[tokio::test]
 async fn google_errors_are_mapped_scrubbed_and_never_charged() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     up.script(Script::Error {
         status: 429,
         status_text: "RESOURCE_EXHAUSTED",
@@ -273,9 +260,7 @@ async fn google_errors_are_mapped_scrubbed_and_never_charged() {
 
 #[tokio::test]
 async fn bad_input_gets_the_section_13_error_and_never_reaches_google() {
-    let (s, up) = proxied().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
+    let (s, up, user, key, before) = proxied_developer().await;
     let path = "/v1beta/models/gemini-2.5-flash:generateContent";
     for (body, status, code) in [
         (json!({"contents": []}), 400, "bad_request"),

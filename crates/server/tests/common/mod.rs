@@ -148,6 +148,18 @@ impl TestServer {
     }
 }
 
+/// A gateway whose provider `configure` points at `upstream_base_url`, with a developer account
+/// holding a `developer` key: (server, user id, key, balance).
+pub async fn developer_behind(
+    upstream_base_url: String,
+    configure: impl FnOnce(&mut Config, String),
+) -> (TestServer, String, String, i64) {
+    let s = TestServer::start_with(move |c| configure(c, upstream_base_url)).await;
+    let (user, _, key) = s.developer("developer").await;
+    let before = s.balance(&user).await;
+    (s, user, key, before)
+}
+
 /// `{"error": {...}}` of a response, asserting its status.
 pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
     let got = resp.status().as_u16();

@@ -333,3 +333,24 @@ async fn the_sandbox_answers_in_the_gemini_shape_with_quota_in_the_last_chunk() 
     assert_eq!(s.stored_balance(&user).await, before - 2 * expected);
     s.assert_ledger_ok().await;
 }
+
+#[tokio::test]
+async fn an_idempotency_key_names_the_model_in_the_path_too() {
+    let (s, up, user, key, before) = proxied_developer().await;
+    let send = |model: &str| {
+        s.http
+            .post(s.url(&format!("/v1beta/models/{model}:generateContent")))
+            .header("x-goog-api-key", &key)
+            .header("idempotency-key", "gen-1")
+            .json(&hello())
+            .send()
+    };
+    let first: Value = send("gemini-2.5-flash").await.unwrap().json().await.unwrap();
+    let replay = send("gemini-2.5-flash").await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.json::<Value>().await.unwrap(), first);
+    // Same key and body, another model: another request, not a replay of the first.
+    expect_error(send("gemini-2.5-pro").await.unwrap(), 409, "idempotency_conflict").await;
+    assert_eq!(up.calls(), 1);
+    assert_eq!(s.stored_balance(&user).await, before - first["quota"]["credits_used"].as_i64().unwrap());
+}

@@ -28,6 +28,8 @@ use std::time::Instant;
 pub struct Inbound {
     pub state: SharedState,
     pub request_id: String,
+    /// The URL path (part of the request's identity for its Idempotency-Key).
+    pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub started: Instant,
@@ -40,12 +42,13 @@ impl FromRequest<SharedState> for Inbound {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let headers = std::mem::take(&mut parts.headers);
+        let path = parts.uri.path().to_string();
         let request_id = match parts.extensions.get::<RequestId>() {
             Some(RequestId(id)) => id.clone(),
             None => quota_core::ids::new_id("req_"),
         };
         let RawBody(body) = RawBody::from_request(Request::from_parts(parts, body), state).await?;
-        Ok(Inbound { state: state.clone(), request_id, headers, body, started })
+        Ok(Inbound { state: state.clone(), request_id, path, headers, body, started })
     }
 }
 
@@ -66,7 +69,8 @@ impl Inbound {
             request_id: self.request_id.clone(),
             started: self.started,
         };
-        inference.run(&self.headers, &self.body, bounds, shape, call).await
+        let request: [&[u8]; 2] = [self.path.as_bytes(), &self.body];
+        inference.run(&self.headers, &request, bounds, shape, call).await
     }
 }
 
@@ -88,18 +92,19 @@ pub struct Bounds {
 }
 
 impl Inference {
-    /// Run the request: replay it if its Idempotency-Key already answered; else reserve, let
+    /// Run the request (`request`: its identity for the Idempotency-Key, see
+    /// [`idempotency::begin`]): replay it if its Idempotency-Key already answered; else reserve, let
     /// `call` reach the adapter, and settle. `call` is not polled before the hold is taken.
     pub async fn run(
         self,
         headers: &HeaderMap,
-        body: &Bytes,
+        request: &[&[u8]],
         bounds: Bounds,
         shape: Arc<dyn StreamShape>,
         call: impl Future<Output = Result<ChatResponse, UpstreamError>>,
     ) -> Result<Response, ApiError> {
-        let mut claim = match idempotency::begin(&self.state, headers, self.principal.idempotency_scope(), body).await?
-        {
+        let scope = self.principal.idempotency_scope();
+        let mut claim = match idempotency::begin(&self.state, headers, scope, request).await? {
             Begin::Replay(resp) => return Ok(resp),
             Begin::Claimed(c) => Some(c),
             Begin::None => None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import anthropic
+import openai
 import pytest
 
 from fake_anthropic import Reply, Usage
@@ -278,3 +279,21 @@ def test_sandbox_disconnect_mid_stream_raises_in_the_sdk_and_charges_what_was_se
                 pass
     charged = before - sandbox.balance()
     assert 0 < charged < cost(HAIKU, 100, 20)
+
+
+def test_openai_sdk_with_an_anthropic_model_in_the_sandbox_is_charged_at_claudes_price(sandbox: Gateway):
+    before = sandbox.balance()
+    resp = sandbox.client.chat.completions.create(
+        model=HAIKU, messages=[{"role": "user", "content": "Hello"}], max_tokens=5
+    )
+    assert resp.choices[0].finish_reason == "length" and resp.usage.completion_tokens == 5
+    assert_charged(sandbox, before, quota_of(resp), cost(HAIKU, resp.usage.prompt_tokens, 5))
+    chunks = list(
+        sandbox.client.chat.completions.create(
+            model=HAIKU, messages=[{"role": "user", "content": "Hello"}], max_tokens=5, stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == resp.choices[0].message.content
+    # What Anthropic cannot do is refused in the sandbox as in production.
+    with refused_without_charge(sandbox, openai.BadRequestError):
+        sandbox.client.chat.completions.create(model=HAIKU, messages=[{"role": "user", "content": "x"}], n=2)

@@ -212,3 +212,13 @@ def test_sandbox_function_call_and_faults(sandbox: Gateway):
     with refused_without_charge(sandbox, errors.ClientError) as info:
         faulty.models.generate_content(model="gemini-2.5-flash", contents="Hi")
     assert info.value.code == 429
+
+
+def test_openai_sdk_with_a_google_model_in_the_sandbox_is_charged_at_geminis_price(sandbox: Gateway):
+    before = sandbox.balance()
+    resp = sandbox.client.chat.completions.create(
+        model=FLASH, messages=[{"role": "user", "content": "Hello"}], max_tokens=6, n=2
+    )
+    assert [c.finish_reason for c in resp.choices] == ["length", "length"]
+    assert resp.usage.completion_tokens == 12
+    assert_charged(sandbox, before, quota_of(resp), cost(FLASH, resp.usage.prompt_tokens, 12))

@@ -8,8 +8,10 @@ from typing import Callable, Iterator
 
 import pytest
 
+from fake_anthropic import FakeAnthropic
+from fake_gemini import FakeGemini
 from fake_openai import FakeOpenAI
-from harness import UPSTREAM_KEY, Gateway, QuotaServer, sdk_client
+from harness import ANTHROPIC_UPSTREAM_KEY, GEMINI_UPSTREAM_KEY, UPSTREAM_KEY, Gateway, QuotaServer, sdk_client
 
 
 @pytest.fixture
@@ -41,7 +43,8 @@ def start_quota(tmp_path: Path) -> Iterator[Callable[..., QuotaServer]]:
                 f"{verify.stdout}\n{verify.stderr}"
             )
         log = s.log_text()
-        for secret in s.secrets + [s.env.get("OPENAI_API_KEY") or ""]:
+        upstream_keys = [s.env.get(k) or "" for k in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")]
+        for secret in s.secrets + upstream_keys:
             if secret and secret in log:
                 problems.append(f"a secret ({secret[:12]}…) appears in the log {s.log_path}")
     if problems:
@@ -86,3 +89,32 @@ def start_proxy(start_quota, fake_upstream) -> Callable[..., Gateway]:
 @pytest.fixture
 def proxy(start_proxy) -> Gateway:
     return start_proxy()
+
+
+@pytest.fixture
+def fake_anthropic() -> Iterator[FakeAnthropic]:
+    fake = FakeAnthropic()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def fake_gemini() -> Iterator[FakeGemini]:
+    fake = FakeGemini()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def providers(start_quota, fake_anthropic, fake_gemini) -> Gateway:
+    """A gateway whose Anthropic and Google upstreams are the fakes, with an account and a
+    `developer` key (its `client` is the OpenAI SDK)."""
+    server = start_quota(
+        QUOTA_ANTHROPIC_BASE_URL=fake_anthropic.base_url,
+        ANTHROPIC_API_KEY=ANTHROPIC_UPSTREAM_KEY,
+        QUOTA_GOOGLE_BASE_URL=fake_gemini.base_url,
+        GEMINI_API_KEY=GEMINI_UPSTREAM_KEY,
+    )
+    account = server.register()
+    key = account.create_key("developer")
+    return Gateway(server, account, key, sdk_client(server, key))

@@ -102,8 +102,11 @@ class Recorded:
 
 
 class FakeOpenAI:
-    def __init__(self) -> None:
-        self.default = Reply()
+    """The OpenAI fake; also the base of the Anthropic and Gemini fakes, which bring their own
+    request handler (a subclass of ``_Handler``) and reply type."""
+
+    def __init__(self, handler: type | None = None, default: Any = None) -> None:
+        self.default = default if default is not None else Reply()
         self._script: collections.deque[Reply] = collections.deque()
         self._requests: list[Recorded] = []
         self._cond = threading.Condition()
@@ -111,7 +114,7 @@ class FakeOpenAI:
         self._completion_seq = 0
         fake = self
 
-        class Handler(_Handler):
+        class Handler(handler or _Handler):
             owner = fake
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -133,12 +136,12 @@ class FakeOpenAI:
         """Script the next requests' replies, in order."""
         with self._cond:
             for r in replies:
-                for gate in (r.hold_headers, r.resume):
+                for gate in (getattr(r, "hold_headers", None), getattr(r, "resume", None)):
                     if gate is not None:
                         self._gates.append(gate)
                 self._script.append(r)
 
-    def _next_reply(self) -> Reply:
+    def _next_reply(self) -> Any:
         with self._cond:
             return self._script.popleft() if self._script else self.default
 

@@ -9,6 +9,7 @@ at teardown it is stopped (SIGTERM, then SIGKILL if it lingers), ``quota ledger 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -39,17 +40,30 @@ UPSTREAM_KEY = "sk-proj-UPSTREAMsecret0123456789abcdefXYZ"
 
 LISTENING = re.compile(r"Quota listening on (http://127\.0\.0\.1:\d+)")
 
-# Catalog prices of gpt-4o-mini, credits per 1M tokens (SPEC §4.1; OpenAI's list prices).
-PRICES = {"gpt-4o-mini": {"input": 150_000, "cached": 75_000, "output": 600_000}}
+# The upstream keys given to gateways that proxy to the Anthropic and Gemini fakes.
+ANTHROPIC_UPSTREAM_KEY = "sk-ant-api03-UPSTREAMsecret0123456789abcdef"
+GEMINI_UPSTREAM_KEY = "AIzaSyUPSTREAMsecret0123456789abcdefXYZ"
+
+# Catalog prices, credits per 1M tokens (SPEC §4.1; the providers' list prices).
+PRICES = {
+    "gpt-4o-mini": {"input": 150_000, "cached": 75_000, "cache_write": 0, "output": 600_000},
+    "anthropic/claude-sonnet-4.5": {"input": 3_000_000, "cached": 300_000, "cache_write": 3_750_000, "output": 15_000_000},
+    "anthropic/claude-haiku-4.5": {"input": 1_000_000, "cached": 100_000, "cache_write": 1_250_000, "output": 5_000_000},
+    "google/gemini-2.5-flash": {"input": 300_000, "cached": 75_000, "cache_write": 0, "output": 2_500_000},
+}
 
 
-def cost(model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> int:
-    """SPEC §4.1: ceil((in × p_in + cached × p_cached + out × p_out) / 1e6), ``in`` excluding
-    cached tokens; reasoning tokens are inside OpenAI's ``completion_tokens`` already."""
+def cost(
+    model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0
+) -> int:
+    """SPEC §4.1: ceil((in × p_in + cached × p_cached + write × p_write + out × p_out) / 1e6), where
+    ``prompt_tokens`` counts every prompt token (as OpenAI's does) and ``in`` excludes the cached
+    and cache-write ones; ``completion_tokens`` includes reasoning/thinking tokens."""
     p = PRICES[model]
     numerator = (
-        (prompt_tokens - cached_tokens) * p["input"]
+        (prompt_tokens - cached_tokens - cache_write_tokens) * p["input"]
         + cached_tokens * p["cached"]
+        + cache_write_tokens * p["cache_write"]
         + completion_tokens * p["output"]
     )
     return -(-numerator // 1_000_000)
@@ -279,6 +293,31 @@ def sdk_client(server: QuotaServer, key: str, **kwargs) -> openai.OpenAI:
 # --- assertions about money ---------------------------------------------------------------------
 
 
+def sse_events(response: httpx.Response) -> list[tuple[str | None, str]]:
+    """(event name, data) of each Server-Sent Event of a body, in order."""
+    events, name, data = [], None, []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                events.append((name, "\n".join(data)))
+            name, data = None, []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        events.append((name, "\n".join(data)))
+    return events
+
+
+def post_sse(gw: Gateway, path: str, headers: dict[str, str], body: dict) -> list[tuple[str | None, str]]:
+    """POST `body` to the gateway and read the streamed answer's events (see `sse_events`)."""
+    with httpx.Client(base_url=gw.server.url, timeout=HTTP_TIMEOUT_SECS) as h:
+        with h.stream("POST", path, headers=headers, json=body) as r:
+            assert r.status_code == 200, r.read()
+            return sse_events(r)
+
+
 def quota_of(obj) -> dict:
     """The `quota` object (SPEC §3.5) of an SDK response or stream chunk (an extra field)."""
     extra = obj.model_extra or {}
@@ -316,6 +355,17 @@ def assert_not_charged(gw: Gateway, before: int, transfers_before: int, request_
     assert gw.balance() == before
     assert len(gw.server.transfers()) == transfers_before
     assert gw.server.transfers(cause=request_id) == []
+
+
+@contextlib.contextmanager
+def refused_without_charge(gw: Gateway, error_type: type[BaseException]):
+    """Expect the block to raise `error_type` (any SDK's error carrying the HTTP `response`), and
+    nothing to be charged for it: ``with refused_without_charge(gw, SomeError) as info: …``."""
+    before = gw.balance()
+    transfers_before = len(gw.server.transfers())
+    with pytest.raises(error_type) as info:
+        yield info
+    assert_not_charged(gw, before, transfers_before, info.value.response.headers["x-request-id"])
 
 
 def read_sse(response: httpx.Response) -> list[str]:

@@ -1,12 +1,18 @@
 //! Provider adapters (DESIGN §2): each one turns an OpenAI-shaped chat request into a call to its
 //! upstream (or, for the sandbox, into a synthetic answer) and gives back either a complete body
 //! or a stream of client-ready SSE events, with a [`Meter`] that knows the usage at any moment.
+//! The Anthropic and Google adapters (and the sandbox) also serve their provider's native route
+//! ([`NativeProvider`]): the request in the provider's own shape, the answer unchanged.
 //!
 //! Adapters do not know about money, credentials of Quota's callers, or HTTP status codes of
 //! Quota's own API: the gateway's phases (admit, limit, reserve, settle, record) live in the
 //! server crate. What an adapter owns: translation, the upstream call, SSE framing, usage
 //! extraction, and the provider's errors mapped to [`UpstreamError`].
 
+pub mod anthropic;
+pub mod google;
+pub mod http;
+pub mod json;
 pub mod meter;
 pub mod openai;
 pub mod sandbox;
@@ -36,6 +42,10 @@ pub enum UpstreamError {
     /// The provider has no API key configured.
     #[error("the provider {0} is not configured on this gateway")]
     NotConfigured(&'static str),
+    /// The request cannot be expressed in the provider's API (found while translating it,
+    /// before any call): the client's mistake, a 400.
+    #[error("{0}")]
+    InvalidRequest(String),
 }
 
 /// Failures the sandbox can be told to imitate (`X-Quota-Sandbox-Fault`, SPEC §4.4).
@@ -72,9 +82,11 @@ pub struct ChatCall<'a> {
     pub fault: Option<Fault>,
 }
 
-/// A successful answer in the client's shape.
+/// A successful answer in the client's shape (the route's: OpenAI on `/v1/chat/completions`,
+/// the provider's own on its native route).
 pub enum ChatResponse {
-    /// A complete `chat.completion` JSON body and its metered usage.
+    /// A complete JSON body (`chat.completion`, Anthropic `message`, Gemini
+    /// `GenerateContentResponse`) and its metered usage.
     Complete { body: Bytes, usage: Usage },
     /// SSE events ready for the client, without the upstream's usage chunk and `[DONE]`: the
     /// gateway appends its own final chunk (usage + `quota`) and `[DONE]` after settling.
@@ -90,6 +102,30 @@ pub trait ChatProvider: Send + Sync {
 
     /// Send the request and return the answer or a mapped upstream failure.
     async fn chat(&self, call: ChatCall<'_>) -> Result<ChatResponse, UpstreamError>;
+}
+
+/// One call on a provider's native route (`/v1/messages`, `…:generateContent`): the request in
+/// that provider's own shape `R`, forwarded rather than translated.
+pub struct NativeCall<'a, R> {
+    pub model: &'a Arc<Model>,
+    /// The parsed request (validated by its `parse`).
+    pub request: &'a R,
+    /// The client's raw JSON body, from which the adapter forwards the allowed fields.
+    pub raw: &'a Bytes,
+    /// The API version the client asked for, passed through (Anthropic's `anthropic-version`).
+    pub version: Option<&'a str>,
+    pub fault: Option<Fault>,
+}
+
+/// An upstream that answers requests in its own native shape `R` (Anthropic Messages, Gemini
+/// `generateContent`), streamed or not; the sandbox answers every shape.
+#[async_trait::async_trait]
+pub trait NativeProvider<R: Sync + 'static>: Send + Sync {
+    /// The most prompt tokens this request can be billed for (as [`ChatProvider::prompt_tokens_max`]).
+    fn prompt_tokens_max(&self, call: &NativeCall<'_, R>) -> u64;
+
+    /// Send the request and return the provider's answer or a mapped upstream failure.
+    async fn call(&self, call: NativeCall<'_, R>) -> Result<ChatResponse, UpstreamError>;
 }
 
 /// Remove anything that looks like a credential from a provider's message before it reaches a

@@ -1,7 +1,10 @@
 //! The usage accumulator (DESIGN §1, phase *meter*): watches a response as it is forwarded and
 //! can say what was used at any moment — including after the client went away mid-stream, when
-//! the upstream's own usage may never arrive (SPEC §4.3.5).
+//! the upstream's own usage may never arrive (SPEC §4.3.5). It also carries what the gateway's
+//! final event needs from the stream: its identity, and (Gemini) the final event held back so
+//! the `quota` object can be added to it.
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use quota_core::tokens::count_tokens;
 use quota_core::Usage;
@@ -10,6 +13,11 @@ use quota_core::Usage;
 struct MeterState {
     /// Usage the upstream reported (authoritative when present).
     reported: Option<Usage>,
+    /// The prompt side of the usage (input, cached, cache-write tokens), when the upstream
+    /// reported it before the output was known (Anthropic's `message_start`, Gemini's chunks).
+    reported_prompt: Option<Usage>,
+    /// The last upstream event, held back so the gateway can add `quota` to it.
+    held_final: Option<Bytes>,
     /// Output tokens counted from the text forwarded so far.
     counted_output: u64,
     /// Content chunks forwarded (each is at least one token).
@@ -36,6 +44,22 @@ impl Meter {
 
     pub fn report_usage(&self, usage: Usage) {
         self.state.lock().reported = Some(usage);
+    }
+
+    /// The prompt side of the usage, known before the output is (its output count is ignored).
+    pub fn report_prompt(&self, usage: Usage) {
+        self.state.lock().reported_prompt = Some(Usage { output_tokens: 0, ..usage });
+    }
+
+    /// Hold `event` back as the stream's final event; returns the one held before, which is no
+    /// longer final and must be sent now.
+    pub fn hold_final_event(&self, event: Bytes) -> Option<Bytes> {
+        self.state.lock().held_final.replace(event)
+    }
+
+    /// The held-back final event, if any (taken: it is sent once).
+    pub fn take_final_event(&self) -> Option<Bytes> {
+        self.state.lock().held_final.take()
     }
 
     /// Output text forwarded to the client (content, tool-call arguments, refusal).
@@ -67,14 +91,15 @@ impl Meter {
         self.state.lock().reported
     }
 
-    /// What to charge now: the upstream's report if it came, else the prompt estimate plus the
-    /// output counted from forwarded chunks (at least one token per content chunk).
+    /// What to charge now: the upstream's report if it came, else its prompt-side report (or the
+    /// prompt estimate) plus the output counted from forwarded chunks (at least one token per
+    /// content chunk).
     pub fn usage(&self) -> Usage {
         let st = self.state.lock();
-        st.reported.unwrap_or(Usage {
-            input_tokens: self.prompt_estimate,
-            output_tokens: st.counted_output.max(st.content_chunks),
-            ..Default::default()
+        let output_tokens = st.counted_output.max(st.content_chunks);
+        st.reported.unwrap_or(match st.reported_prompt {
+            Some(prompt) => Usage { output_tokens, ..prompt },
+            None => Usage { input_tokens: self.prompt_estimate, output_tokens, ..Default::default() },
         })
     }
 
@@ -98,5 +123,23 @@ mod tests {
         let reported = Usage { input_tokens: 10, cached_tokens: 2, output_tokens: 3, ..Default::default() };
         m.report_usage(reported);
         assert_eq!(m.usage(), reported);
+    }
+
+    #[test]
+    fn a_prompt_side_report_replaces_the_estimate_but_not_the_counted_output() {
+        let m = Meter::new(12);
+        m.report_prompt(Usage { input_tokens: 3, cached_tokens: 100, cache_write_tokens: 7, output_tokens: 1 });
+        m.count_output("Hello world again");
+        assert_eq!(m.usage(), Usage { input_tokens: 3, cached_tokens: 100, cache_write_tokens: 7, output_tokens: 3 });
+        assert!(m.reported().is_none(), "a prompt-side report alone does not say the stream produced anything");
+    }
+
+    #[test]
+    fn a_held_final_event_is_replaced_and_taken_once() {
+        let m = Meter::new(0);
+        assert!(m.hold_final_event(Bytes::from_static(b"a")).is_none());
+        assert_eq!(m.hold_final_event(Bytes::from_static(b"b")).as_deref(), Some(&b"a"[..]));
+        assert_eq!(m.take_final_event().as_deref(), Some(&b"b"[..]));
+        assert!(m.take_final_event().is_none());
     }
 }

@@ -1,7 +1,15 @@
-//! Server-Sent Events framing: split an upstream byte stream into whole events as they complete,
-//! without waiting for more than the current event.
+//! Server-Sent Events: split an upstream byte stream into whole events as they complete, without
+//! waiting for more than the current event, and drive an adapter's per-event translation
+//! ([`event_stream`]): each upstream event becomes zero or more client events at once, so no
+//! stream is ever buffered.
 
+use crate::{Meter, UpstreamError};
 use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::time::Instant;
 
 /// Accumulates bytes and yields complete events (each ending in a blank line).
 #[derive(Default)]
@@ -63,6 +71,111 @@ pub fn parse_event(event: &[u8]) -> (Option<&str>, String) {
         }
     }
     (name, data)
+}
+
+/// What an adapter does with each complete upstream event: record usage in the meter, and say
+/// what the client gets for it.
+pub trait EventTranslator: Send + 'static {
+    /// The client's bytes for this upstream event (`None`: nothing now), or the stream's failure.
+    /// Calls [`Meter::mark_finished`] when the upstream's own end-of-stream marker passes.
+    fn event(&mut self, event: Bytes, meter: &Meter) -> Result<Option<Bytes>, UpstreamError>;
+}
+
+/// Turn an upstream SSE byte stream into client events with `translator`, one upstream event at
+/// a time, as each completes. The stream fails if the upstream breaks, exceeds `deadline`, or
+/// closes before the translator marked the meter finished. An event the translator held back in
+/// the meter ([`Meter::hold_final_event`]) is sent before such a failure.
+pub fn event_stream<T: EventTranslator>(
+    upstream: impl futures::Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
+    meter: Arc<Meter>,
+    deadline: Instant,
+    translator: T,
+) -> BoxStream<'static, Result<Bytes, UpstreamError>> {
+    struct St<S, T> {
+        upstream: std::pin::Pin<Box<S>>,
+        splitter: SseSplitter,
+        pending: VecDeque<Bytes>,
+        meter: Arc<Meter>,
+        translator: T,
+        upstream_done: bool,
+        /// Sent after the held-back final event, then the stream ends.
+        error: Option<UpstreamError>,
+        done: bool,
+    }
+    type Step<S, T> = Option<(Result<Bytes, UpstreamError>, St<S, T>)>;
+    fn fail<S, T>(mut st: St<S, T>, e: UpstreamError) -> Step<S, T> {
+        st.done = true;
+        st.pending.clear();
+        match st.meter.take_final_event() {
+            Some(held) => {
+                st.error = Some(e);
+                Some((Ok(held), st))
+            }
+            None => Some((Err(e), st)),
+        }
+    }
+    let state = St {
+        upstream: Box::pin(upstream),
+        splitter: SseSplitter::default(),
+        pending: VecDeque::new(),
+        meter,
+        translator,
+        upstream_done: false,
+        error: None,
+        done: false,
+    };
+    futures::stream::unfold(state, move |mut st| async move {
+        loop {
+            if let Some(e) = st.error.take() {
+                return Some((Err(e), st));
+            }
+            if st.done {
+                return None;
+            }
+            if let Some(event) = st.pending.pop_front() {
+                match st.translator.event(event, &st.meter) {
+                    Ok(Some(out)) => return Some((Ok(out), st)),
+                    Ok(None) => continue,
+                    Err(e) => return fail(st, e),
+                }
+            }
+            if st.upstream_done {
+                if !st.meter.finished() {
+                    return fail(st, UpstreamError::Transport("the provider closed the stream early".into()));
+                }
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, st.upstream.next()).await {
+                Err(_) => return fail(st, UpstreamError::Timeout),
+                Ok(None) => {
+                    st.upstream_done = true;
+                    if let Some(rest) = st.splitter.finish() {
+                        st.pending.push_back(rest);
+                    }
+                }
+                Ok(Some(Err(e))) => return fail(st, e),
+                Ok(Some(Ok(bytes))) => match st.splitter.push(&bytes) {
+                    Ok(events) => st.pending.extend(events),
+                    Err(m) => return fail(st, UpstreamError::Transport(m)),
+                },
+            }
+        }
+    })
+    .boxed()
+}
+
+/// One SSE event: `event: name` (if any) and the data, each line prefixed.
+pub fn frame(name: Option<&str>, data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 32);
+    if let Some(n) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(n.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 #[cfg(test)]

@@ -8,9 +8,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
 use axum::Router;
 use quota_core::{Catalog, Model, Provider};
-use quota_providers::openai::{OpenAiAdapter, OpenAiConfig};
+use quota_providers::anthropic::{AnthropicAdapter, MessagesRequest};
+use quota_providers::google::{GenerateRequest, GoogleAdapter};
+use quota_providers::http::UpstreamConfig;
+use quota_providers::openai::OpenAiAdapter;
 use quota_providers::sandbox::Sandbox;
-use quota_providers::{ChatCall, ChatProvider, ChatResponse, UpstreamError};
+use quota_providers::{ChatProvider, NativeProvider};
 use quota_store::{Ledger, LedgerConfig, Store, StoreConfig};
 use std::sync::Arc;
 
@@ -25,26 +28,13 @@ pub struct AppState {
     pub oauth: crate::oauth::OAuthState,
     /// Time for expiry and refill decisions (tests move it).
     pub clock: Arc<crate::clock::Clock>,
-    openai: Arc<dyn ChatProvider>,
-    anthropic: Arc<dyn ChatProvider>,
-    google: Arc<dyn ChatProvider>,
-    sandbox: Arc<dyn ChatProvider>,
+    openai: Arc<OpenAiAdapter>,
+    anthropic: Arc<AnthropicAdapter>,
+    google: Arc<GoogleAdapter>,
+    sandbox: Arc<Sandbox>,
 }
 
 pub type SharedState = Arc<AppState>;
-
-/// A provider this build cannot reach: every call is 503 `provider_unavailable`.
-struct Unavailable(&'static str);
-
-#[async_trait::async_trait]
-impl ChatProvider for Unavailable {
-    fn prompt_tokens_max(&self, call: &ChatCall<'_>) -> u64 {
-        quota_core::tokens::prompt_upper_bound(call.raw)
-    }
-    async fn chat(&self, _call: ChatCall<'_>) -> Result<ChatResponse, UpstreamError> {
-        Err(UpstreamError::NotConfigured(self.0))
-    }
-}
 
 impl AppState {
     /// Open the database (migrating it), start the ledger, build the adapters.
@@ -72,30 +62,32 @@ impl AppState {
             let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("catalog_path {path}: {e}"))?;
             catalog.merge(Catalog::from_toml(&text).map_err(anyhow::Error::msg)?);
         }
-        let openai = OpenAiAdapter::new(OpenAiConfig {
-            base_url: config.openai_base_url.clone(),
-            api_key: config.openai_api_key.clone(),
+        let upstream = |base_url: &str, api_key: &Option<String>| UpstreamConfig {
+            base_url: base_url.to_string(),
+            api_key: api_key.clone(),
             first_byte_timeout: config.upstream_first_byte_timeout(),
             total_timeout: config.upstream_timeout(),
-        })
-        .map_err(anyhow::Error::msg)?;
+        };
+        let openai = OpenAiAdapter::new(upstream(&config.openai_base_url, &config.openai_api_key));
+        let anthropic = AnthropicAdapter::new(upstream(&config.anthropic_base_url, &config.anthropic_api_key));
+        let google = GoogleAdapter::new(upstream(&config.google_base_url, &config.gemini_api_key));
         let limiter = match &config.redis_url {
             Some(url) => crate::limit::RateLimiter::with_redis(url, clock.clone()).map_err(anyhow::Error::msg)?,
             None => crate::limit::RateLimiter::local(clock.clone()),
         };
         Ok(Arc::new(AppState {
             limiter,
+            oauth: crate::oauth::OAuthState::default(),
+            clock,
+            openai: Arc::new(openai.map_err(anyhow::Error::msg)?),
+            anthropic: Arc::new(anthropic.map_err(anyhow::Error::msg)?),
+            google: Arc::new(google.map_err(anyhow::Error::msg)?),
+            sandbox: Arc::new(Sandbox),
             config,
             store,
             ledger,
             catalog,
             keys: KeyCache::default(),
-            oauth: crate::oauth::OAuthState::default(),
-            clock,
-            openai: Arc::new(openai),
-            anthropic: Arc::new(Unavailable("anthropic")),
-            google: Arc::new(Unavailable("google")),
-            sandbox: Arc::new(Sandbox),
         }))
     }
 
@@ -108,6 +100,24 @@ impl AppState {
             Provider::Openai => self.openai.clone(),
             Provider::Anthropic => self.anthropic.clone(),
             Provider::Google => self.google.clone(),
+        }
+    }
+
+    /// The adapter behind `POST /v1/messages`: Anthropic, or the sandbox.
+    pub fn messages_provider(&self, sandbox: bool) -> Arc<dyn NativeProvider<MessagesRequest>> {
+        if sandbox {
+            self.sandbox.clone()
+        } else {
+            self.anthropic.clone()
+        }
+    }
+
+    /// The adapter behind `POST /v1beta/models/{model}:generateContent`: Google, or the sandbox.
+    pub fn gemini_provider(&self, sandbox: bool) -> Arc<dyn NativeProvider<GenerateRequest>> {
+        if sandbox {
+            self.sandbox.clone()
+        } else {
+            self.google.clone()
         }
     }
 }
@@ -130,6 +140,10 @@ pub fn build_router(state: SharedState) -> Router {
         .route("/v1/balance", get(routes::v1::balance))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .merge(routes::user_billing_router())
+        .route("/v1/messages", post(routes::messages::messages))
+        // Gemini's API version is v1beta; the Google GenAI SDK's default is v1: both work.
+        .route("/v1beta/models/{*model_action}", post(routes::gemini::generate_content))
+        .route("/v1/models/{*model_action}", post(routes::gemini::generate_content))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -120,6 +120,7 @@ impl From<UpstreamError> for ApiError {
                 format!("the {p} provider is not configured on this gateway"),
             )
             .with_hint("set its API key in the gateway's configuration, or use a sandbox (test) key"),
+            UpstreamError::InvalidRequest(m) => ApiError::bad_request(m),
         }
     }
 }

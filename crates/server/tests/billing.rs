@@ -398,7 +398,7 @@ async fn a_key_whose_charged_response_was_lost_in_a_crash_is_refused_not_charged
     let (user, _, key) = s.developer("test").await;
     let body = serde_json::to_vec(&simple_chat("hi", 10)).unwrap();
     let scope = format!("{user}:-:test");
-    let hash = hex::encode(sha2::Sha256::digest(&body));
+    let hash = quota_server::gateway::idempotency::request_hash(&[b"/v1/chat/completions", &body]);
     let stale = quota_store::now_ms() - 3600 * 1000;
     // What a crash between the charge and the stored response leaves behind: an unfinished
     // claim, older than every timeout, and the charge under the key's derived transfer id.

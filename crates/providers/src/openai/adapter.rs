@@ -3,88 +3,30 @@
 //! the stream's usage chunk, errors mapped per SPEC §3.6.
 
 use super::wire::{forward_body, ChunkPeek, CompletionPeek};
-use crate::sse::{parse_event, SseSplitter};
+use crate::http::{Upstream, UpstreamConfig};
+use crate::sse::{event_stream, parse_event, EventTranslator};
 use crate::{scrub_credentials, ChatCall, ChatProvider, ChatResponse, Meter, UpstreamError};
 use bytes::Bytes;
-use futures::StreamExt;
 use quota_core::tokens::prompt_upper_bound;
 use quota_core::Usage;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::time::Instant;
 
-#[derive(Debug, Clone)]
-pub struct OpenAiConfig {
-    /// Base URL including `/v1` (`https://api.openai.com/v1`).
-    pub base_url: String,
-    /// `None`: the provider is not configured (503 `provider_unavailable`).
-    pub api_key: Option<String>,
-    pub first_byte_timeout: Duration,
-    pub total_timeout: Duration,
-}
+/// The OpenAI adapter's configuration: the base URL includes `/v1` (`https://api.openai.com/v1`).
+pub type OpenAiConfig = UpstreamConfig;
 
 /// The OpenAI adapter. Cheap to share: one connection pool for all requests.
 pub struct OpenAiAdapter {
-    client: reqwest::Client,
+    upstream: Upstream,
     url: String,
-    config: OpenAiConfig,
 }
-
-/// Largest error body read from a provider.
-const ERROR_BODY_MAX_BYTES: usize = 64 * 1024;
 
 impl OpenAiAdapter {
     pub fn new(config: OpenAiConfig) -> Result<OpenAiAdapter, String> {
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .connect_timeout(config.first_byte_timeout.min(Duration::from_secs(30)))
-            .build()
-            .map_err(|e| format!("http client: {e}"))?;
-        let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
-        Ok(OpenAiAdapter { client, url, config })
+        let upstream = Upstream::new("openai", config)?;
+        let url = upstream.url("/chat/completions");
+        Ok(OpenAiAdapter { upstream, url })
     }
-
-    fn scrub(&self, message: &str) -> String {
-        let keys: Vec<&str> = self.config.api_key.as_deref().into_iter().collect();
-        scrub_credentials(message, &keys)
-    }
-
-    async fn error_from(&self, resp: reqwest::Response, deadline: Instant) -> UpstreamError {
-        let status = resp.status().as_u16();
-        let body = read_limited(resp, deadline, ERROR_BODY_MAX_BYTES).await.unwrap_or_default();
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
-        let message = self.scrub(&message);
-        if status == 429 {
-            UpstreamError::RateLimited(message)
-        } else {
-            UpstreamError::Status { status, message }
-        }
-    }
-}
-
-async fn read_limited(resp: reqwest::Response, deadline: Instant, max: usize) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, stream.next()).await {
-        out.extend_from_slice(&chunk[..chunk.len().min(max - out.len())]);
-        if out.len() >= max {
-            break;
-        }
-    }
-    Some(out)
-}
-
-fn transport(e: reqwest::Error) -> UpstreamError {
-    if e.is_timeout() {
-        return UpstreamError::Timeout;
-    }
-    // reqwest's messages name the URL (never a key); keep them short.
-    UpstreamError::Transport(e.without_url().to_string())
 }
 
 #[async_trait::async_trait]
@@ -94,44 +36,23 @@ impl ChatProvider for OpenAiAdapter {
     }
 
     async fn chat(&self, call: ChatCall<'_>) -> Result<ChatResponse, UpstreamError> {
-        let Some(key) = &self.config.api_key else {
-            return Err(UpstreamError::NotConfigured("openai"));
-        };
+        let key = self.upstream.key()?;
         let stream = call.request.stream();
         let body = forward_body(call.raw, &call.model.upstream_id, stream)
             .map_err(|m| UpstreamError::Status { status: 400, message: m })?;
-        let start = Instant::now();
-        let deadline = start + self.config.total_timeout;
-        let send = self
-            .client
-            .post(&self.url)
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .header("accept", if stream { "text/event-stream" } else { "application/json" })
-            .body(body)
-            .send();
-        let resp = match tokio::time::timeout(self.config.first_byte_timeout, send).await {
-            Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Err(e)) => return Err(transport(e)),
-            Ok(Ok(r)) => r,
-        };
-        if !resp.status().is_success() {
-            return Err(self.error_from(resp, deadline).await);
-        }
+        let authorization = format!("Bearer {key}");
+        let answer = self.upstream.post_json(&self.url, &[("authorization", &authorization)], body, stream).await?;
         // Charged only if the upstream never reports usage (a stream cut short): a fair count of
         // the request, not the reservation's upper bound.
         let prompt_estimate = estimate_prompt_tokens(call.raw).min(call.model.context_window);
         if !stream {
-            let body = match tokio::time::timeout_at(deadline, resp.bytes()).await {
-                Err(_) => return Err(UpstreamError::Timeout),
-                Ok(Err(e)) => return Err(transport(e)),
-                Ok(Ok(b)) => b,
-            };
+            let body = answer.body().await?;
             let usage = usage_of_completion(&body, prompt_estimate)?;
             return Ok(ChatResponse::Complete { body, usage });
         }
         let meter = Arc::new(Meter::new(prompt_estimate));
-        let events = openai_event_stream(resp.bytes_stream().map(|r| r.map_err(transport)), meter.clone(), deadline);
+        let (bytes, deadline) = answer.byte_stream();
+        let events = openai_event_stream(bytes, meter.clone(), deadline);
         Ok(ChatResponse::Stream { events, meter })
     }
 }
@@ -165,70 +86,16 @@ pub fn openai_event_stream(
     meter: Arc<Meter>,
     deadline: Instant,
 ) -> futures::stream::BoxStream<'static, Result<Bytes, UpstreamError>> {
-    struct St<S> {
-        upstream: std::pin::Pin<Box<S>>,
-        splitter: SseSplitter,
-        pending: std::collections::VecDeque<Bytes>,
-        meter: Arc<Meter>,
-        done: bool,
+    event_stream(upstream, meter, deadline, OpenAiChunks)
+}
+
+/// Forwards OpenAI chunks unchanged (see [`inspect_chunk`]).
+struct OpenAiChunks;
+
+impl EventTranslator for OpenAiChunks {
+    fn event(&mut self, event: Bytes, meter: &Meter) -> Result<Option<Bytes>, UpstreamError> {
+        Ok(inspect_chunk(&event, meter)?.then_some(event))
     }
-    let state = St {
-        upstream: Box::pin(upstream),
-        splitter: SseSplitter::default(),
-        pending: Default::default(),
-        meter,
-        done: false,
-    };
-    futures::stream::unfold(state, move |mut st| async move {
-        loop {
-            if let Some(event) = st.pending.pop_front() {
-                match inspect_chunk(&event, &st.meter) {
-                    Ok(true) => return Some((Ok(event), st)),
-                    Ok(false) => continue,
-                    Err(e) => {
-                        st.done = true;
-                        st.pending.clear();
-                        return Some((Err(e), st));
-                    }
-                }
-            }
-            if st.done {
-                return None;
-            }
-            match tokio::time::timeout_at(deadline, st.upstream.next()).await {
-                Err(_) => {
-                    st.done = true;
-                    return Some((Err(UpstreamError::Timeout), st));
-                }
-                Ok(None) => {
-                    st.done = true;
-                    if let Some(rest) = st.splitter.finish() {
-                        st.pending.push_back(rest);
-                        continue;
-                    }
-                    if !st.meter.finished() {
-                        return Some((
-                            Err(UpstreamError::Transport("the provider closed the stream early".into())),
-                            st,
-                        ));
-                    }
-                    return None;
-                }
-                Ok(Some(Err(e))) => {
-                    st.done = true;
-                    return Some((Err(e), st));
-                }
-                Ok(Some(Ok(bytes))) => match st.splitter.push(&bytes) {
-                    Ok(events) => st.pending.extend(events),
-                    Err(m) => {
-                        st.done = true;
-                        return Some((Err(UpstreamError::Transport(m)), st));
-                    }
-                },
-            }
-        }
-    })
-    .boxed()
 }
 
 /// Read one upstream event: record identity, usage and output; say whether to forward it.
@@ -271,6 +138,8 @@ fn inspect_chunk(event: &[u8], meter: &Meter) -> Result<bool, UpstreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
+    use std::time::Duration;
 
     fn run(chunks: Vec<&'static str>) -> (Vec<Result<Bytes, UpstreamError>>, Arc<Meter>) {
         let meter = Arc::new(Meter::new(7));

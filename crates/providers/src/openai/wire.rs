@@ -2,7 +2,7 @@
 
 use quota_core::Usage;
 use serde::Deserialize;
-use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// Fields forwarded upstream (SPEC §3.1). Everything else a client sends is ignored, so no field
@@ -184,23 +184,8 @@ pub fn describe_json_error(e: &serde_json::Error) -> String {
 /// The upstream body: the forwarded fields as the client wrote them, the upstream model id, and
 /// for streams `stream_options.include_usage` forced on (SPEC §3.1).
 pub fn forward_body(raw: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, String> {
-    let fields: BTreeMap<String, &RawValue> = serde_json::from_slice(raw).map_err(|e| describe_json_error(&e))?;
-    let mut out = Vec::with_capacity(raw.len() + 64);
-    out.extend_from_slice(b"{\"model\":");
-    serde_json::to_writer(&mut out, upstream_model).map_err(|e| e.to_string())?;
-    for name in FORWARDED_FIELDS {
-        if let Some(value) = fields.get(*name) {
-            out.push(b',');
-            serde_json::to_writer(&mut out, name).map_err(|e| e.to_string())?;
-            out.push(b':');
-            out.extend_from_slice(value.get().as_bytes());
-        }
-    }
-    if stream {
-        out.extend_from_slice(b",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
-    }
-    out.push(b'}');
-    Ok(out)
+    let tail: &[u8] = if stream { b",\"stream\":true,\"stream_options\":{\"include_usage\":true}" } else { b"" };
+    crate::json::forward_fields(raw, Some(upstream_model), FORWARDED_FIELDS, tail)
 }
 
 /// OpenAI's `usage` object.
@@ -301,23 +286,33 @@ impl DeltaPeek {
     }
 }
 
-/// Add `"quota": <object>` to a JSON object body, without re-serializing the rest.
-pub fn splice_quota(body: &[u8], quota_json: &[u8]) -> Option<Vec<u8>> {
-    let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
-    if body[end] != b'}' {
-        return None;
-    }
-    let inner_empty = body[..end].iter().rposition(|b| !b.is_ascii_whitespace()).map(|i| body[i] == b'{')?;
-    let mut out = Vec::with_capacity(body.len() + quota_json.len() + 12);
-    out.extend_from_slice(&body[..end]);
-    if !inner_empty {
-        out.push(b',');
-    }
-    out.extend_from_slice(b"\"quota\":");
-    out.extend_from_slice(quota_json);
-    out.push(b'}');
-    Some(out)
+/// The URL of an OpenAI `image_url` part (`{"url": …}`, or a bare string).
+pub fn image_url(v: Option<&Value>) -> Option<&str> {
+    let v = v?;
+    v.as_str().or_else(|| v.get("url").and_then(Value::as_str))
 }
+
+/// `data:<media type>;base64,<data>` → (media type, data).
+pub fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?;
+    Some((media_type, data))
+}
+
+/// OpenAI's `usage` object for metered usage (prompt tokens include cache reads and writes, as
+/// OpenAI's do).
+pub fn openai_usage(u: &Usage, reasoning_tokens: Option<u64>) -> Value {
+    let prompt = u.prompt_tokens_total();
+    let mut usage = json!({"prompt_tokens": prompt, "completion_tokens": u.output_tokens,
+        "total_tokens": prompt + u.output_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens}});
+    if let Some(r) = reasoning_tokens {
+        usage["completion_tokens_details"] = json!({"reasoning_tokens": r});
+    }
+    usage
+}
+
+pub use crate::json::splice_quota;
 
 #[cfg(test)]
 mod tests {
@@ -358,12 +353,5 @@ mod tests {
         assert!(ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":0}"#).is_err());
         assert!(ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"whatever":{"a":1}}"#)
             .is_ok());
-    }
-
-    #[test]
-    fn splices_quota_into_objects() {
-        assert_eq!(splice_quota(b"{\"a\":1}\n", b"{}").unwrap(), b"{\"a\":1,\"quota\":{}}");
-        assert_eq!(splice_quota(b"{ }", b"1").unwrap(), b"{ \"quota\":1}");
-        assert!(splice_quota(b"[1]", b"1").is_none());
     }
 }

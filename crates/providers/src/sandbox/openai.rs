@@ -1,20 +1,18 @@
 //! The sandbox in the OpenAI Chat Completions shape: `chat.completion` bodies and
 //! `chat.completion.chunk` streams that the official SDKs accept.
 
-use super::synth::{fnv1a, plan, OfferedTool, Plan, PlannedOutput};
-use super::Sandbox;
+use super::synth::{plan, OfferedTool, Plan, PlannedOutput};
+use super::{
+    disconnected_before_answer, fault_error, now_secs, response_id, synthetic_stream, Sandbox, TOKENS_PER_CONVERSATION,
+    TOKENS_PER_MESSAGE,
+};
 use crate::openai::{ChatRequest, Content};
 use crate::{ChatCall, ChatProvider, ChatResponse, Fault, Meter, UpstreamError};
 use bytes::Bytes;
-use futures::StreamExt;
 use quota_core::tokens::{count_tokens, split_tokens};
-use quota_core::Usage;
+use quota_core::{Provider, Usage};
 use serde_json::json;
 use std::sync::Arc;
-
-/// Tokens of framing per message and per conversation (OpenAI's chat format adds about these).
-const TOKENS_PER_MESSAGE: u64 = 4;
-const TOKENS_PER_CONVERSATION: u64 = 3;
 
 /// The sandbox's exact prompt token count for an OpenAI-shaped request.
 pub fn prompt_tokens(req: &ChatRequest) -> u64 {
@@ -80,20 +78,6 @@ fn plan_for(req: &ChatRequest) -> Plan {
     plan(&seed, &last_user, tool_to_call(req), req.max_output(), req.choices())
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-fn completion_id(req_seed: u64) -> String {
-    format!("chatcmpl-sbx{:016x}{:08x}", req_seed, rand_suffix())
-}
-
-fn rand_suffix() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    COUNTER.fetch_add(1, Ordering::Relaxed)
-}
-
 fn usage_json(prompt: u64, output: u64) -> serde_json::Value {
     json!({
         "prompt_tokens": prompt,
@@ -117,11 +101,7 @@ fn message_json(output: &PlannedOutput) -> serde_json::Value {
 }
 
 fn sse(value: &serde_json::Value) -> Bytes {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"data: ");
-    serde_json::to_writer(&mut out, value).expect("serializing a JSON value cannot fail");
-    out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
+    crate::sse::frame(None, value.to_string().as_bytes())
 }
 
 /// The chunks of a streamed answer, each with the text it carries (for the meter).
@@ -157,17 +137,6 @@ fn stream_chunks(id: &str, created: i64, model: &str, plan: &Plan) -> Vec<(Bytes
     out
 }
 
-fn fault_error(fault: Fault) -> Option<UpstreamError> {
-    match fault {
-        Fault::UpstreamError => {
-            Some(UpstreamError::Status { status: 500, message: "sandbox: simulated provider error".into() })
-        }
-        Fault::RateLimit => Some(UpstreamError::RateLimited("sandbox: simulated provider rate limit".into())),
-        Fault::Timeout => Some(UpstreamError::Timeout),
-        Fault::DisconnectMidStream => None,
-    }
-}
-
 #[async_trait::async_trait]
 impl ChatProvider for Sandbox {
     fn prompt_tokens_max(&self, call: &ChatCall<'_>) -> u64 {
@@ -179,17 +148,25 @@ impl ChatProvider for Sandbox {
             return Err(err);
         }
         let req = call.request;
+        // Refuse what production would refuse when translating for the provider.
+        match call.model.provider {
+            Provider::Anthropic => {
+                crate::anthropic::request_from_openai(req, call.model).map_err(UpstreamError::InvalidRequest)?;
+            }
+            Provider::Google => {
+                crate::google::request_from_openai(req).map_err(UpstreamError::InvalidRequest)?;
+            }
+            Provider::Openai => {}
+        }
         let prompt = prompt_tokens(req);
         let plan = plan_for(req);
         let output_tokens = plan.output_tokens();
-        let id = completion_id(fnv1a(call.raw));
+        let id = response_id("chatcmpl-sbx", call.raw);
         let created = now_secs();
         let model = req.model.as_str();
         if !req.stream() {
             if call.fault == Some(Fault::DisconnectMidStream) {
-                return Err(UpstreamError::Transport(
-                    "sandbox: simulated disconnect before the answer completed".into(),
-                ));
+                return Err(disconnected_before_answer());
             }
             let choices: Vec<serde_json::Value> = plan
                 .outputs
@@ -206,36 +183,9 @@ impl ChatProvider for Sandbox {
         }
         let meter = Arc::new(Meter::new(prompt));
         meter.set_identity(&id, created, model);
-        let mut chunks = stream_chunks(&id, created, model, &plan);
-        let disconnect = call.fault == Some(Fault::DisconnectMidStream);
-        if disconnect {
-            chunks.truncate(chunks.len() / 2);
-        }
+        let chunks = stream_chunks(&id, created, model, &plan);
         let final_usage = Usage { input_tokens: prompt, output_tokens, ..Default::default() };
-        let m = meter.clone();
-        let events = futures::stream::iter(chunks.into_iter().map(Some).chain(std::iter::once(None)))
-            .filter_map(move |item| {
-                let m = m.clone();
-                async move {
-                    match item {
-                        Some((bytes, text)) => {
-                            if let Some(t) = text {
-                                m.count_output(&t);
-                            }
-                            Some(Ok(bytes))
-                        }
-                        None if disconnect => {
-                            Some(Err(UpstreamError::Transport("sandbox: simulated disconnect mid-stream".into())))
-                        }
-                        None => {
-                            m.report_usage(final_usage);
-                            m.mark_finished();
-                            None
-                        }
-                    }
-                }
-            })
-            .boxed();
+        let events = synthetic_stream(chunks, None, meter.clone(), final_usage, call.fault);
         Ok(ChatResponse::Stream { events, meter })
     }
 }
@@ -243,6 +193,7 @@ impl ChatProvider for Sandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use quota_core::Catalog;
 
     fn call_with(body: &str, fault: Option<Fault>) -> (Result<ChatResponse, UpstreamError>, u64) {

@@ -85,7 +85,24 @@ impl Drop for Claim {
     }
 }
 
-pub async fn begin(state: &SharedState, headers: &HeaderMap, scope: String, body: &[u8]) -> Result<Begin, ApiError> {
+/// What a key's request is compared by: SHA-256 over each part, length-prefixed.
+pub fn request_hash(request: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in request {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Claim the request's Idempotency-Key, if it has one. `request` is what identifies the request
+/// (its path and body: the path names the model on Gemini's routes), hashed in order.
+pub async fn begin(
+    state: &SharedState,
+    headers: &HeaderMap,
+    scope: String,
+    request: &[&[u8]],
+) -> Result<Begin, ApiError> {
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(Begin::None);
     };
@@ -100,7 +117,7 @@ pub async fn begin(state: &SharedState, headers: &HeaderMap, scope: String, body
             ))
         })?
         .to_string();
-    let request_hash = hex::encode(Sha256::digest(body));
+    let request_hash = request_hash(request);
     // A claim whose process died before charging may be retaken after every timeout passed.
     let stale_after_ms = (state.config.upstream_timeout_secs as i64 + 120) * 1000;
     match state

@@ -4,22 +4,26 @@
 //! 2. **limit** — [`limit`]: the rate limits that apply, all checked before any counts.
 //! 3. **route** — [`route`]: model id → catalog entry + provider adapter (sandbox for `test`).
 //! 4. **reserve** — [`reserve`]: a ledger hold for the most the request can cost; 402 here.
-//! 5. **forward** — the adapter's `chat`: the upstream call, chunks as they arrive.
+//! 5. **forward** — [`forward::Inference::run`] calls the adapter (`chat`, or `call` on a native
+//!    route): the upstream call, chunks as they arrive. Every inference route goes through it.
 //! 6. **meter** — the adapter's [`quota_providers::Meter`] or the complete body's usage.
 //! 7. **settle** — [`Billing::settle`]: the hold becomes the metered charge, durably.
 //! 8. **record** — the usage record, committed with the charge in the same transaction.
 //!
 //! Streams run phases 6–8 from [`stream::billed_stream`], including when the client leaves.
 
+pub mod forward;
 pub mod idempotency;
 pub mod stream;
 
 use crate::app::SharedState;
 use crate::auth::Principal;
 use crate::error::{internal, ApiError};
+use axum::http::HeaderMap;
 use quota_core::billing::{reservation, Charge};
+use quota_core::Provider;
 use quota_core::{AccountId, BillingMode, Credits, Model, PlatformAccount, Transfer, TransferKind, Usage};
-use quota_providers::ChatProvider;
+use quota_providers::{ChatProvider, Fault};
 use quota_store::ledger::Hold;
 use quota_store::usage::UsageRecord;
 use quota_store::{now_ms, LedgerError, Settlement};
@@ -88,6 +92,29 @@ pub fn route(
     })?;
     let provider = state.chat_provider(model, principal.sandbox());
     Ok((model.clone(), provider))
+}
+
+/// Phase *route* on a provider's native route: the Quota id or the provider's bare id
+/// (`claude-sonnet-4-5`, `gemini-2.5-flash`) of one of that provider's models.
+pub fn route_native(state: &SharedState, provider: Provider, model_id: &str) -> Result<Arc<Model>, ApiError> {
+    state.catalog.get_native(provider, model_id).cloned().ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("model `{model_id}` is not a {provider} model this gateway serves"),
+        )
+        .with_hint("GET /v1/models lists the models this key may use")
+    })
+}
+
+/// `X-Quota-Sandbox-Fault` (SPEC §4.4), read for sandbox principals only (ignored otherwise).
+pub fn sandbox_fault(headers: &HeaderMap, principal: &Principal) -> Result<Option<Fault>, ApiError> {
+    match headers.get("x-quota-sandbox-fault") {
+        Some(v) if principal.sandbox() => {
+            Ok(Some(v.to_str().unwrap_or("").parse::<Fault>().map_err(ApiError::bad_request)?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Phase *reserve*: hold the most this request can cost on the payer's wallet (SPEC §4.3.1–2):

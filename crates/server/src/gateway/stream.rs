@@ -31,6 +31,8 @@ struct Pending {
     hold: Hold,
     billing: Billing,
     meter: Arc<Meter>,
+    /// The route's shape, for an error event if the settlement itself fails.
+    shape: Arc<dyn StreamShape>,
     claim: Option<(Claim, Vec<u8>)>,
 }
 
@@ -39,7 +41,7 @@ impl Pending {
     /// idempotency claim accordingly, with `tail` appended to the stored bytes. Returns the
     /// `quota` object of a charge, if one was made.
     async fn end(self, status: &str, tail: impl FnOnce(Option<&QuotaObject>, &Usage) -> Bytes) -> Bytes {
-        let Pending { hold, billing, meter, claim } = self;
+        let Pending { hold, billing, meter, shape, claim } = self;
         let usage = meter.usage();
         let produced = meter.reported().is_some() || usage.output_tokens > 0;
         let quota = if produced {
@@ -49,7 +51,7 @@ impl Pending {
                     if let Some((c, _)) = claim {
                         c.abandon().await;
                     }
-                    return Bytes::from(format!("data: {}\n\n", e.body_json()));
+                    return shape.error_event(&e);
                 }
             }
         } else {
@@ -99,7 +101,7 @@ pub fn billed_stream(
     shape: Arc<dyn StreamShape>,
     claim: Option<Claim>,
 ) -> BoxStream<'static, Result<Bytes, std::convert::Infallible>> {
-    let pending = Pending { hold, billing, meter, claim: claim.map(|c| (c, Vec::new())) };
+    let pending = Pending { hold, billing, meter, shape: shape.clone(), claim: claim.map(|c| (c, Vec::new())) };
     let state = State { events, guard: SettleOnDrop(Some(pending)), shape, finished: false };
     futures::stream::unfold(state, |mut st| async move {
         if st.finished {

@@ -3,6 +3,7 @@
 //! the test's command (so a test decides exactly when each chunk leaves).
 #![allow(dead_code)]
 
+use super::fake::{async_stream, FakeServer, Scripted};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -10,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -26,54 +26,13 @@ pub enum Script {
     GatedStream { prompt: u64, completion: u64 },
 }
 
-#[derive(Default)]
-pub struct Fake {
-    pub requests: Mutex<Vec<(HeaderMap, Value)>>,
-    pub script: Mutex<Option<Script>>,
-    gate: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
-}
-
-pub struct FakeUpstream {
-    pub base_url: String,
-    pub fake: Arc<Fake>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub type Fake = Scripted<Script, (HeaderMap, Value)>;
+pub type FakeUpstream = FakeServer<Script, (HeaderMap, Value)>;
 
 impl FakeUpstream {
     pub async fn start() -> FakeUpstream {
-        let fake = Arc::new(Fake::default());
-        let app = Router::new().route("/v1/chat/completions", post(handle)).with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        FakeUpstream { base_url: format!("http://{addr}/v1"), fake, task }
-    }
-
-    pub fn script(&self, s: Script) {
-        *self.fake.script.lock() = Some(s);
-    }
-
-    /// A gate for the next `GatedStream`: send `()` to release one chunk, drop to finish.
-    pub fn gate(&self) -> mpsc::UnboundedSender<()> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        *self.fake.gate.lock() = Some(rx);
-        tx
-    }
-
-    pub fn last_request(&self) -> (HeaderMap, Value) {
-        self.fake.requests.lock().last().cloned().expect("the upstream was called")
-    }
-
-    pub fn calls(&self) -> usize {
-        self.fake.requests.lock().len()
+        FakeServer::serve(|fake| Router::new().route("/v1/chat/completions", post(handle)).with_state(fake), "/v1")
+            .await
     }
 }
 
@@ -85,13 +44,8 @@ fn chunk(content: &str) -> Bytes {
 
 async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    fake.requests.lock().push((headers, v.clone()));
-    let script = fake.script.lock().clone().unwrap_or(Script::Complete {
-        prompt: 10,
-        cached: 0,
-        completion: 5,
-        text: "hello".into(),
-    });
+    fake.record((headers, v.clone()));
+    let script = fake.script_or(Script::Complete { prompt: 10, cached: 0, completion: 5, text: "hello".into() });
     let stream = v["stream"] == json!(true);
     let include_usage = v["stream_options"]["include_usage"] == json!(true);
     match script {
@@ -121,7 +75,7 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
             ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
         }
         Script::GatedStream { prompt, completion } => {
-            let mut gate = fake.gate.lock().take().expect("a gate was set");
+            let mut gate = fake.take_gate();
             let s = async_stream(move |tx: mpsc::UnboundedSender<Bytes>| async move {
                 while gate.recv().await.is_some() {
                     if tx.send(chunk("word ")).is_err() {
@@ -136,15 +90,4 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
             ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
         }
     }
-}
-
-/// A body stream fed by a task.
-fn async_stream<F, Fut>(f: F) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>>
-where
-    F: FnOnce(mpsc::UnboundedSender<Bytes>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(f(tx));
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) })
 }

@@ -2,6 +2,9 @@
 //! process for crash tests), a fresh SQLite file per server, and small HTTP helpers.
 #![allow(dead_code)]
 
+pub mod fake;
+pub mod fake_anthropic;
+pub mod fake_gemini;
 pub mod fake_openai;
 pub mod oauth;
 
@@ -193,6 +196,18 @@ impl TestServer {
     }
 }
 
+/// A gateway whose provider `configure` points at `upstream_base_url`, with a developer account
+/// holding a `developer` key: (server, user id, key, balance).
+pub async fn developer_behind(
+    upstream_base_url: String,
+    configure: impl FnOnce(&mut Config, String),
+) -> (TestServer, String, String, i64) {
+    let s = TestServer::start_with(move |c| configure(c, upstream_base_url)).await;
+    let (user, _, key) = s.developer("developer").await;
+    let before = s.balance(&user).await;
+    (s, user, key, before)
+}
+
 /// `{"error": {...}}` of a response, asserting its status.
 pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
     let got = resp.status().as_u16();
@@ -205,6 +220,38 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> V
     v
 }
 
+/// The base cost of `usage` on `model` at its catalog price (SPEC §4.1).
+pub fn cost(model: &str, usage: quota_core::Usage) -> i64 {
+    let catalog = quota_core::Catalog::builtin();
+    quota_core::billing::Charge::for_usage(catalog.get(model).unwrap(), &usage, quota_core::Margin::ZERO).total().0
+}
+
 pub fn simple_chat(content: &str, max_tokens: u64) -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
+}
+
+/// An OpenAI-shaped tool conversation for `model`: a system prompt, a question, the assistant's
+/// call `call_id` of `get_weather` for Paris, its result, and a follow-up; with the tool offered.
+pub fn weather_conversation(model: &str, call_id: &str) -> Value {
+    json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": call_id, "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "18C"},
+            {"role": "user", "content": "And Rome?"}
+        ],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+    })
+}
+
+/// `body` with the fields of `extra` set.
+pub fn with(mut body: Value, extra: Value) -> Value {
+    for (k, v) in extra.as_object().expect("an object of fields") {
+        body[k] = v.clone();
+    }
+    body
 }

@@ -50,6 +50,8 @@ pub struct Config {
     /// Per client IP.
     pub register_rate_limit_per_minute: u32,
     pub login_rate_limit_per_minute: u32,
+    /// Per OAuth client on `/oauth/token`.
+    pub token_rate_limit_per_minute: u32,
     /// Take the client IP from the first `X-Forwarded-For` address (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
     /// The public base URL (`https://quota.example.com`): the OAuth issuer and the endpoints in
@@ -83,6 +85,7 @@ impl Default for Config {
             rate_limit_per_minute: 100,
             register_rate_limit_per_minute: 3,
             login_rate_limit_per_minute: 5,
+            token_rate_limit_per_minute: 60,
             trust_forwarded_for: false,
             public_url: None,
         }
@@ -123,6 +126,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("rate_limit_per_minute", Kind::Scalar),
     ("register_rate_limit_per_minute", Kind::Scalar),
     ("login_rate_limit_per_minute", Kind::Scalar),
+    ("token_rate_limit_per_minute", Kind::Scalar),
     ("trust_forwarded_for", Kind::Scalar),
     ("public_url", Kind::Text),
 ];
@@ -193,6 +197,7 @@ impl Config {
         if self.rate_limit_per_minute == 0
             || self.register_rate_limit_per_minute == 0
             || self.login_rate_limit_per_minute == 0
+            || self.token_rate_limit_per_minute == 0
         {
             return Err("rate limits must be at least 1 per minute".into());
         }

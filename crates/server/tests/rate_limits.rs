@@ -310,3 +310,73 @@ async fn redis_going_away_mid_run_does_not_fail_requests() {
     let rendered = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(rendered.contains("quota_ratelimit_redis_fallback_total"), "the fallback is visible in metrics");
 }
+
+#[tokio::test]
+async fn the_token_endpoint_is_limited_per_client() {
+    let (s, _) = with_clock(|c| c.token_rate_limit_per_minute = 2).await;
+    let app = s.app(json!({})).await;
+    for _ in 0..2 {
+        let r =
+            s.token_request(&app, &[("grant_type", "refresh_token"), ("refresh_token", "quota_refresh_nope")]).await;
+        assert_eq!(r.status(), 400, "a bad grant is still an answer, not a refusal");
+    }
+    let r = s.token_request(&app, &[("grant_type", "refresh_token"), ("refresh_token", "quota_refresh_nope")]).await;
+    assert!(r.headers().contains_key("retry-after"));
+    expect_error(r, 429, "rate_limit_exceeded").await;
+    // Another client is not affected.
+    let other = s.app(json!({})).await;
+    let r = s.token_request(&other, &[("grant_type", "refresh_token"), ("refresh_token", "quota_refresh_nope")]).await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn the_native_routes_carry_the_headers_and_share_the_keys_limit() {
+    let (s, _) = with_clock(|_| {}).await;
+    let (_, _, _, key) = limited_key(&s, 2).await;
+    let r = s
+        .http
+        .post(s.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .json(&json!({"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "1");
+    let r = s
+        .http
+        .post(s.url("/v1beta/models/gemini-2.5-flash:generateContent"))
+        .header("x-goog-api-key", &key)
+        .json(&json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    let r = s.chat(&key, simple_chat("hi", 3)).await;
+    expect_error(r, 429, "rate_limit_exceeded").await;
+}
+
+#[tokio::test]
+async fn user_tokens_are_limited_per_app_and_user() {
+    let (s, _) = with_clock(|c| c.rate_limit_per_minute = 2).await;
+    let app = s.app(json!({})).await;
+    let (_, _, alice) = s.connected_user(&app, "openid credits.spend credits.read").await;
+    let (_, _, bob) = s.connected_user(&app, "openid credits.spend credits.read").await;
+    let alice = alice["access_token"].as_str().unwrap().to_string();
+    let bob = bob["access_token"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        assert_eq!(s.http.get(s.url("/v1/balance")).bearer_auth(&alice).send().await.unwrap().status(), 200);
+    }
+    expect_error(
+        s.http.get(s.url("/v1/balance")).bearer_auth(&alice).send().await.unwrap(),
+        429,
+        "rate_limit_exceeded",
+    )
+    .await;
+    assert_eq!(
+        s.http.get(s.url("/v1/balance")).bearer_auth(&bob).send().await.unwrap().status(),
+        200,
+        "Bob has his own"
+    );
+}

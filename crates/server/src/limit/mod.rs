@@ -110,6 +110,20 @@ impl RateLimiter {
     }
 }
 
+/// Check one limit outside `/v1` (per IP on register and login, per client on the token
+/// endpoint): 429 `rate_limit_exceeded` with the headers when refused.
+pub async fn check_one(limiter: &RateLimiter, key: String, per_minute: u32) -> Result<(), ApiError> {
+    let decisions = limiter.check(&[Limit { key, quota: Quota::per_minute(per_minute) }]).await;
+    match decisions.first() {
+        Some(d) if !d.allowed => {
+            let mut e = refusal(d);
+            e.rate_limit = Some(*d);
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The decision shown to the client: the most restrictive of those checked.
 pub fn shown(decisions: &[Decision]) -> Option<Decision> {
     decisions.iter().copied().min_by_key(|d| (d.allowed, d.remaining))

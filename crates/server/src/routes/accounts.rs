@@ -138,21 +138,6 @@ fn client_ip(state: &SharedState, peer: &SocketAddr, headers: &HeaderMap) -> Str
     peer.ip().to_string()
 }
 
-/// Per-IP limit on an auth route (SPEC §7): register 3/min, login 5/min by default.
-async fn limit_ip(state: &SharedState, route: &str, per_minute: u32, ip: &str) -> Result<(), ApiError> {
-    use crate::limit::{gcra::Quota, Limit};
-    let limits = [Limit { key: format!("ip:{route}:{ip}"), quota: Quota::per_minute(per_minute) }];
-    let decisions = state.limiter.check(&limits).await;
-    match decisions.first() {
-        Some(d) if !d.allowed => {
-            let mut e = crate::limit::refusal(d);
-            e.rate_limit = Some(*d);
-            Err(e)
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Check an email and password (401 `invalid_credentials` alike for an unknown email and a
 /// wrong password, in the same time).
 pub async fn authenticate(state: &SharedState, email: &str, password: &str) -> Result<User, ApiError> {
@@ -179,7 +164,8 @@ pub async fn register(
     headers: HeaderMap,
     JsonBody(c): JsonBody<Credentials>,
 ) -> Result<Response, ApiError> {
-    limit_ip(&state, "register", state.config.register_rate_limit_per_minute, &client_ip(&state, &peer, &headers))
+    let ip = client_ip(&state, &peer, &headers);
+    crate::limit::check_one(&state.limiter, format!("ip:register:{ip}"), state.config.register_rate_limit_per_minute)
         .await?;
     let email = parse_email(&c.email)?;
     check_password(&c.password)?;
@@ -194,7 +180,8 @@ pub async fn login(
     headers: HeaderMap,
     JsonBody(c): JsonBody<Credentials>,
 ) -> Result<Response, ApiError> {
-    limit_ip(&state, "login", state.config.login_rate_limit_per_minute, &client_ip(&state, &peer, &headers)).await?;
+    let ip = client_ip(&state, &peer, &headers);
+    crate::limit::check_one(&state.limiter, format!("ip:login:{ip}"), state.config.login_rate_limit_per_minute).await?;
     let user = authenticate(&state, &c.email, &c.password).await?;
     session_response(&state, &user, StatusCode::OK).await
 }

@@ -454,6 +454,14 @@ async fn approve(state: &SharedState, session: &SessionUser, v: &Validated) -> R
 
 /// `POST /oauth/token`: `authorization_code` and `refresh_token` grants.
 pub async fn token(State(state): State<SharedState>, headers: HeaderMap, RawBody(body): RawBody) -> Response {
+    // SPEC §7: 60 requests a minute per client, counted before the client is authenticated so
+    // guessing a secret is limited too.
+    if let Some(client) = parse_form(&body).ok().and_then(|f| f.get("client_id").cloned()) {
+        let key = format!("client:{client}");
+        if let Err(e) = crate::limit::check_one(&state.limiter, key, state.config.token_rate_limit_per_minute).await {
+            return e.into_response();
+        }
+    }
     let result = async {
         let form = parse_form(&body).map_err(OAuthError::invalid_request)?;
         let app = authenticate_client(&state, &form, &headers).await?;

@@ -192,7 +192,26 @@ impl Ledger {
         let (tx, rx) = mpsc::channel(config.queue_max.max(1));
         let inner =
             Arc::new(Inner { state: Mutex::new(State::default()), jobs: tx, next_hold: AtomicU64::new(1), config });
+        // Checkpoints run from a pool connection every second (PASSIVE: they never block the
+        // writer) instead of inline in the commit that crosses SQLite's threshold.
+        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut conn).await.map_err(StoreError::from)?;
+        let checkpointer = store.clone();
+        let alive = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if alive.upgrade().is_none() {
+                    break;
+                }
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(checkpointer.pool()).await {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        });
         let writer = Writer {
+            keys_written_at: HashMap::new(),
             conn,
             inner: Arc::downgrade(&inner),
             last_seq,
@@ -344,8 +363,17 @@ impl Ledger {
     }
 }
 
+/// Resolution of a key's `last_used_at`.
+const LAST_USED_RESOLUTION_MS: i64 = 1_000;
+/// Bound on the table of recent `last_used_at` writes.
+const KEYS_WRITTEN_AT_MAX: usize = 100_000;
+/// How often committed WAL frames are copied into the database, off the commit path.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
 struct Writer {
     conn: SqliteConnection,
+    /// When each key's `last_used_at` was last written.
+    keys_written_at: HashMap<String, i64>,
     inner: std::sync::Weak<Inner>,
     last_seq: i64,
     batch_max: usize,
@@ -570,20 +598,38 @@ impl Writer {
             }
             per_job.push((deltas, duplicates));
         }
-        for (account, delta) in &account_deltas {
-            if *delta != 0 {
-                add_balance_at(conn, account, *delta, now).await?;
-            }
+        // One statement for every balance the batch moved.
+        let moved: Vec<(String, i64)> =
+            account_deltas.iter().filter(|(_, d)| **d != 0).map(|(a, d)| (a.to_string(), *d)).collect();
+        if !moved.is_empty() {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO accounts (id, balance, updated_at) ");
+            qb.push_values(&moved, |mut b, (account, delta)| {
+                b.push_bind(account).push_bind(delta).push_bind(now);
+            });
+            qb.push(
+                " ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + excluded.balance, updated_at = excluded.updated_at",
+            );
+            qb.build().execute(&mut *conn).await?;
         }
         for chunk in usage.chunks(1500) {
             insert_usage(conn, chunk).await?;
         }
+        // `last_used_at` is shown to people: a write per key per second is enough, and it spares
+        // most batches a statement and a page.
         for key in keys_used {
+            let fresh = self.keys_written_at.get(key).is_some_and(|t| now - *t < LAST_USED_RESOLUTION_MS);
+            if fresh {
+                continue;
+            }
             sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
                 .bind(now)
                 .bind(key)
                 .execute(&mut *conn)
                 .await?;
+            self.keys_written_at.insert(key.to_string(), now);
+        }
+        if self.keys_written_at.len() > KEYS_WRITTEN_AT_MAX {
+            self.keys_written_at.retain(|_, t| now - *t < LAST_USED_RESOLUTION_MS);
         }
         Ok(BatchEffects { foreign, loaded, per_job, max_seq })
     }

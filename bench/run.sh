@@ -150,6 +150,10 @@ export QUOTA_BIND=127.0.0.1
 export QUOTA_DATABASE_URL="sqlite://$TMP/quota.db"
 export QUOTA_OPENAI_BASE_URL="$MOCK/v1"
 export OPENAI_API_KEY="sk-bench"
+# Anthropic ingress: OpenAI-shaped requests for `anthropic/…` models, translated to the mock's
+# /v1/messages (issue 3's bench row).
+export QUOTA_ANTHROPIC_BASE_URL="$MOCK"
+export ANTHROPIC_API_KEY="sk-bench"
 export QUOTA_WELCOME_CREDITS=0
 # The per-key rate limiter stays on the request path (its cost is measured) but must not refuse the
 # bench's own load: the default limit (100/min per key) would turn every row into 429s.
@@ -233,6 +237,8 @@ say "account ready: $(body_of "$r")"
 printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16}' >"$TMP/body.json"
 # max_tokens covers the 64 streamed tokens, so the reservation is never overshot.
 printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":128,"stream":true,"stream_options":{"include_usage":true}}' >"$TMP/stream.json"
+printf '%s' '{"model":"anthropic/claude-haiku-4.5","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16}' >"$TMP/anthropic.json"
+printf '%s' '{"model":"anthropic/claude-haiku-4.5","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":128,"stream":true}' >"$TMP/stream-anthropic.json"
 
 # One request per mode before the load, so a broken mode fails here with its answer shown.
 for mode in proxy sandbox; do
@@ -281,10 +287,16 @@ for c in $CONNECTIONS; do
 		--header "Authorization: Bearer $TEST_KEY" "${WATCH[@]}"
 done
 after_sandbox="$(mock_completions)"
+for c in $CONNECTIONS; do
+	run_row anthropic "$c" "$DURATION" "$QUOTA/v1/chat/completions" "$TMP/anthropic.json" \
+		--header "Authorization: Bearer $DEV_KEY" "${WATCH[@]}"
+done
 run_row stream-direct "$STREAM_CONNECTIONS" "$STREAM_DURATION" "$MOCK/v1/chat/completions" \
 	"$TMP/stream.json" "${MOCK_AUTH[@]}"
 run_row stream-proxy "$STREAM_CONNECTIONS" "$STREAM_DURATION" "$QUOTA/v1/chat/completions" \
 	"$TMP/stream.json" --header "Authorization: Bearer $DEV_KEY" "${WATCH[@]}"
+run_row stream-anthropic "$STREAM_CONNECTIONS" "$STREAM_DURATION" "$QUOTA/v1/chat/completions" \
+	"$TMP/stream-anthropic.json" --header "Authorization: Bearer $DEV_KEY" "${WATCH[@]}"
 
 # --- after the load: the ledger must still verify ---------------------------------------------------
 LEDGER="not checked"
@@ -299,5 +311,5 @@ r="$(http -H "Authorization: Bearer $SESSION" "$QUOTA/auth/me")"
 	--note "$PINNING; $(nproc) cores; load average before the report: $(cut -d' ' -f1-3 /proc/loadavg)" \
 	--note "each row: ${WARMUP}s warm-up, then ${DURATION}s measured (streams: ${STREAM_DURATION}s; mock streams $STREAM_CHUNKS chunks ${STREAM_CHUNK_DELAY_MS} ms apart)" \
 	--note "CPU µs/req = quota's utime+stime over the window ÷ 2xx requests; peak RSS = quota's VmHWM so far (cumulative)" \
-	--note "mock completions served during proxy rows: $((${after_proxy:-0} - ${before:-0})); during sandbox rows: $((${after_sandbox:-0} - ${after_proxy:-0})) (must be 0)" \
+	--note "mock completions served during proxy rows: $((${after_proxy:-0} - ${before:-0})); during sandbox rows: $((${after_sandbox:-0} - ${after_proxy:-0})) (must be 0); anthropic rows: OpenAI shape in, Anthropic /v1/messages out, 'added' against the OpenAI direct row" \
 	--note "$LEDGER; account after the run: $(body_of "$r")"

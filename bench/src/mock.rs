@@ -1,4 +1,4 @@
-//! Canned OpenAI Chat Completions answers for the mock upstream.
+//! Canned OpenAI Chat Completions and Anthropic Messages answers for the mock upstream.
 //!
 //! Everything is rendered once at start-up into `Bytes`; serving a request clones a reference-counted
 //! buffer, so the mock costs a few microseconds per request and is never the bottleneck. The shapes
@@ -113,6 +113,62 @@ impl SseFrames {
             tail_with_usage: Bytes::from(format!("{finish}{usage_chunk}{done}")),
             tail_without_usage: Bytes::from(format!("{finish}{done}")),
         }
+    }
+}
+
+/// Anthropic's non-streaming `message` body (Messages API wire format).
+pub fn anthropic_message_body() -> Bytes {
+    let body = json!({
+        "id": "msg_bench0000000000000000000001",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5-20251001",
+        "content": [{"type": "text", "text": "Hello! This is the Quota bench mock."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": null,
+        "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": COMPLETION_TOKENS,
+                  "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+    });
+    Bytes::from(body.to_string())
+}
+
+fn anthropic_event(name: &str, data: serde_json::Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+impl SseFrames {
+    /// Anthropic's event stream: `message_start` and `content_block_start` with the first text
+    /// delta, one `content_block_delta` per further frame, then `content_block_stop`,
+    /// `message_delta` (output usage) and `message_stop`. Anthropic always reports usage.
+    pub fn anthropic(chunks: usize) -> Self {
+        let chunks = chunks.max(1);
+        let start = anthropic_event(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_bench0000000000000000000002", "type": "message",
+                "role": "assistant", "model": "claude-haiku-4-5-20251001", "content": [], "stop_reason": null,
+                "stop_sequence": null, "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 1}}}),
+        ) + &anthropic_event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        );
+        let delta = |text: &str| {
+            anthropic_event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+            )
+        };
+        let content = (0..chunks)
+            .map(|i| Bytes::from(if i == 0 { start.clone() + &delta("tok") } else { delta(" tok") }))
+            .collect();
+        let tail = anthropic_event("content_block_stop", json!({"type": "content_block_stop", "index": 0}))
+            + &anthropic_event(
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                       "usage": {"output_tokens": chunks}}),
+            )
+            + &anthropic_event("message_stop", json!({"type": "message_stop"}));
+        let tail = Bytes::from(tail);
+        SseFrames { content, tail_with_usage: tail.clone(), tail_without_usage: tail }
     }
 }
 

@@ -1,6 +1,6 @@
 //! `bench_report`: turns the `loadgen` JSON files of one `bench/run.sh` run into the results table.
 //!
-//! Rows are named `KIND/CONNECTIONS=FILE`, KIND one of `direct`, `proxy`, `sandbox` (non-streaming)
+//! Rows are named `KIND/CONNECTIONS=FILE`, KIND one of `direct`, `proxy`, `sandbox`, `anthropic` (non-streaming)
 //! or `stream-direct`, `stream-proxy`. "Added" latency is a row minus its baseline at the same
 //! connection count (`direct/N` for `proxy/N` and `sandbox/N`, `stream-direct/N` for
 //! `stream-proxy/N`). Ends with the issue 2 targets, each marked PASS or MISS. Reads files only; it
@@ -57,7 +57,8 @@ fn load(spec: &str) -> Result<Row> {
     let (name, file) = spec.split_once('=').with_context(|| format!("--row {spec:?} is not KIND/CONNECTIONS=FILE"))?;
     let (kind, conns) =
         name.split_once('/').with_context(|| format!("--row {spec:?}: name is not KIND/CONNECTIONS"))?;
-    if !["direct", "proxy", "sandbox", "stream-direct", "stream-proxy"].contains(&kind) {
+    if !["direct", "proxy", "sandbox", "anthropic", "stream-direct", "stream-proxy", "stream-anthropic"].contains(&kind)
+    {
         bail!("--row {spec:?}: unknown kind {kind:?}");
     }
     let connections: usize = conns.parse().with_context(|| format!("--row {spec:?}: connections"))?;
@@ -69,8 +70,8 @@ fn load(spec: &str) -> Result<Row> {
 
 fn baseline_kind(kind: &str) -> Option<&'static str> {
     match kind {
-        "proxy" | "sandbox" => Some("direct"),
-        "stream-proxy" => Some("stream-direct"),
+        "proxy" | "sandbox" | "anthropic" => Some("direct"),
+        "stream-proxy" | "stream-anthropic" => Some("stream-direct"),
         _ => None,
     }
 }

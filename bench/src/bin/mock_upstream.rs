@@ -29,7 +29,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use quota_bench::mock::{completion_body, json_flag_is_true, SseFrames};
+use quota_bench::mock::{anthropic_message_body, completion_body, json_flag_is_true, SseFrames};
 use tokio::net::TcpListener;
 use tokio::time::Sleep;
 
@@ -59,6 +59,8 @@ struct Args {
 struct State {
     completion: Bytes,
     sse: Arc<SseFrames>,
+    message: Bytes,
+    anthropic_sse: Arc<SseFrames>,
     chunk_delay: Duration,
     first_chunk_delay: Duration,
     completions_served: AtomicU64,
@@ -90,6 +92,8 @@ async fn serve(args: Args) -> Result<()> {
     let state = Arc::new(State {
         completion: completion_body(),
         sse: Arc::new(SseFrames::new(args.chunks)),
+        message: anthropic_message_body(),
+        anthropic_sse: Arc::new(SseFrames::anthropic(args.chunks)),
         chunk_delay: Duration::from_millis(args.chunk_delay_ms),
         first_chunk_delay: Duration::from_millis(args.first_chunk_delay_ms),
         completions_served: AtomicU64::new(0),
@@ -125,6 +129,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     let path = req.uri().path();
     let response = match (req.method(), path) {
         (&Method::POST, "/v1/chat/completions") => chat_completions(&state, req).await,
+        (&Method::POST, "/v1/messages") => messages(&state, req).await,
         (&Method::GET, "/stats") => json_response(
             StatusCode::OK,
             Bytes::from(format!(
@@ -143,7 +148,20 @@ async fn chat_completions(state: &State, req: Request<Incoming>) -> Response<Moc
     if !req.headers().contains_key(AUTHORIZATION) {
         return openai_error(StatusCode::UNAUTHORIZED, "You didn't provide an API key.", "invalid_request_error");
     }
-    let body = match Limited::new(req.into_body(), REQUEST_BODY_MAX_BYTES).collect().await {
+    answer(state, req, &state.completion, &state.sse).await
+}
+
+/// Anthropic's Messages API: the key comes in `x-api-key`.
+async fn messages(state: &State, req: Request<Incoming>) -> Response<MockBody> {
+    if !req.headers().contains_key("x-api-key") {
+        return openai_error(StatusCode::UNAUTHORIZED, "x-api-key header is required", "authentication_error");
+    }
+    answer(state, req, &state.message, &state.anthropic_sse).await
+}
+
+/// The canned `body`, or the paced `frames` when the request says `"stream": true`.
+async fn answer(state: &State, req: Request<Incoming>, body: &Bytes, frames: &Arc<SseFrames>) -> Response<MockBody> {
+    let request = match Limited::new(req.into_body(), REQUEST_BODY_MAX_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
             return openai_error(
@@ -153,12 +171,12 @@ async fn chat_completions(state: &State, req: Request<Incoming>) -> Response<Moc
             )
         }
     };
-    if json_flag_is_true(&body, "stream") {
+    if json_flag_is_true(&request, "stream") {
         state.streams_served.fetch_add(1, Ordering::Relaxed);
         let sse = SseBody {
-            frames: state.sse.clone(),
+            frames: frames.clone(),
             next: 0,
-            with_usage: json_flag_is_true(&body, "include_usage"),
+            with_usage: json_flag_is_true(&request, "include_usage"),
             first_delay: state.first_chunk_delay,
             delay: state.chunk_delay,
             sleep: None,
@@ -170,7 +188,7 @@ async fn chat_completions(state: &State, req: Request<Incoming>) -> Response<Moc
         response
     } else {
         state.completions_served.fetch_add(1, Ordering::Relaxed);
-        json_response(StatusCode::OK, state.completion.clone())
+        json_response(StatusCode::OK, body.clone())
     }
 }
 

@@ -309,13 +309,13 @@ pub fn spawn_worker(state: &SharedState) {
             ticker.tick().await;
             let Some(state) = weak.upgrade() else { break };
             let now = state.clock.now_ms();
-            if now - directory_at >= DIRECTORY_REFRESH_MS || now < directory_at {
+            if now.saturating_sub(directory_at) >= DIRECTORY_REFRESH_MS || now < directory_at {
                 directory_at = now;
                 if let Err(e) = state.webhooks.reload(&state.store).await {
                     tracing::warn!(error = %e, "webhook directory reload failed");
                 }
             }
-            if now - retention_at >= RETENTION_EVERY_MS {
+            if now.saturating_sub(retention_at) >= RETENTION_EVERY_MS {
                 retention_at = now;
                 let cutoff = now - i64::from(state.config.usage_retention_days) * DAY_MS;
                 match state.store.expire_usage(cutoff).await {

@@ -708,7 +708,15 @@ fn low_balance_crossings(
         let delta: i64 = settlement
             .transfers
             .iter()
-            .map(|t| if t.from == w.account { -t.amount.0 } else if t.to == w.account { t.amount.0 } else { 0 })
+            .map(|t| {
+                if t.from == w.account {
+                    -t.amount.0
+                } else if t.to == w.account {
+                    t.amount.0
+                } else {
+                    0
+                }
+            })
             .sum();
         let after = match running.get(&w.account) {
             Some(b) => *b,

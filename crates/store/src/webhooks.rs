@@ -86,7 +86,8 @@ pub struct DeliveryView {
     pub log: Vec<AttemptLog>,
 }
 
-const ENDPOINT_COLUMNS: &str = "id, developer_id, url, description, events, low_balance_threshold, secret, created_at, \
+const ENDPOINT_COLUMNS: &str =
+    "id, developer_id, url, description, events, low_balance_threshold, secret, created_at, \
      updated_at, failing_since, disabled_at, disabled_reason";
 
 fn endpoint_from_row(r: &sqlx::sqlite::SqliteRow) -> WebhookEndpoint {
@@ -316,7 +317,12 @@ impl Store {
 
     /// Claim up to `limit` due deliveries until `lease_until`: a claimed row is not due for
     /// anyone else until its lease ends (a worker that dies mid-send is retried after it).
-    pub async fn claim_deliveries(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<DueDelivery>, StoreError> {
+    pub async fn claim_deliveries(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
         let claimed = sqlx::query(
             "UPDATE webhook_deliveries SET lease_until = $1 WHERE state = 'pending' AND next_attempt_at <= $2 \
              AND lease_until <= $2 AND id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' \
@@ -339,7 +345,10 @@ impl Store {
             let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1");
             let ep = sqlx::query(&sql).bind(&endpoint_id).fetch_optional(self.pool()).await?;
             let (Some(ev), Some(ep)) = (ev, ep) else {
-                return Err(StoreError::Corrupt(format!("delivery {} lost its event or endpoint", d.get::<String, _>("id"))));
+                return Err(StoreError::Corrupt(format!(
+                    "delivery {} lost its event or endpoint",
+                    d.get::<String, _>("id")
+                )));
             };
             out.push(DueDelivery {
                 id: d.get("id"),

@@ -259,8 +259,7 @@ impl Billing {
         let charged = if self.principal.sandbox() { charge.base } else { charge.total() };
         let balance_before = hold.balance_at_hold();
         let record = self.usage_record(&usage, &charge, status);
-        let (events, low_balance) =
-            self.state.webhooks.settlement_events(&self.principal, &record, record.created_at);
+        let (events, low_balance) = self.state.webhooks.settlement_events(&self.principal, &record, record.created_at);
         let settlement = Settlement {
             transfers: self.transfers(&charge),
             usage: Some(record),

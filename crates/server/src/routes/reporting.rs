@@ -64,7 +64,8 @@ async fn developer_of(state: &SharedState, headers: &HeaderMap) -> Result<String
     }
     let mut parts = axum::http::Request::new(()).into_parts().0;
     parts.headers = headers.clone();
-    let s = <SessionUser as axum::extract::FromRequestParts<SharedState>>::from_request_parts(&mut parts, state).await?;
+    let s =
+        <SessionUser as axum::extract::FromRequestParts<SharedState>>::from_request_parts(&mut parts, state).await?;
     Ok(s.user.id)
 }
 
@@ -140,9 +141,8 @@ pub async fn usage(
     let developer_id = developer_of(&state, &headers).await?;
     let time = |name: &str, v: &Option<String>| v.as_deref().map(|s| parse_time(name, s)).transpose();
     if let Some(m) = &q.billing_mode {
-        m.parse::<quota_core::BillingMode>().map_err(|_| {
-            ApiError::bad_request(format!("billing_mode `{m}` is not one of developer, user, test"))
-        })?;
+        m.parse::<quota_core::BillingMode>()
+            .map_err(|_| ApiError::bad_request(format!("billing_mode `{m}` is not one of developer, user, test")))?;
     }
     let filter = UsageFilter {
         developer_id,
@@ -160,11 +160,7 @@ pub async fn usage(
     }
     let page = PageQuery { limit: q.limit, cursor: q.cursor };
     let (offset, limit) = page.parse()?;
-    let rows = state
-        .store
-        .usage_records(&filter, offset as i64, limit as i64 + 1)
-        .await
-        .map_err(internal("usage"))?;
+    let rows = state.store.usage_records(&filter, offset as i64, limit as i64 + 1).await.map_err(internal("usage"))?;
     let next = (rows.len() > limit).then(|| crate::routes::cursor_at(offset + limit));
     let data: Vec<Value> = rows.iter().take(limit).map(usage_json).collect();
     Ok(Json(json!({"data": data, "next_cursor": next})).into_response())
@@ -215,11 +211,8 @@ pub async fn ledger(
         AccountId::EarningsPending(s.user.id.clone()).to_string(),
         AccountId::EarningsAvailable(s.user.id.clone()).to_string(),
     ];
-    let rows = state
-        .store
-        .transfers_touching(&accounts, offset as i64, limit as i64 + 1)
-        .await
-        .map_err(internal("ledger"))?;
+    let rows =
+        state.store.transfers_touching(&accounts, offset as i64, limit as i64 + 1).await.map_err(internal("ledger"))?;
     let next = (rows.len() > limit).then(|| crate::routes::cursor_at(offset + limit));
     let data: Vec<Value> = rows
         .iter()

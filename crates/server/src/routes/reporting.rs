@@ -69,26 +69,12 @@ async fn developer_of(state: &SharedState, headers: &HeaderMap) -> Result<String
     Ok(s.user.id)
 }
 
+/// A usage record as the API shows it: `usage.completed`'s data with the record's id and time.
 fn usage_json(r: &UsageRecord) -> Value {
-    json!({
-        "id": r.id,
-        "created_at": rfc3339(r.created_at),
-        "key_id": r.key_id,
-        "app_id": r.app_id,
-        "payer": r.payer_account,
-        "billing_mode": r.billing_mode,
-        "model": r.model,
-        "provider": r.provider,
-        "input_tokens": r.input_tokens,
-        "cached_tokens": r.cached_tokens,
-        "output_tokens": r.output_tokens,
-        "base_cost": r.base_cost,
-        "markup": r.markup,
-        "total": r.total,
-        "status": r.status,
-        "latency_ms": r.latency_ms,
-        "sandbox": r.sandbox,
-    })
+    let mut v = crate::webhooks::usage_data(r);
+    v["id"] = Value::String(r.id.clone());
+    v["created_at"] = Value::String(rfc3339(r.created_at));
+    v
 }
 
 const CSV_HEADER: &str = "id,created_at,key_id,app_id,payer,billing_mode,model,provider,input_tokens,cached_tokens,\
@@ -320,16 +306,29 @@ fn period(state: &SharedState, q: &AnalyticsQuery) -> Result<(i64, i64), ApiErro
     Ok((start, end))
 }
 
-fn metric(q: &AnalyticsQuery) -> Result<String, ApiError> {
-    let m = q.metric.clone().unwrap_or_else(|| "revenue".into());
-    if !METRICS.contains(&m.as_str()) {
-        return Err(ApiError::bad_request(format!("metric must be one of {}", METRICS.join(", "))));
+/// Parameter `name`'s value, `default` when absent; refused unless one of `allowed`.
+fn choice(value: &Option<String>, name: &str, default: &str, allowed: &[&str]) -> Result<String, ApiError> {
+    let v = value.clone().unwrap_or_else(|| default.into());
+    if !allowed.contains(&v.as_str()) {
+        return Err(ApiError::bad_request(format!("{name} must be one of {}", allowed.join(", "))));
     }
-    Ok(m)
+    Ok(v)
 }
 
-async fn rows(state: &SharedState, developer: &str, start: i64, end: i64) -> Result<Vec<UsageAggregate>, ApiError> {
-    state.store.usage_aggregates(developer, start, end).await.map_err(internal("analytics"))
+/// The caller's usage in `[start, end)` summed into groups named by `group`.
+async fn grouped<K: Ord>(
+    state: &SharedState,
+    developer: &str,
+    (start, end): (i64, i64),
+    group: impl Fn(&UsageAggregate) -> K,
+) -> Result<BTreeMap<K, Totals>, ApiError> {
+    let rows = state.store.usage_aggregates(developer, start, end).await.map_err(internal("analytics"))?;
+    let own = AccountId::wallet(developer).to_string();
+    let mut groups: BTreeMap<K, Totals> = BTreeMap::new();
+    for r in rows {
+        groups.entry(group(&r)).or_default().add(&r, &own);
+    }
+    Ok(groups)
 }
 
 fn period_json(start: i64, end: i64) -> Value {
@@ -343,11 +342,7 @@ pub async fn summary(
     Query(q): Query<AnalyticsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (start, end) = period(&state, &q)?;
-    let own = AccountId::wallet(&s.user.id).to_string();
-    let mut t = Totals::default();
-    for r in rows(&state, &s.user.id, start, end).await? {
-        t.add(&r, &own);
-    }
+    let t = grouped(&state, &s.user.id, (start, end), |_| ()).await?.remove(&()).unwrap_or_default();
     Ok(Json(json!({"summary": t.json(), "period": period_json(start, end)})))
 }
 
@@ -373,16 +368,9 @@ pub async fn timeseries(
     Query(q): Query<AnalyticsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (start, end) = period(&state, &q)?;
-    let metric = metric(&q)?;
-    let interval = q.interval.clone().unwrap_or_else(|| "day".into());
-    if !["hour", "day", "week", "month"].contains(&interval.as_str()) {
-        return Err(ApiError::bad_request("interval must be one of hour, day, week, month"));
-    }
-    let own = AccountId::wallet(&s.user.id).to_string();
-    let mut buckets: BTreeMap<i64, Totals> = BTreeMap::new();
-    for r in rows(&state, &s.user.id, start, end).await? {
-        buckets.entry(bucket_start(r.at, &interval)).or_default().add(&r, &own);
-    }
+    let metric = choice(&q.metric, "metric", "revenue", METRICS)?;
+    let interval = choice(&q.interval, "interval", "day", &["hour", "day", "week", "month"])?;
+    let buckets = grouped(&state, &s.user.id, (start, end), |r| bucket_start(r.at, &interval)).await?;
     let data: Vec<Value> = buckets
         .iter()
         .map(|(at, t)| {
@@ -403,8 +391,8 @@ pub async fn breakdown(
     Query(q): Query<AnalyticsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (start, end) = period(&state, &q)?;
-    let metric = metric(&q)?;
-    let group_by = q.group_by.clone().unwrap_or_else(|| "model".into());
+    let metric = choice(&q.metric, "metric", "revenue", METRICS)?;
+    let group_by = choice(&q.group_by, "groupBy", "model", &["model", "user", "app", "key"])?;
     let key = |r: &UsageAggregate| -> String {
         match group_by.as_str() {
             "user" => r.payer_account.strip_prefix("wallet:").unwrap_or(&r.payer_account).to_string(),
@@ -413,14 +401,7 @@ pub async fn breakdown(
             _ => r.model.clone(),
         }
     };
-    if !["model", "user", "app", "key"].contains(&group_by.as_str()) {
-        return Err(ApiError::bad_request("groupBy must be one of model, user, app, key"));
-    }
-    let own = AccountId::wallet(&s.user.id).to_string();
-    let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
-    for r in rows(&state, &s.user.id, start, end).await? {
-        groups.entry(key(&r)).or_default().add(&r, &own);
-    }
+    let groups = grouped(&state, &s.user.id, (start, end), key).await?;
     let mut data: Vec<(i64, Value)> = groups
         .iter()
         .map(|(k, t)| {
@@ -430,7 +411,7 @@ pub async fn breakdown(
             (t.metric(&metric), v)
         })
         .collect();
-    data.sort_by(|a, b| b.0.cmp(&a.0));
+    data.sort_by_key(|d| std::cmp::Reverse(d.0));
     let data: Vec<Value> = data.into_iter().map(|(_, v)| v).collect();
     Ok(Json(json!({"metric": metric, "groupBy": group_by, "data": data, "period": period_json(start, end)})))
 }

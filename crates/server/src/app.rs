@@ -28,6 +28,8 @@ pub struct AppState {
     pub oauth: crate::oauth::OAuthState,
     /// Time for expiry and refill decisions (tests move it).
     pub clock: Arc<crate::clock::Clock>,
+    /// Live webhook endpoints by developer, for the request path (SPEC §8).
+    pub webhooks: crate::webhooks::Directory,
     openai: Arc<OpenAiAdapter>,
     anthropic: Arc<AnthropicAdapter>,
     google: Arc<GoogleAdapter>,
@@ -75,8 +77,11 @@ impl AppState {
             Some(url) => crate::limit::RateLimiter::with_redis(url, clock.clone()).map_err(anyhow::Error::msg)?,
             None => crate::limit::RateLimiter::local(clock.clone()),
         };
-        Ok(Arc::new(AppState {
+        let webhooks = crate::webhooks::Directory::default();
+        webhooks.reload(&store).await?;
+        let state = Arc::new(AppState {
             limiter,
+            webhooks,
             oauth: crate::oauth::OAuthState::default(),
             clock,
             openai: Arc::new(openai.map_err(anyhow::Error::msg)?),
@@ -88,7 +93,9 @@ impl AppState {
             ledger,
             catalog,
             keys: KeyCache::default(),
-        }))
+        });
+        crate::webhooks::spawn_worker(&state);
+        Ok(state)
     }
 
     /// Phase *route*'s provider choice: the sandbox for sandbox principals, else the model's.
@@ -140,6 +147,7 @@ pub fn build_router(state: SharedState) -> Router {
         .route("/v1/balance", get(routes::v1::balance))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .merge(routes::user_billing_router())
+        .merge(routes::reporting_router())
         .route("/v1/messages", post(routes::messages::messages))
         // Gemini's API version is v1beta; the Google GenAI SDK's default is v1: both work.
         .route("/v1beta/models/{*model_action}", post(routes::gemini::generate_content))

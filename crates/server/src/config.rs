@@ -57,6 +57,15 @@ pub struct Config {
     /// The public base URL (`https://quota.example.com`): the OAuth issuer and the endpoints in
     /// the discovery document. Unset: `http://` + the request's Host header (local use).
     pub public_url: Option<String>,
+    /// Whether webhook URLs may point to private and loopback addresses (SSRF, SPEC §8).
+    /// Unset: allowed only when `bind` is a loopback address (a development server).
+    pub webhook_allow_private_urls: Option<bool>,
+    /// How often the webhook worker looks for new events and due retries.
+    pub webhook_poll_ms: u64,
+    /// Most webhook deliveries in flight per process.
+    pub webhook_concurrency: usize,
+    /// Days raw usage records are kept before being folded into daily aggregates.
+    pub usage_retention_days: u32,
 }
 
 impl Default for Config {
@@ -88,6 +97,10 @@ impl Default for Config {
             token_rate_limit_per_minute: 60,
             trust_forwarded_for: false,
             public_url: None,
+            webhook_allow_private_urls: None,
+            webhook_poll_ms: 200,
+            webhook_concurrency: 16,
+            usage_retention_days: 90,
         }
     }
 }
@@ -129,9 +142,20 @@ const KEYS: &[(&str, Kind)] = &[
     ("token_rate_limit_per_minute", Kind::Scalar),
     ("trust_forwarded_for", Kind::Scalar),
     ("public_url", Kind::Text),
+    ("webhook_allow_private_urls", Kind::Scalar),
+    ("webhook_poll_ms", Kind::Scalar),
+    ("webhook_concurrency", Kind::Scalar),
+    ("usage_retention_days", Kind::Scalar),
 ];
 
 impl Config {
+    /// See `webhook_allow_private_urls`.
+    pub fn webhook_private_urls_allowed(&self) -> bool {
+        self.webhook_allow_private_urls.unwrap_or_else(|| {
+            self.bind == "localhost" || self.bind.parse::<std::net::IpAddr>().map(|a| a.is_loopback()).unwrap_or(false)
+        })
+    }
+
     /// Load from `file` (if given or `./quota.toml` exists) and the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, String> {
         Config::load_from(file, std::env::vars())

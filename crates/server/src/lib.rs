@@ -17,6 +17,7 @@ pub mod oauth;
 pub mod request_id;
 pub mod routes;
 pub mod secrets;
+pub mod webhooks;
 
 pub use app::{build_router, AppState, SharedState};
 pub use config::Config;

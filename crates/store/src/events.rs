@@ -1,6 +1,6 @@
 //! The outbox (SPEC §8, DESIGN §1 *record*): webhook events written in the same transaction as
-//! the change that causes them. Delivery (signing, retries) is the webhooks issue's; this module
-//! only writes rows to the `events` table.
+//! the change that causes them. Delivery (fan-out, signing, retries) is in `webhooks.rs` and the
+//! server's worker; this module only writes rows to the `events` table.
 
 use serde_json::Value;
 use sqlx::SqliteConnection;
@@ -16,6 +16,8 @@ pub struct OutboxEvent {
     pub data: Value,
     pub sandbox: bool,
     pub created_at_ms: i64,
+    /// Set for events meant for one endpoint only (`balance.low`, test events).
+    pub endpoint_id: Option<String>,
 }
 
 impl OutboxEvent {
@@ -27,6 +29,7 @@ impl OutboxEvent {
             data,
             sandbox: false,
             created_at_ms: now_ms,
+            endpoint_id: None,
         }
     }
 }
@@ -35,7 +38,8 @@ impl OutboxEvent {
 pub(crate) async fn insert_events(conn: &mut SqliteConnection, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
     for e in events {
         sqlx::query(
-            "INSERT INTO events (id, type, developer_id, data, sandbox, created_at) VALUES (?, ?, ?, ?, ?, ?) \
+            "INSERT INTO events (id, type, developer_id, data, sandbox, created_at, endpoint_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&e.id)
@@ -44,6 +48,7 @@ pub(crate) async fn insert_events(conn: &mut SqliteConnection, events: &[OutboxE
         .bind(e.data.to_string())
         .bind(e.sandbox)
         .bind(e.created_at_ms)
+        .bind(&e.endpoint_id)
         .execute(&mut *conn)
         .await?;
     }

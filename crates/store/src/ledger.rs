@@ -82,6 +82,20 @@ pub struct Settlement {
     pub key_used: Option<String>,
     /// Webhook events caused by this settlement (outbox), committed with it.
     pub events: Vec<OutboxEvent>,
+    /// Events to commit only if this settlement takes an account's balance from at or above a
+    /// threshold to below it (`balance.low`, SPEC §8): decided by the writer, which alone
+    /// knows the balance each settlement starts from, so a crossing fires once however many
+    /// requests run below the threshold afterwards.
+    pub low_balance: Vec<LowBalanceWatch>,
+}
+
+/// A `balance.low` event to write if `account` crosses `threshold` downwards.
+#[derive(Debug, Clone)]
+pub struct LowBalanceWatch {
+    pub account: AccountId,
+    pub threshold: i64,
+    /// Written with `data.balance` set to the balance after the settlement.
+    pub event: OutboxEvent,
 }
 
 /// The result of a committed settlement.
@@ -566,6 +580,9 @@ impl Writer {
         }
         let mut per_job = Vec::new();
         let mut account_deltas: HashMap<AccountId, i64> = HashMap::new();
+        // Balances as of each job, for low-balance watches: the cache, plus other processes'
+        // transfers read above, plus the jobs before it in this batch.
+        let mut running: HashMap<AccountId, i64> = HashMap::new();
         let mut usage: Vec<&UsageRecord> = Vec::new();
         let mut keys_used: HashSet<&str> = HashSet::new();
         for job in batch {
@@ -577,6 +594,11 @@ impl Writer {
             for t in &settlement.transfers {
                 // `remove` so a second transfer with the same id in this batch counts as a duplicate.
                 if inserted.remove(&t.id).is_some() {
+                    for (a, d) in [(&t.from, -t.amount.0), (&t.to, t.amount.0)] {
+                        if let Some(b) = running.get_mut(a) {
+                            *b += d;
+                        }
+                    }
                     deltas.push((t.from.clone(), -t.amount.0));
                     deltas.push((t.to.clone(), t.amount.0));
                     *account_deltas.entry(t.from.clone()).or_default() -= t.amount.0;
@@ -592,6 +614,8 @@ impl Writer {
                     complete_idempotency(conn, c).await?;
                 }
                 insert_events(conn, &settlement.events).await?;
+                let crossed = low_balance_crossings(&self.inner, &foreign, &account_deltas, &mut running, settlement);
+                insert_events(conn, &crossed).await?;
             }
             if let Some(k) = &settlement.key_used {
                 keys_used.insert(k);
@@ -713,6 +737,55 @@ impl Writer {
             }
         }
     }
+}
+
+/// The `balance.low` events of `settlement`'s watches whose account it takes below the
+/// threshold. `running` holds balances after every job before this one (seeded on first use);
+/// `batch_deltas` the batch's deltas so far, already including this settlement's transfers.
+fn low_balance_crossings(
+    inner: &std::sync::Weak<Inner>,
+    foreign: &[(AccountId, i64)],
+    batch_deltas: &HashMap<AccountId, i64>,
+    running: &mut HashMap<AccountId, i64>,
+    settlement: &Settlement,
+) -> Vec<OutboxEvent> {
+    let mut out = Vec::new();
+    for w in &settlement.low_balance {
+        let delta: i64 = settlement
+            .transfers
+            .iter()
+            .map(|t| {
+                if t.from == w.account {
+                    -t.amount.0
+                } else if t.to == w.account {
+                    t.amount.0
+                } else {
+                    0
+                }
+            })
+            .sum();
+        let after = match running.get(&w.account) {
+            Some(b) => *b,
+            None => {
+                let Some(inner) = inner.upgrade() else { continue };
+                let Some(cached) = inner.state.lock().accounts.get(&w.account).map(|a| a.balance) else { continue };
+                let from_others: i64 = foreign.iter().filter(|(a, _)| a == &w.account).map(|(_, d)| d).sum();
+                let after = cached + from_others + batch_deltas.get(&w.account).copied().unwrap_or(0);
+                running.insert(w.account.clone(), after);
+                after
+            }
+        };
+        let before = after - delta;
+        if before >= w.threshold && after < w.threshold {
+            let mut e = w.event.clone();
+            if let Some(data) = e.data.as_object_mut() {
+                data.insert("balance".into(), after.into());
+                data.insert("threshold".into(), w.threshold.into());
+            }
+            out.push(e);
+        }
+    }
+    out
 }
 
 enum Reply {

@@ -14,9 +14,10 @@ pub mod oauth;
 mod store;
 pub mod usage;
 pub mod verify;
+pub mod webhooks;
 
 pub use clock::now_ms;
 pub use events::OutboxEvent;
-pub use ledger::{Ledger, LedgerConfig, LedgerError, Settlement};
+pub use ledger::{Ledger, LedgerConfig, LedgerError, LowBalanceWatch, Settlement};
 pub use models::*;
 pub use store::{Store, StoreConfig, StoreError, Synchronous};

@@ -28,3 +28,232 @@ pub struct UsageRecord {
     pub latency_ms: i64,
     pub sandbox: bool,
 }
+
+/// Which usage records to read (SPEC §9 filters); times are Unix milliseconds, `to` exclusive.
+#[derive(Debug, Default, Clone)]
+pub struct UsageFilter {
+    pub developer_id: String,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub key_id: Option<String>,
+    pub app_id: Option<String>,
+    pub model: Option<String>,
+    pub billing_mode: Option<String>,
+}
+
+impl UsageFilter {
+    /// ` AND …` conditions for this filter, binding from `$first`; returns the SQL and binds.
+    fn conditions(&self) -> (String, Vec<UsageBind<'_>>) {
+        let mut sql = String::from("developer_id = $1");
+        let mut binds = vec![UsageBind::Text(&self.developer_id)];
+        let mut conds: Vec<(&str, &str, UsageBind<'_>)> = Vec::new();
+        if let Some(v) = self.from {
+            conds.push(("created_at", ">=", UsageBind::Int(v)));
+        }
+        if let Some(v) = self.to {
+            conds.push(("created_at", "<", UsageBind::Int(v)));
+        }
+        for (col, v) in [
+            ("key_id", &self.key_id),
+            ("app_id", &self.app_id),
+            ("model", &self.model),
+            ("billing_mode", &self.billing_mode),
+        ] {
+            if let Some(v) = v {
+                conds.push((col, "=", UsageBind::Text(v)));
+            }
+        }
+        for (col, op, b) in conds {
+            binds.push(b);
+            sql.push_str(&format!(" AND {col} {op} ${}", binds.len()));
+        }
+        (sql, binds)
+    }
+}
+
+enum UsageBind<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+const USAGE_COLUMNS: &str = "id, created_at, developer_id, key_id, app_id, payer_account, billing_mode, model, provider, \
+     input_tokens, cached_tokens, cache_write_tokens, output_tokens, base_cost, markup, total, status, latency_ms, sandbox";
+
+fn usage_from_row(r: &sqlx::sqlite::SqliteRow) -> UsageRecord {
+    use sqlx::Row;
+    UsageRecord {
+        id: r.get("id"),
+        created_at: r.get("created_at"),
+        developer_id: r.get("developer_id"),
+        key_id: r.get("key_id"),
+        app_id: r.get("app_id"),
+        payer_account: r.get("payer_account"),
+        billing_mode: r.get("billing_mode"),
+        model: r.get("model"),
+        provider: r.get("provider"),
+        input_tokens: r.get("input_tokens"),
+        cached_tokens: r.get("cached_tokens"),
+        cache_write_tokens: r.get("cache_write_tokens"),
+        output_tokens: r.get("output_tokens"),
+        base_cost: r.get("base_cost"),
+        markup: r.get("markup"),
+        total: r.get("total"),
+        status: r.get("status"),
+        latency_ms: r.get("latency_ms"),
+        sandbox: r.get("sandbox"),
+    }
+}
+
+/// One row for analytics: a raw record, or a day's aggregate kept after retention.
+#[derive(Debug, Clone)]
+pub struct UsageAggregate {
+    pub at: i64,
+    pub key_id: String,
+    pub app_id: String,
+    pub payer_account: String,
+    pub model: String,
+    pub sandbox: bool,
+    pub requests: i64,
+    pub tokens: i64,
+    pub base_cost: i64,
+    pub markup: i64,
+    pub total: i64,
+}
+
+/// Milliseconds in a UTC day.
+pub const DAY_MS: i64 = 86_400_000;
+
+impl crate::Store {
+    /// Records matching `filter`, newest first.
+    pub async fn usage_records(
+        &self,
+        filter: &UsageFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<UsageRecord>, crate::StoreError> {
+        let (cond, binds) = filter.conditions();
+        let n = binds.len();
+        let sql = format!(
+            "SELECT {USAGE_COLUMNS} FROM usage_records WHERE {cond} ORDER BY created_at DESC, id DESC LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        );
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                UsageBind::Text(t) => q.bind(t),
+                UsageBind::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.bind(limit).bind(offset).fetch_all(self.pool()).await?;
+        Ok(rows.iter().map(usage_from_row).collect())
+    }
+
+    /// The developer's usage in `[from, to)`: raw records, plus the daily aggregates of records
+    /// that retention removed (so totals survive it; their time is the day's start).
+    pub async fn usage_aggregates(
+        &self,
+        developer_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<UsageAggregate>, crate::StoreError> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT created_at AS at, COALESCE(key_id, '') AS key_id, COALESCE(app_id, '') AS app_id, payer_account, \
+             model, sandbox, 1 AS requests, input_tokens + output_tokens AS tokens, base_cost, markup, total \
+             FROM usage_records WHERE developer_id = $1 AND created_at >= $2 AND created_at < $3 \
+             UNION ALL \
+             SELECT day AS at, key_id, app_id, payer_account, model, sandbox, requests, input_tokens + output_tokens AS tokens, \
+             base_cost, markup, total FROM usage_daily WHERE developer_id = $1 AND day >= $2 AND day < $3",
+        )
+        .bind(developer_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| UsageAggregate {
+                at: r.get("at"),
+                key_id: r.get("key_id"),
+                app_id: r.get("app_id"),
+                payer_account: r.get("payer_account"),
+                model: r.get("model"),
+                sandbox: r.get("sandbox"),
+                requests: r.get("requests"),
+                tokens: r.get("tokens"),
+                base_cost: r.get("base_cost"),
+                markup: r.get("markup"),
+                total: r.get("total"),
+            })
+            .collect())
+    }
+
+    /// Retention (SPEC §9): fold records older than `cutoff` into per-day aggregates, then
+    /// delete them, in one transaction. `cutoff` is rounded down to a UTC day so a day is
+    /// never half raw, half aggregated. Returns how many records were removed.
+    pub async fn expire_usage(&self, cutoff: i64) -> Result<u64, crate::StoreError> {
+        let cutoff = cutoff.div_euclid(DAY_MS) * DAY_MS;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO usage_daily (day, developer_id, key_id, app_id, payer_account, billing_mode, model, sandbox, \
+             requests, input_tokens, cached_tokens, output_tokens, base_cost, markup, total) \
+             SELECT (created_at / 86400000) * 86400000, developer_id, COALESCE(key_id, ''), COALESCE(app_id, ''), \
+             payer_account, billing_mode, model, sandbox, COUNT(*), SUM(input_tokens), SUM(cached_tokens), \
+             SUM(output_tokens), SUM(base_cost), SUM(markup), SUM(total) FROM usage_records WHERE created_at < $1 \
+             GROUP BY (created_at / 86400000) * 86400000, developer_id, COALESCE(key_id, ''), COALESCE(app_id, ''), \
+             payer_account, billing_mode, model, sandbox \
+             ON CONFLICT (day, developer_id, key_id, app_id, payer_account, billing_mode, model, sandbox) DO UPDATE SET \
+             requests = usage_daily.requests + excluded.requests, \
+             input_tokens = usage_daily.input_tokens + excluded.input_tokens, \
+             cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
+             output_tokens = usage_daily.output_tokens + excluded.output_tokens, \
+             base_cost = usage_daily.base_cost + excluded.base_cost, markup = usage_daily.markup + excluded.markup, \
+             total = usage_daily.total + excluded.total",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM usage_records WHERE created_at < $1").bind(cutoff).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(n.rows_affected())
+    }
+
+    /// Transfers that touched any of `accounts`, newest first.
+    pub async fn transfers_touching(
+        &self,
+        accounts: &[String],
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<quota_core::Transfer>, crate::StoreError> {
+        use sqlx::Row;
+        let list: Vec<String> = (0..accounts.len()).map(|i| format!("${}", i + 1)).collect();
+        let list = list.join(", ");
+        let n = accounts.len();
+        let sql = format!(
+            "SELECT id, from_account, to_account, amount, kind, cause, created_at FROM transfers \
+             WHERE from_account IN ({list}) OR to_account IN ({list}) ORDER BY seq DESC LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        );
+        let mut q = sqlx::query(&sql);
+        for a in accounts {
+            q = q.bind(a);
+        }
+        let rows = q.bind(limit).bind(offset).fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|r| {
+                let corrupt = crate::StoreError::Corrupt;
+                Ok(quota_core::Transfer {
+                    id: r.get("id"),
+                    from: r.get::<String, _>("from_account").parse().map_err(corrupt)?,
+                    to: r.get::<String, _>("to_account").parse().map_err(corrupt)?,
+                    amount: quota_core::Credits(r.get("amount")),
+                    kind: r.get::<String, _>("kind").parse().map_err(corrupt)?,
+                    cause: r.get("cause"),
+                    created_at_ms: r.get("created_at"),
+                })
+            })
+            .collect()
+    }
+}

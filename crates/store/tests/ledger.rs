@@ -92,6 +92,7 @@ async fn outbox_events_commit_with_their_transfer_and_never_twice() {
         data: serde_json::json!({"amount": 40}),
         sandbox: false,
         created_at_ms: 0,
+        endpoint_id: None,
     };
     let f = || t("fund1", dev.clone(), user.clone(), 40, TransferKind::Funding);
     ledger.transfer_with_events(f(), vec![event("evt_1")]).await.unwrap();

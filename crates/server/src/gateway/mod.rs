@@ -8,7 +8,9 @@
 //!    route): the upstream call, chunks as they arrive. Every inference route goes through it.
 //! 6. **meter** — the adapter's [`quota_providers::Meter`] or the complete body's usage.
 //! 7. **settle** — [`Billing::settle`]: the hold becomes the metered charge, durably.
-//! 8. **record** — the usage record, committed with the charge in the same transaction.
+//! 8. **record** — the usage record and its webhook events (`usage.completed`, `balance.low`
+//!    watches: [`crate::webhooks::Directory::settlement_events`]), committed with the charge in
+//!    the same transaction (outbox).
 //!
 //! Streams run phases 6–8 from [`stream::billed_stream`], including when the client leaves.
 
@@ -26,7 +28,7 @@ use quota_core::{AccountId, BillingMode, Credits, Model, PlatformAccount, Transf
 use quota_providers::{ChatProvider, Fault};
 use quota_store::ledger::Hold;
 use quota_store::usage::UsageRecord;
-use quota_store::{now_ms, LedgerError, Settlement};
+use quota_store::{LedgerError, Settlement};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
@@ -194,7 +196,7 @@ impl Billing {
     fn usage_record(&self, usage: &Usage, charge: &Charge, status: &str) -> UsageRecord {
         UsageRecord {
             id: self.request_id.clone(),
-            created_at: now_ms(),
+            created_at: self.state.clock.now_ms(),
             developer_id: self.principal.developer_id.clone(),
             key_id: self.principal.key_id.clone(),
             app_id: self.principal.app_id.clone(),
@@ -217,7 +219,7 @@ impl Billing {
 
     /// The transfers that charge `charge` to the payer.
     fn transfers(&self, charge: &Charge) -> Vec<Transfer> {
-        let now = now_ms();
+        let now = self.state.clock.now_ms();
         let sandbox = self.principal.sandbox();
         let mut out = Vec::with_capacity(2);
         if charge.base.is_positive() {
@@ -256,12 +258,15 @@ impl Billing {
         // In the sandbox the developer pays the base price; the markup is reported, not taken.
         let charged = if self.principal.sandbox() { charge.base } else { charge.total() };
         let balance_before = hold.balance_at_hold();
+        let record = self.usage_record(&usage, &charge, status);
+        let (events, low_balance) = self.state.webhooks.settlement_events(&self.principal, &record, record.created_at);
         let settlement = Settlement {
             transfers: self.transfers(&charge),
-            usage: Some(self.usage_record(&usage, &charge, status)),
+            usage: Some(record),
             idempotency: None,
             key_used: self.principal.key_id.clone(),
-            ..Default::default()
+            events,
+            low_balance,
         };
         let committed = self.state.ledger.settle(hold, settlement).await.map_err(|e| {
             tracing::error!(request_id = %self.request_id, error = %e, "settlement failed");

@@ -10,7 +10,9 @@ pub mod keys;
 pub mod messages;
 pub mod oauth;
 pub mod ops;
+pub mod reporting;
 pub mod v1;
+pub mod webhooks;
 
 use crate::app::SharedState;
 use axum::routing::{get, patch, post};
@@ -32,6 +34,28 @@ pub fn user_billing_router() -> Router<SharedState> {
         .route("/account/connections", get(connections::list))
         .route("/account/connections/{app_id}", axum::routing::delete(connections::disconnect))
         .route("/v1/funding/oauth_user", post(funding::fund_oauth_user))
+}
+
+/// Webhooks (SPEC §8), usage, ledger and analytics (SPEC §9).
+pub fn reporting_router() -> Router<SharedState> {
+    Router::new()
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/webhooks/{id}", get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
+        .route("/v1/webhooks/{id}/rotate-secret", post(webhooks::rotate_secret))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/deliveries/{delivery_id}/replay", post(webhooks::replay))
+        .route("/v1/webhooks/{id}/test", post(webhooks::test))
+        .route("/v1/usage", get(reporting::usage))
+        .route("/v1/ledger", get(reporting::ledger))
+        .route("/developers/analytics/summary", get(reporting::summary))
+        .route("/developers/analytics/timeseries", get(reporting::timeseries))
+        .route("/developers/analytics/breakdown", get(reporting::breakdown))
+}
+
+/// The opaque cursor of the page that starts at `offset`.
+pub fn cursor_at(offset: usize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{offset}"))
 }
 
 /// `?limit=&cursor=` (SPEC §0).
@@ -79,12 +103,10 @@ impl PageQuery {
 
     /// Page `items` and make the next cursor.
     pub fn page<T>(&self, items: Vec<T>) -> Result<(Vec<T>, Option<String>), crate::error::ApiError> {
-        use base64::Engine;
         let (offset, limit) = self.parse()?;
         let total = items.len();
         let page: Vec<T> = items.into_iter().skip(offset).take(limit).collect();
-        let next = (offset + limit < total)
-            .then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{}", offset + limit)));
+        let next = (offset + limit < total).then(|| cursor_at(offset + limit));
         Ok((page, next))
     }
 }

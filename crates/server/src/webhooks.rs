@@ -1,0 +1,475 @@
+//! Webhooks (SPEC §8): event names, URL checks (SSRF), signing, the in-memory directory of
+//! endpoints the request path consults, and the delivery worker.
+//!
+//! The request path only *adds events to a settlement* (see [`Directory::settlement_events`]):
+//! a hash-map read, no I/O. Everything else happens in [`spawn_worker`]'s task, at its own
+//! pace: fan-out of outbox rows into deliveries, leased claims (safe with several instances),
+//! signed sends with a 15 s timeout, the retry schedule on the injectable server clock, the
+//! 5-day auto-disable, and the usage retention job. Not here: the rows (`quota_store::webhooks`).
+
+use crate::app::SharedState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use parking_lot::RwLock;
+use quota_store::usage::{UsageRecord, DAY_MS};
+use quota_store::webhooks::{AttemptLog, DueDelivery, WebhookEndpoint};
+use quota_store::{LowBalanceWatch, OutboxEvent};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Every event type an endpoint may subscribe to.
+pub const EVENT_TYPES: &[&str] = &[
+    "usage.completed",
+    "balance.updated",
+    "balance.low",
+    "user.connected",
+    "user.disconnected",
+    "topup.succeeded",
+    "payout.paid",
+    "payout.failed",
+];
+
+/// Longest endpoint description, in characters.
+pub const DESCRIPTION_MAX_CHARS: usize = 500;
+/// Longest endpoint URL, in bytes.
+pub const URL_MAX_BYTES: usize = 2048;
+/// Delays before the 2nd…8th attempts (SPEC §8): 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+pub const RETRY_SCHEDULE_SECS: [i64; 7] = [5, 300, 1800, 7200, 18_000, 36_000, 36_000];
+/// An endpoint whose failures have run this long is disabled.
+pub const DISABLE_AFTER_MS: i64 = 5 * DAY_MS;
+/// A success is a 2xx within this time.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// A claimed delivery is not due for another worker until this lease ends (> the timeout).
+pub const LEASE_MS: i64 = 60_000;
+/// Most response bytes kept in the delivery log.
+pub const SNIPPET_MAX_BYTES: usize = 512;
+/// Outbox rows fanned out per worker pass.
+const DISPATCH_BATCH_MAX: i64 = 500;
+/// How often the worker re-reads the endpoint directory (other instances' changes).
+const DIRECTORY_REFRESH_MS: i64 = 5_000;
+/// How often the retention job runs.
+const RETENTION_EVERY_MS: i64 = 3_600_000;
+
+/// A new `whsec_…` secret: 32 random bytes, base64 (the Standard Webhooks format).
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// The two signatures of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signatures {
+    /// `X-Quota-Signature`: hex HMAC-SHA256 of the raw body, keyed with the whole secret string.
+    pub quota: String,
+    /// `webhook-signature`: `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`, keyed with the
+    /// base64-decoded part of the secret after `whsec_` (Standard Webhooks).
+    pub standard: String,
+}
+
+/// Sign `body` for delivery `msg_id` at Unix second `timestamp`.
+pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Signatures {
+    let mut mac = <Hmac<Sha256>>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(body);
+    let quota = hex::encode(mac.finalize().into_bytes());
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
+        .unwrap_or_else(|_| secret.as_bytes().to_vec());
+    let mut mac = <Hmac<Sha256>>::new_from_slice(&key).expect("HMAC takes keys of any length");
+    mac.update(format!("{msg_id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let standard = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+    Signatures { quota, standard }
+}
+
+/// Whether an address is one a public webhook must not reach (SSRF, SPEC §8).
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.octets()[0] == 0
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // 100.64/10, carrier NAT
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            v6.is_loopback() || v6.is_unspecified() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Parse and check an endpoint URL: http(s), a host, at most [`URL_MAX_BYTES`]; private and
+/// loopback hosts (literal addresses and `localhost`) only when `allow_private`. Hostnames are
+/// checked again, resolved, at every delivery.
+pub fn validate_url(raw: &str, allow_private: bool) -> Result<String, ApiError> {
+    let bad = |m: String| ApiError::bad_request(m).with_hint("use an https:// URL on a public host");
+    if raw.len() > URL_MAX_BYTES {
+        return Err(bad(format!("url is longer than {URL_MAX_BYTES} bytes")));
+    }
+    let url = url::Url::parse(raw).map_err(|e| bad(format!("url is not a valid URL: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(bad(format!("url scheme `{}` is not allowed: only http and https", url.scheme())));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("url must not carry credentials".into()));
+    }
+    let private = match url.host() {
+        None => return Err(bad("url has no host".into())),
+        Some(url::Host::Ipv4(a)) => is_private(IpAddr::V4(a)),
+        Some(url::Host::Ipv6(a)) => is_private(IpAddr::V6(a)),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost") || d.ends_with(".internal") || d.ends_with(".local")
+        }
+    };
+    if private && !allow_private {
+        return Err(bad(format!("url `{raw}` points to a private or loopback address, which is refused (SSRF)")));
+    }
+    Ok(url.to_string())
+}
+
+/// Parse a list of event names; unknown ones are refused. Empty: every event.
+pub fn parse_events(events: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::with_capacity(events.len());
+    for e in events {
+        if e == "*" {
+            return Ok(Vec::new());
+        }
+        if !EVENT_TYPES.contains(&e.as_str()) {
+            return Err(ApiError::bad_request(format!("unknown event type `{e}`"))
+                .with_hint(format!("event types: {}", EVENT_TYPES.join(", "))));
+        }
+        if !out.contains(e) {
+            out.push(e.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// What the request path needs to know about one endpoint.
+#[derive(Debug, Clone)]
+struct Subscription {
+    id: String,
+    events: Vec<String>,
+    low_balance_threshold: Option<i64>,
+}
+
+impl Subscription {
+    fn wants(&self, kind: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == kind)
+    }
+}
+
+/// Live endpoints by developer, in memory: the request path decides which events to write
+/// without a database read. Reloaded on every change made here and every few seconds by the
+/// worker (changes made by other instances).
+#[derive(Default)]
+pub struct Directory {
+    by_developer: RwLock<HashMap<String, Vec<Subscription>>>,
+}
+
+impl Directory {
+    pub async fn reload(&self, store: &quota_store::Store) -> Result<(), quota_store::StoreError> {
+        let live = store.live_webhook_endpoints().await?;
+        let mut map: HashMap<String, Vec<Subscription>> = HashMap::new();
+        for e in live {
+            map.entry(e.developer_id.clone()).or_default().push(Subscription {
+                id: e.id,
+                events: e.events,
+                low_balance_threshold: e.low_balance_threshold,
+            });
+        }
+        *self.by_developer.write() = map;
+        Ok(())
+    }
+
+    /// The outbox entries a charge adds to its settlement (DESIGN §1 *record*): one
+    /// `usage.completed` if any endpoint wants it, and a `balance.low` watch per endpoint with a
+    /// threshold, on the payer's wallet. Nothing when the developer has no endpoint.
+    pub fn settlement_events(
+        &self,
+        principal: &Principal,
+        record: &UsageRecord,
+        now_ms: i64,
+    ) -> (Vec<OutboxEvent>, Vec<LowBalanceWatch>) {
+        let dir = self.by_developer.read();
+        let Some(subs) = dir.get(&principal.developer_id) else {
+            return (Vec::new(), Vec::new());
+        };
+        let sandbox = principal.sandbox();
+        let mut events = Vec::new();
+        if subs.iter().any(|s| s.wants("usage.completed")) {
+            let mut e = OutboxEvent::new("usage.completed", &principal.developer_id, usage_data(record), now_ms);
+            e.sandbox = sandbox;
+            events.push(e);
+        }
+        let mut watches = Vec::new();
+        for s in subs.iter().filter(|s| s.wants("balance.low")) {
+            let Some(threshold) = s.low_balance_threshold else { continue };
+            let mut e = OutboxEvent::new(
+                "balance.low",
+                &principal.developer_id,
+                json!({
+                    "account": principal.payer.to_string(),
+                    "user_id": principal.user_id.clone().unwrap_or_else(|| principal.developer_id.clone()),
+                    "app_id": principal.app_id,
+                    "request_id": record.id,
+                }),
+                now_ms,
+            );
+            e.sandbox = sandbox;
+            e.endpoint_id = Some(s.id.clone());
+            watches.push(LowBalanceWatch { account: principal.payer.clone(), threshold, event: e });
+        }
+        (events, watches)
+    }
+}
+
+/// `usage.completed`'s `data`: the usage record (no prompt or completion text exists in it).
+pub fn usage_data(r: &UsageRecord) -> Value {
+    json!({
+        "request_id": r.id,
+        "key_id": r.key_id,
+        "app_id": r.app_id,
+        "payer": r.payer_account,
+        "billing_mode": r.billing_mode,
+        "model": r.model,
+        "provider": r.provider,
+        "input_tokens": r.input_tokens,
+        "cached_tokens": r.cached_tokens,
+        "output_tokens": r.output_tokens,
+        "base_cost": r.base_cost,
+        "markup": r.markup,
+        "total": r.total,
+        "status": r.status,
+        "latency_ms": r.latency_ms,
+        "sandbox": r.sandbox,
+    })
+}
+
+/// The JSON body of a delivery: `{id, type, created_at, data}` (+ `sandbox: true`). Built from
+/// the stored event, so every attempt of an event sends the same bytes.
+pub fn envelope(d: &DueDelivery) -> Vec<u8> {
+    let data: Value = serde_json::from_str(&d.event_data).unwrap_or(Value::Null);
+    let mut body = json!({
+        "id": d.event_id,
+        "type": d.event_type,
+        "created_at": quota_store::clock::rfc3339(d.event_created_at),
+        "data": data,
+    });
+    if d.sandbox {
+        body["sandbox"] = Value::Bool(true);
+    }
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// When to try again after `attempts` failed attempts (`None`: give up).
+pub fn next_attempt_at(attempts: i64, now_ms: i64) -> Option<i64> {
+    let i = usize::try_from(attempts - 1).ok()?;
+    RETRY_SCHEDULE_SECS.get(i).map(|s| now_ms + s * 1000)
+}
+
+/// Start the worker (one per process; any number of processes may share a database).
+pub fn spawn_worker(state: &SharedState) {
+    let weak = Arc::downgrade(state);
+    let poll = Duration::from_millis(state.config.webhook_poll_ms.max(10));
+    let concurrency = state.config.webhook_concurrency.max(1);
+    tokio::spawn(async move {
+        let client = match reqwest::Client::builder()
+            .timeout(ATTEMPT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook worker could not build its HTTP client");
+                return;
+            }
+        };
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let mut ticker = tokio::time::interval(poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut directory_at = i64::MIN;
+        let mut retention_at = i64::MIN;
+        loop {
+            ticker.tick().await;
+            let Some(state) = weak.upgrade() else { break };
+            let now = state.clock.now_ms();
+            if now.saturating_sub(directory_at) >= DIRECTORY_REFRESH_MS || now < directory_at {
+                directory_at = now;
+                if let Err(e) = state.webhooks.reload(&state.store).await {
+                    tracing::warn!(error = %e, "webhook directory reload failed");
+                }
+            }
+            if now.saturating_sub(retention_at) >= RETENTION_EVERY_MS {
+                retention_at = now;
+                let cutoff = now - i64::from(state.config.usage_retention_days) * DAY_MS;
+                match state.store.expire_usage(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(records = n, "usage retention: raw records folded into daily aggregates"),
+                    Err(e) => tracing::warn!(error = %e, "usage retention failed"),
+                }
+            }
+            if let Err(e) = pass(&state, &client, &permits).await {
+                tracing::warn!(error = %e, "webhook worker pass failed");
+            }
+        }
+    });
+}
+
+/// One pass: fan out new events, then claim and send as many due deliveries as there are free
+/// permits (bounded concurrency).
+async fn pass(
+    state: &SharedState,
+    client: &reqwest::Client,
+    permits: &Arc<tokio::sync::Semaphore>,
+) -> Result<(), quota_store::StoreError> {
+    let now = state.clock.now_ms();
+    while state.store.dispatch_events(now, DISPATCH_BATCH_MAX).await? as i64 == DISPATCH_BATCH_MAX {}
+    loop {
+        let free = permits.available_permits();
+        if free == 0 {
+            return Ok(());
+        }
+        let now = state.clock.now_ms();
+        let due = state.store.claim_deliveries(now, now + LEASE_MS, free as i64).await?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        for d in due {
+            let Ok(permit) = permits.clone().acquire_owned().await else { return Ok(()) };
+            let state = state.clone();
+            let client = client.clone();
+            tokio::spawn(async move {
+                attempt(&state, &client, d).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Send one delivery and log the outcome.
+async fn attempt(state: &SharedState, client: &reqwest::Client, d: DueDelivery) {
+    let body = envelope(&d);
+    let started_ms = state.clock.now_ms();
+    let timestamp = started_ms.div_euclid(1000);
+    let sig = sign(&d.endpoint.secret, &d.event_id, timestamp, &body);
+    let started = Instant::now();
+    let outcome = send(state, client, &d.endpoint, &d.event_id, timestamp, &sig, body).await;
+    let latency_ms = started.elapsed().as_millis() as i64;
+    let (status_code, snippet, error) = match &outcome {
+        Ok((status, text)) => (Some(i64::from(*status)), Some(text.clone()), None),
+        Err(e) => (None, None, Some(e.clone())),
+    };
+    let succeeded = matches!(outcome, Ok((s, _)) if (200..300).contains(&s));
+    metrics::counter!("quota_webhook_attempts_total", "outcome" => if succeeded { "success" } else { "failure" })
+        .increment(1);
+    let now = state.clock.now_ms();
+    let log = AttemptLog {
+        id: quota_core::ids::new_id("wha_"),
+        delivery_id: d.id.clone(),
+        attempted_at: now,
+        status_code,
+        latency_ms,
+        response_snippet: snippet,
+        error,
+        succeeded,
+    };
+    let next = if succeeded { None } else { next_attempt_at(d.attempts + 1, now) };
+    match state.store.finish_attempt(&log, next, &d.endpoint.id, now - DISABLE_AFTER_MS).await {
+        Ok(true) => {
+            tracing::warn!(endpoint = %d.endpoint.id, "webhook endpoint disabled after 5 days of failures");
+            if let Err(e) = state.webhooks.reload(&state.store).await {
+                tracing::warn!(error = %e, "webhook directory reload failed");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(delivery = %d.id, error = %e, "could not record a webhook attempt"),
+    }
+}
+
+/// POST the body; `Ok((status, response snippet))` or a transport error's text.
+async fn send(
+    state: &SharedState,
+    client: &reqwest::Client,
+    endpoint: &WebhookEndpoint,
+    msg_id: &str,
+    timestamp: i64,
+    sig: &Signatures,
+    body: Vec<u8>,
+) -> Result<(u16, String), String> {
+    if !state.config.webhook_private_urls_allowed() {
+        let url = url::Url::parse(&endpoint.url).map_err(|e| e.to_string())?;
+        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addrs = tokio::net::lookup_host((host.as_str(), port)).await.map_err(|e| format!("dns: {e}"))?;
+        for a in addrs {
+            if is_private(a.ip()) {
+                return Err(format!("refused: {host} resolves to a private address"));
+            }
+        }
+    }
+    let resp = client
+        .post(&endpoint.url)
+        .header("content-type", "application/json")
+        .header("user-agent", "Quota-Webhooks/1")
+        .header("x-quota-signature", &sig.quota)
+        .header("webhook-id", msg_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", &sig.standard)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| if e.is_timeout() { "timeout after 15 s".to_string() } else { format!("request failed: {e}") })?;
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let end = bytes.len().min(SNIPPET_MAX_BYTES);
+    Ok((status, String::from_utf8_lossy(&bytes[..end]).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_follow_the_schedule_then_stop() {
+        assert_eq!(next_attempt_at(1, 0), Some(5_000));
+        assert_eq!(next_attempt_at(2, 0), Some(300_000));
+        assert_eq!(next_attempt_at(7, 0), Some(36_000_000));
+        assert_eq!(next_attempt_at(8, 0), None);
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(validate_url("ftp://example.com/x", true).is_err());
+        assert!(validate_url("http://127.0.0.1:9/x", false).is_err());
+        assert!(validate_url("http://10.1.2.3/x", false).is_err());
+        assert!(validate_url("http://[::1]/x", false).is_err());
+        assert!(validate_url("http://localhost/x", false).is_err());
+        assert!(validate_url("http://127.0.0.1:9/x", true).is_ok());
+        assert!(validate_url("https://hooks.example.com/x", false).is_ok());
+    }
+
+    #[test]
+    fn standard_webhooks_signature_matches_the_spec_example() {
+        // From the Standard Webhooks specification's test vectors.
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"test": 2432232314}"#;
+        let sig = sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
+        assert_eq!(sig.standard, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+}

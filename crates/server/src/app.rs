@@ -28,6 +28,8 @@ pub struct AppState {
     pub oauth: crate::oauth::OAuthState,
     /// Time for expiry and refill decisions (tests move it).
     pub clock: Arc<crate::clock::Clock>,
+    /// The payment provider (SPEC §10), if configured.
+    pub payments: Option<crate::payments::Provider>,
     openai: Arc<OpenAiAdapter>,
     anthropic: Arc<AnthropicAdapter>,
     google: Arc<GoogleAdapter>,
@@ -75,7 +77,9 @@ impl AppState {
             Some(url) => crate::limit::RateLimiter::with_redis(url, clock.clone()).map_err(anyhow::Error::msg)?,
             None => crate::limit::RateLimiter::local(clock.clone()),
         };
-        Ok(Arc::new(AppState {
+        let payments = crate::payments::Provider::from_config(&config).map_err(anyhow::Error::msg)?;
+        let state = Arc::new(AppState {
+            payments,
             limiter,
             oauth: crate::oauth::OAuthState::default(),
             clock,
@@ -88,7 +92,11 @@ impl AppState {
             ledger,
             catalog,
             keys: KeyCache::default(),
-        }))
+        });
+        if state.payments.is_some() && state.config.payouts_schedule {
+            crate::payments::payouts::spawn_schedule(&state);
+        }
+        Ok(state)
     }
 
     /// Phase *route*'s provider choice: the sandbox for sandbox principals, else the model's.
@@ -140,6 +148,7 @@ pub fn build_router(state: SharedState) -> Router {
         .route("/v1/balance", get(routes::v1::balance))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .merge(routes::user_billing_router())
+        .merge(routes::payments_router())
         .route("/v1/messages", post(routes::messages::messages))
         // Gemini's API version is v1beta; the Google GenAI SDK's default is v1: both work.
         .route("/v1beta/models/{*model_action}", post(routes::gemini::generate_content))

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod messages;
 pub mod oauth;
 pub mod ops;
+pub mod payments;
 pub mod v1;
 
 use crate::app::SharedState;
@@ -32,6 +33,19 @@ pub fn user_billing_router() -> Router<SharedState> {
         .route("/account/connections", get(connections::list))
         .route("/account/connections/{app_id}", axum::routing::delete(connections::disconnect))
         .route("/v1/funding/oauth_user", post(funding::fund_oauth_user))
+}
+
+/// Payments and payouts (SPEC §10).
+pub fn payments_router() -> Router<SharedState> {
+    Router::new()
+        .route("/v1/packages", get(payments::packages))
+        .route("/api/payments/checkout", post(payments::checkout))
+        .route("/webhooks/stripe", post(payments::stripe_webhook))
+        .route("/payments/dev/checkout/{id}", get(payments::dev_checkout_page).post(payments::dev_checkout_pay))
+        .route("/developers/connect/onboard", post(payments::connect_onboard))
+        .route("/developers/connect/refresh", post(payments::connect_refresh))
+        .route("/developers/earnings", get(payments::earnings))
+        .route("/developers/payouts", get(payments::payouts))
 }
 
 /// `?limit=&cursor=` (SPEC §0).

@@ -300,7 +300,9 @@ mod tests {
 
     #[test]
     fn transfer_kinds_round_trip() {
-        for k in [TransferKind::Welcome, TransferKind::UsageCharge, TransferKind::ReserveRelease, TransferKind::PayoutSent] {
+        for k in
+            [TransferKind::Welcome, TransferKind::UsageCharge, TransferKind::ReserveRelease, TransferKind::PayoutSent]
+        {
             assert_eq!(k.as_str().parse::<TransferKind>().unwrap(), k);
         }
     }

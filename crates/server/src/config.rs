@@ -365,9 +365,13 @@ mod tests {
         assert_eq!(c.payments_provider.as_deref(), Some("stripe"));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.toml");
-        std::fs::write(&path, "[[packages]]\nid = \"tiny\"\nname = \"Tiny\"\nprice_cents = 100\ncredits = 90000\n").unwrap();
+        std::fs::write(&path, "[[packages]]\nid = \"tiny\"\nname = \"Tiny\"\nprice_cents = 100\ncredits = 90000\n")
+            .unwrap();
         let c = Config::load_from(Some(&path), env(&[])).unwrap();
-        assert_eq!(c.packages, vec![PackageConfig { id: "tiny".into(), name: "Tiny".into(), price_cents: 100, credits: 90_000 }]);
+        assert_eq!(
+            c.packages,
+            vec![PackageConfig { id: "tiny".into(), name: "Tiny".into(), price_cents: 100, credits: 90_000 }]
+        );
     }
 
     #[test]

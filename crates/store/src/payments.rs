@@ -113,7 +113,8 @@ impl Store {
     }
 
     pub async fn checkout_session(&self, id: &str) -> Result<Option<CheckoutSession>, StoreError> {
-        let row = sqlx::query("SELECT * FROM checkout_sessions WHERE id = $1").bind(id).fetch_optional(self.pool()).await?;
+        let row =
+            sqlx::query("SELECT * FROM checkout_sessions WHERE id = $1").bind(id).fetch_optional(self.pool()).await?;
         Ok(row.as_ref().map(session_from_row))
     }
 
@@ -133,18 +134,23 @@ impl Store {
 
     /// Whether a provider event was applied before.
     pub async fn stripe_event_seen(&self, id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 AS one FROM stripe_events WHERE id = $1").bind(id).fetch_optional(self.pool()).await?;
+        let row = sqlx::query("SELECT 1 AS one FROM stripe_events WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
         Ok(row.is_some())
     }
 
     /// Record that a provider event was applied; `false` if it already was.
     pub async fn record_stripe_event(&self, id: &str, kind: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("INSERT INTO stripe_events (id, type, received_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
-            .bind(id)
-            .bind(kind)
-            .bind(now_ms)
-            .execute(self.pool())
-            .await?;
+        let done = sqlx::query(
+            "INSERT INTO stripe_events (id, type, received_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -192,7 +198,12 @@ impl Store {
     }
 
     /// Σ of `kind` transfers into `account` created at or before `until_ms`.
-    pub async fn sum_transfers_to(&self, kind: TransferKind, account: &AccountId, until_ms: i64) -> Result<i64, StoreError> {
+    pub async fn sum_transfers_to(
+        &self,
+        kind: TransferKind,
+        account: &AccountId,
+        until_ms: i64,
+    ) -> Result<i64, StoreError> {
         let r = sqlx::query(
             "SELECT COALESCE(SUM(amount), 0) AS s FROM transfers WHERE kind = $1 AND to_account = $2 AND created_at <= $3",
         )
@@ -206,11 +217,12 @@ impl Store {
 
     /// Σ of `kind` transfers out of `account` (at any time).
     pub async fn sum_transfers_from(&self, kind: TransferKind, account: &AccountId) -> Result<i64, StoreError> {
-        let r = sqlx::query("SELECT COALESCE(SUM(amount), 0) AS s FROM transfers WHERE kind = $1 AND from_account = $2")
-            .bind(kind.as_str())
-            .bind(account.to_string())
-            .fetch_one(self.pool())
-            .await?;
+        let r =
+            sqlx::query("SELECT COALESCE(SUM(amount), 0) AS s FROM transfers WHERE kind = $1 AND from_account = $2")
+                .bind(kind.as_str())
+                .bind(account.to_string())
+                .fetch_one(self.pool())
+                .await?;
         Ok(r.get("s"))
     }
 
@@ -233,11 +245,12 @@ impl Store {
         .bind(p.created_at)
         .execute(self.pool())
         .await?;
-        let row = sqlx::query(&format!("SELECT {PAYOUT_COLUMNS} FROM payouts WHERE developer_id = $1 AND covered_from = $2"))
-            .bind(&p.developer_id)
-            .bind(p.covered_from)
-            .fetch_one(self.pool())
-            .await?;
+        let row =
+            sqlx::query(&format!("SELECT {PAYOUT_COLUMNS} FROM payouts WHERE developer_id = $1 AND covered_from = $2"))
+                .bind(&p.developer_id)
+                .bind(p.covered_from)
+                .fetch_one(self.pool())
+                .await?;
         Ok(payout_from_row(&row))
     }
 
@@ -301,6 +314,39 @@ impl Store {
             insert_events(&mut tx, std::slice::from_ref(event)).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Take the developer's payout lease for `holder` until `expires_at`, unless another
+    /// holder's lease is still live. `true` when taken.
+    pub async fn take_payout_lease(
+        &self,
+        developer_id: &str,
+        holder: &str,
+        now_ms: i64,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO payout_leases (developer_id, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (developer_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE payout_leases.expires_at < $4",
+        )
+        .bind(developer_id)
+        .bind(holder)
+        .bind(expires_at)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Free a lease this holder took.
+    pub async fn free_payout_lease(&self, developer_id: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM payout_leases WHERE developer_id = $1 AND holder = $2")
+            .bind(developer_id)
+            .bind(holder)
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 }

@@ -63,8 +63,12 @@ impl Provider {
 /// The configured provider, or 503 `provider_unavailable`.
 pub fn provider(state: &SharedState) -> Result<&Provider, ApiError> {
     state.payments.as_ref().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable", "payments are not configured on this server")
-            .with_hint("set payments_provider = \"stripe\" (or \"dev\" for local use)")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "provider_unavailable",
+            "payments are not configured on this server",
+        )
+        .with_hint("set payments_provider = \"stripe\" (or \"dev\" for local use)")
     })
 }
 

@@ -11,7 +11,9 @@
 //! and pays the available balance to the developer's Connect account: nothing below $10
 //! (carried over), cents = floor(credits / 10,000), the sub-cent remainder carried over.
 //!
-//! **Never twice.** Every step's transfer id is derived from the developer and the cumulative
+//! **One at a time, never twice.** A run works on a developer only under that developer's
+//! lease (a database row, so it holds across instances and `quota payouts run`); a concurrent
+//! run skips the developer (`busy`). Beneath that, every step's transfer id is derived from the developer and the cumulative
 //! amount that step has already moved (`ledg_erel_{dev}_{released so far}`, …): two runs that
 //! read the same state write the same id, and the ledger writes an id once, so a re-run, a
 //! concurrent run in this process or another instance can only repeat a no-op. A payout row is
@@ -39,6 +41,8 @@ pub const RESERVE_HOLD_MS: i64 = 90 * DAY_MS;
 pub const PAYOUT_MINIMUM: Credits = Credits(10_000_000);
 /// One US cent.
 pub const CREDITS_PER_CENT: i64 = 10_000;
+/// How long a run may hold a developer's lease (far beyond a few Stripe calls).
+pub const LEASE_MS: i64 = 10 * 60 * 1000;
 /// The reserve is 1/10 of released earnings.
 pub const RESERVE_DIVISOR: i64 = 10;
 
@@ -59,6 +63,8 @@ pub struct BatchReport {
     pub below_minimum: usize,
     /// Developers skipped after an unexpected error (logged).
     pub errors: usize,
+    /// Developers skipped because another run holds their lease.
+    pub busy: usize,
 }
 
 /// The payout for an available balance: `(cents, credits)`, or `None` below the minimum.
@@ -123,8 +129,16 @@ pub async fn run(state: &SharedState, as_of_ms: i64) -> anyhow::Result<BatchRepo
         developers: developers.len(),
         ..Default::default()
     };
+    let holder = quota_core::ids::new_id("run_");
     for dev in developers {
-        if let Err(e) = settle_developer(state, provider, &dev, as_of_ms, &mut report).await {
+        let now = state.clock.now_ms();
+        if !state.store.take_payout_lease(&dev, &holder, now, now + LEASE_MS).await? {
+            report.busy += 1;
+            continue;
+        }
+        let result = settle_developer(state, provider, &dev, as_of_ms, &mut report).await;
+        state.store.free_payout_lease(&dev, &holder).await?;
+        if let Err(e) = result {
             tracing::error!(developer = %dev, error = %e, "payout batch: developer skipped");
             report.errors += 1;
         }
@@ -143,6 +157,9 @@ pub async fn run(state: &SharedState, as_of_ms: i64) -> anyhow::Result<BatchRepo
 /// id) or moved the money first (the account can no longer cover it).
 async fn step(state: &SharedState, transfer: Transfer) -> anyhow::Result<i64> {
     let amount = transfer.amount.0;
+    // Catch up with transfers other instances (or `quota payouts run`) committed, so the hold
+    // below sees the account as the database has it.
+    state.ledger.flush().await?;
     match state.ledger.transfer(transfer).await {
         Ok(c) if c.duplicates == 0 => Ok(amount),
         Ok(_) => Ok(0),
@@ -193,7 +210,13 @@ async fn settle_developer(
     let held = store.sum_transfers_to(TransferKind::ReserveHold, &reserve, i64::MAX).await?;
     let target = reserve_for(released);
     if target > held {
-        let t = transfer(format!("ledg_rhold_{dev}_{held}"), &available, &reserve, target - held, TransferKind::ReserveHold);
+        let t = transfer(
+            format!("ledg_rhold_{dev}_{held}"),
+            &available,
+            &reserve,
+            target - held,
+            TransferKind::ReserveHold,
+        );
         report.reserved += step(state, t).await?;
     }
 
@@ -201,8 +224,13 @@ async fn settle_developer(
     let due = store.sum_transfers_to(TransferKind::ReserveHold, &reserve, as_of - RESERVE_HOLD_MS).await?;
     let returned = store.sum_transfers_from(TransferKind::ReserveRelease, &reserve).await?;
     if due > returned {
-        let t =
-            transfer(format!("ledg_rrel_{dev}_{returned}"), &reserve, &available, due - returned, TransferKind::ReserveRelease);
+        let t = transfer(
+            format!("ledg_rrel_{dev}_{returned}"),
+            &reserve,
+            &available,
+            due - returned,
+            TransferKind::ReserveRelease,
+        );
         report.reserve_released += step(state, t).await?;
     }
 
@@ -257,12 +285,18 @@ async fn settle_developer(
 /// Send (or resend) one payout: move it into transit if it is not there yet, ask the provider
 /// for the transfer with the payout's idempotency key, and record the answer. `Ok(true)` when
 /// it is paid.
-async fn attempt(state: &SharedState, provider: &Provider, p: &Payout, report: &mut BatchReport) -> anyhow::Result<bool> {
+async fn attempt(
+    state: &SharedState,
+    provider: &Provider,
+    p: &Payout,
+    report: &mut BatchReport,
+) -> anyhow::Result<bool> {
     let dev = &p.developer_id;
     let available = AccountId::EarningsAvailable(dev.clone());
     let in_transit = AccountId::PayoutInTransit(dev.clone());
     let sent_id = format!("ledg_posent_{dev}_{}", p.covered_from);
     let now = state.clock.now_ms();
+    state.ledger.flush().await?;
     if !state.store.transfer_exists(&sent_id).await? {
         let sent = Transfer {
             id: sent_id,
@@ -313,11 +347,18 @@ async fn attempt(state: &SharedState, provider: &Provider, p: &Payout, report: &
                 created_at_ms: now,
             };
             let event = OutboxEvent::new("payout.paid", dev, data(json!({"stripe_transfer_id": transfer_id})), now);
-            let committed = state.ledger.transfer_with_events(paid, vec![event]).await?;
-            state.store.mark_payout_paid(&p.id, &transfer_id, now).await?;
-            if committed.duplicates == 0 {
-                report.paid.push(p.id.clone());
+            state.ledger.flush().await?;
+            if !state.store.transfer_exists(&paid.id).await? {
+                match state.ledger.transfer_with_events(paid, vec![event]).await {
+                    Ok(c) if c.duplicates == 0 => report.paid.push(p.id.clone()),
+                    Ok(_) => {}
+                    // A concurrent run's confirmation is moving the same money; Stripe's answer
+                    // is the same transfer, so the payout is recorded by whichever commits.
+                    Err(LedgerError::Insufficient { .. }) => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                }
             }
+            state.store.mark_payout_paid(&p.id, &transfer_id, now).await?;
             Ok(true)
         }
         Err(e) => {

@@ -45,7 +45,12 @@ impl StripeClient {
     }
 
     /// `POST {base}{path}` with a form-encoded body; the JSON object Stripe returns.
-    async fn post(&self, path: &str, form: &[(&str, String)], idempotency_key: Option<&str>) -> Result<Value, StripeError> {
+    async fn post(
+        &self,
+        path: &str,
+        form: &[(&str, String)],
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, StripeError> {
         let body = {
             let mut s = url::form_urlencoded::Serializer::new(String::new());
             for (k, v) in form {
@@ -83,7 +88,10 @@ impl StripeClient {
     }
 
     fn field(json: &Value, name: &str) -> Result<String, StripeError> {
-        json[name].as_str().map(str::to_string).ok_or_else(|| StripeError::Transport(format!("response without `{name}`")))
+        json[name]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| StripeError::Transport(format!("response without `{name}`")))
     }
 
     /// Create a Checkout Session for one package; returns (session id, checkout URL).
@@ -120,7 +128,12 @@ impl StripeClient {
     }
 
     /// A fresh onboarding link for a connected account.
-    pub async fn create_account_link(&self, account: &str, refresh_url: &str, return_url: &str) -> Result<String, StripeError> {
+    pub async fn create_account_link(
+        &self,
+        account: &str,
+        refresh_url: &str,
+        return_url: &str,
+    ) -> Result<String, StripeError> {
         let form = [
             ("account", account.to_string()),
             ("refresh_url", refresh_url.to_string()),
@@ -261,6 +274,9 @@ mod tests {
         assert_eq!(verify_signature(Some(&header), BODY, "whsec_other", t, 300), Err(SignatureError::NoMatch));
         assert_eq!(verify_signature(None, BODY, SECRET, t, 300), Err(SignatureError::Missing));
         assert_eq!(verify_signature(Some("v1=zz"), BODY, SECRET, t, 300), Err(SignatureError::Malformed));
-        assert_eq!(verify_signature(Some(&format!("t={t},v0={good}")), BODY, SECRET, t, 300), Err(SignatureError::NoMatch));
+        assert_eq!(
+            verify_signature(Some(&format!("t={t},v0={good}")), BODY, SECRET, t, 300),
+            Err(SignatureError::NoMatch)
+        );
     }
 }

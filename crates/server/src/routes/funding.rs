@@ -56,11 +56,14 @@ pub async fn fund_oauth_user(
     if req.user_id == developer {
         return Err(ApiError::bad_request("user_id is your own account; fund a user connected to your apps"));
     }
-    let claim = match idempotency::begin(&state, &headers, format!("funding:{developer}"), &[b"/v1/funding/oauth_user", &body]).await? {
-        Begin::Replay(resp) => return Ok(resp),
-        Begin::Claimed(c) => Some(c),
-        Begin::None => None,
-    };
+    let claim =
+        match idempotency::begin(&state, &headers, format!("funding:{developer}"), &[b"/v1/funding/oauth_user", &body])
+            .await?
+        {
+            Begin::Replay(resp) => return Ok(resp),
+            Begin::Claimed(c) => Some(c),
+            Begin::None => None,
+        };
     let connected = state.store.connected_to_developer(&req.user_id, &developer).await.map_err(internal("funding"))?;
     if !connected {
         if let Some(c) = claim {

@@ -124,8 +124,15 @@ pub async fn checkout(
             (id, url)
         }
     };
-    let session =
-        new_session(session_id.clone(), provider, &user_id, package, &body.success_url, &body.cancel_url, state.clock.now_ms());
+    let session = new_session(
+        session_id.clone(),
+        provider,
+        &user_id,
+        package,
+        &body.success_url,
+        &body.cancel_url,
+        state.clock.now_ms(),
+    );
     state.store.insert_checkout_session(&session).await.map_err(internal("checkout session"))?;
     Ok((StatusCode::CREATED, Json(json!({"checkout_url": checkout_url, "session_id": session_id}))).into_response())
 }
@@ -301,12 +308,10 @@ pub async fn connect_refresh(
     headers: HeaderMap,
     user: SessionUser,
 ) -> Result<Json<Value>, ApiError> {
-    let account = state
-        .store
-        .connect_account(&user.user.id)
-        .await
-        .map_err(internal("connect account"))?
-        .ok_or_else(|| ApiError::not_found("Connect account").with_hint("POST /developers/connect/onboard first"))?;
+    let account =
+        state.store.connect_account(&user.user.id).await.map_err(internal("connect account"))?.ok_or_else(|| {
+            ApiError::not_found("Connect account").with_hint("POST /developers/connect/onboard first")
+        })?;
     let url = onboarding_link(&state, &headers, &account).await?;
     Ok(Json(json!({"onboarding_url": url, "stripe_account_id": account})))
 }
@@ -326,7 +331,8 @@ pub async fn earnings(State(state): State<SharedState>, user: SessionUser) -> Re
         .sum_transfers_to(TransferKind::Markup, &pending, now - EARNINGS_HOLD_MS)
         .await
         .map_err(internal("earnings"))?;
-    let released = store.sum_transfers_from(TransferKind::EarningsRelease, &pending).await.map_err(internal("earnings"))?;
+    let released =
+        store.sum_transfers_from(TransferKind::EarningsRelease, &pending).await.map_err(internal("earnings"))?;
     let total = store.sum_transfers_to(TransferKind::Markup, &pending, i64::MAX).await.map_err(internal("earnings"))?;
     let paid = store
         .sum_transfers_from(TransferKind::Payout, &AccountId::PayoutInTransit(dev.clone()))

@@ -60,3 +60,11 @@ CREATE TABLE payouts (
 );
 CREATE INDEX payouts_developer ON payouts(developer_id, created_at);
 CREATE INDEX payouts_status ON payouts(status);
+
+-- One payout batch at a time per developer, across instances and `quota payouts run`: a
+-- lease taken with a conditional upsert, freed at the end (or expired if its holder died).
+CREATE TABLE payout_leases (
+    developer_id TEXT PRIMARY KEY,
+    holder       TEXT NOT NULL,
+    expires_at   BIGINT NOT NULL
+);

@@ -99,14 +99,7 @@ pub fn parse_date(date: &str) -> Result<i64, String> {
     if !(1..=12).contains(&m) || d < 1 || d > days_in_month[(m - 1) as usize] {
         return Err(bad());
     }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Ok((era * 146_097 + doe - 719_468) * DAY_MS)
+    quota_core::catalog::parse_date(date).map(|secs| secs * 1000).ok_or_else(bad)
 }
 
 /// The instant a batch for `date` looks at: the end of that day, or now if the day is today.

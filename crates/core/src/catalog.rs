@@ -186,8 +186,9 @@ fn row_to_model(row: ModelRow) -> Result<Model, String> {
     })
 }
 
-/// `YYYY-MM-DD` → Unix seconds at 00:00 UTC (days-from-civil, proleptic Gregorian).
-fn parse_date(s: &str) -> Option<i64> {
+/// `YYYY-MM-DD` → Unix seconds at 00:00 UTC (days-from-civil, proleptic Gregorian). Checks only
+/// that month and day are in range (1–12, 1–31); callers needing a real calendar day check more.
+pub fn parse_date(s: &str) -> Option<i64> {
     let mut parts = s.splitn(3, '-');
     let y: i64 = parts.next()?.parse().ok()?;
     let m: i64 = parts.next()?.parse().ok()?;

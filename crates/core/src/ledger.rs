@@ -60,6 +60,8 @@ pub enum AccountId {
     EarningsAvailable(String),
     /// The 10% payout reserve held back for 90 days (SPEC §10.3).
     PayoutReserve(String),
+    /// A payout sent to (or being retried at) the payment provider and not yet confirmed paid.
+    PayoutInTransit(String),
     Platform(PlatformAccount),
 }
 
@@ -84,7 +86,8 @@ impl AccountId {
             AccountId::Wallet(u)
             | AccountId::EarningsPending(u)
             | AccountId::EarningsAvailable(u)
-            | AccountId::PayoutReserve(u) => Some(u),
+            | AccountId::PayoutReserve(u)
+            | AccountId::PayoutInTransit(u) => Some(u),
             AccountId::Platform(_) => None,
         }
     }
@@ -97,6 +100,7 @@ impl fmt::Display for AccountId {
             AccountId::EarningsPending(u) => write!(f, "earnings_pending:{u}"),
             AccountId::EarningsAvailable(u) => write!(f, "earnings_available:{u}"),
             AccountId::PayoutReserve(u) => write!(f, "payout_reserve:{u}"),
+            AccountId::PayoutInTransit(u) => write!(f, "payout_in_transit:{u}"),
             AccountId::Platform(p) => write!(f, "platform:{}", p.as_str()),
         }
     }
@@ -116,6 +120,7 @@ impl FromStr for AccountId {
             "earnings_pending" => AccountId::EarningsPending(owned),
             "earnings_available" => AccountId::EarningsAvailable(owned),
             "payout_reserve" => AccountId::PayoutReserve(owned),
+            "payout_in_transit" => AccountId::PayoutInTransit(owned),
             "platform" => AccountId::Platform(
                 PlatformAccount::ALL
                     .into_iter()
@@ -160,10 +165,15 @@ pub enum TransferKind {
     AppWelcome,
     /// A confirmed top-up (payments clearing → wallet).
     Topup,
-    /// Earnings becoming eligible, reserve movements and payouts.
+    /// Earnings becoming eligible (pending → available), 7 days after the charge.
     EarningsRelease,
+    /// 10% of released earnings held back (available → reserve).
     ReserveHold,
+    /// A reserve 90 days old returned (reserve → available).
     ReserveRelease,
+    /// A payout started (available → in transit), before the provider is called.
+    PayoutSent,
+    /// A payout the provider confirmed (in transit → payouts clearing).
     Payout,
 }
 
@@ -181,6 +191,7 @@ impl TransferKind {
             TransferKind::EarningsRelease => "earnings_release",
             TransferKind::ReserveHold => "reserve_hold",
             TransferKind::ReserveRelease => "reserve_release",
+            TransferKind::PayoutSent => "payout_sent",
             TransferKind::Payout => "payout",
         }
     }
@@ -259,6 +270,7 @@ mod tests {
             AccountId::EarningsPending("usr_2".into()),
             AccountId::EarningsAvailable("usr_3".into()),
             AccountId::PayoutReserve("usr_4".into()),
+            AccountId::PayoutInTransit("usr_5".into()),
             AccountId::Platform(PlatformAccount::SandboxRevenue),
         ] {
             assert_eq!(a.to_string().parse::<AccountId>().unwrap(), a);
@@ -288,7 +300,9 @@ mod tests {
 
     #[test]
     fn transfer_kinds_round_trip() {
-        for k in [TransferKind::Welcome, TransferKind::UsageCharge, TransferKind::ReserveRelease] {
+        for k in
+            [TransferKind::Welcome, TransferKind::UsageCharge, TransferKind::ReserveRelease, TransferKind::PayoutSent]
+        {
             assert_eq!(k.as_str().parse::<TransferKind>().unwrap(), k);
         }
     }

@@ -30,6 +30,8 @@ pub struct AppState {
     pub clock: Arc<crate::clock::Clock>,
     /// Live webhook endpoints by developer, for the request path (SPEC §8).
     pub webhooks: crate::webhooks::Directory,
+    /// The payment provider (SPEC §10), if configured.
+    pub payments: Option<crate::payments::Provider>,
     openai: Arc<OpenAiAdapter>,
     anthropic: Arc<AnthropicAdapter>,
     google: Arc<GoogleAdapter>,
@@ -79,7 +81,9 @@ impl AppState {
         };
         let webhooks = crate::webhooks::Directory::default();
         webhooks.reload(&store).await?;
+        let payments = crate::payments::Provider::from_config(&config).map_err(anyhow::Error::msg)?;
         let state = Arc::new(AppState {
+            payments,
             limiter,
             webhooks,
             oauth: crate::oauth::OAuthState::default(),
@@ -95,6 +99,9 @@ impl AppState {
             keys: KeyCache::default(),
         });
         crate::webhooks::spawn_worker(&state);
+        if state.payments.is_some() && state.config.payouts_schedule {
+            crate::payments::payouts::spawn_schedule(&state);
+        }
         Ok(state)
     }
 
@@ -148,6 +155,7 @@ pub fn build_router(state: SharedState) -> Router {
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .merge(routes::user_billing_router())
         .merge(routes::reporting_router())
+        .merge(routes::payments_router())
         .route("/v1/messages", post(routes::messages::messages))
         // Gemini's API version is v1beta; the Google GenAI SDK's default is v1: both work.
         .route("/v1beta/models/{*model_action}", post(routes::gemini::generate_content))

@@ -1,4 +1,4 @@
-//! The `quota` command line: `serve`, `migrate`, `admin …`, `ledger verify`.
+//! The `quota` command line: `serve`, `migrate`, `admin …`, `ledger verify`, `payouts run`.
 //!
 //! Admin commands write to the database directly (no server needed, and safe while one runs:
 //! a running server picks up their transfers within its ledger tick).
@@ -47,6 +47,21 @@ pub enum Command {
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+    /// Payout commands (SPEC §10.3).
+    Payouts {
+        #[command(subcommand)]
+        command: PayoutsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PayoutsCommand {
+    /// Run the payout batch now (safe while a server runs it too: nothing is paid twice).
+    Run {
+        /// The batch of this UTC day (YYYY-MM-DD): earnings eligible by its end. Default: now.
+        #[arg(long)]
+        date: Option<String>,
     },
 }
 
@@ -112,6 +127,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Admin { command } => admin(&config, command).await,
+        Command::Payouts { command: PayoutsCommand::Run { date } } => {
+            init_tracing(&config);
+            // This process runs one batch, not the schedule.
+            config.payouts_schedule = false;
+            let state = AppState::start(config).await?;
+            let now = state.clock.now_ms();
+            let as_of = match date {
+                Some(d) => crate::payments::payouts::as_of_for_date(&d, now).map_err(anyhow::Error::msg)?,
+                None => now,
+            };
+            let report = crate::payments::payouts::run(&state, as_of).await?;
+            state.ledger.flush().await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.errors == 0 { 0 } else { 1 })
+        }
         Command::Ledger { command: LedgerCommand::Verify } => {
             let store = open_store(&config).await?;
             let report = store.verify_ledger().await?;

@@ -66,6 +66,49 @@ pub struct Config {
     pub webhook_concurrency: usize,
     /// Days raw usage records are kept before being folded into daily aggregates.
     pub usage_retention_days: u32,
+    /// Top-ups and payouts (SPEC §10): `stripe` (the Stripe API) or `dev` (a local checkout
+    /// page that pays at once, for running without Stripe). Unset: payments are off.
+    pub payments_provider: Option<String>,
+    /// Stripe's API base URL (tests point it at a fake).
+    pub stripe_api_base: String,
+    /// `sk_live_…` / `sk_test_…`. Never logged.
+    pub stripe_secret_key: Option<String>,
+    /// `whsec_…`: verifies `Stripe-Signature` on `POST /webhooks/stripe`. Never logged.
+    pub stripe_webhook_secret: Option<String>,
+    /// How long a Stripe API call may take.
+    pub stripe_timeout_secs: u64,
+    /// The credit packages sold (`GET /v1/packages`).
+    pub packages: Vec<PackageConfig>,
+    /// Run the daily payout batch in-process (when payments are on).
+    pub payouts_schedule: bool,
+    /// The UTC hour of day at which the in-process batch runs.
+    pub payouts_hour_utc: u32,
+}
+
+/// One top-up package: the customer pays `price_cents`, the wallet receives `credits`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PackageConfig {
+    pub id: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub credits: i64,
+}
+
+/// SPEC §10.1's packages.
+pub fn default_packages() -> Vec<PackageConfig> {
+    let p = |id: &str, name: &str, price_cents: i64, credits: i64| PackageConfig {
+        id: id.into(),
+        name: name.into(),
+        price_cents,
+        credits,
+    };
+    vec![
+        p("starter", "Starter", 500, 4_050_000),
+        p("basic", "Basic", 1_000, 8_500_000),
+        p("plus", "Plus", 2_500, 22_500_000),
+        p("pro", "Pro", 5_000, 46_500_000),
+    ]
 }
 
 impl Default for Config {
@@ -101,6 +144,14 @@ impl Default for Config {
             webhook_poll_ms: 200,
             webhook_concurrency: 16,
             usage_retention_days: 90,
+            payments_provider: None,
+            stripe_api_base: "https://api.stripe.com".into(),
+            stripe_secret_key: None,
+            stripe_webhook_secret: None,
+            stripe_timeout_secs: 30,
+            packages: default_packages(),
+            payouts_schedule: true,
+            payouts_hour_utc: 0,
         }
     }
 }
@@ -146,6 +197,13 @@ const KEYS: &[(&str, Kind)] = &[
     ("webhook_poll_ms", Kind::Scalar),
     ("webhook_concurrency", Kind::Scalar),
     ("usage_retention_days", Kind::Scalar),
+    ("payments_provider", Kind::Text),
+    ("stripe_api_base", Kind::Text),
+    ("stripe_secret_key", Kind::Text),
+    ("stripe_webhook_secret", Kind::Text),
+    ("stripe_timeout_secs", Kind::Scalar),
+    ("payouts_schedule", Kind::Scalar),
+    ("payouts_hour_utc", Kind::Scalar),
 ];
 
 impl Config {
@@ -234,6 +292,41 @@ impl Config {
         if self.upstream_timeout_secs == 0 || self.upstream_first_byte_timeout_secs == 0 {
             return Err("upstream timeouts must be positive".into());
         }
+        self.validate_payments()
+    }
+
+    fn validate_payments(&self) -> Result<(), String> {
+        match self.payments_provider.as_deref().filter(|p| !p.is_empty()) {
+            None | Some("dev") => {}
+            Some("stripe") => {
+                if self.stripe_secret_key.as_deref().is_none_or(str::is_empty) {
+                    return Err("payments_provider = \"stripe\" needs stripe_secret_key".into());
+                }
+                if self.stripe_webhook_secret.as_deref().is_none_or(str::is_empty) {
+                    return Err("payments_provider = \"stripe\" needs stripe_webhook_secret".into());
+                }
+                url::Url::parse(&self.stripe_api_base).map_err(|e| format!("stripe_api_base: {e}"))?;
+            }
+            Some(other) => return Err(format!("payments_provider must be `stripe` or `dev`, got `{other}`")),
+        }
+        if self.stripe_timeout_secs == 0 {
+            return Err("stripe_timeout_secs must be positive".into());
+        }
+        if self.payouts_hour_utc > 23 {
+            return Err("payouts_hour_utc must be 0 to 23".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.packages {
+            let id_ok = !p.id.is_empty()
+                && p.id.len() <= 64
+                && p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !id_ok || !seen.insert(p.id.as_str()) {
+                return Err(format!("package id `{}` must be unique, 1–64 of [A-Za-z0-9_-]", p.id));
+            }
+            if p.price_cents < 50 || p.credits <= 0 {
+                return Err(format!("package `{}`: price_cents must be at least 50 and credits positive", p.id));
+            }
+        }
         Ok(())
     }
 
@@ -280,6 +373,34 @@ mod tests {
         assert_eq!(c.port, 9100);
         assert_eq!(c.welcome_credits, 5);
         assert_eq!(c.openai_api_key.as_deref(), Some("sk-2"));
+    }
+
+    #[test]
+    fn payments_are_off_by_default_and_stripe_needs_its_secrets() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert!(c.payments_provider.is_none());
+        assert_eq!(c.packages.len(), 4);
+        assert!(Config::load_from(None, env(&[("QUOTA_PAYMENTS_PROVIDER", "stripe")])).is_err());
+        assert!(Config::load_from(None, env(&[("QUOTA_PAYMENTS_PROVIDER", "paypal")])).is_err());
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("QUOTA_PAYMENTS_PROVIDER", "stripe"),
+                ("QUOTA_STRIPE_SECRET_KEY", "sk_test_1"),
+                ("QUOTA_STRIPE_WEBHOOK_SECRET", "whsec_1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.payments_provider.as_deref(), Some("stripe"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        std::fs::write(&path, "[[packages]]\nid = \"tiny\"\nname = \"Tiny\"\nprice_cents = 100\ncredits = 90000\n")
+            .unwrap();
+        let c = Config::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(
+            c.packages,
+            vec![PackageConfig { id: "tiny".into(), name: "Tiny".into(), price_cents: 100, credits: 90_000 }]
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod limit;
 pub mod metrics;
 pub mod oauth;
+pub mod payments;
 pub mod request_id;
 pub mod routes;
 pub mod secrets;

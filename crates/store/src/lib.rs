@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod ledger;
 pub mod models;
 pub mod oauth;
+pub mod payments;
 mod store;
 pub mod usage;
 pub mod verify;

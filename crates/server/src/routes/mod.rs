@@ -10,6 +10,7 @@ pub mod keys;
 pub mod messages;
 pub mod oauth;
 pub mod ops;
+pub mod payments;
 pub mod reporting;
 pub mod v1;
 pub mod webhooks;
@@ -56,6 +57,19 @@ pub fn reporting_router() -> Router<SharedState> {
 pub fn cursor_at(offset: usize) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{offset}"))
+}
+
+/// Payments and payouts (SPEC §10).
+pub fn payments_router() -> Router<SharedState> {
+    Router::new()
+        .route("/v1/packages", get(payments::packages))
+        .route("/api/payments/checkout", post(payments::checkout))
+        .route("/webhooks/stripe", post(payments::stripe_webhook))
+        .route("/payments/dev/checkout/{id}", get(payments::dev_checkout_page).post(payments::dev_checkout_pay))
+        .route("/developers/connect/onboard", post(payments::connect_onboard))
+        .route("/developers/connect/refresh", post(payments::connect_refresh))
+        .route("/developers/earnings", get(payments::earnings))
+        .route("/developers/payouts", get(payments::payouts))
 }
 
 /// `?limit=&cursor=` (SPEC §0).

@@ -6,6 +6,7 @@ pub mod fake;
 pub mod fake_anthropic;
 pub mod fake_gemini;
 pub mod fake_openai;
+pub mod fake_stripe;
 pub mod oauth;
 
 use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};

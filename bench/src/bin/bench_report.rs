@@ -57,7 +57,17 @@ fn load(spec: &str) -> Result<Row> {
     let (name, file) = spec.split_once('=').with_context(|| format!("--row {spec:?} is not KIND/CONNECTIONS=FILE"))?;
     let (kind, conns) =
         name.split_once('/').with_context(|| format!("--row {spec:?}: name is not KIND/CONNECTIONS"))?;
-    if !["direct", "proxy", "sandbox", "anthropic", "sandbox-webhooks", "stream-direct", "stream-proxy", "stream-anthropic"].contains(&kind)
+    if ![
+        "direct",
+        "proxy",
+        "sandbox",
+        "anthropic",
+        "sandbox-webhooks",
+        "stream-direct",
+        "stream-proxy",
+        "stream-anthropic",
+    ]
+    .contains(&kind)
     {
         bail!("--row {spec:?}: unknown kind {kind:?}");
     }

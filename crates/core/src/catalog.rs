@@ -168,7 +168,9 @@ fn row_to_model(row: ModelRow) -> Result<Model, String> {
     if row.context_window == 0 || row.max_output_tokens == 0 {
         return Err(bad("context_window and max_output_tokens must be positive"));
     }
-    let price_changed_at = parse_date(&row.price_date).ok_or_else(|| bad("price_date must be YYYY-MM-DD"))?;
+    let price_changed_at = crate::calendar::parse_date(&row.price_date)
+        .map(|days| days * 86_400)
+        .ok_or_else(|| bad("price_date must be YYYY-MM-DD"))?;
     let base =
         Rates { input: row.input, cached_input: row.cached_input, cache_write: row.cache_write, output: row.output };
     let long_context = row.long_context.map(|t| LongContextTier {
@@ -184,25 +186,6 @@ fn row_to_model(row: ModelRow) -> Result<Model, String> {
         max_output_tokens: row.max_output_tokens,
         price_changed_at,
     })
-}
-
-/// `YYYY-MM-DD` → Unix seconds at 00:00 UTC (days-from-civil, proleptic Gregorian). Checks only
-/// that month and day are in range (1–12, 1–31); callers needing a real calendar day check more.
-pub fn parse_date(s: &str) -> Option<i64> {
-    let mut parts = s.splitn(3, '-');
-    let y: i64 = parts.next()?.parse().ok()?;
-    let m: i64 = parts.next()?.parse().ok()?;
-    let d: i64 = parts.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some((era * 146_097 + doe - 719_468) * 86_400)
 }
 
 #[cfg(test)]
@@ -244,8 +227,6 @@ mod tests {
 
     #[test]
     fn dates_convert_to_unix_seconds() {
-        assert_eq!(parse_date("1970-01-01"), Some(0));
-        assert_eq!(parse_date("2025-11-01"), Some(1_761_955_200));
-        assert_eq!(parse_date("2025-13-01"), None);
+        assert_eq!(crate::calendar::parse_date("2025-11-01").map(|d| d * 86_400), Some(1_761_955_200));
     }
 }

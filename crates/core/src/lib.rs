@@ -6,6 +6,7 @@
 //! clock or the network; callers pass those in.
 
 pub mod billing;
+pub mod calendar;
 pub mod catalog;
 pub mod credits;
 pub mod ids;

@@ -84,22 +84,9 @@ pub fn reserve_for(released: i64) -> i64 {
 
 /// Unix ms of 00:00 UTC on `YYYY-MM-DD`.
 pub fn parse_date(date: &str) -> Result<i64, String> {
-    let bad = || format!("`{date}` is not a date (YYYY-MM-DD)");
-    let mut parts = date.splitn(3, '-');
-    let (Some(y), Some(m), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad());
-    };
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        return Err(bad());
-    }
-    let (y, m, d): (i64, i64, i64) =
-        (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days_in_month = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if !(1..=12).contains(&m) || d < 1 || d > days_in_month[(m - 1) as usize] {
-        return Err(bad());
-    }
-    quota_core::catalog::parse_date(date).map(|secs| secs * 1000).ok_or_else(bad)
+    quota_core::calendar::parse_date(date)
+        .map(|days| days * 86_400_000)
+        .ok_or_else(|| format!("`{date}` is not a date (YYYY-MM-DD)"))
 }
 
 /// The instant a batch for `date` looks at: the end of that day, or now if the day is today.

@@ -34,11 +34,7 @@ pub struct UsageQuery {
 /// `YYYY-MM-DD` (UTC midnight) or RFC 3339 → Unix ms.
 pub fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
     let bad = || ApiError::bad_request(format!("{name} must be a date (YYYY-MM-DD) or an RFC 3339 time"));
-    let date = |d: &str| -> Option<i64> {
-        let mut it = d.splitn(3, '-');
-        let (y, m, dd) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
-        ((1..=12).contains(&m) && (1..=31).contains(&dd) && d.len() == 10).then(|| days_from_civil(y, m, dd) * DAY_MS)
-    };
+    let date = |d: &str| quota_core::calendar::parse_date(d).map(|days| days * DAY_MS);
     if s.len() == 10 {
         return date(s).ok_or_else(bad);
     }

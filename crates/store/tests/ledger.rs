@@ -215,3 +215,31 @@ async fn settlement_may_overshoot_its_hold_once() {
     assert!(report.ok());
     assert_eq!(report.negative_accounts, vec![(w.to_string(), -5)]);
 }
+
+#[tokio::test]
+async fn a_hold_never_settled_expires_and_frees_its_credits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LedgerConfig {
+        hold_ttl: std::time::Duration::from_millis(20),
+        tick: std::time::Duration::from_millis(5),
+        ..Default::default()
+    };
+    let ledger = Ledger::start(open(&dir).await, config).await.unwrap();
+    let w = AccountId::wallet("usr_stuck");
+    ledger.transfer(t("w1", promo(), w.clone(), 100, TransferKind::Welcome)).await.unwrap();
+    // A request stuck past every timeout: its hold is neither settled nor dropped.
+    std::mem::forget(ledger.hold(&w, Credits(100)).await.unwrap());
+    assert_eq!(ledger.available(&w).await.unwrap(), Credits(0));
+    // The writer's tick frees it; poll for that, bounded.
+    let mut freed = false;
+    for _ in 0..500 {
+        if ledger.open_holds() == 0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(freed, "the expired hold was not released");
+    assert_eq!(ledger.available(&w).await.unwrap(), Credits(100));
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(100), "expiry charges nothing");
+}

@@ -10,3 +10,15 @@
 pub mod mock;
 pub mod procfs;
 pub mod report;
+
+/// The tokio runtime of a bench binary: one thread runs everything on the calling thread (best
+/// when the process is pinned to one core), more use a multi-thread runtime.
+pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+    .context("building the tokio runtime")
+}

@@ -157,12 +157,7 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
-    }
-    .context("building the tokio runtime")?;
+    let runtime = quota_bench::runtime(args.threads)?;
     let report = runtime.block_on(drive(args))?;
     let json = serde_json::to_string_pretty(&report).context("serializing the report")?;
     println!("{json}");

@@ -76,12 +76,7 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
-    }
-    .context("building the tokio runtime")?;
+    let runtime = quota_bench::runtime(args.threads)?;
     runtime.block_on(serve(args))
 }
 

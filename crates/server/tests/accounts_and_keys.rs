@@ -125,7 +125,10 @@ async fn keys_default_to_developer_mode_and_list_without_secrets() {
     assert!(!listed.to_string().contains(&secret[12..]), "the secret never appears in a listing");
     assert_eq!(listed["next_cursor"], Value::Null);
     let stored: Vec<String> =
-        sqlx::query_scalar("SELECT key_hash FROM api_keys").fetch_all(s.state.store.pool()).await.unwrap();
+        quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar("SELECT key_hash FROM api_keys")
+            .fetch_all(p)
+            .await
+            .unwrap());
     assert!(!stored[0].contains(&secret[9..]), "only the hash is stored");
 }
 

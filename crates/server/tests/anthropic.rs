@@ -75,13 +75,14 @@ async fn native_messages_are_forwarded_and_charged_by_anthropics_usage_classes()
     assert_eq!(v["quota"]["credits_used"], expected);
     assert_eq!(v["quota"]["balance_after"], before - expected);
     assert_eq!(s.stored_balance(&user).await, before - expected);
-    let (input, cached, written, output): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT input_tokens, cached_tokens, cache_write_tokens, output_tokens FROM usage_records WHERE id = ?",
-    )
-    .bind(v["quota"]["request_id"].as_str().unwrap())
-    .fetch_one(s.state.store.pool())
-    .await
-    .unwrap();
+    let (input, cached, written, output): (i64, i64, i64, i64) =
+        quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_as(
+            "SELECT input_tokens, cached_tokens, cache_write_tokens, output_tokens FROM usage_records WHERE id = $1",
+        )
+        .bind(v["quota"]["request_id"].as_str().unwrap())
+        .fetch_one(p)
+        .await
+        .unwrap());
     assert_eq!((input, cached, written, output), (100, 2000, 500, 40));
     // Without a version header, Quota sends Anthropic's default one.
     let body = json!({"model": "anthropic/claude-sonnet-4.5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});

@@ -45,19 +45,22 @@ async fn a_sandbox_completion_charges_exactly_its_metered_cost() {
     assert_eq!(s.stored_balance(&user).await, before - expected);
     let rid = q["request_id"].as_str().unwrap();
     assert_eq!(s.transfers_caused_by(rid).await, 1);
-    let (to, kind, amount): (String, String, i64) =
-        sqlx::query_as("SELECT to_account, kind, amount FROM transfers WHERE cause = ?")
-            .bind(rid)
-            .fetch_one(s.state.store.pool())
-            .await
-            .unwrap();
+    let (to, kind, amount): (String, String, i64) = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_as(
+        "SELECT to_account, kind, amount FROM transfers WHERE cause = $1"
+    )
+    .bind(rid)
+    .fetch_one(p)
+    .await
+    .unwrap());
     assert_eq!((to.as_str(), kind.as_str(), amount), ("platform:sandbox_revenue", "sandbox_charge", expected));
     let (status, total, sandbox): (String, i64, bool) =
-        sqlx::query_as("SELECT status, total, sandbox FROM usage_records WHERE id = ?")
-            .bind(rid)
-            .fetch_one(s.state.store.pool())
-            .await
-            .unwrap();
+        quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_as(
+            "SELECT status, total, sandbox FROM usage_records WHERE id = $1"
+        )
+        .bind(rid)
+        .fetch_one(p)
+        .await
+        .unwrap());
     assert_eq!((status.as_str(), total, sandbox), ("succeeded", expected, true));
     assert_eq!(s.state.ledger.open_holds(), 0);
     s.assert_ledger_ok().await;
@@ -148,11 +151,12 @@ async fn faults_are_not_charged_and_map_to_their_errors() {
     assert_eq!(s.stored_balance(&user).await, before);
     assert_eq!(s.state.ledger.open_holds(), 0);
     // Failed requests still leave usage records, with nothing charged.
-    let (n, total): (i64, i64) =
-        sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(total), 0) FROM usage_records WHERE status <> 'succeeded'")
-            .fetch_one(s.state.store.pool())
-            .await
-            .unwrap();
+    let (n, total): (i64, i64) = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_as(
+        "SELECT COUNT(*), CAST(COALESCE(SUM(total), 0) AS BIGINT) FROM usage_records WHERE status <> 'succeeded'"
+    )
+    .fetch_one(p)
+    .await
+    .unwrap());
     assert_eq!((n, total), (6, 0));
 }
 
@@ -403,14 +407,17 @@ async fn a_key_whose_charged_response_was_lost_in_a_crash_is_refused_not_charged
     // What a crash between the charge and the stored response leaves behind: an unfinished
     // claim, older than every timeout, and the charge under the key's derived transfer id.
     for (idem, charged) in [("lost-1", true), ("lost-2", false)] {
-        sqlx::query("INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&scope)
-            .bind(idem)
-            .bind(&hash)
-            .bind(stale)
-            .execute(s.state.store.pool())
-            .await
-            .unwrap();
+        quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES ($1, $2, $3, $4)"
+        )
+        .bind(&scope)
+        .bind(idem)
+        .bind(&hash)
+        .bind(stale)
+        .execute(p)
+        .await
+        .unwrap()
+        .rows_affected());
         if charged {
             let digest = sha2::Sha256::digest(format!("{scope}\u{0}{idem}").as_bytes());
             s.state

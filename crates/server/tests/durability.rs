@@ -125,20 +125,20 @@ async fn kill_9_mid_load_loses_no_acknowledged_charge_and_charges_nothing_twice(
     let pool = sqlx::SqlitePool::connect(&db_url(&dir)).await.unwrap();
     for (rid, credits) in &seen {
         let rows: Vec<(i64,)> =
-            sqlx::query_as("SELECT amount FROM transfers WHERE cause = ?").bind(rid).fetch_all(&pool).await.unwrap();
+            sqlx::query_as("SELECT amount FROM transfers WHERE cause = $1").bind(rid).fetch_all(&pool).await.unwrap();
         assert_eq!(rows.len(), 1, "request {rid} charged {} times", rows.len());
         assert_eq!(rows[0].0, *credits);
     }
     // And the restarted server reads the same balance the ledger holds.
     let bal: Value =
         http.get(format!("{}/v1/balance", server.base)).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
-    let stored: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = ?")
+    let stored: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1")
         .bind(format!("wallet:{user}"))
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(bal["balance"].as_i64().unwrap(), stored);
-    let charged: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE from_account = ?")
+    let charged: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE from_account = $1")
         .bind(format!("wallet:{user}"))
         .fetch_one(&pool)
         .await

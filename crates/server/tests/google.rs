@@ -67,12 +67,13 @@ async fn generate_content_is_forwarded_and_charged_with_cached_and_thinking_toke
     assert_eq!(expected, 790);
     assert_eq!(v["quota"]["credits_used"], expected);
     assert_eq!(s.stored_balance(&user).await, before - expected);
-    let (input, cached, output): (i64, i64, i64) =
-        sqlx::query_as("SELECT input_tokens, cached_tokens, output_tokens FROM usage_records WHERE id = ?")
-            .bind(v["quota"]["request_id"].as_str().unwrap())
-            .fetch_one(s.state.store.pool())
-            .await
-            .unwrap();
+    let (input, cached, output): (i64, i64, i64) = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_as(
+        "SELECT input_tokens, cached_tokens, output_tokens FROM usage_records WHERE id = $1"
+    )
+    .bind(v["quota"]["request_id"].as_str().unwrap())
+    .fetch_one(p)
+    .await
+    .unwrap());
     assert_eq!((input, cached, output), (400, 600, 250));
     s.assert_ledger_ok().await;
 }

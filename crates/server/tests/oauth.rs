@@ -53,12 +53,13 @@ async fn a_user_token_pays_base_plus_markup_in_one_settlement() {
     assert_eq!(s.account_balance(&format!("earnings_pending:{}", app.developer_id)).await, 113);
     assert_eq!(s.account_balance("platform:revenue").await, 450);
     let rid = q["request_id"].as_str().unwrap();
-    let rows: Vec<(String, String, i64, String)> =
-        sqlx::query_as("SELECT from_account, to_account, amount, kind FROM transfers WHERE cause = ? ORDER BY seq")
-            .bind(rid)
-            .fetch_all(s.state.store.pool())
-            .await
-            .unwrap();
+    let rows: Vec<(String, String, i64, String)> = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_as(
+        "SELECT from_account, to_account, amount, kind FROM transfers WHERE cause = $1 ORDER BY seq"
+    )
+    .bind(rid)
+    .fetch_all(p)
+    .await
+    .unwrap());
     let wallet = format!("wallet:{user}");
     assert_eq!(
         rows,
@@ -67,13 +68,14 @@ async fn a_user_token_pays_base_plus_markup_in_one_settlement() {
             (wallet.clone(), format!("earnings_pending:{}", app.developer_id), 113, "markup".into()),
         ]
     );
-    let (dev, app_id, payer, base, markup, total): (String, String, String, i64, i64, i64) = sqlx::query_as(
-        "SELECT developer_id, app_id, payer_account, base_cost, markup, total FROM usage_records WHERE id = ?",
-    )
-    .bind(rid)
-    .fetch_one(s.state.store.pool())
-    .await
-    .unwrap();
+    let (dev, app_id, payer, base, markup, total): (String, String, String, i64, i64, i64) =
+        quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_as(
+            "SELECT developer_id, app_id, payer_account, base_cost, markup, total FROM usage_records WHERE id = $1",
+        )
+        .bind(rid)
+        .fetch_one(p)
+        .await
+        .unwrap());
     assert_eq!(
         (dev, app_id, payer, base, markup, total),
         (app.developer_id.clone(), app.id.clone(), wallet, 450, 113, 563)
@@ -885,7 +887,10 @@ async fn the_id_token_verifies_against_the_jwks_and_userinfo_has_the_balance() {
     assert_eq!(Some(reloaded.kid.as_str()), jwk["kid"].as_str());
     assert_eq!(reloaded.jwk, *jwk);
     let stored: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM oauth_signing_keys").fetch_one(s.state.store.pool()).await.unwrap();
+        quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar("SELECT COUNT(*) FROM oauth_signing_keys")
+            .fetch_one(p)
+            .await
+            .unwrap());
     assert_eq!(stored, 1);
 }
 
@@ -955,7 +960,11 @@ async fn a_cached_token_needs_no_database_read_and_an_api_revocation_evicts_it()
     let get = || s.http.get(s.url("/v1/balance")).bearer_auth(access(&t)).send();
     assert_eq!(get().await.unwrap().status(), 200);
     // Behind the cache's back: the row is gone, the cached token still answers (no read).
-    sqlx::query("DELETE FROM oauth_tokens WHERE kind = 'access'").execute(s.state.store.pool()).await.unwrap();
+    quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query("DELETE FROM oauth_tokens WHERE kind = 'access'")
+        .execute(p)
+        .await
+        .unwrap()
+        .rows_affected());
     assert_eq!(get().await.unwrap().status(), 200);
     // Through the API: evicted at once.
     s.send(reqwest::Method::DELETE, &format!("/account/connections/{}", app.id), &session, Value::Null).await;

@@ -38,11 +38,13 @@ async fn a_proxied_completion_forwards_allowed_fields_and_charges_the_reported_u
     assert_eq!(v["quota"]["billing_mode"], "developer");
     assert!(v["quota"].get("sandbox").is_none());
     assert_eq!(s.stored_balance(&user).await, before - expected);
-    let to: String = sqlx::query_scalar("SELECT to_account FROM transfers WHERE cause = ?")
-        .bind(v["quota"]["request_id"].as_str().unwrap())
-        .fetch_one(s.state.store.pool())
-        .await
-        .unwrap();
+    let to: String = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar(
+        "SELECT to_account FROM transfers WHERE cause = $1"
+    )
+    .bind(v["quota"]["request_id"].as_str().unwrap())
+    .fetch_one(p)
+    .await
+    .unwrap());
     assert_eq!(to, "platform:revenue");
     s.assert_ledger_ok().await;
 }
@@ -175,11 +177,12 @@ async fn a_client_that_hangs_up_mid_stream_pays_for_the_chunks_it_was_sent() {
     assert_eq!(s.state.ledger.open_holds(), 0);
     let charged = before - s.stored_balance(&user).await;
     // The upstream never got to report usage: prompt estimate + the forwarded words.
-    let (status, input, output): (String, i64, i64) =
-        sqlx::query_as("SELECT status, input_tokens, output_tokens FROM usage_records")
-            .fetch_one(s.state.store.pool())
-            .await
-            .unwrap();
+    let (status, input, output): (String, i64, i64) = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_as(
+        "SELECT status, input_tokens, output_tokens FROM usage_records"
+    )
+    .fetch_one(p)
+    .await
+    .unwrap());
     assert_eq!(status, "client_disconnected");
     let sent = serde_json::to_vec(&body_for_estimate()).unwrap();
     assert_eq!(input as u64, quota_providers::openai::estimate_prompt_tokens(&sent));

@@ -47,7 +47,10 @@ async fn a_burst_at_the_limit_passes_and_the_next_is_429_uncharged() {
     }
     let before = s.stored_balance(&user).await;
     let usage_before: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM usage_records").fetch_one(s.state.store.pool()).await.unwrap();
+        quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(p)
+            .await
+            .unwrap());
     let r = s.chat(&key, simple_chat("hi", 3)).await;
     assert_eq!(r.headers()["retry-after"], "12", "one request per 12 s at 5/min");
     assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
@@ -55,7 +58,10 @@ async fn a_burst_at_the_limit_passes_and_the_next_is_429_uncharged() {
     expect_error(r, 429, "rate_limit_exceeded").await;
     assert_eq!(s.stored_balance(&user).await, before, "a refused request is not charged");
     let usage_after: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM usage_records").fetch_one(s.state.store.pool()).await.unwrap();
+        quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(p)
+            .await
+            .unwrap());
     assert_eq!(usage_after, usage_before, "nor recorded as a request");
 }
 

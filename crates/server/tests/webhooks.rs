@@ -101,11 +101,11 @@ async fn create_endpoint(s: &TestServer, session: &str, body: Value) -> Value {
 
 async fn events_of(s: &TestServer, kind: &str) -> i64 {
     s.state.ledger.flush().await.unwrap();
-    sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE type = ?")
+    quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE type = $1")
         .bind(kind)
-        .fetch_one(s.state.store.pool())
+        .fetch_one(p)
         .await
-        .unwrap()
+        .unwrap())
 }
 
 #[tokio::test]
@@ -266,14 +266,21 @@ async fn the_outbox_outlives_a_worker_that_never_ran_and_rolled_back_charges_lea
     assert_eq!(rx.count(), 0);
 
     // A charge whose commit fails is rolled back with its event.
-    sqlx::query("CREATE TRIGGER boom BEFORE INSERT ON usage_records BEGIN SELECT RAISE(ABORT, 'boom'); END")
-        .execute(first.state.store.pool())
-        .await
-        .unwrap();
+    quota_store::on_pool!(first.state.store.pool(), |p| sqlx::query(
+        "CREATE TRIGGER boom BEFORE INSERT ON usage_records BEGIN SELECT RAISE(ABORT, 'boom'); END"
+    )
+    .execute(p)
+    .await
+    .unwrap()
+    .rows_affected());
     let failed = first.chat(&key, simple_chat("hi", 4)).await;
     assert_eq!(failed.status(), 500);
     let failed_id = failed.headers()["x-request-id"].to_str().unwrap().to_string();
-    sqlx::query("DROP TRIGGER boom").execute(first.state.store.pool()).await.unwrap();
+    quota_store::on_pool!(first.state.store.pool(), |p| sqlx::query("DROP TRIGGER boom")
+        .execute(p)
+        .await
+        .unwrap()
+        .rows_affected());
     assert_eq!(events_of(&first, "usage.completed").await, 1);
     assert_eq!(first.transfers_caused_by(&failed_id).await, 0);
 
@@ -340,12 +347,13 @@ async fn bad_webhook_input_gets_clear_errors() {
 /// Sums of the ledger over one developer's transfers, by request id.
 async fn ledger_charges(s: &TestServer, wallet: &str) -> std::collections::HashMap<String, i64> {
     s.state.ledger.flush().await.unwrap();
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT cause, SUM(amount) FROM transfers WHERE from_account = ? GROUP BY cause")
-            .bind(wallet)
-            .fetch_all(s.state.store.pool())
-            .await
-            .unwrap();
+    let rows: Vec<(String, i64)> = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_as(
+        "SELECT cause, SUM(amount) FROM transfers WHERE from_account = $1 GROUP BY cause"
+    )
+    .bind(wallet)
+    .fetch_all(p)
+    .await
+    .unwrap());
     rows.into_iter().collect()
 }
 

@@ -2,8 +2,9 @@
 //! the change that causes them. Delivery (fan-out, signing, retries) is in `webhooks.rs` and the
 //! server's worker; this module only writes rows to the `events` table.
 
+use crate::db::Tx;
+use crate::on_tx;
 use serde_json::Value;
-use sqlx::SqliteConnection;
 
 /// One event to deliver later to `developer_id`'s webhook endpoints.
 #[derive(Debug, Clone)]
@@ -34,23 +35,37 @@ impl OutboxEvent {
     }
 }
 
+/// The statement that inserts one event, on either backend.
+pub(crate) fn insert_event<'q, Db>(
+    e: &'q OutboxEvent,
+) -> sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>>
+where
+    Db: sqlx::Database,
+    &'q str: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
+    String: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
+    Option<&'q str>: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
+    bool: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
+    i64: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
+{
+    sqlx::query(
+        "INSERT INTO events (id, type, developer_id, data, sandbox, created_at, endpoint_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(e.id.as_str())
+    .bind(e.kind.as_str())
+    .bind(e.developer_id.as_str())
+    .bind(e.data.to_string())
+    .bind(e.sandbox)
+    .bind(e.created_at_ms)
+    .bind(e.endpoint_id.as_deref())
+}
+
 /// Insert events inside the caller's transaction.
-pub(crate) async fn insert_events(conn: &mut SqliteConnection, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
-    for e in events {
-        sqlx::query(
-            "INSERT INTO events (id, type, developer_id, data, sandbox, created_at, endpoint_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&e.id)
-        .bind(&e.kind)
-        .bind(&e.developer_id)
-        .bind(e.data.to_string())
-        .bind(e.sandbox)
-        .bind(e.created_at_ms)
-        .bind(&e.endpoint_id)
-        .execute(&mut *conn)
-        .await?;
-    }
+pub(crate) async fn insert_events(tx: &mut Tx, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
+    on_tx!(tx, |c| {
+        for e in events {
+            insert_event(e).execute(&mut *c).await?;
+        }
+    });
     Ok(())
 }

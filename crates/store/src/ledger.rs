@@ -1,5 +1,9 @@
-//! The ledger engine (DESIGN §3): in-memory balances and holds in front of an append-only,
-//! group-committed transfer table.
+//! The ledger (DESIGN §3): one API — [`Ledger`] and its [`Hold`]s — over two engines, chosen by
+//! the store's backend. This file holds the API and the SQLite engine; `pg_ledger.rs` holds the
+//! PostgreSQL one, for several instances sharing a database.
+//!
+//! The SQLite engine keeps balances and holds in memory in front of an append-only,
+//! group-committed transfer table:
 //!
 //! * **hold** — reserve credits on an account. Checked and recorded in memory under one lock:
 //!   no database read or write on the request path once the account is cached.
@@ -16,13 +20,15 @@
 //! with `seq` beyond what this process has seen), then loading accounts, then committing.
 //!
 //! This engine assumes it is the only process that *debits* wallets in its database (true for
-//! the embedded SQLite deployment). Several instances on PostgreSQL need holds in the database;
-//! that engine implements the same operations.
+//! the embedded SQLite deployment). Several instances on PostgreSQL need holds in the database:
+//! the PostgreSQL engine implements the same operations that way.
 
-use crate::events::{insert_events, OutboxEvent};
+use crate::db::Pool;
+use crate::events::{insert_event, OutboxEvent};
 use crate::idempotency::IdempotencyCompletion;
 use crate::now_ms;
-use crate::store::{Store, StoreError};
+use crate::pg_ledger::Shared;
+use crate::store::{complete_idempotency, Store, StoreError};
 use crate::usage::UsageRecord;
 use parking_lot::Mutex;
 use quota_core::ledger::TransferError;
@@ -40,9 +46,10 @@ pub struct LedgerConfig {
     pub batch_max: usize,
     /// Most settlements waiting for the writer; beyond it callers wait (backpressure).
     pub queue_max: usize,
-    /// A hold not settled or released within this time is freed.
+    /// A hold not settled or released within this time is freed (on PostgreSQL, by any
+    /// instance: this is how a crashed instance's holds come back).
     pub hold_ttl: Duration,
-    /// How often the writer looks for other processes' transfers and expired holds.
+    /// How often the writer looks for other processes' transfers (SQLite) and expired holds.
     pub tick: Duration,
     /// Written on every transfer this process commits, to tell its rows from others'.
     pub origin: String,
@@ -98,6 +105,38 @@ pub struct LowBalanceWatch {
     pub event: OutboxEvent,
 }
 
+impl LowBalanceWatch {
+    /// The event to write if a settlement took the balance from `before` to `after`: only when
+    /// it crosses the threshold downwards (`data.balance` is the balance after).
+    pub(crate) fn crossed(&self, before: i64, after: i64) -> Option<OutboxEvent> {
+        if before < self.threshold || after >= self.threshold {
+            return None;
+        }
+        let mut e = self.event.clone();
+        if let Some(data) = e.data.as_object_mut() {
+            data.insert("balance".into(), after.into());
+            data.insert("threshold".into(), self.threshold.into());
+        }
+        Some(e)
+    }
+
+    /// The settlement's net effect on the watched account.
+    pub(crate) fn delta(&self, transfers: &[Transfer]) -> i64 {
+        transfers
+            .iter()
+            .map(|t| {
+                if t.from == self.account {
+                    -t.amount.0
+                } else if t.to == self.account {
+                    t.amount.0
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+}
+
 /// The result of a committed settlement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -150,27 +189,47 @@ enum Job {
     Flush { reply: oneshot::Sender<()> },
 }
 
-struct Inner {
+pub(crate) struct Inner {
     state: Mutex<State>,
     jobs: mpsc::Sender<Job>,
     next_hold: AtomicU64,
     config: LedgerConfig,
 }
 
-/// The ledger engine. Cheap to clone; all clones share one writer.
+/// The ledger. Cheap to clone; all clones share one engine (and its writer).
 #[derive(Clone)]
 pub struct Ledger {
+    engine: Engine,
+}
+
+#[derive(Clone)]
+enum Engine {
+    /// SQLite: holds and balances in memory, one process.
+    Local(Local),
+    /// PostgreSQL: holds and balances in the database, shared by every instance.
+    Shared(Arc<Shared>),
+}
+
+/// The SQLite engine.
+#[derive(Clone)]
+struct Local {
     inner: Arc<Inner>,
 }
 
 /// Reserved credits on one account. Settle it with [`Ledger::settle`]; dropping it releases
 /// the credits.
 pub struct Hold {
-    id: u64,
-    account: AccountId,
-    amount: Credits,
-    balance_at_hold: Credits,
-    inner: Option<Arc<Inner>>,
+    pub(crate) id: u64,
+    pub(crate) account: AccountId,
+    pub(crate) amount: Credits,
+    pub(crate) balance_at_hold: Credits,
+    /// The engine to release it to when dropped; `None` once settled.
+    pub(crate) owner: Option<Owner>,
+}
+
+pub(crate) enum Owner {
+    Local(Arc<Inner>),
+    Shared(Arc<Shared>),
 }
 
 impl Hold {
@@ -188,16 +247,143 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if let Some(inner) = self.inner.take() {
-            inner.state.lock().release(self.id);
+        match self.owner.take() {
+            Some(Owner::Local(inner)) => inner.state.lock().release(self.id),
+            Some(Owner::Shared(shared)) => shared.release(self.id),
+            None => {}
         }
     }
 }
 
 impl Ledger {
-    /// Start the engine and its writer task over `store`.
+    /// Start the engine that fits `store`'s backend, and its background tasks.
     pub async fn start(store: Store, config: LedgerConfig) -> Result<Ledger, LedgerError> {
-        let mut conn = store.dedicated_connection().await?;
+        let engine = match store.pool() {
+            Pool::Sqlite(_) => Engine::Local(Local::start(store, config).await?),
+            Pool::Postgres(_) => Engine::Shared(Shared::start(store, config).await?),
+        };
+        Ok(Ledger { engine })
+    }
+
+    /// The name written on every transfer this process commits.
+    pub fn origin(&self) -> &str {
+        match &self.engine {
+            Engine::Local(l) => &l.inner.config.origin,
+            Engine::Shared(s) => s.origin(),
+        }
+    }
+
+    /// The account's balance (not counting holds).
+    pub async fn balance(&self, account: &AccountId) -> Result<Credits, LedgerError> {
+        match &self.engine {
+            Engine::Local(l) => l.balance(account).await,
+            Engine::Shared(s) => Ok(s.balance_and_held(account).await?.0),
+        }
+    }
+
+    /// Balance minus open holds (every instance's, on PostgreSQL).
+    pub async fn available(&self, account: &AccountId) -> Result<Credits, LedgerError> {
+        match &self.engine {
+            Engine::Local(l) => l.available(account).await,
+            Engine::Shared(s) => {
+                let (balance, held) = s.balance_and_held(account).await?;
+                Ok(Credits(balance.0 - held.0))
+            }
+        }
+    }
+
+    /// Reserve `amount` on `account` (SPEC §4.3.1–2). Refused when the balance is ≤ 0 (no new
+    /// request starts from a non-positive balance) or the available balance is below `amount`.
+    /// On PostgreSQL the hold is committed in the database, visible to every instance, before
+    /// this returns.
+    pub async fn hold(&self, account: &AccountId, amount: Credits) -> Result<Hold, LedgerError> {
+        assert!(amount.0 >= 0, "hold of a negative amount");
+        match &self.engine {
+            Engine::Local(l) => l.hold(account, amount).await,
+            Engine::Shared(s) => s.hold(account, amount).await,
+        }
+    }
+
+    /// Commit `settlement` and free `hold` in the same step. The charge may exceed the hold
+    /// (an upstream that over-reports, SPEC §4.3.3). Returns once the commit is durable.
+    pub async fn settle(&self, mut hold: Hold, settlement: Settlement) -> Result<Committed, LedgerError> {
+        for t in &settlement.transfers {
+            t.validate()?;
+        }
+        // From here the engine owns the hold: it frees it when it applies the commit.
+        hold.owner = None;
+        self.commit(Some(hold.id), settlement).await
+    }
+
+    /// Make one transfer now. A debit from an account that may not go negative is held first,
+    /// so it fails with `Insufficient` rather than overdrawing.
+    pub async fn transfer(&self, transfer: Transfer) -> Result<Committed, LedgerError> {
+        self.transfer_with_events(transfer, Vec::new()).await
+    }
+
+    /// [`Ledger::transfer`], with the webhook events it causes committed in the same
+    /// transaction (none are written if the transfer id already existed).
+    pub async fn transfer_with_events(
+        &self,
+        transfer: Transfer,
+        events: Vec<OutboxEvent>,
+    ) -> Result<Committed, LedgerError> {
+        transfer.validate()?;
+        let settlement = Settlement { transfers: vec![transfer.clone()], events, ..Default::default() };
+        if transfer.from.may_go_negative() {
+            if let Engine::Local(l) = &self.engine {
+                l.ensure_loaded(&[&transfer.from, &transfer.to]).await?;
+            }
+            return self.commit(None, settlement).await;
+        }
+        let hold = self.hold(&transfer.from, transfer.amount).await?;
+        if let Engine::Local(l) = &self.engine {
+            l.ensure_loaded(&[&transfer.to]).await?;
+        }
+        self.settle(hold, settlement).await
+    }
+
+    async fn commit(&self, hold: Option<u64>, settlement: Settlement) -> Result<Committed, LedgerError> {
+        match &self.engine {
+            Engine::Local(l) => l.commit(hold, settlement).await,
+            Engine::Shared(s) => s.commit(hold, settlement).await,
+        }
+    }
+
+    /// Commit records that move no money (e.g. the usage record of a failed request).
+    pub async fn record(&self, usage: UsageRecord) -> Result<Committed, LedgerError> {
+        self.commit(None, Settlement { usage: Some(usage), ..Default::default() }).await
+    }
+
+    /// Wait until everything queued before this call is committed.
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        match &self.engine {
+            Engine::Local(l) => l.flush().await,
+            Engine::Shared(s) => s.flush().await,
+        }
+    }
+
+    /// Holds this process has open (for metrics and tests).
+    pub fn open_holds(&self) -> usize {
+        match &self.engine {
+            Engine::Local(l) => l.inner.state.lock().holds.len(),
+            Engine::Shared(s) => s.open_holds(),
+        }
+    }
+
+    /// Credits held on an account right now (by this process on SQLite, by every instance on
+    /// PostgreSQL).
+    pub async fn held(&self, account: &AccountId) -> Result<Credits, LedgerError> {
+        match &self.engine {
+            Engine::Local(l) => Ok(Credits(l.inner.state.lock().accounts.get(account).map(|a| a.held).unwrap_or(0))),
+            Engine::Shared(s) => Ok(s.balance_and_held(account).await?.1),
+        }
+    }
+}
+
+impl Local {
+    async fn start(store: Store, config: LedgerConfig) -> Result<Local, LedgerError> {
+        let mut conn = store.dedicated_sqlite_connection().await?;
         let last_seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM transfers")
             .fetch_one(&mut conn)
             .await
@@ -219,7 +405,8 @@ impl Ledger {
                 if alive.upgrade().is_none() {
                     break;
                 }
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(checkpointer.pool()).await {
+                let Pool::Sqlite(pool) = checkpointer.pool() else { break };
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(pool).await {
                     tracing::warn!(error = %e, "WAL checkpoint failed");
                 }
             }
@@ -229,15 +416,10 @@ impl Ledger {
             conn,
             inner: Arc::downgrade(&inner),
             last_seq,
-            batch_max: inner.config.batch_max.max(1),
             origin: inner.config.origin.clone(),
         };
-        tokio::spawn(writer.run(rx, inner.config.tick));
-        Ok(Ledger { inner })
-    }
-
-    pub fn origin(&self) -> &str {
-        &self.inner.config.origin
+        tokio::spawn(writer.run(Jobs::new(rx, inner.config.tick, inner.config.batch_max.max(1))));
+        Ok(Local { inner })
     }
 
     async fn send(&self, job: Job) -> Result<(), LedgerError> {
@@ -257,24 +439,19 @@ impl Ledger {
         rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
-    /// The account's balance (not counting holds).
-    pub async fn balance(&self, account: &AccountId) -> Result<Credits, LedgerError> {
+    async fn balance(&self, account: &AccountId) -> Result<Credits, LedgerError> {
         self.ensure_loaded(&[account]).await?;
         let st = self.inner.state.lock();
         Ok(Credits(st.accounts.get(account).map(|a| a.balance).unwrap_or(0)))
     }
 
-    /// Balance minus open holds.
-    pub async fn available(&self, account: &AccountId) -> Result<Credits, LedgerError> {
+    async fn available(&self, account: &AccountId) -> Result<Credits, LedgerError> {
         self.ensure_loaded(&[account]).await?;
         let st = self.inner.state.lock();
         Ok(Credits(st.accounts.get(account).map(|a| a.balance - a.held).unwrap_or(0)))
     }
 
-    /// Reserve `amount` on `account` (SPEC §4.3.1–2). Refused when the balance is ≤ 0 (no new
-    /// request starts from a non-positive balance) or the available balance is below `amount`.
-    pub async fn hold(&self, account: &AccountId, amount: Credits) -> Result<Hold, LedgerError> {
-        assert!(amount.0 >= 0, "hold of a negative amount");
+    async fn hold(&self, account: &AccountId, amount: Credits) -> Result<Hold, LedgerError> {
         for _ in 0..2 {
             {
                 let mut st = self.inner.state.lock();
@@ -299,48 +476,13 @@ impl Ledger {
                         account: account.clone(),
                         amount,
                         balance_at_hold,
-                        inner: Some(self.inner.clone()),
+                        owner: Some(Owner::Local(self.inner.clone())),
                     });
                 }
             }
             self.ensure_loaded(&[account]).await?;
         }
         Err(LedgerError::Stopped)
-    }
-
-    /// Commit `settlement` and free `hold` in the same step. The charge may exceed the hold
-    /// (an upstream that over-reports, SPEC §4.3.3). Returns once the commit is durable.
-    pub async fn settle(&self, mut hold: Hold, settlement: Settlement) -> Result<Committed, LedgerError> {
-        for t in &settlement.transfers {
-            t.validate()?;
-        }
-        // From here the writer owns the hold: it frees it when it applies the commit.
-        hold.inner = None;
-        self.commit(Some(hold.id), settlement).await
-    }
-
-    /// Make one transfer now. A debit from an account that may not go negative is held first,
-    /// so it fails with `Insufficient` rather than overdrawing.
-    pub async fn transfer(&self, transfer: Transfer) -> Result<Committed, LedgerError> {
-        self.transfer_with_events(transfer, Vec::new()).await
-    }
-
-    /// [`Ledger::transfer`], with the webhook events it causes committed in the same
-    /// transaction (none are written if the transfer id already existed).
-    pub async fn transfer_with_events(
-        &self,
-        transfer: Transfer,
-        events: Vec<OutboxEvent>,
-    ) -> Result<Committed, LedgerError> {
-        transfer.validate()?;
-        let settlement = Settlement { transfers: vec![transfer.clone()], events, ..Default::default() };
-        if transfer.from.may_go_negative() {
-            self.ensure_loaded(&[&transfer.from, &transfer.to]).await?;
-            return self.commit(None, settlement).await;
-        }
-        let hold = self.hold(&transfer.from, transfer.amount).await?;
-        self.ensure_loaded(&[&transfer.to]).await?;
-        self.settle(hold, settlement).await
     }
 
     async fn commit(&self, hold: Option<u64>, settlement: Settlement) -> Result<Committed, LedgerError> {
@@ -354,26 +496,10 @@ impl Ledger {
         rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
-    /// Commit records that move no money (e.g. the usage record of a failed request).
-    pub async fn record(&self, usage: UsageRecord) -> Result<Committed, LedgerError> {
-        self.commit(None, Settlement { usage: Some(usage), ..Default::default() }).await
-    }
-
-    /// Wait until everything queued before this call is committed.
-    pub async fn flush(&self) -> Result<(), LedgerError> {
+    async fn flush(&self) -> Result<(), LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Flush { reply }).await?;
         rx.await.map_err(|_| LedgerError::Stopped)
-    }
-
-    /// Open holds (for metrics and tests).
-    pub fn open_holds(&self) -> usize {
-        self.inner.state.lock().holds.len()
-    }
-
-    /// Credits held on an account right now.
-    pub fn held(&self, account: &AccountId) -> Credits {
-        Credits(self.inner.state.lock().accounts.get(account).map(|a| a.held).unwrap_or(0))
     }
 }
 
@@ -390,7 +516,6 @@ struct Writer {
     keys_written_at: HashMap<String, i64>,
     inner: std::sync::Weak<Inner>,
     last_seq: i64,
-    batch_max: usize,
     origin: String,
 }
 
@@ -404,26 +529,13 @@ struct BatchEffects {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>, tick: Duration) {
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    async fn run(mut self, mut jobs: Jobs<Job>) {
         loop {
-            let first = tokio::select! {
-                job = rx.recv() => match job { Some(j) => Some(j), None => break },
-                _ = ticker.tick() => None,
-            };
-            let Some(first) = first else {
-                self.on_tick().await;
-                continue;
-            };
-            let mut batch = vec![first];
-            while batch.len() < self.batch_max {
-                match rx.try_recv() {
-                    Ok(j) => batch.push(j),
-                    Err(_) => break,
-                }
+            match jobs.next().await {
+                Next::Batch(batch) => self.process(batch).await,
+                Next::Tick => self.on_tick().await,
+                Next::Stop => break,
             }
-            self.process(batch).await;
         }
         tracing::debug!("ledger writer stopped");
     }
@@ -456,12 +568,7 @@ impl Writer {
     }
 
     async fn process(&mut self, batch: Vec<Job>) {
-        let started = Instant::now();
-        let size = batch.len();
-        let result = self.commit_batch(&batch).await;
-        metrics::histogram!("quota_ledger_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("quota_ledger_batch_size").record(size as f64);
-        match result {
+        match timed(batch.len(), self.commit_batch(&batch)).await {
             Ok(effects) => self.apply(batch, effects),
             Err(e) if batch.len() > 1 => {
                 // Isolate the job that fails; the others commit on their own.
@@ -504,7 +611,7 @@ impl Writer {
         let mut foreign = Vec::new();
         let mut max_seq = self.last_seq;
         let rows = sqlx::query(
-            "SELECT seq, from_account, to_account, amount, origin FROM transfers WHERE seq > ? ORDER BY seq",
+            "SELECT seq, from_account, to_account, amount, origin FROM transfers WHERE seq > $1 ORDER BY seq",
         )
         .bind(self.last_seq)
         .fetch_all(&mut *conn)
@@ -530,7 +637,7 @@ impl Writer {
                     if cached || !seen.insert(a.clone()) {
                         continue;
                     }
-                    let b: i64 = sqlx::query("SELECT balance FROM accounts WHERE id = ?")
+                    let b: i64 = sqlx::query("SELECT balance FROM accounts WHERE id = $1")
                         .bind(a.to_string())
                         .fetch_optional(&mut *conn)
                         .await?
@@ -611,11 +718,12 @@ impl Writer {
             if duplicates == 0 {
                 usage.extend(settlement.usage.iter());
                 if let Some(c) = &settlement.idempotency {
-                    complete_idempotency(conn, c).await?;
+                    complete_idempotency(c).execute(&mut *conn).await?;
                 }
-                insert_events(conn, &settlement.events).await?;
                 let crossed = low_balance_crossings(&self.inner, &foreign, &account_deltas, &mut running, settlement);
-                insert_events(conn, &crossed).await?;
+                for e in settlement.events.iter().chain(&crossed) {
+                    insert_event(e).execute(&mut *conn).await?;
+                }
             }
             if let Some(k) = &settlement.key_used {
                 keys_used.insert(k);
@@ -645,7 +753,7 @@ impl Writer {
             if fresh {
                 continue;
             }
-            sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
                 .bind(now)
                 .bind(key)
                 .execute(&mut *conn)
@@ -751,19 +859,7 @@ fn low_balance_crossings(
 ) -> Vec<OutboxEvent> {
     let mut out = Vec::new();
     for w in &settlement.low_balance {
-        let delta: i64 = settlement
-            .transfers
-            .iter()
-            .map(|t| {
-                if t.from == w.account {
-                    -t.amount.0
-                } else if t.to == w.account {
-                    t.amount.0
-                } else {
-                    0
-                }
-            })
-            .sum();
+        let delta = w.delta(&settlement.transfers);
         let after = match running.get(&w.account) {
             Some(b) => *b,
             None => {
@@ -775,90 +871,71 @@ fn low_balance_crossings(
                 after
             }
         };
-        let before = after - delta;
-        if before >= w.threshold && after < w.threshold {
-            let mut e = w.event.clone();
-            if let Some(data) = e.data.as_object_mut() {
-                data.insert("balance".into(), after.into());
-                data.insert("threshold".into(), w.threshold.into());
-            }
-            out.push(e);
-        }
+        out.extend(w.crossed(after - delta, after));
     }
     out
+}
+
+/// Run one batch's commit, recording its latency and size (the same metrics on both engines).
+pub(crate) async fn timed<T>(size: usize, commit: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let result = commit.await;
+    metrics::histogram!("quota_ledger_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("quota_ledger_batch_size").record(size as f64);
+    result
+}
+
+/// What a writer does next.
+pub(crate) enum Next<J> {
+    /// Commit these: the first job to arrive and whatever else was already queued.
+    Batch(Vec<J>),
+    /// Its periodic work (expiry, catching up).
+    Tick,
+    /// Every sender is gone.
+    Stop,
+}
+
+/// A writer's queue and tick.
+pub(crate) struct Jobs<J> {
+    rx: mpsc::Receiver<J>,
+    ticker: tokio::time::Interval,
+    batch_max: usize,
+}
+
+impl<J> Jobs<J> {
+    pub(crate) fn new(rx: mpsc::Receiver<J>, tick: Duration, batch_max: usize) -> Jobs<J> {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Jobs { rx, ticker, batch_max }
+    }
+
+    /// Wait for the next job or tick; a job comes with the rest of the queue, up to
+    /// `batch_max` (group commit: a batch is whatever accumulated while the last committed).
+    pub(crate) async fn next(&mut self) -> Next<J> {
+        let first = tokio::select! {
+            job = self.rx.recv() => match job { Some(j) => j, None => return Next::Stop },
+            _ = self.ticker.tick() => return Next::Tick,
+        };
+        Next::Batch(drain(first, &mut self.rx, self.batch_max))
+    }
+}
+
+/// `first` and whatever else is queued, up to `max` jobs.
+pub(crate) fn drain<J>(first: J, rx: &mut mpsc::Receiver<J>, max: usize) -> Vec<J> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(j) => batch.push(j),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 enum Reply {
     Load(oneshot::Sender<Result<(), LedgerError>>),
     Flush(oneshot::Sender<()>),
     Commit(oneshot::Sender<Result<Committed, LedgerError>>, Committed),
-}
-
-/// Insert one transfer unless its id exists; true when it was new.
-pub(crate) async fn insert_transfer(
-    conn: &mut SqliteConnection,
-    t: &Transfer,
-    origin: &str,
-) -> Result<bool, StoreError> {
-    t.validate().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let res = sqlx::query(
-        "INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&t.id)
-    .bind(t.from.to_string())
-    .bind(t.to.to_string())
-    .bind(t.amount.0)
-    .bind(t.kind.as_str())
-    .bind(&t.cause)
-    .bind(t.created_at_ms)
-    .bind(origin)
-    .execute(&mut *conn)
-    .await?;
-    Ok(res.rows_affected() == 1)
-}
-
-pub(crate) async fn add_balance(
-    conn: &mut SqliteConnection,
-    account: &AccountId,
-    delta: i64,
-) -> Result<(), StoreError> {
-    add_balance_at(conn, account, delta, now_ms()).await
-}
-
-async fn add_balance_at(
-    conn: &mut SqliteConnection,
-    account: &AccountId,
-    delta: i64,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO accounts (id, balance, updated_at) VALUES (?, ?, ?) \
-         ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + excluded.balance, updated_at = excluded.updated_at",
-    )
-    .bind(account.to_string())
-    .bind(delta)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-pub(crate) async fn complete_idempotency(
-    conn: &mut SqliteConnection,
-    c: &IdempotencyCompletion,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE idempotency_keys SET status = ?, content_type = ?, response_body = ? WHERE scope = ? AND key = ?",
-    )
-    .bind(i64::from(c.status))
-    .bind(&c.content_type)
-    .bind(&c.body)
-    .bind(&c.scope)
-    .bind(&c.key)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 async fn insert_usage(conn: &mut SqliteConnection, records: &[&UsageRecord]) -> Result<(), StoreError> {

@@ -1,24 +1,30 @@
-//! Quota's persistence: the storage interface over SQLite (embedded default), its migrations, and
-//! the ledger engine that turns holds and settlements into durable, group-committed transfers.
+//! Quota's persistence: the storage interface over SQLite (embedded default) and PostgreSQL, their
+//! migrations, and the ledger engines that turn holds and settlements into durable transfers.
 //!
-//! Everything that reads or writes the database goes through [`Store`]; the money rules it
-//! enforces come from `quota-core`. PostgreSQL (scale-out) implements the same interface in a
-//! later change; the SQL here sticks to what both dialects share where that costs nothing.
+//! Everything that reads or writes the database goes through [`Store`], over SQLite (one
+//! instance, embedded) or PostgreSQL (several instances sharing it; `db.rs` runs each query on
+//! either); the money rules it enforces come from `quota-core`. [`Ledger`] runs the engine that
+//! fits the backend: in-memory holds with one group-committing writer on SQLite (`ledger.rs`),
+//! holds in the database on PostgreSQL (`pg_ledger.rs`), behind one API.
 
 pub mod clock;
+mod db;
 pub mod events;
 pub mod idempotency;
 pub mod ledger;
 pub mod models;
 pub mod oauth;
 pub mod payments;
+mod pg_ledger;
 mod store;
+pub mod testing;
 pub mod usage;
 pub mod verify;
 pub mod webhooks;
 
 pub use clock::now_ms;
+pub use db::{Both, DbRow, Pool, Tx};
 pub use events::OutboxEvent;
 pub use ledger::{Ledger, LedgerConfig, LedgerError, LowBalanceWatch, Settlement};
 pub use models::*;
-pub use store::{Store, StoreConfig, StoreError, Synchronous};
+pub use store::{Change, Changes, Store, StoreConfig, StoreError, Synchronous, CHANGES_CHANNEL};

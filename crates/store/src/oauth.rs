@@ -7,10 +7,10 @@
 //! `oauth` module; the statements here make the state changes atomic (a code is used once, a
 //! refresh token rotates once) and write each change's outbox events in the same transaction.
 
+use crate::db::{DbRow, Tx};
 use crate::events::{insert_events, OutboxEvent};
 use crate::store::{Store, StoreError};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use crate::{on_pool, on_tx};
 
 /// An OAuth client as its developer configured it.
 #[derive(Debug, Clone)]
@@ -159,7 +159,7 @@ pub enum ExchangeError {
 const APP_COLUMNS: &str = "id, developer_id, name, client_id, client_secret_hash, redirect_uris, allowed_scopes, \
      profit_margin_bps, welcome_credits, created_at, updated_at";
 
-fn app_from_row(r: &SqliteRow) -> Result<App, StoreError> {
+fn app_from_row(r: &impl DbRow) -> Result<App, StoreError> {
     let uris: String = r.get("redirect_uris");
     let bps: i64 = r.get("profit_margin_bps");
     Ok(App {
@@ -185,15 +185,10 @@ fn token_kind(text: &str) -> Result<TokenKind, StoreError> {
     }
 }
 
-async fn insert_token(
-    conn: &mut SqliteConnection,
-    t: &NewToken,
-    grant: &NewGrantRef<'_>,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
+async fn insert_token(tx: &mut Tx, t: &NewToken, grant: &NewGrantRef<'_>, now: i64) -> Result<(), StoreError> {
+    on_tx!(tx, |conn| sqlx::query(
         "INSERT INTO oauth_tokens (token_hash, kind, grant_id, app_id, user_id, scopes, created_at, expires_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&t.token_hash)
     .bind(t.kind.as_str())
@@ -204,7 +199,8 @@ async fn insert_token(
     .bind(now)
     .bind(t.expires_at)
     .execute(&mut *conn)
-    .await?;
+    .await?
+    .rows_affected());
     Ok(())
 }
 
@@ -215,33 +211,32 @@ struct NewGrantRef<'a> {
     scopes: &'a str,
 }
 
-async fn connection_active(conn: &mut SqliteConnection, user_id: &str, app_id: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query("SELECT 1 FROM connections WHERE user_id = ? AND app_id = ? AND revoked_at IS NULL")
-        .bind(user_id)
-        .bind(app_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .is_some())
+async fn connection_active(tx: &mut Tx, user_id: &str, app_id: &str) -> Result<bool, StoreError> {
+    Ok(on_tx!(tx, |conn| sqlx::query(
+        "SELECT 1 FROM connections WHERE user_id = $1 AND app_id = $2 AND revoked_at IS NULL"
+    )
+    .bind(user_id)
+    .bind(app_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .is_some()))
 }
 
 /// Revoke every grant, token and unexchanged code of `user_id` × `app_id` (or of the whole app
 /// if `user_id` is `None`) inside the caller's transaction.
-async fn revoke_all(
-    conn: &mut SqliteConnection,
-    app_id: &str,
-    user_id: Option<&str>,
-    now: i64,
-) -> Result<(), StoreError> {
-    let user_filter = if user_id.is_some() { " AND user_id = ?" } else { "" };
+async fn revoke_all(tx: &mut Tx, app_id: &str, user_id: Option<&str>, now: i64) -> Result<(), StoreError> {
+    let user_filter = if user_id.is_some() { " AND user_id = $3" } else { "" };
     // Codes not yet exchanged die too (marked used: exchanging one finds it spent).
     for (table, column) in [("oauth_grants", "revoked_at"), ("oauth_tokens", "revoked_at"), ("oauth_codes", "used_at")]
     {
-        let sql = format!("UPDATE {table} SET {column} = ? WHERE app_id = ?{user_filter} AND {column} IS NULL");
-        let mut q = sqlx::query(&sql).bind(now).bind(app_id);
-        if let Some(u) = user_id {
-            q = q.bind(u);
-        }
-        q.execute(&mut *conn).await?;
+        let sql = format!("UPDATE {table} SET {column} = $1 WHERE app_id = $2{user_filter} AND {column} IS NULL");
+        on_tx!(tx, |conn| {
+            let mut q = sqlx::query(&sql).bind(now).bind(app_id);
+            if let Some(u) = user_id {
+                q = q.bind(u);
+            }
+            q.execute(&mut *conn).await?.rows_affected()
+        });
     }
     Ok(())
 }
@@ -250,91 +245,104 @@ impl Store {
     // ---- apps --------------------------------------------------------------------------
 
     pub async fn create_app(&self, app: &App) -> Result<(), StoreError> {
-        let uris = serde_json::to_string(&app.redirect_uris).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO apps (id, developer_id, name, client_id, client_secret_hash, token_endpoint_auth_method, \
-             redirect_uris, allowed_scopes, profit_margin_bps, welcome_credits, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&app.id)
-        .bind(&app.developer_id)
-        .bind(&app.name)
-        .bind(&app.client_id)
-        .bind(&app.client_secret_hash)
-        .bind(app.token_endpoint_auth_method())
-        .bind(uris)
-        .bind(&app.allowed_scopes)
-        .bind(i64::from(app.profit_margin_bps))
-        .bind(app.welcome_credits)
-        .bind(app.created_at)
-        .bind(app.updated_at)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        on_pool!(self.pool(), |p| {
+            let uris = serde_json::to_string(&app.redirect_uris).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO apps (id, developer_id, name, client_id, client_secret_hash, token_endpoint_auth_method, \
+                 redirect_uris, allowed_scopes, profit_margin_bps, welcome_credits, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(&app.id)
+            .bind(&app.developer_id)
+            .bind(&app.name)
+            .bind(&app.client_id)
+            .bind(&app.client_secret_hash)
+            .bind(app.token_endpoint_auth_method())
+            .bind(uris)
+            .bind(&app.allowed_scopes)
+            .bind(i64::from(app.profit_margin_bps))
+            .bind(app.welcome_credits)
+            .bind(app.created_at)
+            .bind(app.updated_at)
+            .execute(p)
+            .await?;
+            Ok(())
+        })
     }
 
     /// A developer's live apps, newest first.
     pub async fn apps_of(&self, developer_id: &str) -> Result<Vec<App>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {APP_COLUMNS} FROM apps WHERE developer_id = ? AND deleted_at IS NULL ORDER BY created_at DESC, id"
-        ))
-        .bind(developer_id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(app_from_row).collect()
+        on_pool!(self.pool(), |p| {
+            let rows = sqlx::query(&format!(
+                "SELECT {APP_COLUMNS} FROM apps WHERE developer_id = $1 AND deleted_at IS NULL ORDER BY created_at DESC, id"
+            ))
+            .bind(developer_id)
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(app_from_row).collect()
+        })
     }
 
     /// A live app of this developer.
     pub async fn app_of(&self, developer_id: &str, app_id: &str) -> Result<Option<App>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {APP_COLUMNS} FROM apps WHERE developer_id = ? AND id = ? AND deleted_at IS NULL"
-        ))
-        .bind(developer_id)
-        .bind(app_id)
-        .fetch_optional(self.pool())
-        .await?;
-        row.as_ref().map(app_from_row).transpose()
+        on_pool!(self.pool(), |p| {
+            let row = sqlx::query(&format!(
+                "SELECT {APP_COLUMNS} FROM apps WHERE developer_id = $1 AND id = $2 AND deleted_at IS NULL"
+            ))
+            .bind(developer_id)
+            .bind(app_id)
+            .fetch_optional(p)
+            .await?;
+            row.as_ref().map(app_from_row).transpose()
+        })
     }
 
     /// A live app by id, whoever owns it.
     pub async fn app(&self, app_id: &str) -> Result<Option<App>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ? AND deleted_at IS NULL"))
-            .bind(app_id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref().map(app_from_row).transpose()
+        on_pool!(self.pool(), |p| {
+            let row = sqlx::query(&format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1 AND deleted_at IS NULL"))
+                .bind(app_id)
+                .fetch_optional(p)
+                .await?;
+            row.as_ref().map(app_from_row).transpose()
+        })
     }
 
     /// A live app by its public client id.
     pub async fn app_by_client_id(&self, client_id: &str) -> Result<Option<App>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {APP_COLUMNS} FROM apps WHERE client_id = ? AND deleted_at IS NULL"))
-            .bind(client_id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref().map(app_from_row).transpose()
+        on_pool!(self.pool(), |p| {
+            let row =
+                sqlx::query(&format!("SELECT {APP_COLUMNS} FROM apps WHERE client_id = $1 AND deleted_at IS NULL"))
+                    .bind(client_id)
+                    .fetch_optional(p)
+                    .await?;
+            row.as_ref().map(app_from_row).transpose()
+        })
     }
 
     /// Write an app's editable fields (name, redirect URIs, scopes, margin, welcome credits).
     pub async fn update_app(&self, app: &App) -> Result<(), StoreError> {
-        let uris = serde_json::to_string(&app.redirect_uris).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let res = sqlx::query(
-            "UPDATE apps SET name = ?, redirect_uris = ?, allowed_scopes = ?, profit_margin_bps = ?, welcome_credits = ?, \
-             updated_at = ? WHERE id = ? AND developer_id = ? AND deleted_at IS NULL",
-        )
-        .bind(&app.name)
-        .bind(uris)
-        .bind(&app.allowed_scopes)
-        .bind(i64::from(app.profit_margin_bps))
-        .bind(app.welcome_credits)
-        .bind(app.updated_at)
-        .bind(&app.id)
-        .bind(&app.developer_id)
-        .execute(self.pool())
-        .await?;
-        if res.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        on_pool!(self.pool(), |p| {
+            let uris = serde_json::to_string(&app.redirect_uris).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let res = sqlx::query(
+                "UPDATE apps SET name = $1, redirect_uris = $2, allowed_scopes = $3, profit_margin_bps = $4, welcome_credits = $5, \
+                 updated_at = $6 WHERE id = $7 AND developer_id = $8 AND deleted_at IS NULL",
+            )
+            .bind(&app.name)
+            .bind(uris)
+            .bind(&app.allowed_scopes)
+            .bind(i64::from(app.profit_margin_bps))
+            .bind(app.welcome_credits)
+            .bind(app.updated_at)
+            .bind(&app.id)
+            .bind(&app.developer_id)
+            .execute(p)
+            .await?;
+            if res.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
     }
 
     /// Delete an app: it stops existing for OAuth, every token and connection under it ends,
@@ -347,25 +355,29 @@ impl Store {
         now: i64,
         event: impl Fn(&str) -> OutboxEvent,
     ) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let res =
-            sqlx::query("UPDATE apps SET deleted_at = ? WHERE id = ? AND developer_id = ? AND deleted_at IS NULL")
-                .bind(now)
-                .bind(app_id)
-                .bind(developer_id)
-                .execute(&mut *tx)
-                .await?;
-        if res.rows_affected() == 0 {
+        let mut tx = self.pool().begin_write().await?;
+        let res = on_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE apps SET deleted_at = $1 WHERE id = $2 AND developer_id = $3 AND deleted_at IS NULL"
+        )
+        .bind(now)
+        .bind(app_id)
+        .bind(developer_id)
+        .execute(&mut *c)
+        .await?
+        .rows_affected());
+        if res == 0 {
             return Err(StoreError::NotFound);
         }
-        let users: Vec<String> = sqlx::query_scalar(
-            "UPDATE connections SET revoked_at = ?, updated_at = ? WHERE app_id = ? AND revoked_at IS NULL RETURNING user_id",
+        let users: Vec<String> = on_tx!(&mut tx, |c| {
+            sqlx::query_scalar(
+            "UPDATE connections SET revoked_at = $1, updated_at = $2 WHERE app_id = $3 AND revoked_at IS NULL RETURNING user_id",
         )
         .bind(now)
         .bind(now)
         .bind(app_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        .fetch_all(&mut *c)
+        .await?
+        });
         revoke_all(&mut tx, app_id, None, now).await?;
         let events: Vec<OutboxEvent> = users.iter().map(|u| event(u)).collect();
         insert_events(&mut tx, &events).await?;
@@ -375,27 +387,29 @@ impl Store {
 
     /// The users connected to an app, with their balance and what they spent through it.
     pub async fn app_users(&self, app_id: &str) -> Result<Vec<AppUser>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.user_id, u.email, c.scopes, c.created_at, COALESCE(a.balance, 0) AS balance, \
-               COALESCE((SELECT SUM(total) FROM usage_records r WHERE r.app_id = c.app_id \
-                 AND r.payer_account = 'wallet:' || c.user_id AND r.billing_mode = 'user'), 0) AS spend \
-             FROM connections c JOIN users u ON u.id = c.user_id LEFT JOIN accounts a ON a.id = 'wallet:' || c.user_id \
-             WHERE c.app_id = ? AND c.revoked_at IS NULL ORDER BY c.created_at, c.user_id",
-        )
-        .bind(app_id)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| AppUser {
-                user_id: r.get("user_id"),
-                email: r.get("email"),
-                balance: r.get("balance"),
-                spend: r.get("spend"),
-                scopes: r.get("scopes"),
-                connected_at: r.get("created_at"),
-            })
-            .collect())
+        on_pool!(self.pool(), |p| {
+            let rows = sqlx::query(
+                "SELECT c.user_id, u.email, c.scopes, c.created_at, COALESCE(a.balance, 0) AS balance, \
+                   CAST(COALESCE((SELECT SUM(total) FROM usage_records r WHERE r.app_id = c.app_id \
+                     AND r.payer_account = 'wallet:' || c.user_id AND r.billing_mode = 'user'), 0) AS BIGINT) AS spend \
+                 FROM connections c JOIN users u ON u.id = c.user_id LEFT JOIN accounts a ON a.id = 'wallet:' || c.user_id \
+                 WHERE c.app_id = $1 AND c.revoked_at IS NULL ORDER BY c.created_at, c.user_id",
+            )
+            .bind(app_id)
+            .fetch_all(p)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| AppUser {
+                    user_id: r.get("user_id"),
+                    email: r.get("email"),
+                    balance: r.get("balance"),
+                    spend: r.get("spend"),
+                    scopes: r.get("scopes"),
+                    connected_at: r.get("created_at"),
+                })
+                .collect())
+        })
     }
 
     // ---- connections -------------------------------------------------------------------
@@ -411,10 +425,11 @@ impl Store {
         now: i64,
         event: OutboxEvent,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool().begin_write().await?;
         let active = connection_active(&mut tx, user_id, app_id).await?;
-        sqlx::query(
-            "INSERT INTO connections (user_id, app_id, scopes, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
+        on_tx!(&mut tx, |c| {
+            sqlx::query(
+            "INSERT INTO connections (user_id, app_id, scopes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (user_id, app_id) DO UPDATE SET scopes = excluded.scopes, updated_at = excluded.updated_at, \
              created_at = CASE WHEN connections.revoked_at IS NULL THEN connections.created_at ELSE excluded.created_at END, \
              revoked_at = NULL",
@@ -424,8 +439,8 @@ impl Store {
         .bind(scopes)
         .bind(now)
         .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c).await?.rows_affected()
+        });
         if !active {
             insert_events(&mut tx, std::slice::from_ref(&event)).await?;
         }
@@ -442,17 +457,18 @@ impl Store {
         now: i64,
         event: OutboxEvent,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let res = sqlx::query(
-            "UPDATE connections SET revoked_at = ?, updated_at = ? WHERE user_id = ? AND app_id = ? AND revoked_at IS NULL",
+        let mut tx = self.pool().begin_write().await?;
+        let res = on_tx!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE connections SET revoked_at = $1, updated_at = $2 WHERE user_id = $3 AND app_id = $4 AND revoked_at IS NULL",
         )
         .bind(now)
         .bind(now)
         .bind(user_id)
         .bind(app_id)
-        .execute(&mut *tx)
-        .await?;
-        if res.rows_affected() == 0 {
+        .execute(&mut *c).await?.rows_affected()
+        });
+        if res == 0 {
             return Ok(false);
         }
         revoke_all(&mut tx, app_id, Some(user_id), now).await?;
@@ -463,89 +479,97 @@ impl Store {
 
     /// A user's active connections to live apps, newest first.
     pub async fn connections_of(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.user_id, c.app_id, a.name, a.developer_id, c.scopes, c.created_at, \
-               COALESCE((SELECT SUM(total) FROM usage_records r WHERE r.app_id = c.app_id \
-                 AND r.payer_account = 'wallet:' || c.user_id AND r.billing_mode = 'user'), 0) AS spend \
-             FROM connections c JOIN apps a ON a.id = c.app_id \
-             WHERE c.user_id = ? AND c.revoked_at IS NULL AND a.deleted_at IS NULL ORDER BY c.created_at DESC, c.app_id",
-        )
-        .bind(user_id)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Connection {
-                user_id: r.get("user_id"),
-                app_id: r.get("app_id"),
-                app_name: r.get("name"),
-                developer_id: r.get("developer_id"),
-                scopes: r.get("scopes"),
-                created_at: r.get("created_at"),
-                spend: r.get("spend"),
-            })
-            .collect())
+        on_pool!(self.pool(), |p| {
+            let rows = sqlx::query(
+                "SELECT c.user_id, c.app_id, a.name, a.developer_id, c.scopes, c.created_at, \
+                   CAST(COALESCE((SELECT SUM(total) FROM usage_records r WHERE r.app_id = c.app_id \
+                     AND r.payer_account = 'wallet:' || c.user_id AND r.billing_mode = 'user'), 0) AS BIGINT) AS spend \
+                 FROM connections c JOIN apps a ON a.id = c.app_id \
+                 WHERE c.user_id = $1 AND c.revoked_at IS NULL AND a.deleted_at IS NULL ORDER BY c.created_at DESC, c.app_id",
+            )
+            .bind(user_id)
+            .fetch_all(p)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| Connection {
+                    user_id: r.get("user_id"),
+                    app_id: r.get("app_id"),
+                    app_name: r.get("name"),
+                    developer_id: r.get("developer_id"),
+                    scopes: r.get("scopes"),
+                    created_at: r.get("created_at"),
+                    spend: r.get("spend"),
+                })
+                .collect())
+        })
     }
 
     /// Whether `user_id` is connected to any live app of `developer_id` (SPEC §6 funding).
     pub async fn connected_to_developer(&self, user_id: &str, developer_id: &str) -> Result<bool, StoreError> {
-        Ok(sqlx::query(
-            "SELECT 1 FROM connections c JOIN apps a ON a.id = c.app_id \
-             WHERE c.user_id = ? AND a.developer_id = ? AND c.revoked_at IS NULL AND a.deleted_at IS NULL LIMIT 1",
-        )
-        .bind(user_id)
-        .bind(developer_id)
-        .fetch_optional(self.pool())
-        .await?
-        .is_some())
+        on_pool!(self.pool(), |p| {
+            Ok(sqlx::query(
+                "SELECT 1 FROM connections c JOIN apps a ON a.id = c.app_id \
+                 WHERE c.user_id = $1 AND a.developer_id = $2 AND c.revoked_at IS NULL AND a.deleted_at IS NULL LIMIT 1",
+            )
+            .bind(user_id)
+            .bind(developer_id)
+            .fetch_optional(p)
+            .await?
+            .is_some())
+        })
     }
 
     // ---- codes, grants, tokens ---------------------------------------------------------
 
     pub async fn insert_code(&self, code: &AuthCode) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO oauth_codes (code_hash, app_id, user_id, redirect_uri, scopes, code_challenge, \
-             code_challenge_method, nonce, auth_time, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&code.code_hash)
-        .bind(&code.app_id)
-        .bind(&code.user_id)
-        .bind(&code.redirect_uri)
-        .bind(&code.scopes)
-        .bind(&code.code_challenge)
-        .bind(&code.code_challenge_method)
-        .bind(&code.nonce)
-        .bind(code.auth_time)
-        .bind(code.created_at)
-        .bind(code.expires_at)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        on_pool!(self.pool(), |p| {
+            sqlx::query(
+                "INSERT INTO oauth_codes (code_hash, app_id, user_id, redirect_uri, scopes, code_challenge, \
+                 code_challenge_method, nonce, auth_time, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(&code.code_hash)
+            .bind(&code.app_id)
+            .bind(&code.user_id)
+            .bind(&code.redirect_uri)
+            .bind(&code.scopes)
+            .bind(&code.code_challenge)
+            .bind(&code.code_challenge_method)
+            .bind(&code.nonce)
+            .bind(code.auth_time)
+            .bind(code.created_at)
+            .bind(code.expires_at)
+            .execute(p)
+            .await?;
+            Ok(())
+        })
     }
 
     pub async fn code(&self, code_hash: &str) -> Result<Option<AuthCode>, StoreError> {
-        let row = sqlx::query(
-            "SELECT code_hash, app_id, user_id, redirect_uri, scopes, code_challenge, code_challenge_method, nonce, \
-             auth_time, created_at, expires_at, used_at, grant_id FROM oauth_codes WHERE code_hash = ?",
-        )
-        .bind(code_hash)
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(row.map(|r| AuthCode {
-            code_hash: r.get("code_hash"),
-            app_id: r.get("app_id"),
-            user_id: r.get("user_id"),
-            redirect_uri: r.get("redirect_uri"),
-            scopes: r.get("scopes"),
-            code_challenge: r.get("code_challenge"),
-            code_challenge_method: r.get("code_challenge_method"),
-            nonce: r.get("nonce"),
-            auth_time: r.get("auth_time"),
-            created_at: r.get("created_at"),
-            expires_at: r.get("expires_at"),
-            used_at: r.get("used_at"),
-            grant_id: r.get("grant_id"),
-        }))
+        on_pool!(self.pool(), |p| {
+            let row = sqlx::query(
+                "SELECT code_hash, app_id, user_id, redirect_uri, scopes, code_challenge, code_challenge_method, nonce, \
+                 auth_time, created_at, expires_at, used_at, grant_id FROM oauth_codes WHERE code_hash = $1",
+            )
+            .bind(code_hash)
+            .fetch_optional(p)
+            .await?;
+            Ok(row.map(|r| AuthCode {
+                code_hash: r.get("code_hash"),
+                app_id: r.get("app_id"),
+                user_id: r.get("user_id"),
+                redirect_uri: r.get("redirect_uri"),
+                scopes: r.get("scopes"),
+                code_challenge: r.get("code_challenge"),
+                code_challenge_method: r.get("code_challenge_method"),
+                nonce: r.get("nonce"),
+                auth_time: r.get("auth_time"),
+                created_at: r.get("created_at"),
+                expires_at: r.get("expires_at"),
+                used_at: r.get("used_at"),
+                grant_id: r.get("grant_id"),
+            }))
+        })
     }
 
     /// Use a code once: mark it used, create its grant and tokens, in one transaction.
@@ -556,22 +580,25 @@ impl Store {
         tokens: &[NewToken],
         now: i64,
     ) -> Result<Result<(), ExchangeError>, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool().begin_write().await?;
         if !connection_active(&mut tx, &grant.user_id, &grant.app_id).await? {
             return Ok(Err(ExchangeError::NotConnected));
         }
-        let res =
-            sqlx::query("UPDATE oauth_codes SET used_at = ?, grant_id = ? WHERE code_hash = ? AND used_at IS NULL")
-                .bind(now)
-                .bind(&grant.id)
-                .bind(code_hash)
-                .execute(&mut *tx)
-                .await?;
-        if res.rows_affected() == 0 {
+        let res = on_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE oauth_codes SET used_at = $1, grant_id = $2 WHERE code_hash = $3 AND used_at IS NULL"
+        )
+        .bind(now)
+        .bind(&grant.id)
+        .bind(code_hash)
+        .execute(&mut *c)
+        .await?
+        .rows_affected());
+        if res == 0 {
             return Ok(Err(ExchangeError::AlreadyUsed));
         }
-        sqlx::query(
-            "INSERT INTO oauth_grants (id, app_id, user_id, scopes, nonce, auth_time, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        on_tx!(&mut tx, |c| {
+            sqlx::query(
+            "INSERT INTO oauth_grants (id, app_id, user_id, scopes, nonce, auth_time, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&grant.id)
         .bind(&grant.app_id)
@@ -580,8 +607,8 @@ impl Store {
         .bind(&grant.nonce)
         .bind(grant.auth_time)
         .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c).await?.rows_affected()
+        });
         let g = NewGrantRef { id: &grant.id, app_id: &grant.app_id, user_id: &grant.user_id, scopes: &grant.scopes };
         for t in tokens {
             insert_token(&mut tx, t, &g, now).await?;
@@ -592,59 +619,64 @@ impl Store {
 
     /// A token by hash, whatever its state, with its grant's state.
     pub async fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT t.kind, t.grant_id, t.app_id, t.user_id, t.scopes, t.expires_at, t.used_at, t.revoked_at, \
-             g.revoked_at AS grant_revoked_at, g.nonce, g.auth_time \
-             FROM oauth_tokens t JOIN oauth_grants g ON g.id = t.grant_id WHERE t.token_hash = ?",
-        )
-        .bind(token_hash)
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| {
-            Ok(TokenRow {
-                kind: token_kind(&r.get::<String, _>("kind"))?,
-                grant_id: r.get("grant_id"),
-                app_id: r.get("app_id"),
-                user_id: r.get("user_id"),
-                scopes: r.get("scopes"),
-                expires_at: r.get("expires_at"),
-                used_at: r.get("used_at"),
-                revoked_at: r.get("revoked_at"),
-                grant_revoked_at: r.get("grant_revoked_at"),
-                grant_nonce: r.get("nonce"),
-                grant_auth_time: r.get("auth_time"),
+        on_pool!(self.pool(), |p| {
+            let row = sqlx::query(
+                "SELECT t.kind, t.grant_id, t.app_id, t.user_id, t.scopes, t.expires_at, t.used_at, t.revoked_at, \
+                 g.revoked_at AS grant_revoked_at, g.nonce, g.auth_time \
+                 FROM oauth_tokens t JOIN oauth_grants g ON g.id = t.grant_id WHERE t.token_hash = $1",
+            )
+            .bind(token_hash)
+            .fetch_optional(p)
+            .await?;
+            row.map(|r| {
+                Ok(TokenRow {
+                    kind: token_kind(&r.get::<String>("kind"))?,
+                    grant_id: r.get("grant_id"),
+                    app_id: r.get("app_id"),
+                    user_id: r.get("user_id"),
+                    scopes: r.get("scopes"),
+                    expires_at: r.get("expires_at"),
+                    used_at: r.get("used_at"),
+                    revoked_at: r.get("revoked_at"),
+                    grant_revoked_at: r.get("grant_revoked_at"),
+                    grant_nonce: r.get("nonce"),
+                    grant_auth_time: r.get("auth_time"),
+                })
             })
+            .transpose()
         })
-        .transpose()
     }
 
     /// A live access token (unrevoked, unexpired at `now`, its grant and connection active, its
     /// app not deleted), with its app's owner and markup.
     pub async fn live_access_token(&self, token_hash: &str, now: i64) -> Result<Option<AccessGrant>, StoreError> {
-        let row = sqlx::query(
-            "SELECT t.grant_id, t.app_id, a.developer_id, t.user_id, t.scopes, t.expires_at, a.profit_margin_bps \
-             FROM oauth_tokens t JOIN oauth_grants g ON g.id = t.grant_id JOIN apps a ON a.id = t.app_id \
-             JOIN connections c ON c.user_id = t.user_id AND c.app_id = t.app_id \
-             WHERE t.token_hash = ? AND t.kind = 'access' AND t.revoked_at IS NULL AND g.revoked_at IS NULL \
-             AND c.revoked_at IS NULL AND a.deleted_at IS NULL AND t.expires_at > ?",
-        )
-        .bind(token_hash)
-        .bind(now)
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| {
-            let bps: i64 = r.get("profit_margin_bps");
-            Ok(AccessGrant {
-                grant_id: r.get("grant_id"),
-                app_id: r.get("app_id"),
-                developer_id: r.get("developer_id"),
-                user_id: r.get("user_id"),
-                scopes: r.get("scopes"),
-                expires_at: r.get("expires_at"),
-                profit_margin_bps: u32::try_from(bps).map_err(|_| StoreError::Corrupt("profit_margin_bps".into()))?,
+        on_pool!(self.pool(), |p| {
+            let row = sqlx::query(
+                "SELECT t.grant_id, t.app_id, a.developer_id, t.user_id, t.scopes, t.expires_at, a.profit_margin_bps \
+                 FROM oauth_tokens t JOIN oauth_grants g ON g.id = t.grant_id JOIN apps a ON a.id = t.app_id \
+                 JOIN connections c ON c.user_id = t.user_id AND c.app_id = t.app_id \
+                 WHERE t.token_hash = $1 AND t.kind = 'access' AND t.revoked_at IS NULL AND g.revoked_at IS NULL \
+                 AND c.revoked_at IS NULL AND a.deleted_at IS NULL AND t.expires_at > $2",
+            )
+            .bind(token_hash)
+            .bind(now)
+            .fetch_optional(p)
+            .await?;
+            row.map(|r| {
+                let bps: i64 = r.get("profit_margin_bps");
+                Ok(AccessGrant {
+                    grant_id: r.get("grant_id"),
+                    app_id: r.get("app_id"),
+                    developer_id: r.get("developer_id"),
+                    user_id: r.get("user_id"),
+                    scopes: r.get("scopes"),
+                    expires_at: r.get("expires_at"),
+                    profit_margin_bps: u32::try_from(bps)
+                        .map_err(|_| StoreError::Corrupt("profit_margin_bps".into()))?,
+                })
             })
+            .transpose()
         })
-        .transpose()
     }
 
     /// Rotate a refresh token: mark it used and store the grant's new tokens, in one
@@ -656,20 +688,18 @@ impl Store {
         tokens: &[NewToken],
         now: i64,
     ) -> Result<Result<(), ExchangeError>, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query(
-            "UPDATE oauth_tokens SET used_at = ? WHERE token_hash = ? AND kind = 'refresh' AND used_at IS NULL \
+        let mut tx = self.pool().begin_write().await?;
+        let row: Option<(String, String, String)> = on_tx!(&mut tx, |c| sqlx::query_as(
+            "UPDATE oauth_tokens SET used_at = $1 WHERE token_hash = $2 AND kind = 'refresh' AND used_at IS NULL \
              AND revoked_at IS NULL RETURNING app_id, user_id, scopes",
         )
         .bind(now)
         .bind(old_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        .fetch_optional(&mut *c)
+        .await?);
+        let Some((app_id, user_id, scopes)) = row else {
             return Ok(Err(ExchangeError::AlreadyUsed));
         };
-        let (app_id, user_id, scopes): (String, String, String) =
-            (row.get("app_id"), row.get("user_id"), row.get("scopes"));
         if !connection_active(&mut tx, &user_id, &app_id).await? {
             return Ok(Err(ExchangeError::NotConnected));
         }
@@ -683,14 +713,17 @@ impl Store {
 
     /// Revoke a grant and all its tokens (code reuse, refresh-token reuse).
     pub async fn revoke_grant(&self, grant_id: &str, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool().begin_write().await?;
         for table in ["oauth_grants", "oauth_tokens"] {
             let column = if table == "oauth_grants" { "id" } else { "grant_id" };
-            sqlx::query(&format!("UPDATE {table} SET revoked_at = ? WHERE {column} = ? AND revoked_at IS NULL"))
-                .bind(now)
-                .bind(grant_id)
-                .execute(&mut *tx)
-                .await?;
+            on_tx!(&mut tx, |c| sqlx::query(&format!(
+                "UPDATE {table} SET revoked_at = $1 WHERE {column} = $2 AND revoked_at IS NULL"
+            ))
+            .bind(now)
+            .bind(grant_id)
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
         }
         tx.commit().await?;
         Ok(())
@@ -700,29 +733,36 @@ impl Store {
 
     /// The id_token signing key: (kid, PKCS#1 DER), the oldest if several were stored.
     pub async fn signing_key(&self) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        let row = sqlx::query("SELECT kid, private_key_der FROM oauth_signing_keys ORDER BY created_at, kid LIMIT 1")
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(|r| (r.get("kid"), r.get("private_key_der"))))
+        on_pool!(self.pool(), |p| {
+            let row =
+                sqlx::query("SELECT kid, private_key_der FROM oauth_signing_keys ORDER BY created_at, kid LIMIT 1")
+                    .fetch_optional(p)
+                    .await?;
+            Ok(row.map(|r| (r.get("kid"), r.get("private_key_der"))))
+        })
     }
 
     /// Store a signing key unless one exists; returns the key in force afterwards (another
     /// process may have stored one first).
     pub async fn store_signing_key(&self, kid: &str, der: &[u8], now: i64) -> Result<(String, Vec<u8>), StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let existing: Option<(String, Vec<u8>)> =
-            sqlx::query_as("SELECT kid, private_key_der FROM oauth_signing_keys ORDER BY created_at, kid LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
+        let mut tx = self.pool().begin_write().await?;
+        let existing: Option<(String, Vec<u8>)> = on_tx!(&mut tx, |c| sqlx::query_as(
+            "SELECT kid, private_key_der FROM oauth_signing_keys ORDER BY created_at, kid LIMIT 1"
+        )
+        .fetch_optional(&mut *c)
+        .await?);
         if let Some(k) = existing {
             return Ok(k);
         }
-        sqlx::query("INSERT INTO oauth_signing_keys (kid, private_key_der, created_at) VALUES (?, ?, ?)")
-            .bind(kid)
-            .bind(der)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        on_tx!(&mut tx, |c| sqlx::query(
+            "INSERT INTO oauth_signing_keys (kid, private_key_der, created_at) VALUES ($1, $2, $3)"
+        )
+        .bind(kid)
+        .bind(der)
+        .bind(now)
+        .execute(&mut *c)
+        .await?
+        .rows_affected());
         tx.commit().await?;
         Ok((kid.to_string(), der.to_vec()))
     }

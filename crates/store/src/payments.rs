@@ -6,11 +6,11 @@
 //! event writes that event (outbox) in the same transaction. SQL uses `$n` placeholders and
 //! nothing SQLite-only, so the PostgreSQL backend can share it.
 
+use crate::db::DbRow;
 use crate::events::{insert_events, OutboxEvent};
 use crate::store::{Store, StoreError};
+use crate::{on_pool, on_tx};
 use quota_core::{AccountId, TransferKind};
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
 
 /// A top-up attempt at the payment provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub struct Payout {
     pub paid_at: Option<i64>,
 }
 
-fn session_from_row(r: &SqliteRow) -> CheckoutSession {
+fn session_from_row(r: &impl DbRow) -> CheckoutSession {
     CheckoutSession {
         id: r.get("id"),
         provider: r.get("provider"),
@@ -67,7 +67,7 @@ fn session_from_row(r: &SqliteRow) -> CheckoutSession {
     }
 }
 
-fn payout_from_row(r: &SqliteRow) -> Payout {
+fn payout_from_row(r: &impl DbRow) -> Payout {
     Payout {
         id: r.get("id"),
         developer_id: r.get("developer_id"),
@@ -92,74 +92,83 @@ const PAYOUT_COLUMNS: &str = "id, developer_id, idempotency_key, stripe_account_
 
 impl Store {
     pub async fn insert_checkout_session(&self, s: &CheckoutSession) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO checkout_sessions (id, provider, user_id, package_id, price_cents, credits, status, \
-             success_url, cancel_url, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&s.id)
-        .bind(&s.provider)
-        .bind(&s.user_id)
-        .bind(&s.package_id)
-        .bind(s.price_cents)
-        .bind(s.credits)
-        .bind(&s.status)
-        .bind(&s.success_url)
-        .bind(&s.cancel_url)
-        .bind(s.created_at)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        on_pool!(self.pool(), |p| {
+            sqlx::query(
+                "INSERT INTO checkout_sessions (id, provider, user_id, package_id, price_cents, credits, status, \
+                 success_url, cancel_url, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&s.id)
+            .bind(&s.provider)
+            .bind(&s.user_id)
+            .bind(&s.package_id)
+            .bind(s.price_cents)
+            .bind(s.credits)
+            .bind(&s.status)
+            .bind(&s.success_url)
+            .bind(&s.cancel_url)
+            .bind(s.created_at)
+            .execute(p)
+            .await?;
+            Ok(())
+        })
     }
 
     pub async fn checkout_session(&self, id: &str) -> Result<Option<CheckoutSession>, StoreError> {
-        let row =
-            sqlx::query("SELECT * FROM checkout_sessions WHERE id = $1").bind(id).fetch_optional(self.pool()).await?;
-        Ok(row.as_ref().map(session_from_row))
+        on_pool!(self.pool(), |p| {
+            let row = sqlx::query("SELECT * FROM checkout_sessions WHERE id = $1").bind(id).fetch_optional(p).await?;
+            Ok(row.as_ref().map(session_from_row))
+        })
     }
 
     /// Mark a session completed (after its top-up transfer committed). Idempotent.
     pub async fn complete_checkout_session(&self, id: &str, event_id: &str, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE checkout_sessions SET status = 'completed', completed_at = $1, event_id = $2 \
-             WHERE id = $3 AND status = 'open'",
-        )
-        .bind(now_ms)
-        .bind(event_id)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        on_pool!(self.pool(), |p| {
+            sqlx::query(
+                "UPDATE checkout_sessions SET status = 'completed', completed_at = $1, event_id = $2 \
+                 WHERE id = $3 AND status = 'open'",
+            )
+            .bind(now_ms)
+            .bind(event_id)
+            .bind(id)
+            .execute(p)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Whether a provider event was applied before.
     pub async fn stripe_event_seen(&self, id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 AS one FROM stripe_events WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.is_some())
+        on_pool!(self.pool(), |p| {
+            let row =
+                sqlx::query("SELECT 1 AS one FROM stripe_events WHERE id = $1").bind(id).fetch_optional(p).await?;
+            Ok(row.is_some())
+        })
     }
 
     /// Record that a provider event was applied; `false` if it already was.
     pub async fn record_stripe_event(&self, id: &str, kind: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO stripe_events (id, type, received_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(kind)
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
+        on_pool!(self.pool(), |p| {
+            let done = sqlx::query(
+                "INSERT INTO stripe_events (id, type, received_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(kind)
+            .bind(now_ms)
+            .execute(p)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     pub async fn connect_account(&self, developer_id: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT stripe_account_id FROM connect_accounts WHERE developer_id = $1")
-            .bind(developer_id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(|r| r.get("stripe_account_id")))
+        on_pool!(self.pool(), |p| {
+            let row = sqlx::query("SELECT stripe_account_id FROM connect_accounts WHERE developer_id = $1")
+                .bind(developer_id)
+                .fetch_optional(p)
+                .await?;
+            Ok(row.map(|r| r.get("stripe_account_id")))
+        })
     }
 
     /// Remember a developer's Connect account; if one was stored meanwhile, that one wins and is
@@ -170,31 +179,35 @@ impl Store {
         stripe_account_id: &str,
         now_ms: i64,
     ) -> Result<String, StoreError> {
-        sqlx::query(
-            "INSERT INTO connect_accounts (developer_id, stripe_account_id, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (developer_id) DO NOTHING",
-        )
-        .bind(developer_id)
-        .bind(stripe_account_id)
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?;
-        self.connect_account(developer_id).await?.ok_or(StoreError::NotFound)
+        on_pool!(self.pool(), |p| {
+            sqlx::query(
+                "INSERT INTO connect_accounts (developer_id, stripe_account_id, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (developer_id) DO NOTHING",
+            )
+            .bind(developer_id)
+            .bind(stripe_account_id)
+            .bind(now_ms)
+            .execute(p)
+            .await?;
+            self.connect_account(developer_id).await?.ok_or(StoreError::NotFound)
+        })
     }
 
     /// Every developer who has ever earned markup, in a stable order.
     pub async fn developers_with_earnings(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT DISTINCT to_account FROM transfers WHERE kind = $1 ORDER BY to_account")
-            .bind(TransferKind::Markup.as_str())
-            .fetch_all(self.pool())
-            .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| match r.get::<String, _>("to_account").parse::<AccountId>() {
-                Ok(AccountId::EarningsPending(d)) => Some(d),
-                _ => None,
-            })
-            .collect())
+        on_pool!(self.pool(), |p| {
+            let rows = sqlx::query("SELECT DISTINCT to_account FROM transfers WHERE kind = $1 ORDER BY to_account")
+                .bind(TransferKind::Markup.as_str())
+                .fetch_all(p)
+                .await?;
+            Ok(rows
+                .iter()
+                .filter_map(|r| match r.get::<String>("to_account").parse::<AccountId>() {
+                    Ok(AccountId::EarningsPending(d)) => Some(d),
+                    _ => None,
+                })
+                .collect())
+        })
     }
 
     /// Σ of `kind` transfers into `account` created at or before `until_ms`.
@@ -204,91 +217,104 @@ impl Store {
         account: &AccountId,
         until_ms: i64,
     ) -> Result<i64, StoreError> {
-        let r = sqlx::query(
-            "SELECT COALESCE(SUM(amount), 0) AS s FROM transfers WHERE kind = $1 AND to_account = $2 AND created_at <= $3",
-        )
-        .bind(kind.as_str())
-        .bind(account.to_string())
-        .bind(until_ms)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(r.get("s"))
+        on_pool!(self.pool(), |p| {
+            let r = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS s FROM transfers WHERE kind = $1 AND to_account = $2 AND created_at <= $3",
+            )
+            .bind(kind.as_str())
+            .bind(account.to_string())
+            .bind(until_ms)
+            .fetch_one(p)
+            .await?;
+            Ok(r.get("s"))
+        })
     }
 
     /// Σ of `kind` transfers out of `account` (at any time).
     pub async fn sum_transfers_from(&self, kind: TransferKind, account: &AccountId) -> Result<i64, StoreError> {
-        let r =
-            sqlx::query("SELECT COALESCE(SUM(amount), 0) AS s FROM transfers WHERE kind = $1 AND from_account = $2")
-                .bind(kind.as_str())
-                .bind(account.to_string())
-                .fetch_one(self.pool())
-                .await?;
-        Ok(r.get("s"))
+        on_pool!(self.pool(), |p| {
+            let r =
+                sqlx::query("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS s FROM transfers WHERE kind = $1 AND from_account = $2")
+                    .bind(kind.as_str())
+                    .bind(account.to_string())
+                    .fetch_one(p)
+                    .await?;
+            Ok(r.get("s"))
+        })
     }
 
     /// Insert a payout unless one starting at the same point exists; return the stored one.
     pub async fn claim_payout(&self, p: &Payout) -> Result<Payout, StoreError> {
-        sqlx::query(
-            "INSERT INTO payouts (id, developer_id, idempotency_key, stripe_account_id, amount_credits, amount_cents, \
-             covered_from, covered_to, status, attempts, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $10) ON CONFLICT DO NOTHING",
-        )
-        .bind(&p.id)
-        .bind(&p.developer_id)
-        .bind(&p.idempotency_key)
-        .bind(&p.stripe_account_id)
-        .bind(p.amount_credits)
-        .bind(p.amount_cents)
-        .bind(p.covered_from)
-        .bind(p.covered_to)
-        .bind(&p.status)
-        .bind(p.created_at)
-        .execute(self.pool())
-        .await?;
-        let row =
-            sqlx::query(&format!("SELECT {PAYOUT_COLUMNS} FROM payouts WHERE developer_id = $1 AND covered_from = $2"))
-                .bind(&p.developer_id)
-                .bind(p.covered_from)
-                .fetch_one(self.pool())
-                .await?;
-        Ok(payout_from_row(&row))
+        on_pool!(self.pool(), |db| {
+            sqlx::query(
+                "INSERT INTO payouts (id, developer_id, idempotency_key, stripe_account_id, amount_credits, amount_cents, \
+                 covered_from, covered_to, status, attempts, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $10) ON CONFLICT DO NOTHING",
+            )
+            .bind(&p.id)
+            .bind(&p.developer_id)
+            .bind(&p.idempotency_key)
+            .bind(&p.stripe_account_id)
+            .bind(p.amount_credits)
+            .bind(p.amount_cents)
+            .bind(p.covered_from)
+            .bind(p.covered_to)
+            .bind(&p.status)
+            .bind(p.created_at)
+            .execute(db)
+            .await?;
+            let row = sqlx::query(&format!(
+                "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE developer_id = $1 AND covered_from = $2"
+            ))
+            .bind(&p.developer_id)
+            .bind(p.covered_from)
+            .fetch_one(db)
+            .await?;
+            Ok(payout_from_row(&row))
+        })
     }
 
     /// Payouts not yet confirmed paid, oldest first.
     pub async fn unsettled_payouts(&self, developer_id: &str) -> Result<Vec<Payout>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE developer_id = $1 AND status <> 'paid' ORDER BY covered_from"
-        ))
-        .bind(developer_id)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.iter().map(payout_from_row).collect())
+        on_pool!(self.pool(), |p| {
+            let rows = sqlx::query(&format!(
+                "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE developer_id = $1 AND status <> 'paid' ORDER BY covered_from"
+            ))
+            .bind(developer_id)
+            .fetch_all(p)
+            .await?;
+            Ok(rows.iter().map(payout_from_row).collect())
+        })
     }
 
     /// A developer's payouts, newest first.
     pub async fn payouts_of(&self, developer_id: &str) -> Result<Vec<Payout>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE developer_id = $1 ORDER BY covered_from DESC"
-        ))
-        .bind(developer_id)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.iter().map(payout_from_row).collect())
+        on_pool!(self.pool(), |p| {
+            let rows = sqlx::query(&format!(
+                "SELECT {PAYOUT_COLUMNS} FROM payouts WHERE developer_id = $1 ORDER BY covered_from DESC"
+            ))
+            .bind(developer_id)
+            .fetch_all(p)
+            .await?;
+            Ok(rows.iter().map(payout_from_row).collect())
+        })
     }
 
     /// Record a confirmed payout (its ledger transfer and `payout.paid` event are already
     /// committed). Idempotent.
     pub async fn mark_payout_paid(&self, id: &str, stripe_transfer_id: &str, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE payouts SET status = 'paid', stripe_transfer_id = $1, attempts = attempts + 1, \
-             failure_message = NULL, updated_at = $2, paid_at = $2 WHERE id = $3 AND status <> 'paid'",
-        )
-        .bind(stripe_transfer_id)
-        .bind(now_ms)
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        on_pool!(self.pool(), |p| {
+            sqlx::query(
+                "UPDATE payouts SET status = 'paid', stripe_transfer_id = $1, attempts = attempts + 1, \
+                 failure_message = NULL, updated_at = $2, paid_at = $2 WHERE id = $3 AND status <> 'paid'",
+            )
+            .bind(stripe_transfer_id)
+            .bind(now_ms)
+            .bind(id)
+            .execute(p)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Record a failed attempt and its `payout.failed` event in one transaction. The money
@@ -301,16 +327,17 @@ impl Store {
         event: &OutboxEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        let done = sqlx::query(
+        let done = on_tx!(&mut tx, |c| sqlx::query(
             "UPDATE payouts SET status = 'failed', attempts = attempts + 1, failure_message = $1, updated_at = $2 \
              WHERE id = $3 AND status <> 'paid'",
         )
         .bind(message)
         .bind(now_ms)
         .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 1 {
+        .execute(&mut *c)
+        .await?
+        .rows_affected());
+        if done == 1 {
             insert_events(&mut tx, std::slice::from_ref(event)).await?;
         }
         tx.commit().await?;
@@ -326,27 +353,31 @@ impl Store {
         now_ms: i64,
         expires_at: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO payout_leases (developer_id, holder, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (developer_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-             WHERE payout_leases.expires_at < $4",
-        )
-        .bind(developer_id)
-        .bind(holder)
-        .bind(expires_at)
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
+        on_pool!(self.pool(), |p| {
+            let done = sqlx::query(
+                "INSERT INTO payout_leases (developer_id, holder, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (developer_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                 WHERE payout_leases.expires_at < $4",
+            )
+            .bind(developer_id)
+            .bind(holder)
+            .bind(expires_at)
+            .bind(now_ms)
+            .execute(p)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Free a lease this holder took.
     pub async fn free_payout_lease(&self, developer_id: &str, holder: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM payout_leases WHERE developer_id = $1 AND holder = $2")
-            .bind(developer_id)
-            .bind(holder)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        on_pool!(self.pool(), |p| {
+            sqlx::query("DELETE FROM payout_leases WHERE developer_id = $1 AND holder = $2")
+                .bind(developer_id)
+                .bind(holder)
+                .execute(p)
+                .await?;
+            Ok(())
+        })
     }
 }

@@ -1,14 +1,18 @@
-//! The storage interface: a pool over the embedded SQLite database, migrations, and the queries
-//! for users, sessions, keys, balances and idempotency records. The ledger engine (`ledger.rs`)
-//! owns the write path for money; nothing here moves credits except `commit_direct`, which the
-//! admin CLI uses when no engine runs in its process.
+//! The storage interface: a pool over SQLite (embedded default) or PostgreSQL (several
+//! instances), migrations, and the queries for users, sessions, keys, balances and idempotency
+//! records. The ledger engines (`ledger.rs`, `pg_ledger.rs`) own the write path for money;
+//! nothing here moves credits except `commit_direct`, which the admin CLI uses when no engine
+//! runs in its process. Each query is written once and runs on either backend (`db.rs`).
 
-use crate::idempotency::{IdempotencyStart, IDEMPOTENCY_TTL_MS};
+use crate::db::{DbRow, Pool};
+use crate::idempotency::{IdempotencyCompletion, IdempotencyStart, IDEMPOTENCY_TTL_MS};
 use crate::models::{ApiKey, NewApiKey, Session, User};
 use crate::now_ms;
+use crate::{on_pool, on_tx};
 use quota_core::{AccountId, BillingMode, Transfer};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -35,10 +39,12 @@ impl FromStr for Synchronous {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// `sqlite://path/to/file.db` (created if missing) or `sqlite::memory:`.
+    /// `sqlite://path/to/file.db` (created if missing), `sqlite::memory:`, or
+    /// `postgres://user@host/database` (several instances may share it).
     pub database_url: String,
+    /// SQLite only; PostgreSQL commits as its server is configured (`synchronous_commit`).
     pub synchronous: Synchronous,
-    /// Read connections in the pool (the ledger writer has its own).
+    /// Connections in the pool (the ledger writer has its own).
     pub max_connections: u32,
 }
 
@@ -54,7 +60,7 @@ pub enum StoreError {
     Conflict,
     #[error("not found")]
     NotFound,
-    #[error("unsupported database url `{0}`: use sqlite://… (PostgreSQL support is tracked separately)")]
+    #[error("unsupported database url `{0}`: use sqlite://… or postgres://…")]
     UnsupportedUrl(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -71,16 +77,31 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// The database behind Quota. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
-    options: SqliteConnectOptions,
+    pool: Pool,
+    sqlite_options: Option<SqliteConnectOptions>,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// PostgreSQL's NOTIFY channel on which cached-state changes (a key revoked, rotated or changed,
+/// a user token revoked, a webhook endpoint changed) reach every instance's caches.
+pub const CHANGES_CHANNEL: &str = "quota_changes";
 
 impl Store {
     /// Open (creating the file if needed) without migrating.
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        if !config.database_url.starts_with("sqlite:") {
+        let url = config.database_url.as_str();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?.application_name("quota");
+            let pool = PgPoolOptions::new()
+                .max_connections(config.max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            return Ok(Store { pool: Pool::Postgres(pool), sqlite_options: None });
+        }
+        if !url.starts_with("sqlite:") {
             return Err(StoreError::UnsupportedUrl(config.database_url.clone()));
         }
         let options = SqliteConnectOptions::from_str(&config.database_url)?
@@ -97,12 +118,15 @@ impl Store {
             .min_connections(1)
             .connect_with(options.clone())
             .await?;
-        Ok(Store { pool, options })
+        Ok(Store { pool: Pool::Sqlite(pool), sqlite_options: Some(options) })
     }
 
     /// Apply pending migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        match &self.pool {
+            Pool::Sqlite(p) => SQLITE_MIGRATOR.run(p).await?,
+            Pool::Postgres(p) => POSTGRES_MIGRATOR.run(p).await?,
+        }
         Ok(())
     }
 
@@ -113,18 +137,42 @@ impl Store {
         Ok(store)
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
-    /// A dedicated connection outside the pool (the ledger writer's).
-    pub(crate) async fn dedicated_connection(&self) -> Result<sqlx::SqliteConnection, StoreError> {
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        self.pool.backend()
+    }
+
+    /// A dedicated SQLite connection outside the pool (the SQLite ledger writer's).
+    pub(crate) async fn dedicated_sqlite_connection(&self) -> Result<sqlx::SqliteConnection, StoreError> {
         use sqlx::ConnectOptions;
-        Ok(self.options.connect().await?)
+        let options = self.sqlite_options.as_ref().ok_or_else(|| StoreError::UnsupportedUrl("not sqlite".into()))?;
+        Ok(options.connect().await?)
+    }
+
+    /// Changes announced by any instance (PostgreSQL), for the caches; `None` on SQLite, where
+    /// the one instance evicts its own caches. Listening has started when this returns.
+    pub async fn changes(&self) -> Result<Option<Changes>, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else { return Ok(None) };
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok(Some(Changes { listener }))
+    }
+
+    /// Tell every instance that `what` changed (PostgreSQL `NOTIFY`, delivered to listeners
+    /// once the statement's transaction commits; a no-op on SQLite).
+    pub async fn announce(&self, what: &str) -> Result<(), StoreError> {
+        if let Pool::Postgres(p) = &self.pool {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(CHANGES_CHANNEL).bind(what).execute(p).await?;
+        }
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        on_pool!(&self.pool, |p| sqlx::query("SELECT 1").execute(p).await?.rows_affected());
         Ok(())
     }
 
@@ -132,15 +180,18 @@ impl Store {
 
     pub async fn create_user(&self, id: &str, email: &str, password_hash: &str) -> Result<User, StoreError> {
         let now = now_ms();
-        let res = sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)")
-            .bind(id)
-            .bind(email)
-            .bind(password_hash)
-            .bind(now)
-            .execute(&self.pool)
-            .await;
+        let res = on_pool!(&self.pool, |p| sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)"
+        )
+        .bind(id)
+        .bind(email)
+        .bind(password_hash)
+        .bind(now)
+        .execute(p)
+        .await
+        .map(|_| ()));
         match res {
-            Ok(_) => {
+            Ok(()) => {
                 Ok(User { id: id.into(), email: email.into(), password_hash: password_hash.into(), created_at: now })
             }
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict),
@@ -149,63 +200,78 @@ impl Store {
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE email = ?")
-            .bind(email)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| user_from_row(&r)))
+        Ok(on_pool!(&self.pool, |p| sqlx::query(
+            "SELECT id, email, password_hash, created_at FROM users WHERE email = $1"
+        )
+        .bind(email)
+        .fetch_optional(p)
+        .await?
+        .map(|r| user_from_row(&r))))
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| user_from_row(&r)))
+        Ok(on_pool!(&self.pool, |p| sqlx::query(
+            "SELECT id, email, password_hash, created_at FROM users WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(p)
+        .await?
+        .map(|r| user_from_row(&r))))
     }
 
     /// Every account with its wallet balance, oldest first (admin listing).
     pub async fn list_users_with_balances(&self) -> Result<Vec<(User, i64)>, StoreError> {
-        let rows = sqlx::query(
+        Ok(on_pool!(&self.pool, |p| sqlx::query(
             "SELECT u.id, u.email, u.password_hash, u.created_at, COALESCE(a.balance, 0) AS balance \
              FROM users u LEFT JOIN accounts a ON a.id = 'wallet:' || u.id ORDER BY u.created_at, u.id",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(|r| (user_from_row(r), r.get::<i64, _>("balance"))).collect())
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| (user_from_row(r), r.get::<i64>("balance")))
+        .collect()))
     }
 
     // ---- sessions ----------------------------------------------------------------------
 
     pub async fn create_session(&self, token_hash: &str, user_id: &str, expires_at: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
-            .bind(token_hash)
-            .bind(user_id)
-            .bind(now_ms())
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
+        on_pool!(&self.pool, |p| sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)"
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(now_ms())
+        .bind(expires_at)
+        .execute(p)
+        .await?
+        .rows_affected());
         Ok(())
     }
 
     /// A live session: not revoked, not expired.
     pub async fn session(&self, token_hash: &str) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query(
-            "SELECT user_id, expires_at FROM sessions WHERE token_hash = ? AND revoked_at IS NULL AND expires_at > ?",
+        let row: Option<(String, i64)> =
+            on_pool!(&self.pool, |p| {
+                sqlx::query_as(
+            "SELECT user_id, expires_at FROM sessions WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
         )
         .bind(token_hash)
         .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| Session { user_id: r.get("user_id"), expires_at: r.get("expires_at") }))
+        .fetch_optional(p)
+        .await?
+            });
+        Ok(row.map(|(user_id, expires_at)| Session { user_id, expires_at }))
     }
 
     pub async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL")
-            .bind(now_ms())
-            .bind(token_hash)
-            .execute(&self.pool)
-            .await?;
+        on_pool!(&self.pool, |p| sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL"
+        )
+        .bind(now_ms())
+        .bind(token_hash)
+        .execute(p)
+        .await?
+        .rows_affected());
         Ok(())
     }
 
@@ -213,21 +279,19 @@ impl Store {
 
     pub async fn create_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError> {
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, billing_mode, rate_limit_per_minute, app_id, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key.id)
-        .bind(&key.user_id)
-        .bind(&key.name)
-        .bind(&key.prefix)
-        .bind(&key.key_hash)
-        .bind(key.billing_mode.as_str())
-        .bind(key.rate_limit_per_minute)
-        .bind(&key.app_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        on_pool!(&self.pool, |p| sqlx::query(INSERT_KEY)
+            .bind(&key.id)
+            .bind(&key.user_id)
+            .bind(&key.name)
+            .bind(&key.prefix)
+            .bind(&key.key_hash)
+            .bind(key.billing_mode.as_str())
+            .bind(key.rate_limit_per_minute)
+            .bind(&key.app_id)
+            .bind(now)
+            .execute(p)
+            .await?
+            .rows_affected());
         Ok(ApiKey {
             id: key.id.clone(),
             user_id: key.user_id.clone(),
@@ -243,33 +307,36 @@ impl Store {
     }
 
     pub async fn list_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, StoreError> {
-        let rows =
-            sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? ORDER BY created_at DESC, id"))
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(key_from_row).collect()
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id");
+        on_pool!(&self.pool, |p| sqlx::query(&sql).bind(user_id).fetch_all(p).await?.iter().map(key_from_row).collect())
     }
 
     pub async fn key(&self, user_id: &str, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? AND id = ?"))
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 AND id = $2");
+        on_pool!(&self.pool, |p| sqlx::query(&sql)
             .bind(user_id)
             .bind(key_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(key_from_row).transpose()
+            .fetch_optional(p)
+            .await?
+            .as_ref()
+            .map(key_from_row)
+            .transpose())
     }
 
     /// A live (unrevoked) key by the hash of its secret.
     pub async fn live_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL"))
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL");
+        on_pool!(&self.pool, |p| sqlx::query(&sql)
             .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(key_from_row).transpose()
+            .fetch_optional(p)
+            .await?
+            .as_ref()
+            .map(key_from_row)
+            .transpose())
     }
 
     /// Change a key's name and/or rate-limit override. `rate_limit` of `Some(None)` clears it.
+    /// Every instance hears of it (its key cache drops the key).
     pub async fn update_key(
         &self,
         user_id: &str,
@@ -277,45 +344,43 @@ impl Store {
         name: Option<&str>,
         rate_limit: Option<Option<i64>>,
     ) -> Result<ApiKey, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(name) = name {
-            sqlx::query("UPDATE api_keys SET name = ? WHERE user_id = ? AND id = ?")
-                .bind(name)
-                .bind(user_id)
-                .bind(key_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(limit) = rate_limit {
-            sqlx::query("UPDATE api_keys SET rate_limit_per_minute = ? WHERE user_id = ? AND id = ?")
-                .bind(limit)
-                .bind(user_id)
-                .bind(key_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ? AND id = ?"))
+        let sql = format!(
+            "UPDATE api_keys SET name = COALESCE($1, name), \
+             rate_limit_per_minute = CASE WHEN $2 THEN $3 ELSE rate_limit_per_minute END \
+             WHERE user_id = $4 AND id = $5 RETURNING {KEY_COLUMNS}"
+        );
+        let key = on_pool!(&self.pool, |p| sqlx::query(&sql)
+            .bind(name)
+            .bind(rate_limit.is_some())
+            .bind(rate_limit.flatten())
             .bind(user_id)
             .bind(key_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(p)
             .await?
-            .ok_or(StoreError::NotFound)?;
-        tx.commit().await?;
-        key_from_row(&row)
+            .as_ref()
+            .map(key_from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound)?);
+        self.announce(&format!("key:{key_id}")).await?;
+        Ok(key)
     }
 
-    /// Revoke a key; returns its hash so caches can drop it. Revoking twice is not an error.
+    /// Revoke a key; returns its hash so caches can drop it (every instance's, on PostgreSQL).
+    /// Revoking twice is not an error.
     pub async fn revoke_key(&self, user_id: &str, key_id: &str) -> Result<String, StoreError> {
-        let row = sqlx::query(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE user_id = ? AND id = ? RETURNING key_hash",
+        let hash: String = on_pool!(&self.pool, |p| {
+            sqlx::query_scalar(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE user_id = $2 AND id = $3 RETURNING key_hash",
         )
         .bind(now_ms())
         .bind(user_id)
         .bind(key_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(p)
         .await?
-        .ok_or(StoreError::NotFound)?;
-        Ok(row.get("key_hash"))
+        .ok_or(StoreError::NotFound)?
+        });
+        self.announce(&format!("key:{key_id}")).await?;
+        Ok(hash)
     }
 
     /// Rotate: in one transaction, revoke `old_id` and create `new` with its settings.
@@ -328,35 +393,38 @@ impl Store {
         new_prefix: &str,
         new_hash: &str,
     ) -> Result<(ApiKey, String), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let old = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS}, key_hash FROM api_keys WHERE user_id = ? AND id = ? AND revoked_at IS NULL"
-        ))
-        .bind(user_id)
-        .bind(old_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        let old_key = key_from_row(&old)?;
-        let old_hash: String = old.get("key_hash");
+        let mut tx = self.pool.begin_write().await?;
+        let sql = format!(
+            "UPDATE api_keys SET revoked_at = $1 WHERE user_id = $2 AND id = $3 AND revoked_at IS NULL \
+             RETURNING {KEY_COLUMNS}, key_hash"
+        );
         let now = now_ms();
-        sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ?").bind(now).bind(old_id).execute(&mut *tx).await?;
-        sqlx::query(
-            "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, billing_mode, rate_limit_per_minute, app_id, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(new_id)
-        .bind(user_id)
-        .bind(&old_key.name)
-        .bind(new_prefix)
-        .bind(new_hash)
-        .bind(old_key.billing_mode.as_str())
-        .bind(old_key.rate_limit_per_minute)
-        .bind(&old_key.app_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        let (old_key, old_hash) = on_tx!(&mut tx, |c| {
+            let old = sqlx::query(&sql)
+                .bind(now)
+                .bind(user_id)
+                .bind(old_id)
+                .fetch_optional(&mut *c)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let old_key = key_from_row(&old)?;
+            let old_hash: String = old.get("key_hash");
+            sqlx::query(INSERT_KEY)
+                .bind(new_id)
+                .bind(user_id)
+                .bind(&old_key.name)
+                .bind(new_prefix)
+                .bind(new_hash)
+                .bind(old_key.billing_mode.as_str())
+                .bind(old_key.rate_limit_per_minute)
+                .bind(&old_key.app_id)
+                .bind(now)
+                .execute(&mut *c)
+                .await?;
+            (old_key, old_hash)
+        });
         tx.commit().await?;
+        self.announce(&format!("key:{old_id}")).await?;
         let new_key = ApiKey {
             id: new_id.into(),
             prefix: new_prefix.into(),
@@ -372,46 +440,61 @@ impl Store {
 
     /// The stored balance of an account (0 if it has never moved).
     pub async fn balance(&self, account: &AccountId) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT balance FROM accounts WHERE id = ?")
+        let b: Option<i64> = on_pool!(&self.pool, |p| sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1")
             .bind(account.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.get::<i64, _>("balance")).unwrap_or(0))
+            .fetch_optional(p)
+            .await?);
+        Ok(b.unwrap_or(0))
     }
 
     /// Write transfers in one transaction without a ledger engine (the admin CLI). Only for
     /// credits into wallets: it does not check that a debited wallet can pay. Idempotent by id;
-    /// returns how many were new.
+    /// returns how many were new. Balances are updated in account order, the order every
+    /// writer locks them in (no deadlock with a PostgreSQL engine's batches).
     pub async fn commit_direct(&self, transfers: &[Transfer], origin: &str) -> Result<usize, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let result = async {
+        for t in transfers {
+            t.validate().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin_write().await?;
+        let new = on_tx!(&mut tx, |c| {
             let mut new = 0;
+            let mut deltas: BTreeMap<String, i64> = BTreeMap::new();
             for t in transfers {
-                if crate::ledger::insert_transfer(&mut conn, t, origin).await? {
+                let inserted = sqlx::query(INSERT_TRANSFER)
+                    .bind(&t.id)
+                    .bind(t.from.to_string())
+                    .bind(t.to.to_string())
+                    .bind(t.amount.0)
+                    .bind(t.kind.as_str())
+                    .bind(&t.cause)
+                    .bind(t.created_at_ms)
+                    .bind(origin)
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                if inserted == 1 {
                     new += 1;
-                    crate::ledger::add_balance(&mut conn, &t.from, -t.amount.0).await?;
-                    crate::ledger::add_balance(&mut conn, &t.to, t.amount.0).await?;
+                    *deltas.entry(t.from.to_string()).or_default() -= t.amount.0;
+                    *deltas.entry(t.to.to_string()).or_default() += t.amount.0;
                 }
             }
-            Ok::<_, StoreError>(new)
-        }
-        .await;
-        match result {
-            Ok(n) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                Ok(n)
+            for (account, delta) in deltas.iter().filter(|(_, d)| **d != 0) {
+                sqlx::query(ADD_BALANCE).bind(account).bind(delta).bind(now).execute(&mut *c).await?;
             }
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                Err(e)
-            }
-        }
+            new
+        });
+        tx.commit().await?;
+        Ok(new)
     }
 
     /// Whether a transfer with this id was committed.
     pub async fn transfer_exists(&self, id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM transfers WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row: Option<String> =
+            on_pool!(&self.pool, |p| sqlx::query_scalar("SELECT id FROM transfers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(p)
+                .await?);
         Ok(row.is_some())
     }
 
@@ -420,7 +503,8 @@ impl Store {
     /// Claim `(scope, key)` for a request whose body hashes to `request_hash`. A claim left
     /// unfinished for longer than `stale_after_ms` (its process died before charging) may be
     /// taken over: nothing was charged under it, since the charge and the completion commit
-    /// together.
+    /// together. One write transaction at a time (on every instance), so of two racing for a
+    /// key exactly one claims it.
     pub async fn idempotency_begin(
         &self,
         scope: &str,
@@ -429,80 +513,150 @@ impl Store {
         stale_after_ms: i64,
     ) -> Result<IdempotencyStart, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query(
-            "SELECT request_hash, status, content_type, response_body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let outcome = match row {
-            Some(r) if r.get::<i64, _>("created_at") + IDEMPOTENCY_TTL_MS > now => {
-                let stored_hash: String = r.get("request_hash");
-                let status: Option<i64> = r.get("status");
-                if stored_hash != request_hash {
-                    IdempotencyStart::Conflict
-                } else if let Some(status) = status {
-                    IdempotencyStart::Replay {
-                        status: u16::try_from(status).map_err(|_| StoreError::Corrupt("idempotency status".into()))?,
-                        content_type: r
-                            .get::<Option<String>, _>("content_type")
-                            .unwrap_or_else(|| "application/json".into()),
-                        body: r.get::<Option<Vec<u8>>, _>("response_body").unwrap_or_default(),
+        let mut tx = self.pool.begin_write().await?;
+        let outcome = on_tx!(&mut tx, |c| {
+            let row = sqlx::query(
+                "SELECT request_hash, status, content_type, response_body, created_at FROM idempotency_keys \
+                 WHERE scope = $1 AND key = $2",
+            )
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&mut *c)
+            .await?;
+            match row {
+                Some(r) if r.get::<i64>("created_at") + IDEMPOTENCY_TTL_MS > now => {
+                    let stored_hash: String = r.get("request_hash");
+                    let status: Option<i64> = r.get("status");
+                    if stored_hash != request_hash {
+                        IdempotencyStart::Conflict
+                    } else if let Some(status) = status {
+                        IdempotencyStart::Replay {
+                            status: u16::try_from(status)
+                                .map_err(|_| StoreError::Corrupt("idempotency status".into()))?,
+                            content_type: r
+                                .get::<Option<String>>("content_type")
+                                .unwrap_or_else(|| "application/json".into()),
+                            body: r.get::<Option<Vec<u8>>>("response_body").unwrap_or_default(),
+                        }
+                    } else if r.get::<i64>("created_at") + stale_after_ms > now {
+                        IdempotencyStart::InProgress
+                    } else {
+                        sqlx::query("UPDATE idempotency_keys SET created_at = $1 WHERE scope = $2 AND key = $3")
+                            .bind(now)
+                            .bind(scope)
+                            .bind(key)
+                            .execute(&mut *c)
+                            .await?;
+                        IdempotencyStart::Retaken
                     }
-                } else if r.get::<i64, _>("created_at") + stale_after_ms > now {
-                    IdempotencyStart::InProgress
-                } else {
-                    sqlx::query("UPDATE idempotency_keys SET created_at = ? WHERE scope = ? AND key = ?")
-                        .bind(now)
-                        .bind(scope)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await?;
-                    IdempotencyStart::Retaken
+                }
+                _ => {
+                    sqlx::query(
+                        "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash, \
+                         created_at = excluded.created_at, status = NULL, content_type = NULL, response_body = NULL",
+                    )
+                    .bind(scope)
+                    .bind(key)
+                    .bind(request_hash)
+                    .bind(now)
+                    .execute(&mut *c)
+                    .await?;
+                    IdempotencyStart::New
                 }
             }
-            _ => {
-                sqlx::query(
-                    "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES (?, ?, ?, ?) \
-                     ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash, created_at = excluded.created_at, \
-                     status = NULL, content_type = NULL, response_body = NULL",
-                )
-                .bind(scope)
-                .bind(key)
-                .bind(request_hash)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                IdempotencyStart::New
-            }
-        };
+        });
         tx.commit().await?;
         Ok(outcome)
     }
 
     /// Forget an unfinished claim (the request failed without charging), so a retry may run.
     pub async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND status IS NULL")
-            .bind(scope)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
+        on_pool!(&self.pool, |p| sqlx::query(
+            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND status IS NULL"
+        )
+        .bind(scope)
+        .bind(key)
+        .execute(p)
+        .await?
+        .rows_affected());
         Ok(())
     }
 
     /// Store a finished response that moved no money (e.g. an error answer).
-    pub async fn idempotency_complete(&self, c: &crate::idempotency::IdempotencyCompletion) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        crate::ledger::complete_idempotency(&mut conn, c).await
+    pub async fn idempotency_complete(&self, c: &IdempotencyCompletion) -> Result<(), StoreError> {
+        on_pool!(&self.pool, |p| complete_idempotency(c).execute(p).await?.rows_affected());
+        Ok(())
     }
 }
+
+/// What [`Changes::next`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// This thing changed (`key:<id>`, `token:<grant id>`, `webhooks:<developer id>`…).
+    Changed(String),
+    /// The connection was lost (and is being re-established): changes may have been missed, so
+    /// everything cached must be read again.
+    Lost,
+}
+
+/// The stream of changes announced by every instance (PostgreSQL `LISTEN`).
+pub struct Changes {
+    listener: PgListener,
+}
+
+impl Changes {
+    /// The next change; waits for one. After `Lost`, the next call reconnects (waiting a little
+    /// first if the database refuses).
+    pub async fn next(&mut self) -> Change {
+        match self.listener.try_recv().await {
+            Ok(Some(n)) => Change::Changed(n.payload().to_string()),
+            Ok(None) => Change::Lost,
+            Err(e) => {
+                tracing::warn!(error = %e, "change listener lost its connection; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                Change::Lost
+            }
+        }
+    }
+}
+
+/// Insert one transfer unless its id exists (`rows_affected` says whether it was new).
+pub(crate) const INSERT_TRANSFER: &str =
+    "INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING";
+
+/// Add `$2` to account `$1`'s cached balance, creating the row.
+pub(crate) const ADD_BALANCE: &str = "INSERT INTO accounts (id, balance, updated_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + excluded.balance, updated_at = excluded.updated_at";
+
+/// The statement that stores the finished response of an idempotent request, on either backend.
+pub(crate) fn complete_idempotency<'q, Db>(
+    c: &'q IdempotencyCompletion,
+) -> sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>>
+where
+    Db: sqlx::Database,
+    i64: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
+    &'q str: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
+    &'q [u8]: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
+{
+    sqlx::query(
+        "UPDATE idempotency_keys SET status = $1, content_type = $2, response_body = $3 WHERE scope = $4 AND key = $5",
+    )
+    .bind(i64::from(c.status))
+    .bind(c.content_type.as_str())
+    .bind(c.body.as_slice())
+    .bind(c.scope.as_str())
+    .bind(c.key.as_str())
+}
+
+const INSERT_KEY: &str = "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, billing_mode, \
+     rate_limit_per_minute, app_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 const KEY_COLUMNS: &str =
     "id, user_id, name, prefix, billing_mode, rate_limit_per_minute, app_id, created_at, last_used_at, revoked_at";
 
-fn user_from_row(r: &sqlx::sqlite::SqliteRow) -> User {
+fn user_from_row(r: &impl DbRow) -> User {
     User {
         id: r.get("id"),
         email: r.get("email"),
@@ -511,7 +665,7 @@ fn user_from_row(r: &sqlx::sqlite::SqliteRow) -> User {
     }
 }
 
-fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ApiKey, StoreError> {
+fn key_from_row(r: &impl DbRow) -> Result<ApiKey, StoreError> {
     let mode: String = r.get("billing_mode");
     Ok(ApiKey {
         id: r.get("id"),

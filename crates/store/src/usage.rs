@@ -1,6 +1,8 @@
 //! Usage records (SPEC §9): one per inference request, written in the same transaction as its
 //! charge. Never the prompt or completion text.
 
+use crate::db::DbRow;
+use crate::{on_pool, on_tx};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,8 +81,7 @@ enum UsageBind<'a> {
 const USAGE_COLUMNS: &str = "id, created_at, developer_id, key_id, app_id, payer_account, billing_mode, model, provider, \
      input_tokens, cached_tokens, cache_write_tokens, output_tokens, base_cost, markup, total, status, latency_ms, sandbox";
 
-fn usage_from_row(r: &sqlx::sqlite::SqliteRow) -> UsageRecord {
-    use sqlx::Row;
+fn usage_from_row(r: &impl DbRow) -> UsageRecord {
     UsageRecord {
         id: r.get("id"),
         created_at: r.get("created_at"),
@@ -131,22 +132,24 @@ impl crate::Store {
         offset: i64,
         limit: i64,
     ) -> Result<Vec<UsageRecord>, crate::StoreError> {
-        let (cond, binds) = filter.conditions();
-        let n = binds.len();
-        let sql = format!(
-            "SELECT {USAGE_COLUMNS} FROM usage_records WHERE {cond} ORDER BY created_at DESC, id DESC LIMIT ${} OFFSET ${}",
-            n + 1,
-            n + 2
-        );
-        let mut q = sqlx::query(&sql);
-        for b in binds {
-            q = match b {
-                UsageBind::Text(t) => q.bind(t),
-                UsageBind::Int(i) => q.bind(i),
-            };
-        }
-        let rows = q.bind(limit).bind(offset).fetch_all(self.pool()).await?;
-        Ok(rows.iter().map(usage_from_row).collect())
+        on_pool!(self.pool(), |p| {
+            let (cond, binds) = filter.conditions();
+            let n = binds.len();
+            let sql = format!(
+                "SELECT {USAGE_COLUMNS} FROM usage_records WHERE {cond} ORDER BY created_at DESC, id DESC LIMIT ${} OFFSET ${}",
+                n + 1,
+                n + 2
+            );
+            let mut q = sqlx::query(&sql);
+            for b in binds {
+                q = match b {
+                    UsageBind::Text(t) => q.bind(t),
+                    UsageBind::Int(i) => q.bind(i),
+                };
+            }
+            let rows = q.bind(limit).bind(offset).fetch_all(p).await?;
+            Ok(rows.iter().map(usage_from_row).collect())
+        })
     }
 
     /// The developer's usage in `[from, to)`: raw records, plus the daily aggregates of records
@@ -157,36 +160,37 @@ impl crate::Store {
         from: i64,
         to: i64,
     ) -> Result<Vec<UsageAggregate>, crate::StoreError> {
-        use sqlx::Row;
-        let rows = sqlx::query(
-            "SELECT created_at AS at, COALESCE(key_id, '') AS key_id, COALESCE(app_id, '') AS app_id, payer_account, \
-             model, sandbox, 1 AS requests, input_tokens + output_tokens AS tokens, base_cost, markup, total \
-             FROM usage_records WHERE developer_id = $1 AND created_at >= $2 AND created_at < $3 \
-             UNION ALL \
-             SELECT day AS at, key_id, app_id, payer_account, model, sandbox, requests, input_tokens + output_tokens AS tokens, \
-             base_cost, markup, total FROM usage_daily WHERE developer_id = $1 AND day >= $2 AND day < $3",
-        )
-        .bind(developer_id)
-        .bind(from)
-        .bind(to)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| UsageAggregate {
-                at: r.get("at"),
-                key_id: r.get("key_id"),
-                app_id: r.get("app_id"),
-                payer_account: r.get("payer_account"),
-                model: r.get("model"),
-                sandbox: r.get("sandbox"),
-                requests: r.get("requests"),
-                tokens: r.get("tokens"),
-                base_cost: r.get("base_cost"),
-                markup: r.get("markup"),
-                total: r.get("total"),
-            })
-            .collect())
+        on_pool!(self.pool(), |p| {
+            let rows = sqlx::query(
+                "SELECT created_at AS at, COALESCE(key_id, '') AS key_id, COALESCE(app_id, '') AS app_id, payer_account, \
+                 model, sandbox, CAST(1 AS BIGINT) AS requests, input_tokens + output_tokens AS tokens, base_cost, markup, total \
+                 FROM usage_records WHERE developer_id = $1 AND created_at >= $2 AND created_at < $3 \
+                 UNION ALL \
+                 SELECT day AS at, key_id, app_id, payer_account, model, sandbox, requests, input_tokens + output_tokens AS tokens, \
+                 base_cost, markup, total FROM usage_daily WHERE developer_id = $1 AND day >= $2 AND day < $3",
+            )
+            .bind(developer_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(p)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| UsageAggregate {
+                    at: r.get("at"),
+                    key_id: r.get("key_id"),
+                    app_id: r.get("app_id"),
+                    payer_account: r.get("payer_account"),
+                    model: r.get("model"),
+                    sandbox: r.get("sandbox"),
+                    requests: r.get("requests"),
+                    tokens: r.get("tokens"),
+                    base_cost: r.get("base_cost"),
+                    markup: r.get("markup"),
+                    total: r.get("total"),
+                })
+                .collect())
+        })
     }
 
     /// Retention (SPEC §9): fold records older than `cutoff` into per-day aggregates, then
@@ -195,7 +199,8 @@ impl crate::Store {
     pub async fn expire_usage(&self, cutoff: i64) -> Result<u64, crate::StoreError> {
         let cutoff = cutoff.div_euclid(DAY_MS) * DAY_MS;
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
+        on_tx!(&mut tx, |c| {
+            sqlx::query(
             "INSERT INTO usage_daily (day, developer_id, key_id, app_id, payer_account, billing_mode, model, sandbox, \
              requests, input_tokens, cached_tokens, output_tokens, base_cost, markup, total) \
              SELECT (created_at / 86400000) * 86400000, developer_id, COALESCE(key_id, ''), COALESCE(app_id, ''), \
@@ -212,11 +217,15 @@ impl crate::Store {
              total = usage_daily.total + excluded.total",
         )
         .bind(cutoff)
-        .execute(&mut *tx)
-        .await?;
-        let n = sqlx::query("DELETE FROM usage_records WHERE created_at < $1").bind(cutoff).execute(&mut *tx).await?;
+        .execute(&mut *c).await?.rows_affected()
+        });
+        let n = on_tx!(&mut tx, |c| sqlx::query("DELETE FROM usage_records WHERE created_at < $1")
+            .bind(cutoff)
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
         tx.commit().await?;
-        Ok(n.rows_affected())
+        Ok(n)
     }
 
     /// Transfers that touched any of `accounts`, newest first.
@@ -226,34 +235,35 @@ impl crate::Store {
         offset: i64,
         limit: i64,
     ) -> Result<Vec<quota_core::Transfer>, crate::StoreError> {
-        use sqlx::Row;
-        let list: Vec<String> = (0..accounts.len()).map(|i| format!("${}", i + 1)).collect();
-        let list = list.join(", ");
-        let n = accounts.len();
-        let sql = format!(
-            "SELECT id, from_account, to_account, amount, kind, cause, created_at FROM transfers \
-             WHERE from_account IN ({list}) OR to_account IN ({list}) ORDER BY seq DESC LIMIT ${} OFFSET ${}",
-            n + 1,
-            n + 2
-        );
-        let mut q = sqlx::query(&sql);
-        for a in accounts {
-            q = q.bind(a);
-        }
-        let rows = q.bind(limit).bind(offset).fetch_all(self.pool()).await?;
-        rows.iter()
-            .map(|r| {
-                let corrupt = crate::StoreError::Corrupt;
-                Ok(quota_core::Transfer {
-                    id: r.get("id"),
-                    from: r.get::<String, _>("from_account").parse().map_err(corrupt)?,
-                    to: r.get::<String, _>("to_account").parse().map_err(corrupt)?,
-                    amount: quota_core::Credits(r.get("amount")),
-                    kind: r.get::<String, _>("kind").parse().map_err(corrupt)?,
-                    cause: r.get("cause"),
-                    created_at_ms: r.get("created_at"),
+        on_pool!(self.pool(), |p| {
+            let list: Vec<String> = (0..accounts.len()).map(|i| format!("${}", i + 1)).collect();
+            let list = list.join(", ");
+            let n = accounts.len();
+            let sql = format!(
+                "SELECT id, from_account, to_account, amount, kind, cause, created_at FROM transfers \
+                 WHERE from_account IN ({list}) OR to_account IN ({list}) ORDER BY seq DESC LIMIT ${} OFFSET ${}",
+                n + 1,
+                n + 2
+            );
+            let mut q = sqlx::query(&sql);
+            for a in accounts {
+                q = q.bind(a);
+            }
+            let rows = q.bind(limit).bind(offset).fetch_all(p).await?;
+            rows.iter()
+                .map(|r| {
+                    let corrupt = crate::StoreError::Corrupt;
+                    Ok(quota_core::Transfer {
+                        id: r.get("id"),
+                        from: r.get::<String>("from_account").parse().map_err(corrupt)?,
+                        to: r.get::<String>("to_account").parse().map_err(corrupt)?,
+                        amount: quota_core::Credits(r.get("amount")),
+                        kind: r.get::<String>("kind").parse().map_err(corrupt)?,
+                        cause: r.get("cause"),
+                        created_at_ms: r.get("created_at"),
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 }

@@ -1,11 +1,12 @@
 //! `quota ledger verify`: recompute every balance from the transfers and compare with the cached
 //! balances; prove Σ balances = 0 and that no wallet is below zero by more than one overshoot.
+//! On PostgreSQL it also checks that each account's `held` is the sum of its open holds.
 
+use crate::db::{DbRow, Pool};
 use crate::store::{Store, StoreError};
 use futures::TryStreamExt;
 use quota_core::AccountId;
 use serde::Serialize;
-use sqlx::Row;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct VerifyReport {
     pub negative_accounts: Vec<(String, i64)>,
     /// Accounts that may not go negative and are not wallets (earnings) but are.
     pub invalid_negative_accounts: Vec<(String, i64)>,
+    /// PostgreSQL: accounts whose `held` differs from the sum of their open holds (`stored` is
+    /// `held`, `recomputed` the sum).
+    pub held_mismatches: Vec<Mismatch>,
 }
 
 impl VerifyReport {
@@ -37,33 +41,47 @@ impl VerifyReport {
             && self.sum_of_stored_balances == 0
             && self.mismatches.is_empty()
             && self.invalid_negative_accounts.is_empty()
+            && self.held_mismatches.is_empty()
     }
 }
 
 impl Store {
     /// Stream every transfer and recompute. Reads one consistent snapshot.
     pub async fn verify_ledger(&self) -> Result<VerifyReport, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let mut recomputed: BTreeMap<String, i128> = BTreeMap::new();
-        let mut transfers = 0u64;
-        {
-            let mut rows = sqlx::query("SELECT from_account, to_account, amount FROM transfers").fetch(&mut *tx);
-            while let Some(r) = rows.try_next().await? {
-                let amount: i64 = r.get("amount");
-                if amount <= 0 {
-                    return Err(StoreError::Corrupt(format!("transfer with non-positive amount {amount}")));
+        let mut tx = self.pool().begin_snapshot().await?;
+        let (recomputed, transfers, stored, held_mismatches) = crate::on_tx!(&mut tx, |c| {
+            let mut recomputed: BTreeMap<String, i128> = BTreeMap::new();
+            let mut transfers = 0u64;
+            {
+                let mut rows = sqlx::query("SELECT from_account, to_account, amount FROM transfers").fetch(&mut *c);
+                while let Some(r) = rows.try_next().await? {
+                    let amount: i64 = r.get("amount");
+                    if amount <= 0 {
+                        return Err(StoreError::Corrupt(format!("transfer with non-positive amount {amount}")));
+                    }
+                    *recomputed.entry(r.get("from_account")).or_default() -= i128::from(amount);
+                    *recomputed.entry(r.get("to_account")).or_default() += i128::from(amount);
+                    transfers += 1;
                 }
-                *recomputed.entry(r.get("from_account")).or_default() -= i128::from(amount);
-                *recomputed.entry(r.get("to_account")).or_default() += i128::from(amount);
-                transfers += 1;
             }
-        }
-        let stored: BTreeMap<String, i64> = sqlx::query("SELECT id, balance FROM accounts")
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| (r.get("id"), r.get("balance")))
-            .collect();
+            let stored: BTreeMap<String, i64> =
+                sqlx::query_as("SELECT id, balance FROM accounts").fetch_all(&mut *c).await?.into_iter().collect();
+            let held_mismatches: Vec<Mismatch> = if matches!(self.pool(), Pool::Postgres(_)) {
+                sqlx::query_as(
+                    "SELECT a.id, a.held, CAST(COALESCE(h.total, 0) AS BIGINT) FROM accounts a \
+                     LEFT JOIN (SELECT account, SUM(amount) AS total FROM holds GROUP BY account) h ON h.account = a.id \
+                     WHERE a.held <> COALESCE(h.total, 0) ORDER BY a.id",
+                )
+                .fetch_all(&mut *c)
+                .await?
+                .into_iter()
+                .map(|(account, stored, recomputed)| Mismatch { account, stored, recomputed })
+                .collect()
+            } else {
+                Vec::new()
+            };
+            (recomputed, transfers, stored, held_mismatches)
+        });
         tx.commit().await?;
         let mut mismatches = Vec::new();
         let mut all: std::collections::BTreeSet<&String> = recomputed.keys().collect();
@@ -93,6 +111,7 @@ impl Store {
             mismatches,
             negative_accounts,
             invalid_negative_accounts,
+            held_mismatches,
         })
     }
 }

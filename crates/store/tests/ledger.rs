@@ -105,7 +105,10 @@ async fn outbox_events_commit_with_their_transfer_and_never_twice() {
         .await;
     assert!(matches!(refused, Err(LedgerError::Insufficient { .. })));
     let ids: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM events ORDER BY seq").fetch_all(store.pool()).await.unwrap();
+        quota_store::on_pool!(store.pool(), |p| sqlx::query_scalar("SELECT id FROM events ORDER BY seq")
+            .fetch_all(p)
+            .await
+            .unwrap());
     assert_eq!(ids, vec!["evt_1".to_string()]);
     assert_eq!(store.balance(&dev).await.unwrap(), 60);
 }

@@ -1,5 +1,9 @@
 //! Test harness: a real `quota` server on a real port (in-process, or the binary as a child
-//! process for crash tests), a fresh SQLite file per server, and small HTTP helpers.
+//! process for crash tests), a fresh database per server, and small HTTP helpers.
+//!
+//! The backend: SQLite (a fresh file per server) unless `QUOTA_TEST_BACKEND=postgres`, then
+//! PostgreSQL at `QUOTA_TEST_POSTGRES_URL`, each server in a schema of its own, so tests stay
+//! parallel and independent (`scripts/test` runs the suite once per backend).
 #![allow(dead_code)]
 
 pub mod fake;
@@ -28,7 +32,32 @@ impl Drop for TestServer {
     }
 }
 
-pub fn test_config(dir: &tempfile::TempDir) -> Config {
+pub use quota_store::testing::on_postgres;
+
+/// A fresh database for one server: a SQLite file in `dir`, or a new PostgreSQL schema.
+pub async fn fresh_database_url(dir: &tempfile::TempDir) -> String {
+    quota_store::testing::fresh_database_url(dir.path()).await
+}
+
+/// Say why a test that needs PostgreSQL did nothing in this run; true if it must stop.
+pub fn skip_unless_postgres(test: &str) -> bool {
+    if on_postgres() {
+        return false;
+    }
+    eprintln!("skipped {test}: it needs several instances on PostgreSQL (QUOTA_TEST_BACKEND=postgres)");
+    true
+}
+
+/// Say why a SQLite-only test did nothing in this run; true if it must stop.
+pub fn skip_on_postgres(test: &str, why: &str) -> bool {
+    if !on_postgres() {
+        return false;
+    }
+    eprintln!("skipped {test} on PostgreSQL: {why}");
+    true
+}
+
+pub fn test_config(database_url: String) -> Config {
     Config {
         bind: "127.0.0.1".into(),
         port: 0,
@@ -36,7 +65,7 @@ pub fn test_config(dir: &tempfile::TempDir) -> Config {
         register_rate_limit_per_minute: 10_000,
         login_rate_limit_per_minute: 10_000,
         rate_limit_per_minute: 100_000,
-        database_url: format!("sqlite://{}", dir.path().join("quota.db").display()),
+        database_url,
         ..Default::default()
     }
 }
@@ -67,7 +96,7 @@ impl TestServer {
         clock: std::sync::Arc<quota_server::clock::Clock>,
     ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(&dir);
+        let mut config = test_config(fresh_database_url(&dir).await);
         configure(&mut config);
         let state = AppState::start_with_clock(config, clock).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -184,16 +213,21 @@ impl TestServer {
     /// Count transfers whose cause is `cause`.
     pub async fn transfers_caused_by(&self, cause: &str) -> i64 {
         self.state.ledger.flush().await.unwrap();
-        sqlx::query_scalar("SELECT COUNT(*) FROM transfers WHERE cause = ?")
-            .bind(cause)
-            .fetch_one(self.state.store.pool())
-            .await
-            .unwrap()
+        quota_store::on_pool!(self.state.store.pool(), |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM transfers WHERE cause = $1"
+        )
+        .bind(cause)
+        .fetch_one(p)
+        .await
+        .unwrap())
     }
 
     pub async fn transfer_count(&self) -> i64 {
         self.state.ledger.flush().await.unwrap();
-        sqlx::query_scalar("SELECT COUNT(*) FROM transfers").fetch_one(self.state.store.pool()).await.unwrap()
+        quota_store::on_pool!(self.state.store.pool(), |p| sqlx::query_scalar("SELECT COUNT(*) FROM transfers")
+            .fetch_one(p)
+            .await
+            .unwrap())
     }
 }
 

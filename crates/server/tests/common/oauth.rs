@@ -236,13 +236,14 @@ impl TestServer {
     /// Outbox events of a type for a developer.
     pub async fn events(&self, developer_id: &str, kind: &str) -> Vec<Value> {
         self.state.ledger.flush().await.unwrap();
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT data FROM events WHERE developer_id = ? AND type = ? ORDER BY seq")
-                .bind(developer_id)
-                .bind(kind)
-                .fetch_all(self.state.store.pool())
-                .await
-                .unwrap();
+        let rows: Vec<(String,)> = quota_store::on_pool!(self.state.store.pool(), |p| sqlx::query_as(
+            "SELECT data FROM events WHERE developer_id = ? AND type = ? ORDER BY seq"
+        )
+        .bind(developer_id)
+        .bind(kind)
+        .fetch_all(p)
+        .await
+        .unwrap());
         rows.into_iter().map(|(d,)| serde_json::from_str(&d).unwrap()).collect()
     }
 }

@@ -907,13 +907,7 @@ async fn no_secret_reaches_the_database_in_clear() {
         .await
         .unwrap();
     s.state.ledger.flush().await.unwrap();
-    let path = s.dir.path().join("quota.db");
-    let mut bytes = std::fs::read(&path).unwrap();
-    for suffix in ["-wal", "-shm"] {
-        if let Ok(more) = std::fs::read(format!("{}{suffix}", path.display())) {
-            bytes.extend(more);
-        }
-    }
+    let bytes = s.database_contents().await;
     let hay = String::from_utf8_lossy(&bytes);
     for secret in [app.client_secret.as_deref().unwrap(), &code, &access(&t), t["refresh_token"].as_str().unwrap()] {
         assert!(!hay.contains(secret), "a secret is stored in clear");

@@ -6,7 +6,7 @@
 mod common;
 
 use base64::Engine;
-use common::{expect_error, simple_chat, TestServer};
+use common::{expect_error, on_postgres, simple_chat, TestServer};
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use quota_server::clock::Clock;
@@ -203,6 +203,21 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
         assert_eq!(s.chat(&key, simple_chat("hi", 4)).await.status(), 200);
         n += 1;
         rx.wait_for(n).await;
+        n = rx.count();
+        // Each attempt is logged at the clock's time after its response: wait for the log
+        // before moving the clock, or an attempt would be dated 10 hours late.
+        for _ in 0..500 {
+            let logged: i64 = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar(
+                "SELECT COUNT(*) FROM webhook_attempts"
+            )
+            .fetch_one(p)
+            .await
+            .unwrap());
+            if logged as usize >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         clock.advance(Duration::from_secs(36_000));
         n = rx.count();
     }
@@ -266,21 +281,25 @@ async fn the_outbox_outlives_a_worker_that_never_ran_and_rolled_back_charges_lea
     assert_eq!(rx.count(), 0);
 
     // A charge whose commit fails is rolled back with its event.
-    quota_store::on_pool!(first.state.store.pool(), |p| sqlx::query(
+    let boom = if on_postgres() {
+        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'boom'; END $$; \
+         CREATE TRIGGER boom BEFORE INSERT ON usage_records FOR EACH ROW EXECUTE FUNCTION boom()"
+    } else {
         "CREATE TRIGGER boom BEFORE INSERT ON usage_records BEGIN SELECT RAISE(ABORT, 'boom'); END"
-    )
+    };
+    quota_store::on_pool!(first.state.store.pool(), |p| sqlx::raw_sql(boom).execute(p).await.unwrap().rows_affected());
+    let failed = first.chat(&key, simple_chat("hi", 4)).await;
+    assert_eq!(failed.status(), 500);
+    let failed_id = failed.headers()["x-request-id"].to_str().unwrap().to_string();
+    quota_store::on_pool!(first.state.store.pool(), |p| sqlx::query(if on_postgres() {
+        "DROP TRIGGER boom ON usage_records"
+    } else {
+        "DROP TRIGGER boom"
+    })
     .execute(p)
     .await
     .unwrap()
     .rows_affected());
-    let failed = first.chat(&key, simple_chat("hi", 4)).await;
-    assert_eq!(failed.status(), 500);
-    let failed_id = failed.headers()["x-request-id"].to_str().unwrap().to_string();
-    quota_store::on_pool!(first.state.store.pool(), |p| sqlx::query("DROP TRIGGER boom")
-        .execute(p)
-        .await
-        .unwrap()
-        .rows_affected());
     assert_eq!(events_of(&first, "usage.completed").await, 1);
     assert_eq!(first.transfers_caused_by(&failed_id).await, 0);
 
@@ -348,7 +367,7 @@ async fn bad_webhook_input_gets_clear_errors() {
 async fn ledger_charges(s: &TestServer, wallet: &str) -> std::collections::HashMap<String, i64> {
     s.state.ledger.flush().await.unwrap();
     let rows: Vec<(String, i64)> = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_as(
-        "SELECT cause, SUM(amount) FROM transfers WHERE from_account = $1 GROUP BY cause"
+        "SELECT cause, CAST(SUM(amount) AS BIGINT) FROM transfers WHERE from_account = $1 GROUP BY cause"
     )
     .bind(wallet)
     .fetch_all(p)

@@ -307,6 +307,8 @@ struct BatchEffects {
     balances: HashMap<String, i64>,
     /// Each touched account's balance delta over the whole batch.
     totals: HashMap<String, i64>,
+    /// Holds of this process the batch deleted (one already expired is not among them).
+    freed_holds: usize,
 }
 
 /// Column arrays of the batch's transfers, for one `UNNEST` insert.
@@ -417,8 +419,10 @@ impl Writer {
         // Per account: (balance delta, held delta), sorted by id: the lock order.
         let mut accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
         let mut inserted: HashSet<String> = HashSet::new();
+        let mut freed_holds = 0;
         for (freed, name, amount) in rows {
             if freed {
+                freed_holds += 1;
                 accounts.entry(name).or_default().1 -= amount;
             } else {
                 inserted.insert(name);
@@ -480,12 +484,13 @@ impl Writer {
         }
         tx.commit().await?;
         let totals = accounts.into_iter().map(|(a, (balance, _))| (a, balance)).collect();
-        Ok(BatchEffects { per_job, balances, totals })
+        Ok(BatchEffects { per_job, balances, totals, freed_holds })
     }
 
     fn apply(&mut self, batch: Vec<Job>, effects: BatchEffects) {
         // Each job's "balance after" is the batch's final balance minus what later jobs added.
         let mut running: HashMap<String, i64> = HashMap::new();
+        self.open.fetch_sub(effects.freed_holds, Ordering::Relaxed);
         let mut per_job = effects.per_job.into_iter();
         for job in batch {
             let (deltas, duplicates) = per_job.next().unwrap_or_default();
@@ -493,13 +498,8 @@ impl Writer {
                 Job::Flush { reply } => {
                     let _ = reply.send(());
                 }
-                Job::Release { .. } => {
-                    self.open.fetch_sub(1, Ordering::Relaxed);
-                }
-                Job::Commit { hold, reply, .. } => {
-                    if hold.is_some() {
-                        self.open.fetch_sub(1, Ordering::Relaxed);
-                    }
+                Job::Release { .. } => {}
+                Job::Commit { reply, .. } => {
                     let mut balances_after: Vec<(AccountId, Credits)> = Vec::new();
                     for (account, delta) in &deltas {
                         *running.entry(account.clone()).or_default() += delta;
@@ -554,9 +554,9 @@ impl Writer {
     async fn expire(&mut self) -> Result<(), StoreError> {
         let conn = self.conn.get().await?;
         let mut tx = Connection::begin(conn).await?;
-        let freed: Vec<(String, i64)> = sqlx::query_as(
+        let freed: Vec<(String, i64, String)> = sqlx::query_as(
             "DELETE FROM holds WHERE id IN (SELECT id FROM holds WHERE expires_at <= quota_now_ms() \
-             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING account, amount",
+             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING account, amount, origin",
         )
         .bind(EXPIRE_BATCH_MAX)
         .fetch_all(&mut *tx)
@@ -567,11 +567,16 @@ impl Writer {
         }
         let count = freed.len();
         let mut accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        for (account, amount) in freed {
+        let mut own = 0;
+        for (account, amount, origin) in freed {
             accounts.entry(account).or_default().1 -= amount;
+            own += usize::from(origin == self.origin);
         }
         update_accounts(&mut tx, &accounts, crate::now_ms()).await?;
         tx.commit().await?;
+        // This process's own stuck holds are no longer open (a late settle or drop of one finds
+        // nothing to delete and does not count it again: see `apply`).
+        self.open.fetch_sub(own, Ordering::Relaxed);
         metrics::counter!("quota_ledger_holds_expired_total").increment(count as u64);
         tracing::warn!(count, "holds expired without settlement (an instance died?); credits released");
         Ok(())

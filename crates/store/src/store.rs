@@ -250,16 +250,15 @@ impl Store {
 
     /// A live session: not revoked, not expired.
     pub async fn session(&self, token_hash: &str) -> Result<Option<Session>, StoreError> {
-        let row: Option<(String, i64)> =
-            on_pool!(&self.pool, |p| {
-                sqlx::query_as(
+        let row: Option<(String, i64)> = on_pool!(&self.pool, |p| {
+            sqlx::query_as(
             "SELECT user_id, expires_at FROM sessions WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
         )
         .bind(token_hash)
         .bind(now_ms())
         .fetch_optional(p)
         .await?
-            });
+        });
         Ok(row.map(|(user_id, expires_at)| Session { user_id, expires_at }))
     }
 

@@ -6,8 +6,12 @@ use quota_store::{Ledger, LedgerConfig, LedgerError, OutboxEvent, Settlement, St
 use std::sync::Arc;
 
 async fn open(dir: &tempfile::TempDir) -> Store {
-    let url = format!("sqlite://{}", dir.path().join("q.db").display());
-    Store::open_and_migrate(&StoreConfig { database_url: url, ..Default::default() }).await.unwrap()
+    open_at(&quota_store::testing::fresh_database_url(dir.path()).await).await
+}
+
+/// The database at `url` (a second process's view of it).
+async fn open_at(url: &str) -> Store {
+    Store::open_and_migrate(&StoreConfig { database_url: url.to_string(), ..Default::default() }).await.unwrap()
 }
 
 fn t(id: &str, from: AccountId, to: AccountId, amount: i64, kind: TransferKind) -> Transfer {
@@ -58,6 +62,8 @@ async fn dropping_a_hold_releases_it() {
     let hold = ledger.hold(&w, Credits(100)).await.unwrap();
     assert_eq!(ledger.available(&w).await.unwrap(), Credits(0));
     drop(hold);
+    // On PostgreSQL the release is queued to the writer; a flush waits for it.
+    ledger.flush().await.unwrap();
     assert_eq!(ledger.available(&w).await.unwrap(), Credits(100));
 }
 
@@ -171,12 +177,13 @@ async fn concurrent_holds_never_overspend() {
 #[tokio::test]
 async fn another_process_credit_reaches_the_cached_balance() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+    let url = quota_store::testing::fresh_database_url(dir.path()).await;
+    let store = open_at(&url).await;
     let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_g");
     assert_eq!(ledger.balance(&w).await.unwrap(), Credits(0));
     // The admin CLI writes directly, as another process would.
-    let other = open(&dir).await;
+    let other = open_at(&url).await;
     other
         .commit_direct(
             &[t("cli1", AccountId::Platform(PlatformAccount::Adjustments), w.clone(), 999, TransferKind::AdminCredit)],

@@ -118,6 +118,40 @@ impl TestServer {
         .await
     }
 
+    /// Everything the database stores, as bytes: the SQLite file (with its WAL), or every
+    /// row of every table of this server's PostgreSQL schema as text.
+    pub async fn database_contents(&self) -> Vec<u8> {
+        self.state.ledger.flush().await.unwrap();
+        if !on_postgres() {
+            let path = self.dir.path().join("quota.db");
+            let mut bytes = std::fs::read(&path).unwrap();
+            for suffix in ["-wal", "-shm"] {
+                if let Ok(more) = std::fs::read(format!("{}{suffix}", path.display())) {
+                    bytes.extend(more);
+                }
+            }
+            return bytes;
+        }
+        quota_store::on_pool!(self.state.store.pool(), |p| {
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
+            )
+            .fetch_all(p)
+            .await
+            .unwrap();
+            let mut bytes = Vec::new();
+            for t in tables {
+                let rows: Option<String> =
+                    sqlx::query_scalar(&format!("SELECT string_agg(r::text, chr(10)) FROM \"{t}\" r"))
+                        .fetch_one(p)
+                        .await
+                        .unwrap();
+                bytes.extend(rows.unwrap_or_default().into_bytes());
+            }
+            bytes
+        })
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

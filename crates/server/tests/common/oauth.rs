@@ -237,7 +237,7 @@ impl TestServer {
     pub async fn events(&self, developer_id: &str, kind: &str) -> Vec<Value> {
         self.state.ledger.flush().await.unwrap();
         let rows: Vec<(String,)> = quota_store::on_pool!(self.state.store.pool(), |p| sqlx::query_as(
-            "SELECT data FROM events WHERE developer_id = ? AND type = ? ORDER BY seq"
+            "SELECT data FROM events WHERE developer_id = $1 AND type = $2 ORDER BY seq"
         )
         .bind(developer_id)
         .bind(kind)

@@ -55,11 +55,8 @@ impl AppState {
             ..Default::default()
         };
         let store = Store::open_and_migrate(&store_config).await?;
-        let ledger_config = LedgerConfig {
-            batch_max: config.ledger_batch_max,
-            hold_ttl: config.upstream_timeout() + std::time::Duration::from_secs(60),
-            ..Default::default()
-        };
+        let ledger_config =
+            LedgerConfig { batch_max: config.ledger_batch_max, hold_ttl: config.hold_ttl(), ..Default::default() };
         let ledger = Ledger::start(store.clone(), ledger_config).await?;
         let mut catalog = Catalog::builtin();
         if let Some(path) = &config.catalog_path {
@@ -98,6 +95,7 @@ impl AppState {
             catalog,
             keys: KeyCache::default(),
         });
+        crate::changes::spawn_listener(&state).await?;
         crate::webhooks::spawn_worker(&state);
         if state.payments.is_some() && state.config.payouts_schedule {
             crate::payments::payouts::spawn_schedule(&state);

@@ -60,6 +60,9 @@ impl Principal {
 #[derive(Default)]
 pub struct KeyCache {
     by_hash: RwLock<HashMap<String, Arc<ApiKey>>>,
+    /// Bumped by every eviction, so a database read that raced with a revocation (here or
+    /// announced by another instance) is not cached.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl KeyCache {
@@ -67,22 +70,37 @@ impl KeyCache {
         if let Some(k) = self.by_hash.read().get(hash) {
             return Ok(Some(k.clone()));
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
         let Some(key) = store.live_key_by_hash(hash).await.map_err(internal("key lookup"))? else {
             return Ok(None);
         };
         let key = Arc::new(key);
-        self.by_hash.write().insert(hash.to_string(), key.clone());
+        let mut map = self.by_hash.write();
+        if self.generation.load(std::sync::atomic::Ordering::Acquire) == generation {
+            map.insert(hash.to_string(), key.clone());
+        }
         Ok(Some(key))
+    }
+
+    fn evict_where(&self, pred: impl Fn(&str, &ApiKey) -> bool) {
+        let mut map = self.by_hash.write();
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        map.retain(|h, k| !pred(h, k));
     }
 
     /// Drop a key (revoked, rotated, or changed) so the next use reads it afresh.
     pub fn evict(&self, hash: &str) {
-        self.by_hash.write().remove(hash);
+        self.evict_where(|h, _| h == hash);
     }
 
     /// Drop every cached key with this id (after a settings change).
     pub fn evict_id(&self, key_id: &str) {
-        self.by_hash.write().retain(|_, k| k.id != key_id);
+        self.evict_where(|_, k| k.id == key_id);
+    }
+
+    /// Drop everything (changes may have been missed).
+    pub fn clear(&self) {
+        self.evict_where(|_, _| true);
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Config {
     pub log_format: String,
     /// Most settlements committed in one ledger transaction.
     pub ledger_batch_max: usize,
+    /// A hold not settled by then is freed (on PostgreSQL by any instance: how a crashed
+    /// instance's holds come back). 0: the upstream timeout plus a minute.
+    pub hold_ttl_secs: u64,
     /// Redis for rate limits shared by every instance (`redis://127.0.0.1:6379`); unset: per
     /// instance.
     pub redis_url: Option<String>,
@@ -133,6 +136,7 @@ impl Default for Config {
             catalog_path: None,
             log_format: "text".into(),
             ledger_batch_max: 512,
+            hold_ttl_secs: 0,
             redis_url: None,
             rate_limit_per_minute: 100,
             register_rate_limit_per_minute: 3,
@@ -186,6 +190,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("catalog_path", Kind::Text),
     ("log_format", Kind::Text),
     ("ledger_batch_max", Kind::Scalar),
+    ("hold_ttl_secs", Kind::Scalar),
     ("redis_url", Kind::Text),
     ("rate_limit_per_minute", Kind::Scalar),
     ("register_rate_limit_per_minute", Kind::Scalar),
@@ -332,6 +337,14 @@ impl Config {
 
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream_timeout_secs)
+    }
+
+    /// How long a hold lives unsettled (`hold_ttl_secs`, or the upstream timeout plus a minute).
+    pub fn hold_ttl(&self) -> Duration {
+        match self.hold_ttl_secs {
+            0 => self.upstream_timeout() + Duration::from_secs(60),
+            s => Duration::from_secs(s),
+        }
     }
 
     pub fn upstream_first_byte_timeout(&self) -> Duration {

@@ -396,6 +396,7 @@ async fn attempt(state: &SharedState, client: &reqwest::Client, d: DueDelivery) 
             if let Err(e) = state.webhooks.reload(&state.store).await {
                 tracing::warn!(error = %e, "webhook directory reload failed");
             }
+            crate::changes::announce(state, crate::changes::WEBHOOKS).await;
         }
         Ok(false) => {}
         Err(e) => tracing::error!(delivery = %d.id, error = %e, "could not record a webhook attempt"),

@@ -2,8 +2,9 @@
 
 mod common;
 
-use common::{expect_error, TestServer};
+use common::{expect_error, skip_unless_postgres, within, TestServer};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 #[tokio::test]
 async fn register_grants_welcome_credits_from_promotions() {
@@ -361,4 +362,39 @@ async fn the_openapi_document_describes_every_route() {
             assert!(!body.contains("route not found"), "{method} {path} is documented but not routed");
         }
     }
+}
+
+/// `GET /v1/balance` with `key` on `s`: the status.
+async fn balance_status(s: &TestServer, key: &str) -> u16 {
+    s.http.get(s.url("/v1/balance")).bearer_auth(key).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_or_rotated_on_one_instance_is_refused_on_another_within_a_second() {
+    if skip_unless_postgres("a_key_revoked_or_rotated_on_one_instance_is_refused_on_another_within_a_second") {
+        return;
+    }
+    let a = TestServer::start().await;
+    let b = TestServer::start_sharing(&a, |_| {}).await;
+    let (_, session) = a.register("two-instances@example.com").await;
+    // Revocation: B has the key cached (it served it) when A revokes it.
+    let (id, key) = a.key(&session, "test").await;
+    assert_eq!(balance_status(&b, &key).await, 200);
+    let r = a.http.delete(a.url(&format!("/developers/keys/{id}"))).bearer_auth(&session).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    within(Duration::from_secs(1), "the revocation reaches instance B", || async {
+        (balance_status(&b, &key).await == 401).then_some(())
+    })
+    .await;
+    // Rotation: the old secret stops on B, the new one works there.
+    let (id, old) = a.key(&session, "test").await;
+    assert_eq!(balance_status(&b, &old).await, 200);
+    let r = a.http.post(a.url(&format!("/developers/keys/{id}/rotate"))).bearer_auth(&session).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let new: Value = r.json().await.unwrap();
+    within(Duration::from_secs(1), "the rotation reaches instance B", || async {
+        (balance_status(&b, &old).await == 401).then_some(())
+    })
+    .await;
+    assert_eq!(balance_status(&b, new["key"].as_str().unwrap()).await, 200);
 }

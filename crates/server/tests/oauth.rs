@@ -8,7 +8,7 @@ mod common;
 use common::fake_openai::Script;
 use common::oauth::HeldUpstream;
 use common::oauth::{browser, hidden_inputs, location_params, param, pkce, TestApp, REDIRECT};
-use common::{expect_error, proxied, simple_chat, TestServer};
+use common::{expect_error, proxied, simple_chat, skip_unless_postgres, within, TestServer};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -963,4 +963,25 @@ async fn a_cached_token_needs_no_database_read_and_an_api_revocation_evicts_it()
     // Through the API: evicted at once.
     s.send(reqwest::Method::DELETE, &format!("/account/connections/{}", app.id), &session, Value::Null).await;
     expect_error(get().await.unwrap(), 401, "invalid_token").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_token_revoked_on_one_instance_is_refused_on_another_within_a_second() {
+    if skip_unless_postgres("a_user_token_revoked_on_one_instance_is_refused_on_another_within_a_second") {
+        return;
+    }
+    let a = TestServer::start().await;
+    let b = TestServer::start_sharing(&a, |_| {}).await;
+    let app = a.app(json!({})).await;
+    let (_, session, t) = a.connected_user(&app, "credits.read credits.spend").await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let status_on_b =
+        || async { b.http.get(b.url("/v1/balance")).bearer_auth(&token).send().await.unwrap().status().as_u16() };
+    assert_eq!(status_on_b().await, 200, "B has the token cached");
+    let r = a.send(reqwest::Method::DELETE, &format!("/account/connections/{}", app.id), &session, Value::Null).await;
+    assert!(r.status().is_success(), "disconnect on A: {}", r.status());
+    within(Duration::from_secs(1), "the disconnection reaches instance B", || async {
+        (status_on_b().await == 401).then_some(())
+    })
+    .await;
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{expect_error, simple_chat, TestServer};
+use common::{expect_error, simple_chat, skip_unless_postgres, within, TestServer};
 use quota_server::clock::Clock;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -385,4 +385,34 @@ async fn user_tokens_are_limited_per_app_and_user() {
         200,
         "Bob has his own"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_override_changed_on_one_instance_applies_on_another_within_a_second() {
+    if skip_unless_postgres("a_key_override_changed_on_one_instance_applies_on_another_within_a_second") {
+        return;
+    }
+    let (a, _) = with_clock(|_| {}).await;
+    let b = TestServer::start_sharing(&a, |_| {}).await;
+    let (_, session, id, key) = limited_key(&a, 2).await;
+    let limit_on_b = || async {
+        let r = b.http.get(b.url("/v1/balance")).bearer_auth(&key).send().await.unwrap();
+        r.headers()["x-ratelimit-limit"].to_str().unwrap().to_string()
+    };
+    assert_eq!(limit_on_b().await, "2", "B has the key cached with its override");
+    for (limit, shown) in [(json!(60), "60"), (json!(1), "1")] {
+        let r = a
+            .http
+            .patch(a.url(&format!("/developers/keys/{id}")))
+            .bearer_auth(&session)
+            .json(&json!({ "rate_limit_per_minute": limit }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        within(Duration::from_secs(1), "the override reaches instance B", || async {
+            (limit_on_b().await == shown).then_some(())
+        })
+        .await;
+    }
 }

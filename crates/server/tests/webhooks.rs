@@ -6,7 +6,7 @@
 mod common;
 
 use base64::Engine;
-use common::{expect_error, on_postgres, simple_chat, TestServer};
+use common::{expect_error, on_postgres, simple_chat, skip_unless_postgres, within, TestServer};
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use quota_server::clock::Clock;
@@ -518,4 +518,33 @@ async fn usage_and_analytics_equal_the_ledger_across_days_weeks_and_months() {
     let days = s.get_json(&format!("/developers/analytics/timeseries?{q}&metric=cost&interval=day"), &session).await;
     assert_eq!(days["data"].as_array().unwrap().iter().map(|b| b["value"].as_i64().unwrap()).sum::<i64>(), total);
     s.assert_ledger_ok().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_created_or_deleted_on_one_instance_applies_on_another_within_a_second() {
+    if skip_unless_postgres("an_endpoint_created_or_deleted_on_one_instance_applies_on_another_within_a_second") {
+        return;
+    }
+    // Neither worker delivers (an hour between passes): only the events written count.
+    let a = TestServer::start_with(|c| c.webhook_poll_ms = 3_600_000).await;
+    let b = TestServer::start_sharing(&a, |c| c.webhook_poll_ms = 3_600_000).await;
+    let (_, session, key) = a.developer("test").await;
+    let ep =
+        create_endpoint(&a, &session, json!({"url": "https://example.com/hook", "events": ["usage.completed"]})).await;
+    // B writes the event for a charge it makes once it knows of the endpoint.
+    within(Duration::from_secs(1), "the new endpoint reaches instance B", || async {
+        assert_eq!(b.chat(&key, simple_chat("hi", 4)).await.status(), 200);
+        (events_of(&b, "usage.completed").await >= 1).then_some(())
+    })
+    .await;
+    let id = ep["id"].as_str().unwrap();
+    let r = a.http.delete(a.url(&format!("/v1/webhooks/{id}"))).bearer_auth(&session).send().await.unwrap();
+    assert!(r.status().is_success());
+    // After the deletion reaches B, its charges write no more events.
+    within(Duration::from_secs(1), "the deletion reaches instance B", || async {
+        let before = events_of(&b, "usage.completed").await;
+        assert_eq!(b.chat(&key, simple_chat("hi", 4)).await.status(), 200);
+        (events_of(&b, "usage.completed").await == before).then_some(())
+    })
+    .await;
 }

@@ -335,7 +335,6 @@ impl Store {
     }
 
     /// Change a key's name and/or rate-limit override. `rate_limit` of `Some(None)` clears it.
-    /// Every instance hears of it (its key cache drops the key).
     pub async fn update_key(
         &self,
         user_id: &str,
@@ -360,11 +359,10 @@ impl Store {
             .map(key_from_row)
             .transpose()?
             .ok_or(StoreError::NotFound)?);
-        self.announce(&format!("key:{key_id}")).await?;
         Ok(key)
     }
 
-    /// Revoke a key; returns its hash so caches can drop it (every instance's, on PostgreSQL).
+    /// Revoke a key; returns its hash so caches can drop it.
     /// Revoking twice is not an error.
     pub async fn revoke_key(&self, user_id: &str, key_id: &str) -> Result<String, StoreError> {
         let hash: String = on_pool!(&self.pool, |p| {
@@ -378,7 +376,6 @@ impl Store {
         .await?
         .ok_or(StoreError::NotFound)?
         });
-        self.announce(&format!("key:{key_id}")).await?;
         Ok(hash)
     }
 
@@ -423,7 +420,6 @@ impl Store {
             (old_key, old_hash)
         });
         tx.commit().await?;
-        self.announce(&format!("key:{old_id}")).await?;
         let new_key = ApiKey {
             id: new_id.into(),
             prefix: new_prefix.into(),

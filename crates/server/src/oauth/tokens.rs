@@ -161,6 +161,11 @@ impl TokenCache {
     pub fn evict_app(&self, app_id: &str) {
         self.evict_where(|t| t.app_id == app_id);
     }
+
+    /// Drop everything (changes may have been missed).
+    pub fn clear(&self) {
+        self.evict_where(|_| true);
+    }
 }
 
 /// A form body's fields (RFC 6749 §3.2: parameters sent twice are an error).
@@ -331,6 +336,7 @@ async fn revoke_grant(state: &SharedState, grant_id: &str, why: &str) -> Result<
     tracing::warn!(grant = %grant_id, "{why}: revoking the grant");
     state.store.revoke_grant(grant_id, state.clock.now_ms()).await.map_err(store_error("revoke grant"))?;
     state.oauth.tokens.evict_grant(grant_id);
+    crate::changes::announce(state, &crate::changes::grant(grant_id)).await;
     Ok(())
 }
 
@@ -475,6 +481,7 @@ pub async fn disconnect(state: &SharedState, app: &App, user_id: &str) -> Result
     let event = connection_event("user.disconnected", app, user_id, now);
     let ended = state.store.disconnect(user_id, &app.id, now, event).await?;
     state.oauth.tokens.evict_connection(user_id, &app.id);
+    crate::changes::announce(state, &crate::changes::connection(user_id, &app.id)).await;
     if ended {
         tracing::info!(app = %app.id, user = %user_id, "connection ended");
     }

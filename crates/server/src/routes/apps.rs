@@ -195,6 +195,7 @@ async fn save(state: &SharedState, mut app: App) -> Result<Json<Value>, ApiError
     }
     // Cached tokens carry the app's markup: the next request reads the new one.
     state.oauth.tokens.evict_app(&app.id);
+    crate::changes::announce(&state, &crate::changes::app(&app.id)).await;
     Ok(Json(app_json(&app)))
 }
 
@@ -270,6 +271,7 @@ pub async fn delete(
         Err(e) => return Err(internal("delete app")(e)),
     };
     state.oauth.tokens.evict_app(&app.id);
+    crate::changes::announce(&state, &crate::changes::app(&app.id)).await;
     tracing::info!(app = %app.id, users = disconnected.len(), "app deleted");
     Ok(Json(json!({"id": app.id, "deleted": true, "disconnected_users": disconnected.len()})))
 }

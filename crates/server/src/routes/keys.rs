@@ -150,6 +150,7 @@ pub async fn update(
         Err(e) => return Err(internal("update key")(e)),
     };
     state.keys.evict_id(&key.id);
+    crate::changes::announce(&state, &crate::changes::key(&key.id)).await;
     Ok(Json(key_json(&key)))
 }
 
@@ -164,6 +165,7 @@ pub async fn revoke(
         Err(e) => return Err(internal("revoke key")(e)),
     };
     state.keys.evict(&hash);
+    crate::changes::announce(&state, &crate::changes::key(&id)).await;
     let key = state
         .store
         .key(&session.user.id, &id)
@@ -186,6 +188,7 @@ pub async fn rotate(
         Err(e) => return Err(internal("rotate key")(e)),
     };
     state.keys.evict(&old_hash);
+    crate::changes::announce(&state, &crate::changes::key(&id)).await;
     let mut out = key_json(&key);
     out["key"] = json!(secret);
     out["replaces"] = json!(id);

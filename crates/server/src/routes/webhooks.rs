@@ -80,7 +80,9 @@ fn endpoint_json(e: &WebhookEndpoint) -> Value {
 }
 
 async fn reload(state: &SharedState) -> Result<(), ApiError> {
-    state.webhooks.reload(&state.store).await.map_err(internal("webhook directory"))
+    state.webhooks.reload(&state.store).await.map_err(internal("webhook directory"))?;
+    crate::changes::announce(state, crate::changes::WEBHOOKS).await;
+    Ok(())
 }
 
 async fn owned(state: &SharedState, s: &SessionUser, id: &str) -> Result<WebhookEndpoint, ApiError> {

@@ -12,6 +12,7 @@ pub mod fake_gemini;
 pub mod fake_openai;
 pub mod fake_stripe;
 pub mod oauth;
+pub mod process;
 
 use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
 use quota_server::{build_router, AppState, Config, SharedState};
@@ -323,4 +324,21 @@ pub fn with(mut body: Value, extra: Value) -> Value {
         body[k] = v.clone();
     }
     body
+}
+
+/// Poll `check` until it yields a value, for at most `bound`; panics past it. For effects that
+/// travel (another instance's cache, an expiry): the test waits exactly as long as they take.
+pub async fn within<T, F, Fut>(bound: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "not within {bound:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

@@ -585,6 +585,8 @@ impl Writer {
         let mut running: HashMap<AccountId, i64> = HashMap::new();
         let mut usage: Vec<&UsageRecord> = Vec::new();
         let mut keys_used: HashSet<&str> = HashSet::new();
+        let mut events: Vec<&OutboxEvent> = Vec::new();
+        let mut crossed: Vec<OutboxEvent> = Vec::new();
         for job in batch {
             let Job::Commit { settlement, .. } = job else {
                 continue;
@@ -613,9 +615,8 @@ impl Writer {
                 if let Some(c) = &settlement.idempotency {
                     complete_idempotency(conn, c).await?;
                 }
-                insert_events(conn, &settlement.events).await?;
-                let crossed = low_balance_crossings(&self.inner, &foreign, &account_deltas, &mut running, settlement);
-                insert_events(conn, &crossed).await?;
+                events.extend(settlement.events.iter());
+                crossed.extend(low_balance_crossings(&self.inner, &foreign, &account_deltas, &mut running, settlement));
             }
             if let Some(k) = &settlement.key_used {
                 keys_used.insert(k);
@@ -635,6 +636,7 @@ impl Writer {
             );
             qb.build().execute(&mut *conn).await?;
         }
+        insert_events(conn, events.into_iter().chain(&crossed)).await?;
         for chunk in usage.chunks(1500) {
             insert_usage(conn, chunk).await?;
         }

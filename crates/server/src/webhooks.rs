@@ -14,7 +14,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use parking_lot::RwLock;
 use quota_store::usage::{UsageRecord, DAY_MS};
-use quota_store::webhooks::{AttemptLog, DueDelivery, WebhookEndpoint};
+use quota_store::webhooks::{AttemptLog, DueDelivery, FinishedAttempt, WebhookEndpoint};
 use quota_store::{LowBalanceWatch, OutboxEvent};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -283,6 +283,13 @@ pub fn next_attempt_at(attempts: i64, now_ms: i64) -> Option<i64> {
 }
 
 /// Start the worker (one per process; any number of processes may share a database).
+///
+/// One task owns the bookkeeping; sends run as separate tasks, at most `webhook_concurrency` at
+/// once, and report back over a channel. Each turn of the loop writes in batches — every
+/// attempt that finished since the last turn in one transaction, then one claim for as many
+/// due deliveries as there are free slots — so the worker takes SQLite's write lock a few times
+/// per turn, not per delivery, and a slot is refilled as soon as it frees rather than at the
+/// next tick. New events are fanned out at each tick (`webhook_poll_ms`).
 pub fn spawn_worker(state: &SharedState) {
     let weak = Arc::downgrade(state);
     let poll = Duration::from_millis(state.config.webhook_poll_ms.max(10));
@@ -300,22 +307,33 @@ pub fn spawn_worker(state: &SharedState) {
                 return;
             }
         };
-        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<FinishedAttempt>();
+        let mut worker = Worker { client, done_tx, concurrency, in_flight: 0, more_due: false };
         let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut directory_at = i64::MIN;
         let mut retention_at = i64::MIN;
+        let mut finished = Vec::new();
         loop {
-            ticker.tick().await;
+            let ticked = tokio::select! {
+                _ = ticker.tick() => true,
+                Some(f) = done_rx.recv() => {
+                    finished.push(f);
+                    while let Ok(f) = done_rx.try_recv() {
+                        finished.push(f);
+                    }
+                    false
+                }
+            };
             let Some(state) = weak.upgrade() else { break };
             let now = state.clock.now_ms();
-            if now.saturating_sub(directory_at) >= DIRECTORY_REFRESH_MS || now < directory_at {
+            if ticked && (now.saturating_sub(directory_at) >= DIRECTORY_REFRESH_MS || now < directory_at) {
                 directory_at = now;
                 if let Err(e) = state.webhooks.reload(&state.store).await {
                     tracing::warn!(error = %e, "webhook directory reload failed");
                 }
             }
-            if now.saturating_sub(retention_at) >= RETENTION_EVERY_MS {
+            if ticked && now.saturating_sub(retention_at) >= RETENTION_EVERY_MS {
                 retention_at = now;
                 let cutoff = now - i64::from(state.config.usage_retention_days) * DAY_MS;
                 match state.store.expire_usage(cutoff).await {
@@ -324,46 +342,72 @@ pub fn spawn_worker(state: &SharedState) {
                     Err(e) => tracing::warn!(error = %e, "usage retention failed"),
                 }
             }
-            if let Err(e) = pass(&state, &client, &permits).await {
-                tracing::warn!(error = %e, "webhook worker pass failed");
+            if let Err(e) = worker.turn(&state, ticked, &mut finished).await {
+                tracing::warn!(error = %e, "webhook worker turn failed");
             }
         }
     });
 }
 
-/// One pass: fan out new events, then claim and send as many due deliveries as there are free
-/// permits (bounded concurrency).
-async fn pass(
-    state: &SharedState,
-    client: &reqwest::Client,
-    permits: &Arc<tokio::sync::Semaphore>,
-) -> Result<(), quota_store::StoreError> {
-    let now = state.clock.now_ms();
-    while state.store.dispatch_events(now, DISPATCH_BATCH_MAX).await? as i64 == DISPATCH_BATCH_MAX {}
-    loop {
-        let free = permits.available_permits();
-        if free == 0 {
+/// The delivery worker's state between turns.
+struct Worker {
+    client: reqwest::Client,
+    done_tx: tokio::sync::mpsc::UnboundedSender<FinishedAttempt>,
+    concurrency: usize,
+    in_flight: usize,
+    /// The last claim filled every free slot: more may be due before the next tick.
+    more_due: bool,
+}
+
+impl Worker {
+    /// Record what finished, fan out new events (on a tick), and refill the free slots.
+    async fn turn(
+        &mut self,
+        state: &SharedState,
+        ticked: bool,
+        finished: &mut Vec<FinishedAttempt>,
+    ) -> Result<(), quota_store::StoreError> {
+        if !finished.is_empty() {
+            let now = state.clock.now_ms();
+            // On error the batch is kept and written again next turn (the rows' leases keep
+            // other workers off them meanwhile).
+            let disabled = state.store.finish_attempts(finished, now - DISABLE_AFTER_MS).await?;
+            self.in_flight -= finished.len();
+            finished.clear();
+            if !disabled.is_empty() {
+                tracing::warn!(endpoints = ?disabled, "webhook endpoints disabled after 5 days of failures");
+                if let Err(e) = state.webhooks.reload(&state.store).await {
+                    tracing::warn!(error = %e, "webhook directory reload failed");
+                }
+                crate::changes::announce(state, crate::changes::WEBHOOKS).await;
+            }
+        }
+        if ticked {
+            let now = state.clock.now_ms();
+            while state.store.dispatch_events(now, DISPATCH_BATCH_MAX).await? as i64 == DISPATCH_BATCH_MAX {}
+        }
+        let free = self.concurrency - self.in_flight;
+        if free == 0 || !(ticked || self.more_due) {
             return Ok(());
         }
         let now = state.clock.now_ms();
         let due = state.store.claim_deliveries(now, now + LEASE_MS, free as i64).await?;
-        if due.is_empty() {
-            return Ok(());
-        }
+        self.more_due = due.len() == free;
+        self.in_flight += due.len();
         for d in due {
-            let Ok(permit) = permits.clone().acquire_owned().await else { return Ok(()) };
             let state = state.clone();
-            let client = client.clone();
+            let client = self.client.clone();
+            let done = self.done_tx.clone();
             tokio::spawn(async move {
-                attempt(&state, &client, d).await;
-                drop(permit);
+                let _ = done.send(attempt(&state, &client, d).await);
             });
         }
+        Ok(())
     }
 }
 
-/// Send one delivery and log the outcome.
-async fn attempt(state: &SharedState, client: &reqwest::Client, d: DueDelivery) {
+/// Send one delivery; what to log about it.
+async fn attempt(state: &SharedState, client: &reqwest::Client, d: DueDelivery) -> FinishedAttempt {
     let body = envelope(&d);
     let started_ms = state.clock.now_ms();
     let timestamp = started_ms.div_euclid(1000);
@@ -379,27 +423,19 @@ async fn attempt(state: &SharedState, client: &reqwest::Client, d: DueDelivery) 
     metrics::counter!("quota_webhook_attempts_total", "outcome" => if succeeded { "success" } else { "failure" })
         .increment(1);
     let now = state.clock.now_ms();
-    let log = AttemptLog {
-        id: quota_core::ids::new_id("wha_"),
-        delivery_id: d.id.clone(),
-        attempted_at: now,
-        status_code,
-        latency_ms,
-        response_snippet: snippet,
-        error,
-        succeeded,
-    };
-    let next = if succeeded { None } else { next_attempt_at(d.attempts + 1, now) };
-    match state.store.finish_attempt(&log, next, &d.endpoint.id, now - DISABLE_AFTER_MS).await {
-        Ok(true) => {
-            tracing::warn!(endpoint = %d.endpoint.id, "webhook endpoint disabled after 5 days of failures");
-            if let Err(e) = state.webhooks.reload(&state.store).await {
-                tracing::warn!(error = %e, "webhook directory reload failed");
-            }
-            crate::changes::announce(state, crate::changes::WEBHOOKS).await;
-        }
-        Ok(false) => {}
-        Err(e) => tracing::error!(delivery = %d.id, error = %e, "could not record a webhook attempt"),
+    FinishedAttempt {
+        log: AttemptLog {
+            id: quota_core::ids::new_id("wha_"),
+            delivery_id: d.id.clone(),
+            attempted_at: now,
+            status_code,
+            latency_ms,
+            response_snippet: snippet,
+            error,
+            succeeded,
+        },
+        endpoint_id: d.endpoint.id.clone(),
+        next_attempt_at: if succeeded { None } else { next_attempt_at(d.attempts + 1, now) },
     }
 }
 

@@ -197,39 +197,36 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
     let (_, session, key) = s.developer("test").await;
     let ep = create_endpoint(&s, &session, json!({"url": rx.url})).await;
     let id = ep["id"].as_str().unwrap();
-    let mut n = 0;
-    // A request every ~10 hours keeps new deliveries failing for more than five days.
-    for _ in 0..14 {
+    // A request every 10 hours keeps new deliveries failing. The clock moves only once every
+    // attempt received so far is recorded, so the first failure is at T0 exactly.
+    let mut hours = 0;
+    loop {
         assert_eq!(s.chat(&key, simple_chat("hi", 4)).await.status(), 200);
-        n += 1;
-        rx.wait_for(n).await;
-        n = rx.count();
-        // Each attempt is logged at the clock's time after its response: wait for the log
-        // before moving the clock, or an attempt would be dated 10 hours late.
+        let n = rx.count();
+        rx.wait_for(n + 1).await;
+        let mut status = Value::Null;
         for _ in 0..500 {
-            let logged: i64 = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar(
+            let recorded: i64 = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar(
                 "SELECT COUNT(*) FROM webhook_attempts"
             )
             .fetch_one(p)
             .await
             .unwrap());
-            if logged as usize >= n {
+            status = s.get_json(&format!("/v1/webhooks/{id}"), &session).await["status"].clone();
+            if recorded as usize >= rx.count() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        clock.advance(Duration::from_secs(36_000));
-        n = rx.count();
-    }
-    let mut got = Value::Null;
-    for _ in 0..200 {
-        got = s.get_json(&format!("/v1/webhooks/{id}"), &session).await;
-        if got["status"] == "disabled" {
+        if status == "disabled" {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(hours < 120, "still {status} after {hours} hours of failures");
+        clock.advance(Duration::from_secs(36_000));
+        hours += 10;
     }
-    assert_eq!(got["status"], "disabled");
+    assert_eq!(hours, 120, "disabled once the failures have run for five days, not before");
+    let got = s.get_json(&format!("/v1/webhooks/{id}"), &session).await;
     assert!(got["disabled_at"].is_string());
 }
 
@@ -310,6 +307,44 @@ async fn the_outbox_outlives_a_worker_that_never_ran_and_rolled_back_charges_lea
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rx.count(), 1, "one event, one delivery: none for the rolled-back charge");
     drop(second);
+}
+
+#[tokio::test]
+async fn a_freed_slot_is_refilled_at_once_not_at_the_next_tick() {
+    // Twelve events wait in the outbox; a worker with two slots whose next tick is an hour away
+    // must still deliver all of them: each finished send frees a slot that is claimed again.
+    let first = TestServer::start_with(|c| c.webhook_poll_ms = 3_600_000).await;
+    let rx = Receiver::start(0).await;
+    let (_, session, key) = first.developer("test").await;
+    let ep = create_endpoint(&first, &session, json!({"url": rx.url, "events": ["usage.completed"]})).await;
+    for _ in 0..12 {
+        assert_eq!(first.chat(&key, simple_chat("hi", 4)).await.status(), 200);
+    }
+    assert_eq!(events_of(&first, "usage.completed").await, 12);
+    let second = TestServer::start_sharing(&first, |c| {
+        c.webhook_poll_ms = 3_600_000;
+        c.webhook_concurrency = 2;
+    })
+    .await;
+    let got = rx.wait_for(12).await;
+    let mut ids: Vec<String> =
+        got.iter().map(|r| verify(ep["secret"].as_str().unwrap(), r)["id"].to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "twelve events, each delivered once");
+    // The log is written after the sends: wait (bounded) for the last batch to be recorded.
+    let mut recorded = (0, 0);
+    for _ in 0..500 {
+        recorded = (
+            second.count("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'succeeded'", &[]).await,
+            second.count("SELECT COUNT(*) FROM webhook_attempts WHERE succeeded", &[]).await,
+        );
+        if recorded == (12i64, 12i64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(recorded, (12, 12), "every delivery and attempt recorded once");
 }
 
 #[tokio::test]

@@ -77,6 +77,16 @@ impl Pool {
         }
     }
 
+    /// A write transaction made of conditional statements only (claims, fan-out, logs): SQLite
+    /// takes its write lock up front (`BEGIN IMMEDIATE`, no lock upgrade to fail); PostgreSQL
+    /// locks rows as it writes them, without the write lock of [`Pool::begin_write`].
+    pub async fn begin_conditional(&self) -> Result<Tx, sqlx::Error> {
+        match self {
+            Pool::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
+            Pool::Postgres(p) => Ok(Tx::Postgres(p.begin().await?)),
+        }
+    }
+
     /// A transaction whose statements are each safe under concurrency on their own (conditional
     /// updates, inserts that do nothing on conflict): atomic, without the write lock.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {

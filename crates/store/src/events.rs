@@ -3,8 +3,9 @@
 //! server's worker; this module only writes rows to the `events` table.
 
 use crate::db::Tx;
-use crate::on_tx;
 use serde_json::Value;
+use sqlx::postgres::PgConnection;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 /// One event to deliver later to `developer_id`'s webhook endpoints.
 #[derive(Debug, Clone)]
@@ -35,37 +36,65 @@ impl OutboxEvent {
     }
 }
 
-/// The statement that inserts one event, on either backend.
-pub(crate) fn insert_event<'q, Db>(
-    e: &'q OutboxEvent,
-) -> sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>>
-where
-    Db: sqlx::Database,
-    &'q str: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
-    String: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
-    Option<&'q str>: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
-    bool: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
-    i64: sqlx::Encode<'q, Db> + sqlx::Type<Db>,
-{
-    sqlx::query(
-        "INSERT INTO events (id, type, developer_id, data, sandbox, created_at, endpoint_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(e.id.as_str())
-    .bind(e.kind.as_str())
-    .bind(e.developer_id.as_str())
-    .bind(e.data.to_string())
-    .bind(e.sandbox)
-    .bind(e.created_at_ms)
-    .bind(e.endpoint_id.as_deref())
+/// Insert events inside the caller's transaction, on either backend.
+pub(crate) async fn insert_events<'a>(
+    tx: &mut Tx,
+    events: impl IntoIterator<Item = &'a OutboxEvent>,
+) -> Result<(), sqlx::Error> {
+    match tx {
+        Tx::Sqlite(t) => insert_events_sqlite(t, events).await,
+        Tx::Postgres(t) => insert_events_pg(t, events).await,
+    }
 }
 
-/// Insert events inside the caller's transaction.
-pub(crate) async fn insert_events(tx: &mut Tx, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
-    on_tx!(tx, |c| {
-        for e in events {
-            insert_event(e).execute(&mut *c).await?;
-        }
-    });
+/// SQLite: one statement per 4,000 events.
+pub(crate) async fn insert_events_sqlite<'a>(
+    conn: &mut SqliteConnection,
+    events: impl IntoIterator<Item = &'a OutboxEvent>,
+) -> Result<(), sqlx::Error> {
+    let events: Vec<&OutboxEvent> = events.into_iter().collect();
+    // SQLite allows 32,766 bound values per statement; 7 per row.
+    for chunk in events.chunks(4000) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO events (id, type, developer_id, data, sandbox, created_at, endpoint_id) ");
+        qb.push_values(chunk, |mut b, e| {
+            b.push_bind(&e.id)
+                .push_bind(&e.kind)
+                .push_bind(&e.developer_id)
+                .push_bind(e.data.to_string())
+                .push_bind(e.sandbox)
+                .push_bind(e.created_at_ms)
+                .push_bind(&e.endpoint_id);
+        });
+        qb.push(" ON CONFLICT (id) DO NOTHING");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL: one statement, its columns bound as arrays.
+pub(crate) async fn insert_events_pg<'a>(
+    conn: &mut PgConnection,
+    events: impl IntoIterator<Item = &'a OutboxEvent>,
+) -> Result<(), sqlx::Error> {
+    let events: Vec<&OutboxEvent> = events.into_iter().collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&OutboxEvent) -> String| events.iter().map(|e| f(e)).collect::<Vec<String>>();
+    sqlx::query(
+        "INSERT INTO events (id, type, developer_id, data, sandbox, created_at, endpoint_id) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bigint[], $7::text[]) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(col(|e| e.id.clone()))
+    .bind(col(|e| e.kind.clone()))
+    .bind(col(|e| e.developer_id.clone()))
+    .bind(col(|e| e.data.to_string()))
+    .bind(events.iter().map(|e| e.sandbox).collect::<Vec<bool>>())
+    .bind(events.iter().map(|e| e.created_at_ms).collect::<Vec<i64>>())
+    .bind(events.iter().map(|e| e.endpoint_id.clone()).collect::<Vec<Option<String>>>())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }

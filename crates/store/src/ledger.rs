@@ -24,7 +24,7 @@
 //! the PostgreSQL engine implements the same operations that way.
 
 use crate::db::Pool;
-use crate::events::{insert_event, OutboxEvent};
+use crate::events::{insert_events_sqlite, OutboxEvent};
 use crate::idempotency::IdempotencyCompletion;
 use crate::now_ms;
 use crate::pg_ledger::Shared;
@@ -692,6 +692,8 @@ impl Writer {
         let mut running: HashMap<AccountId, i64> = HashMap::new();
         let mut usage: Vec<&UsageRecord> = Vec::new();
         let mut keys_used: HashSet<&str> = HashSet::new();
+        let mut events: Vec<&OutboxEvent> = Vec::new();
+        let mut crossed: Vec<OutboxEvent> = Vec::new();
         for job in batch {
             let Job::Commit { settlement, .. } = job else {
                 continue;
@@ -720,10 +722,8 @@ impl Writer {
                 if let Some(c) = &settlement.idempotency {
                     complete_idempotency(c).execute(&mut *conn).await?;
                 }
-                let crossed = low_balance_crossings(&self.inner, &foreign, &account_deltas, &mut running, settlement);
-                for e in settlement.events.iter().chain(&crossed) {
-                    insert_event(e).execute(&mut *conn).await?;
-                }
+                events.extend(settlement.events.iter());
+                crossed.extend(low_balance_crossings(&self.inner, &foreign, &account_deltas, &mut running, settlement));
             }
             if let Some(k) = &settlement.key_used {
                 keys_used.insert(k);
@@ -743,6 +743,7 @@ impl Writer {
             );
             qb.build().execute(&mut *conn).await?;
         }
+        insert_events_sqlite(conn, events.into_iter().chain(&crossed)).await?;
         for chunk in usage.chunks(1500) {
             insert_usage(conn, chunk).await?;
         }

@@ -21,7 +21,7 @@
 //! by id (bytewise, `COLLATE "C"`), and deletes holds before touching accounts.
 
 use crate::db::Pool;
-use crate::events::insert_event;
+use crate::events::insert_events_pg;
 use crate::ledger::{drain, timed, Committed, Hold, Jobs, LedgerConfig, LedgerError, Next, Owner, Settlement};
 use crate::store::{complete_idempotency, Store, StoreError};
 use crate::usage::UsageRecord;
@@ -472,16 +472,13 @@ impl Writer {
         for c in completions {
             complete_idempotency(c).execute(&mut *tx).await?;
         }
-        for e in events {
-            insert_event(e).execute(&mut *tx).await?;
-        }
         // 4. Balances and `held` last, so their row locks are held for the shortest time.
         let balances = update_accounts(&mut tx, &accounts, now).await?;
-        // 5. `balance.low` crossings, from the balance each settlement left (final balances
-        //    minus what later jobs of this batch moved): the row locks make it exact.
-        for e in low_balance_crossings(batch, &per_job, &balances) {
-            insert_event(&e).execute(&mut *tx).await?;
-        }
+        // 5. Outbox events, with the `balance.low` crossings decided from the balance each
+        //    settlement left (final balances minus what later jobs of this batch moved; the row
+        //    locks make it exact), in one statement.
+        let crossed = low_balance_crossings(batch, &per_job, &balances);
+        insert_events_pg(&mut tx, events.into_iter().chain(&crossed)).await?;
         tx.commit().await?;
         let totals = accounts.into_iter().map(|(a, (balance, _))| (a, balance)).collect();
         Ok(BatchEffects { per_job, balances, totals, freed_holds })

@@ -9,6 +9,8 @@ use crate::db::DbRow;
 use crate::events::{insert_events, OutboxEvent};
 use crate::store::{Store, StoreError};
 use crate::{on_pool, on_tx};
+use sqlx::QueryBuilder;
+use std::collections::{HashMap, HashSet};
 
 /// A webhook endpoint as stored (its secret included: callers must not show it again).
 #[derive(Debug, Clone)]
@@ -85,6 +87,72 @@ pub struct DeliveryView {
     pub next_attempt_at: Option<i64>,
     pub created_at: i64,
     pub log: Vec<AttemptLog>,
+}
+
+/// One attempt the worker finished: its log row and when to try again (`None`: no retry).
+#[derive(Debug, Clone)]
+pub struct FinishedAttempt {
+    pub log: AttemptLog,
+    pub endpoint_id: String,
+    pub next_attempt_at: Option<i64>,
+}
+
+/// Where an endpoint's failing run stands after a batch of attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailingRun {
+    /// Only failures: the run goes on (or starts at this time if there was none).
+    Continues(i64),
+    /// A success, then failures: a new run starts at the first failure after the last success.
+    StartsAfterSuccess(i64),
+}
+
+impl FailingRun {
+    fn at(self) -> i64 {
+        match self {
+            FailingRun::Continues(t) | FailingRun::StartsAfterSuccess(t) => t,
+        }
+    }
+}
+
+/// Per endpoint in a batch, in order of first appearance: `None` if its last attempt
+/// succeeded (its failing run ends), else where its failing run stands.
+fn failing_runs(finished: &[FinishedAttempt]) -> Vec<(&str, Option<FailingRun>)> {
+    let mut ordered: Vec<&FinishedAttempt> = finished.iter().collect();
+    ordered.sort_by_key(|f| f.log.attempted_at);
+    // (endpoint, saw a success, run)
+    let mut out: Vec<(&str, bool, Option<FailingRun>)> = Vec::new();
+    for f in ordered {
+        let i = out.iter().position(|(e, _, _)| *e == f.endpoint_id).unwrap_or_else(|| {
+            out.push((f.endpoint_id.as_str(), false, None));
+            out.len() - 1
+        });
+        let (_, saw_success, run) = &mut out[i];
+        if f.log.succeeded {
+            *saw_success = true;
+            *run = None;
+        } else if run.is_none() {
+            let t = f.log.attempted_at;
+            *run = Some(if *saw_success { FailingRun::StartsAfterSuccess(t) } else { FailingRun::Continues(t) });
+        }
+    }
+    out.into_iter().map(|(e, _, run)| (e, run)).collect()
+}
+
+/// Most values in one `IN (…)` list.
+const IN_LIST_MAX: usize = 500;
+
+/// Append `(?, ?, …)` binding `values` (either backend).
+fn push_in_list<'a, Db>(qb: &mut QueryBuilder<'a, Db>, values: &'a [impl AsRef<str> + Sync])
+where
+    Db: sqlx::Database,
+    &'a str: sqlx::Encode<'a, Db> + sqlx::Type<Db>,
+{
+    qb.push("(");
+    let mut sep = qb.separated(", ");
+    for v in values {
+        sep.push_bind(v.as_ref());
+    }
+    sep.push_unseparated(")");
 }
 
 const ENDPOINT_COLUMNS: &str =
@@ -231,25 +299,27 @@ impl Store {
     /// Soft-delete (deliveries keep pointing at the row); pending deliveries are abandoned.
     pub async fn delete_webhook_endpoint(&self, developer_id: &str, id: &str, now: i64) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let done = on_tx!(&mut tx, |c| sqlx::query(
-            "UPDATE webhook_endpoints SET deleted_at = $1, updated_at = $1 WHERE id = $2 AND developer_id = $3 \
-             AND deleted_at IS NULL",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(developer_id)
-        .execute(&mut *c)
-        .await?
-        .rows_affected())
-            > 0;
-        on_tx!(&mut tx, |c| {
-            sqlx::query("UPDATE webhook_deliveries SET state = 'failed', updated_at = $1 WHERE endpoint_id = $2 AND state = 'pending'")
+        let out = on_tx!(&mut tx, |c| {
+            let done = sqlx::query(
+                "UPDATE webhook_endpoints SET deleted_at = $1, updated_at = $1 WHERE id = $2 AND developer_id = $3 \
+                 AND deleted_at IS NULL",
+            )
             .bind(now)
             .bind(id)
-            .execute(&mut *c).await?.rows_affected()
+            .bind(developer_id)
+            .execute(&mut *c)
+            .await?
+            .rows_affected()
+                > 0;
+            sqlx::query("UPDATE webhook_deliveries SET state = 'failed', updated_at = $1 WHERE endpoint_id = $2 AND state = 'pending'")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *c)
+                .await?;
+            done
         });
         tx.commit().await?;
-        Ok(done)
+        Ok(out)
     }
 
     pub async fn rotate_webhook_secret(
@@ -285,64 +355,94 @@ impl Store {
 
     /// Fan out up to `limit` undispatched events into one delivery per subscribed endpoint
     /// (live, created no later than the event, wanting its type; the named one for events
-    /// addressed to one endpoint). Returns how many events were dispatched.
+    /// addressed to one endpoint). Returns how many events were dispatched. One write
+    /// transaction and a fixed number of statements per call, whatever the batch's size: the
+    /// worker shares SQLite's one write lock with the ledger writer.
     pub async fn dispatch_events(&self, now: i64, limit: i64) -> Result<usize, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        // Several instances dispatch at once: each takes rows no other is dispatching.
-        let sql = format!(
-            "UPDATE events SET dispatched_at = $1 WHERE dispatched_at IS NULL AND seq IN \
-             (SELECT seq FROM events WHERE dispatched_at IS NULL ORDER BY seq LIMIT $2{}) \
-             RETURNING id, type, developer_id, endpoint_id, created_at",
-            self.pool().skip_locked()
-        );
-        let dispatched = on_tx!(&mut tx, |c| {
-            let events = sqlx::query(&sql).bind(now).bind(limit).fetch_all(&mut *c).await?;
+        let skip_locked = self.pool().skip_locked();
+        let mut tx = self.pool().begin_conditional().await?;
+        let out = on_tx!(&mut tx, |c| {
+            // Several instances dispatch at once: on PostgreSQL each skips rows another is taking.
+            let events = sqlx::query(&format!(
+                "UPDATE events SET dispatched_at = $1 WHERE dispatched_at IS NULL AND seq IN \
+                 (SELECT seq FROM events WHERE dispatched_at IS NULL ORDER BY seq LIMIT $2{skip_locked}) \
+                 RETURNING id, type, developer_id, endpoint_id, created_at",
+            ))
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?;
+            if events.is_empty() {
+                // Nothing changed: the transaction rolls back.
+                return Ok(0);
+            }
+            let developers: HashSet<String> = events.iter().map(|ev| ev.get("developer_id")).collect();
+            let mut endpoints: HashMap<String, Vec<WebhookEndpoint>> = HashMap::new();
+            for chunk in developers.into_iter().collect::<Vec<_>>().chunks(IN_LIST_MAX) {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE deleted_at IS NULL AND disabled_at IS NULL \
+                     AND developer_id IN "
+                ));
+                push_in_list(&mut qb, chunk);
+                for e in qb.build().fetch_all(&mut *c).await?.iter().map(endpoint_from_row) {
+                    endpoints.entry(e.developer_id.clone()).or_default().push(e);
+                }
+            }
+            let mut deliveries: Vec<(String, String, String)> = Vec::new();
             for ev in &events {
                 let developer_id: String = ev.get("developer_id");
                 let kind: String = ev.get("type");
                 let target: Option<String> = ev.get("endpoint_id");
                 let created_at: i64 = ev.get("created_at");
-                let sql = format!(
-                    "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE developer_id = $1 AND deleted_at IS NULL \
-                     AND disabled_at IS NULL AND created_at <= $2"
-                );
-                let endpoints = sqlx::query(&sql).bind(&developer_id).bind(created_at).fetch_all(&mut *c).await?;
-                for e in endpoints.iter().map(endpoint_from_row) {
-                    let addressed = target.as_deref().is_none_or(|t| t == e.id);
-                    if !addressed || !(e.wants(&kind) || target.is_some()) {
-                        continue;
+                for e in endpoints.get(&developer_id).into_iter().flatten() {
+                    let addressed = match &target {
+                        Some(t) => *t == e.id,
+                        None => e.wants(&kind),
+                    };
+                    if addressed && e.created_at <= created_at {
+                        deliveries.push((ev.get("id"), e.id.clone(), developer_id.clone()));
                     }
-                    sqlx::query(
-                        "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, developer_id, state, attempts, \
-                         next_attempt_at, lease_until, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, 'pending', 0, $5, 0, $5, $5) \
-                         ON CONFLICT (event_id, endpoint_id) DO NOTHING",
-                    )
-                    .bind(quota_core::ids::new_id("whd_"))
-                    .bind(ev.get::<String>("id"))
-                    .bind(&e.id)
-                    .bind(&developer_id)
-                    .bind(now)
-                    .execute(&mut *c)
-                    .await?;
                 }
+            }
+            // SQLite allows 32,766 bound values per statement; 5 per row.
+            for chunk in deliveries.chunks(4000) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, developer_id, state, attempts, \
+                     next_attempt_at, lease_until, created_at, updated_at) ",
+                );
+                qb.push_values(chunk, |mut b, (event_id, endpoint_id, developer_id)| {
+                    b.push_bind(quota_core::ids::new_id("whd_"))
+                        .push_bind(event_id)
+                        .push_bind(endpoint_id)
+                        .push_bind(developer_id)
+                        .push("'pending'")
+                        .push("0")
+                        .push_bind(now)
+                        .push("0")
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+                qb.push(" ON CONFLICT (event_id, endpoint_id) DO NOTHING");
+                qb.build().execute(&mut *c).await?;
             }
             events.len()
         });
         tx.commit().await?;
-        Ok(dispatched)
+        Ok(out)
     }
 
     /// Claim up to `limit` due deliveries until `lease_until`: a claimed row is not due for
-    /// anyone else until its lease ends (a worker that dies mid-send is retried after it).
+    /// anyone else until its lease ends (a worker that dies mid-send is retried after it). One
+    /// write statement, then two reads for the claimed rows' events and endpoints.
     pub async fn claim_deliveries(
         &self,
         now: i64,
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        // The conditions are checked again on the row itself, so of two workers racing for a
-        // delivery one claims it; on PostgreSQL each also skips rows another is claiming.
+        // The conditions are checked again on each row as it is updated, so of two workers
+        // racing for a delivery one claims it; on PostgreSQL each also skips rows another is
+        // claiming.
         let sql = format!(
             "UPDATE webhook_deliveries SET lease_until = $1 WHERE state = 'pending' AND next_attempt_at <= $2 \
              AND lease_until <= $2 AND id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' \
@@ -352,17 +452,33 @@ impl Store {
         );
         on_pool!(self.pool(), |p| {
             let claimed = sqlx::query(&sql).bind(lease_until).bind(now).bind(limit).fetch_all(p).await?;
+            if claimed.is_empty() {
+                return Ok(Vec::new());
+            }
+            let event_ids: HashSet<String> = claimed.iter().map(|d| d.get("event_id")).collect();
+            let endpoint_ids: HashSet<String> = claimed.iter().map(|d| d.get("endpoint_id")).collect();
+            let mut events: HashMap<String, _> = HashMap::new();
+            for chunk in event_ids.into_iter().collect::<Vec<_>>().chunks(IN_LIST_MAX) {
+                let mut qb = QueryBuilder::new("SELECT id, type, data, sandbox, created_at FROM events WHERE id IN ");
+                push_in_list(&mut qb, chunk);
+                for r in qb.build().fetch_all(p).await? {
+                    events.insert(r.get("id"), r);
+                }
+            }
+            let mut endpoints: HashMap<String, WebhookEndpoint> = HashMap::new();
+            for chunk in endpoint_ids.into_iter().collect::<Vec<_>>().chunks(IN_LIST_MAX) {
+                let mut qb =
+                    QueryBuilder::new(format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id IN "));
+                push_in_list(&mut qb, chunk);
+                for e in qb.build().fetch_all(p).await?.iter().map(endpoint_from_row) {
+                    endpoints.insert(e.id.clone(), e);
+                }
+            }
             let mut out = Vec::with_capacity(claimed.len());
             for d in claimed {
                 let event_id: String = d.get("event_id");
                 let endpoint_id: String = d.get("endpoint_id");
-                let ev = sqlx::query("SELECT type, data, sandbox, created_at FROM events WHERE id = $1")
-                    .bind(&event_id)
-                    .fetch_optional(p)
-                    .await?;
-                let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1");
-                let ep = sqlx::query(&sql).bind(&endpoint_id).fetch_optional(p).await?;
-                let (Some(ev), Some(ep)) = (ev, ep) else {
+                let (Some(ev), Some(ep)) = (events.get(&event_id), endpoints.get(&endpoint_id)) else {
                     return Err(StoreError::Corrupt(format!(
                         "delivery {} lost its event or endpoint",
                         d.get::<String>("id")
@@ -377,98 +493,117 @@ impl Store {
                     event_created_at: ev.get("created_at"),
                     event_data: ev.get("data"),
                     sandbox: ev.get("sandbox"),
-                    endpoint: endpoint_from_row(&ep),
+                    endpoint: ep.clone(),
                 });
             }
             Ok(out)
         })
     }
 
-    /// Log an attempt and move the delivery on: done, retried at `next_attempt_at`, or given up
-    /// (`None` after a failure). A failure starts (or continues) the endpoint's failing run and
-    /// disables it once that run began before `disable_before`; a success ends the run.
-    pub async fn finish_attempt(
+    /// Log a batch of attempts and move their deliveries on, in one transaction: each delivery
+    /// done, retried at its `next_attempt_at`, or given up (`None` after a failure). Per
+    /// endpoint, a failure starts (or continues) its failing run and a later success ends it;
+    /// an endpoint whose run began before `disable_before` is disabled and its pending
+    /// deliveries abandoned. Returns the endpoints disabled.
+    pub async fn finish_attempts(
         &self,
-        attempt: &AttemptLog,
-        next_attempt_at: Option<i64>,
-        endpoint_id: &str,
+        finished: &[FinishedAttempt],
         disable_before: i64,
-    ) -> Result<bool, StoreError> {
-        let now = attempt.attempted_at;
-        let mut tx = self.pool().begin().await?;
-        on_tx!(&mut tx, |c| sqlx::query(
-            "INSERT INTO webhook_attempts (id, delivery_id, attempted_at, status_code, latency_ms, response_snippet, \
-             error, succeeded) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&attempt.id)
-        .bind(&attempt.delivery_id)
-        .bind(now)
-        .bind(attempt.status_code)
-        .bind(attempt.latency_ms)
-        .bind(&attempt.response_snippet)
-        .bind(&attempt.error)
-        .bind(attempt.succeeded)
-        .execute(&mut *c)
-        .await?
-        .rows_affected());
-        let state = match (attempt.succeeded, next_attempt_at) {
-            (true, _) => "succeeded",
-            (false, Some(_)) => "pending",
-            (false, None) => "failed",
-        };
-        on_tx!(&mut tx, |c| {
-            sqlx::query(
-            "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2, lease_until = 0, \
-             updated_at = $3 WHERE id = $4",
-        )
-        .bind(state)
-        .bind(next_attempt_at.unwrap_or(now))
-        .bind(now)
-        .bind(&attempt.delivery_id)
-        .execute(&mut *c).await?.rows_affected()
-        });
-        let mut disabled = false;
-        if attempt.succeeded {
-            on_tx!(&mut tx, |c| sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1")
-                .bind(endpoint_id)
+    ) -> Result<Vec<String>, StoreError> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = finished.iter().map(|f| f.log.attempted_at).max().unwrap_or_default();
+        let mut tx = self.pool().begin_conditional().await?;
+        let out = on_tx!(&mut tx, |c| {
+            // SQLite allows 32,766 bound values per statement; 8 per row.
+            for chunk in finished.chunks(4000) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO webhook_attempts (id, delivery_id, attempted_at, status_code, latency_ms, \
+                     response_snippet, error, succeeded) ",
+                );
+                qb.push_values(chunk, |mut b, f| {
+                    let a = &f.log;
+                    b.push_bind(&a.id)
+                        .push_bind(&a.delivery_id)
+                        .push_bind(a.attempted_at)
+                        .push_bind(a.status_code)
+                        .push_bind(a.latency_ms)
+                        .push_bind(&a.response_snippet)
+                        .push_bind(&a.error)
+                        .push_bind(a.succeeded);
+                });
+                qb.build().execute(&mut *c).await?;
+            }
+            // Successes, the common case, in one statement per chunk; failures one by one.
+            let succeeded: Vec<&str> =
+                finished.iter().filter(|f| f.log.succeeded).map(|f| f.log.delivery_id.as_str()).collect();
+            for chunk in succeeded.chunks(IN_LIST_MAX) {
+                let mut qb = QueryBuilder::new("UPDATE webhook_deliveries SET state = 'succeeded', ");
+                qb.push("attempts = attempts + 1, lease_until = 0, updated_at = ").push_bind(now).push(" WHERE id IN ");
+                push_in_list(&mut qb, chunk);
+                qb.build().execute(&mut *c).await?;
+            }
+            for f in finished.iter().filter(|f| !f.log.succeeded) {
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2, \
+                     lease_until = 0, updated_at = $3 WHERE id = $4",
+                )
+                .bind(if f.next_attempt_at.is_some() { "pending" } else { "failed" })
+                .bind(f.next_attempt_at.unwrap_or(f.log.attempted_at))
+                .bind(f.log.attempted_at)
+                .bind(&f.log.delivery_id)
                 .execute(&mut *c)
-                .await?
-                .rows_affected());
-        } else {
-            on_tx!(&mut tx, |c| sqlx::query(
-                "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $1) WHERE id = $2"
-            )
-            .bind(now)
-            .bind(endpoint_id)
-            .execute(&mut *c)
-            .await?
-            .rows_affected());
-            disabled = on_tx!(&mut tx, |c| sqlx::query(
-                "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2, updated_at = $1 \
-                 WHERE id = $3 AND disabled_at IS NULL AND failing_since <= $4",
-            )
-            .bind(now)
-            .bind("failing for 5 days")
-            .bind(endpoint_id)
-            .bind(disable_before)
-            .execute(&mut *c)
-            .await?
-            .rows_affected())
-                > 0;
-            if disabled {
-                on_tx!(&mut tx, |c| sqlx::query(
-                    "UPDATE webhook_deliveries SET state = 'failed', updated_at = $1 WHERE endpoint_id = $2 \
-                     AND state = 'pending'",
+                .await?;
+            }
+            let mut disabled = Vec::new();
+            for (endpoint_id, run) in failing_runs(finished) {
+                let Some(since) = run else {
+                    sqlx::query(
+                        "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+                    )
+                    .bind(endpoint_id)
+                    .execute(&mut *c)
+                    .await?;
+                    continue;
+                };
+                let sql = match since {
+                    FailingRun::Continues(_) => {
+                        "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $1) WHERE id = $2"
+                    }
+                    FailingRun::StartsAfterSuccess(_) => {
+                        "UPDATE webhook_endpoints SET failing_since = $1 WHERE id = $2"
+                    }
+                };
+                sqlx::query(sql).bind(since.at()).bind(endpoint_id).execute(&mut *c).await?;
+                let off = sqlx::query(
+                    "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2, updated_at = $1 \
+                     WHERE id = $3 AND disabled_at IS NULL AND failing_since <= $4",
                 )
                 .bind(now)
+                .bind("failing for 5 days")
                 .bind(endpoint_id)
+                .bind(disable_before)
                 .execute(&mut *c)
                 .await?
-                .rows_affected());
+                .rows_affected()
+                    > 0;
+                if off {
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET state = 'failed', updated_at = $1 WHERE endpoint_id = $2 \
+                         AND state = 'pending'",
+                    )
+                    .bind(now)
+                    .bind(endpoint_id)
+                    .execute(&mut *c)
+                    .await?;
+                    disabled.push(endpoint_id.to_string());
+                }
             }
-        }
+            disabled
+        });
         tx.commit().await?;
-        Ok(disabled)
+        Ok(out)
     }
 
     /// The endpoint's deliveries, newest first, each with its attempts.
@@ -542,5 +677,53 @@ impl Store {
             .rows_affected();
             Ok(n > 0)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(endpoint: &str, at: i64, succeeded: bool) -> FinishedAttempt {
+        FinishedAttempt {
+            log: AttemptLog {
+                id: format!("wha_{endpoint}_{at}"),
+                delivery_id: format!("whd_{at}"),
+                attempted_at: at,
+                status_code: Some(if succeeded { 200 } else { 500 }),
+                latency_ms: 1,
+                response_snippet: None,
+                error: None,
+                succeeded,
+            },
+            endpoint_id: endpoint.into(),
+            next_attempt_at: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_leaves_each_endpoint_where_its_last_attempts_put_it() {
+        // Given out of order: the batch is read in time order.
+        let batch = [
+            done("a", 30, false),
+            done("a", 10, false),
+            done("b", 10, false),
+            done("b", 20, true),
+            done("c", 10, true),
+            done("c", 20, false),
+            done("c", 40, false),
+            done("d", 10, false),
+            done("d", 20, true),
+        ];
+        let runs = failing_runs(&batch);
+        assert_eq!(
+            runs,
+            vec![
+                ("a", Some(FailingRun::Continues(10))),
+                ("b", None),
+                ("c", Some(FailingRun::StartsAfterSuccess(20))),
+                ("d", None),
+            ]
+        );
     }
 }

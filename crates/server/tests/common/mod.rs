@@ -153,6 +153,18 @@ impl TestServer {
         })
     }
 
+    /// An integer query (text arguments `$1`…) on this server's database, after a flush.
+    pub async fn count(&self, sql: &str, args: &[&str]) -> i64 {
+        self.state.ledger.flush().await.unwrap();
+        quota_store::on_pool!(self.state.store.pool(), |p| {
+            let mut q = sqlx::query_scalar(sql);
+            for a in args {
+                q = q.bind(*a);
+            }
+            q.fetch_one(p).await.unwrap()
+        })
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -36,7 +36,10 @@ pub const TEST_SCHEMA_PREFIX: &str = "quota_test_";
 /// A new, empty schema in the PostgreSQL at `base`; the URL returned selects it for every
 /// connection (`options=-c search_path=…`, which `psql` understands too).
 pub async fn fresh_postgres_schema(base: &str) -> String {
-    let schema = quota_core::ids::new_id(TEST_SCHEMA_PREFIX).to_lowercase().replace('-', "_");
+    // Named after its creation time, so `scripts/test` can drop old ones without touching a run
+    // going on meanwhile.
+    let secs = crate::now_ms() / 1000;
+    let schema = quota_core::ids::new_id(&format!("{TEST_SCHEMA_PREFIX}{secs}_")).to_lowercase().replace('-', "_");
     let mut conn = sqlx::PgConnection::connect(base).await.expect("connect to QUOTA_TEST_POSTGRES_URL");
     sqlx::query(&format!("CREATE SCHEMA \"{schema}\"")).execute(&mut conn).await.expect("create a test schema");
     let _ = conn.close().await;

@@ -5,14 +5,19 @@
 # on loopback with a fresh SQLite database in a temp dir, registers an account, credits it, creates a
 # `developer` key and a `test` (sandbox) key, then drives closed-loop load directly against the mock,
 # through Quota in proxy mode and in sandbox mode (1, 8 and 64 connections), plus a streaming row
-# (64 chunks 20 ms apart), and prints the table (bench/README.md explains every figure).
+# (64 chunks 20 ms apart), and prints the table (bench/README.md explains every figure). With
+# BENCH_POSTGRES_URL (or QUOTA_TEST_POSTGRES_URL) set, it then restarts `quota serve` on a fresh
+# schema of that PostgreSQL and adds the `proxy-pg` rows: proxy mode, billing on, one account,
+# so every request holds and settles on the same hot wallet row.
 #
 # The gateway is pinned to core 0 and the mock and load generator to core 1 (`taskset`), so runs are
 # comparable. Every wait is bounded and every process started here is stopped by the EXIT trap.
 # Knobs (environment): BENCH_DURATION_SECS (5), BENCH_WARMUP_SECS (1), BENCH_CONNECTIONS ("1 8 64"),
 # BENCH_STREAM_CONNECTIONS (16), BENCH_STREAM_DURATION_SECS (6), BENCH_SKIP_BUILD (0),
 # BENCH_KEEP_TMP (0: the temp dir with logs and JSON is removed unless the run failed),
-# BENCH_QUOTA_BIN (target/release/quota: another build of the gateway to measure).
+# BENCH_QUOTA_BIN (target/release/quota: another build of the gateway to measure),
+# BENCH_POSTGRES_URL (default QUOTA_TEST_POSTGRES_URL; unset: no PostgreSQL rows),
+# BENCH_PG_CONNECTIONS (default BENCH_CONNECTIONS).
 # Any other QUOTA_* variable already in the environment (QUOTA_LOG, QUOTA_SQLITE_SYNCHRONOUS=full…)
 # reaches `quota serve` as well.
 set -euo pipefail
@@ -21,10 +26,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DURATION="${BENCH_DURATION_SECS:-5}"
 WARMUP="${BENCH_WARMUP_SECS:-1}"
 CONNECTIONS="${BENCH_CONNECTIONS:-1 8 64}"
+PG_CONNECTIONS="${BENCH_PG_CONNECTIONS:-$CONNECTIONS}"
 STREAM_CONNECTIONS="${BENCH_STREAM_CONNECTIONS:-16}"
 STREAM_DURATION="${BENCH_STREAM_DURATION_SECS:-6}"
 SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 KEEP_TMP="${BENCH_KEEP_TMP:-0}"
+PG_BASE="${BENCH_POSTGRES_URL:-${QUOTA_TEST_POSTGRES_URL:-}}"
+PG_SCHEMA=""
 STREAM_CHUNKS=64
 STREAM_CHUNK_DELAY_MS=20
 EMAIL="bench@example.com"
@@ -60,6 +68,9 @@ cleanup() {
 	for pid in "${PIDS[@]}"; do
 		kill -9 "$pid" 2>/dev/null || true
 	done
+	if [ -n "$PG_SCHEMA" ]; then
+		timeout 30 psql "$PG_BASE" -qAtX -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $PG_SCHEMA CASCADE" >/dev/null 2>&1 || true
+	fi
 	if [ "$status" != 0 ]; then
 		for log in "$TMP/quota.log" "$TMP/mock.log"; do
 			if [ -s "$log" ]; then
@@ -160,7 +171,7 @@ export QUOTA_WELCOME_CREDITS=0
 export QUOTA_RATE_LIMIT_PER_MINUTE="${QUOTA_RATE_LIMIT_PER_MINUTE:-1000000000}"
 QUOTA_PID=""
 start_quota() {
-	say "starting quota serve on $QUOTA (database $TMP/quota.db)"
+	say "starting quota serve on $QUOTA (database $QUOTA_DATABASE_URL)"
 	(cd "$TMP" && exec "${PIN_GATEWAY[@]}" "$QUOTA_BIN" serve >>"$TMP/quota.log" 2>&1) &
 	QUOTA_PID=$! # `exec` (and taskset's own exec) keep this pid: it is the gateway's
 	PIDS+=("$QUOTA_PID")
@@ -198,40 +209,44 @@ balance() {
 start_quota
 
 # --- account, credits, keys ----------------------------------------------------------------------
-r="$(http -X POST -H 'content-type: application/json' \
-	-d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}" "$QUOTA/auth/register")"
-case "$(status_of "$r")" in 200 | 201) ;; *) die "POST /auth/register: $(status_of "$r") $(body_of "$r")" ;; esac
-SESSION="$(json_str "$(body_of "$r")" session_token)"
-[ -n "$SESSION" ] || die "POST /auth/register answered no session_token: $(body_of "$r")"
+# setup_account: register, credit (as the operator would, from another process), create a
+# `developer` and a `test` key: sets SESSION, DEV_KEY, TEST_KEY. Run once per database.
+setup_account() {	r="$(http -X POST -H 'content-type: application/json' \
+		-d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}" "$QUOTA/auth/register")"
+	case "$(status_of "$r")" in 200 | 201) ;; *) die "POST /auth/register: $(status_of "$r") $(body_of "$r")" ;; esac
+	SESSION="$(json_str "$(body_of "$r")" session_token)"
+	[ -n "$SESSION" ] || die "POST /auth/register answered no session_token: $(body_of "$r")"
 
-(cd "$TMP" && timeout 60 "$QUOTA_BIN" admin credit "$EMAIL" "$CREDITS") >"$TMP/credit.log" 2>&1 ||
-	die "quota admin credit $EMAIL $CREDITS failed: $(tail -n 5 "$TMP/credit.log")"
-# A running server applies transfers written by other processes at its next ledger tick
-# (every 250 ms); wait for it, bounded.
-seen=0
-for _ in $(seq 1 40); do
-	if [ "$(balance)" = "$CREDITS" ]; then
-		seen=1
-		break
-	fi
-	sleep 0.05
-done
-[ "$seen" = 1 ] || die "the running server did not see \`quota admin credit\` within 2 s (balance $(balance))"
+	(cd "$TMP" && timeout 60 "$QUOTA_BIN" admin credit "$EMAIL" "$CREDITS") >"$TMP/credit.log" 2>&1 ||
+		die "quota admin credit $EMAIL $CREDITS failed: $(tail -n 5 "$TMP/credit.log")"
+	# A running server applies transfers written by other processes at its next ledger tick
+	# (every 250 ms); wait for it, bounded.
+	seen=0
+	for _ in $(seq 1 40); do
+		if [ "$(balance)" = "$CREDITS" ]; then
+			seen=1
+			break
+		fi
+		sleep 0.05
+	done
+	[ "$seen" = 1 ] || die "the running server did not see \`quota admin credit\` within 2 s (balance $(balance))"
 
-create_key() {
-	local r key
-	r="$(http -X POST -H 'content-type: application/json' -H "Authorization: Bearer $SESSION" \
-		-d "{\"name\":\"bench-$1\",\"billing_mode\":\"$1\"}" "$QUOTA/developers/keys")"
-	case "$(status_of "$r")" in 200 | 201) ;; *) die "POST /developers/keys ($1): $(status_of "$r") $(body_of "$r")" ;; esac
-	key="$(json_str "$(body_of "$r")" key)"
-	[ -n "$key" ] || die "POST /developers/keys ($1) answered no key: $(body_of "$r")"
-	printf '%s' "$key"
+	create_key() {
+		local r key
+		r="$(http -X POST -H 'content-type: application/json' -H "Authorization: Bearer $SESSION" \
+			-d "{\"name\":\"bench-$1\",\"billing_mode\":\"$1\"}" "$QUOTA/developers/keys")"
+		case "$(status_of "$r")" in 200 | 201) ;; *) die "POST /developers/keys ($1): $(status_of "$r") $(body_of "$r")" ;; esac
+		key="$(json_str "$(body_of "$r")" key)"
+		[ -n "$key" ] || die "POST /developers/keys ($1) answered no key: $(body_of "$r")"
+		printf '%s' "$key"
+	}
+	DEV_KEY="$(create_key developer)"
+	TEST_KEY="$(create_key test)"
+
+	r="$(http -H "Authorization: Bearer $SESSION" "$QUOTA/auth/me")"
+	say "account ready: $(body_of "$r")"
 }
-DEV_KEY="$(create_key developer)"
-TEST_KEY="$(create_key test)"
-
-r="$(http -H "Authorization: Bearer $SESSION" "$QUOTA/auth/me")"
-say "account ready: $(body_of "$r")"
+setup_account
 
 # --- request bodies ------------------------------------------------------------------------------
 printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16}' >"$TMP/body.json"
@@ -335,11 +350,42 @@ else
 	LEDGER="quota ledger verify: FAILED ($(tail -n 3 "$TMP/verify.log" | tr '\n' ' '))"
 fi
 r="$(http -H "Authorization: Bearer $SESSION" "$QUOTA/auth/me")"
+ACCOUNT_AFTER="$(body_of "$r")"
+
+# --- PostgreSQL: proxy mode on one hot wallet ------------------------------------------------------
+PG_NOTE="no PostgreSQL rows (set BENCH_POSTGRES_URL or QUOTA_TEST_POSTGRES_URL)"
+if [ -n "$PG_BASE" ]; then
+	command -v psql >/dev/null 2>&1 || die "psql is needed to create the PostgreSQL schema"
+	PG_SCHEMA="quota_bench_$$_$RANDOM"
+	timeout 30 psql "$PG_BASE" -qAtX -v ON_ERROR_STOP=1 -c "CREATE SCHEMA $PG_SCHEMA" >/dev/null ||
+		die "cannot create schema $PG_SCHEMA in $PG_BASE"
+	stop_quota
+	sep='?'
+	case "$PG_BASE" in *\?*) sep='&' ;; esac
+	export QUOTA_DATABASE_URL="$PG_BASE${sep}options=-c%20search_path%3D$PG_SCHEMA"
+	start_quota
+	setup_account
+	r="$(http -X POST -H 'content-type: application/json' -H "Authorization: Bearer $DEV_KEY" \
+		--data-binary @"$TMP/body.json" "$QUOTA/v1/chat/completions")"
+	[ "$(status_of "$r")" = 200 ] || die "proxy request on PostgreSQL: $(status_of "$r") $(body_of "$r")"
+	WATCH=(--watch-pid "$QUOTA_PID" --expect-body '"quota"')
+	for c in $PG_CONNECTIONS; do
+		run_row proxy-pg "$c" "$DURATION" "$QUOTA/v1/chat/completions" "$TMP/body.json" \
+			--header "Authorization: Bearer $DEV_KEY" "${WATCH[@]}"
+	done
+	if (cd "$TMP" && timeout 120 "$QUOTA_BIN" ledger verify) >"$TMP/verify-pg.log" 2>&1; then
+		PG_LEDGER="OK"
+	else
+		PG_LEDGER="FAILED ($(tail -n 3 "$TMP/verify-pg.log" | tr '\n' ' '))"
+	fi
+	PG_NOTE="proxy-pg rows: PostgreSQL $(psql "$PG_BASE" -qAtX -c 'SHOW server_version' 2>/dev/null) (unpinned: it shares both cores), synchronous_commit=$(psql "$PG_BASE" -qAtX -c 'SHOW synchronous_commit' 2>/dev/null); one account and one key, so every request holds and settles on one wallet row; quota ledger verify on PostgreSQL: $PG_LEDGER"
+fi
 
 "$BIN/bench_report" "${ROWS[@]}" \
 	--note "$PINNING; $(nproc) cores; load average before the report: $(cut -d' ' -f1-3 /proc/loadavg)" \
 	--note "each row: ${WARMUP}s warm-up, then ${DURATION}s measured (streams: ${STREAM_DURATION}s; mock streams $STREAM_CHUNKS chunks ${STREAM_CHUNK_DELAY_MS} ms apart)" \
 	--note "CPU µs/req = quota's utime+stime over the window ÷ 2xx requests; peak RSS = quota's VmHWM so far (cumulative)" \
 	--note "mock completions served during proxy rows: $((${after_proxy:-0} - ${before:-0})); during sandbox rows: $((${after_sandbox:-0} - ${after_proxy:-0})) (must be 0); anthropic rows: OpenAI shape in, Anthropic /v1/messages out, 'added' against the OpenAI direct row" \
-	--note "$LEDGER; account after the run: $(body_of "$r")" \
+	--note "$LEDGER; account after the run: $ACCOUNT_AFTER" \
+	--note "$PG_NOTE" \
 	--note "$HOOK_NOTE (sandbox-webhooks rows: the sandbox rows again with a webhook endpoint receiving every usage.completed)"

@@ -1,6 +1,7 @@
 //! `bench_report`: turns the `loadgen` JSON files of one `bench/run.sh` run into the results table.
 //!
-//! Rows are named `KIND/CONNECTIONS=FILE`, KIND one of `direct`, `proxy`, `sandbox`, `anthropic` (non-streaming)
+//! Rows are named `KIND/CONNECTIONS=FILE`, KIND one of `direct`, `proxy`, `proxy-pg` (proxy mode on
+//! PostgreSQL), `sandbox`, `anthropic` (non-streaming)
 //! or `stream-direct`, `stream-proxy`. "Added" latency is a row minus its baseline at the same
 //! connection count (`direct/N` for `proxy/N` and `sandbox/N`, `stream-direct/N` for
 //! `stream-proxy/N`). Ends with the issue 2 targets, each marked PASS or MISS. Reads files only; it
@@ -60,6 +61,7 @@ fn load(spec: &str) -> Result<Row> {
     if ![
         "direct",
         "proxy",
+        "proxy-pg",
         "sandbox",
         "anthropic",
         "sandbox-webhooks",
@@ -80,7 +82,7 @@ fn load(spec: &str) -> Result<Row> {
 
 fn baseline_kind(kind: &str) -> Option<&'static str> {
     match kind {
-        "proxy" | "sandbox" | "anthropic" | "sandbox-webhooks" => Some("direct"),
+        "proxy" | "proxy-pg" | "sandbox" | "anthropic" | "sandbox-webhooks" => Some("direct"),
         "stream-proxy" | "stream-anthropic" => Some("stream-direct"),
         _ => None,
     }
@@ -313,6 +315,7 @@ mod tests {
     fn baselines_pair_modes_with_direct() {
         assert_eq!(baseline_kind("proxy"), Some("direct"));
         assert_eq!(baseline_kind("sandbox"), Some("direct"));
+        assert_eq!(baseline_kind("proxy-pg"), Some("direct"));
         assert_eq!(baseline_kind("stream-proxy"), Some("stream-direct"));
         assert_eq!(baseline_kind("direct"), None);
     }

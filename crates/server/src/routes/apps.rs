@@ -195,7 +195,7 @@ async fn save(state: &SharedState, mut app: App) -> Result<Json<Value>, ApiError
     }
     // Cached tokens carry the app's markup: the next request reads the new one.
     state.oauth.tokens.evict_app(&app.id);
-    crate::changes::announce(&state, &crate::changes::app(&app.id)).await;
+    crate::changes::announce(state, &crate::changes::app(&app.id)).await;
     Ok(Json(app_json(&app)))
 }
 

@@ -198,7 +198,9 @@ impl crate::Store {
     /// never half raw, half aggregated. Returns how many records were removed.
     pub async fn expire_usage(&self, cutoff: i64) -> Result<u64, crate::StoreError> {
         let cutoff = cutoff.div_euclid(DAY_MS) * DAY_MS;
-        let mut tx = self.pool().begin().await?;
+        // Every instance runs retention: one at a time (the write lock), so a record is folded
+        // into the aggregates once, by whichever instance gets there first.
+        let mut tx = self.pool().begin_write().await?;
         on_tx!(&mut tx, |c| {
             sqlx::query(
             "INSERT INTO usage_daily (day, developer_id, key_id, app_id, payer_account, billing_mode, model, sandbox, \

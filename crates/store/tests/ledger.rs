@@ -253,3 +253,44 @@ async fn a_hold_never_settled_expires_and_frees_its_credits() {
     assert_eq!(ledger.available(&w).await.unwrap(), Credits(100));
     assert_eq!(ledger.balance(&w).await.unwrap(), Credits(100), "expiry charges nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_run_by_two_instances_at_once_folds_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = quota_store::testing::fresh_database_url(dir.path()).await;
+    let (a, b) = (open_at(&url).await, open_at(&url).await);
+    let ledger = Ledger::start(a.clone(), LedgerConfig::default()).await.unwrap();
+    const DAY: i64 = quota_store::usage::DAY_MS;
+    for i in 0..50 {
+        let record = quota_store::usage::UsageRecord {
+            id: format!("req_{i}"),
+            created_at: DAY + i,
+            developer_id: "usr_dev".into(),
+            key_id: Some("key_1".into()),
+            app_id: None,
+            payer_account: "wallet:usr_dev".into(),
+            billing_mode: "developer".into(),
+            model: "gpt-4o-mini".into(),
+            provider: "openai".into(),
+            input_tokens: 10,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            output_tokens: 5,
+            base_cost: 7,
+            markup: 0,
+            total: 7,
+            status: "succeeded".into(),
+            latency_ms: 1,
+            sandbox: false,
+        };
+        ledger.record(record).await.unwrap();
+    }
+    ledger.flush().await.unwrap();
+    // Both instances' retention jobs fire at the same moment.
+    let (ra, rb) = tokio::join!(a.expire_usage(3 * DAY), b.expire_usage(3 * DAY));
+    assert_eq!(ra.unwrap() + rb.unwrap(), 50, "each record deleted once");
+    let rows = a.usage_aggregates("usr_dev", 0, 10 * DAY).await.unwrap();
+    let requests: i64 = rows.iter().map(|r| r.requests).sum();
+    let total: i64 = rows.iter().map(|r| r.total).sum();
+    assert_eq!((requests, total), (50, 350), "folded once: {rows:?}");
+}

@@ -46,6 +46,9 @@ pub struct LedgerConfig {
     pub tick: Duration,
     /// Written on every transfer this process commits, to tell its rows from others'.
     pub origin: String,
+    /// WAL length (pages) past which the checkpointer makes the WAL start over (see
+    /// `checkpoint`); the default, 10,000 pages, is ~40 MB.
+    pub wal_restart_frames: i64,
 }
 
 impl Default for LedgerConfig {
@@ -56,6 +59,7 @@ impl Default for LedgerConfig {
             hold_ttl: Duration::from_secs(660),
             tick: Duration::from_millis(250),
             origin: quota_core::ids::new_id("proc_"),
+            wal_restart_frames: 10_000,
         }
     }
 }
@@ -155,6 +159,8 @@ struct Inner {
     jobs: mpsc::Sender<Job>,
     next_hold: AtomicU64,
     config: LedgerConfig,
+    /// How many times the checkpointer made the WAL start over.
+    wal_restarts: AtomicU64,
 }
 
 /// The ledger engine. Cheap to clone; all clones share one writer.
@@ -204,8 +210,13 @@ impl Ledger {
             .map_err(StoreError::from)?
             .get("s");
         let (tx, rx) = mpsc::channel(config.queue_max.max(1));
-        let inner =
-            Arc::new(Inner { state: Mutex::new(State::default()), jobs: tx, next_hold: AtomicU64::new(1), config });
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            jobs: tx,
+            next_hold: AtomicU64::new(1),
+            config,
+            wal_restarts: AtomicU64::new(0),
+        });
         // Checkpoints run from a pool connection every second (PASSIVE: they never block the
         // writer) instead of inline in the commit that crosses SQLite's threshold.
         sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut conn).await.map_err(StoreError::from)?;
@@ -216,11 +227,16 @@ impl Ledger {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                if alive.upgrade().is_none() {
+                let Some(inner) = alive.upgrade() else {
                     break;
-                }
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(checkpointer.pool()).await {
-                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                };
+                match checkpoint(&checkpointer, inner.config.wal_restart_frames).await {
+                    Ok(true) => {
+                        inner.wal_restarts.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("quota_sqlite_wal_restarts_total").increment(1);
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
                 }
             }
         });
@@ -234,6 +250,11 @@ impl Ledger {
         };
         tokio::spawn(writer.run(rx, inner.config.tick));
         Ok(Ledger { inner })
+    }
+
+    /// How many times the WAL was made to start over (see `checkpoint`).
+    pub fn wal_restarts(&self) -> u64 {
+        self.inner.wal_restarts.load(Ordering::Relaxed)
     }
 
     pub fn origin(&self) -> &str {
@@ -383,6 +404,25 @@ const LAST_USED_RESOLUTION_MS: i64 = 1_000;
 const KEYS_WRITTEN_AT_MAX: usize = 100_000;
 /// How often committed WAL frames are copied into the database, off the commit path.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Copy committed WAL frames into the database without blocking anyone (PASSIVE). Under
+/// continuous writes no moment is ever fully checkpointed, so SQLite never starts the WAL over
+/// and the file would grow without bound: past `restart_frames`, a RESTART checkpoint
+/// follows, which holds the writer back only while it copies the frames written since the
+/// PASSIVE pass and waits for readers to move to the newest snapshot.
+/// Returns whether the WAL was made to start over.
+async fn checkpoint(store: &Store, restart_frames: i64) -> Result<bool, sqlx::Error> {
+    // (busy, frames in the WAL, frames checkpointed)
+    let r = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(store.pool()).await?;
+    let frames: i64 = r.try_get(1)?;
+    if frames >= restart_frames {
+        let r = sqlx::query("PRAGMA wal_checkpoint(RESTART)").fetch_one(store.pool()).await?;
+        let busy: i64 = r.try_get(0)?;
+        tracing::debug!(frames, restarted = busy == 0, "WAL restart checkpoint");
+        return Ok(busy == 0);
+    }
+    Ok(false)
+}
 
 struct Writer {
     conn: SqliteConnection,

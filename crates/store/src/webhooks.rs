@@ -339,7 +339,9 @@ impl Store {
     pub async fn dispatch_events(&self, now: i64, limit: i64) -> Result<usize, StoreError> {
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let events = sqlx::query(
-            "UPDATE events SET dispatched_at = $1 WHERE dispatched_at IS NULL AND seq IN \
+            // Conditions only in the subquery: the outer statement then finds its rows by key
+            // instead of walking every undispatched event (the backlog) a second time.
+            "UPDATE events SET dispatched_at = $1 WHERE seq IN \
              (SELECT seq FROM events WHERE dispatched_at IS NULL ORDER BY seq LIMIT $2) \
              RETURNING id, type, developer_id, endpoint_id, created_at",
         )
@@ -414,10 +416,12 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let claimed = sqlx::query(
-            "UPDATE webhook_deliveries SET lease_until = $1 WHERE state = 'pending' AND next_attempt_at <= $2 \
-             AND lease_until <= $2 AND id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' \
-             AND next_attempt_at <= $2 AND lease_until <= $2 ORDER BY next_attempt_at LIMIT $3) \
-             RETURNING id, event_id, endpoint_id, attempts, created_at",
+            // Conditions only in the subquery (one statement: atomic under the write lock): the
+            // outer statement finds its rows by key. Repeated outside, SQLite walks every due
+            // row of the backlog through the (state, next_attempt_at) index on each claim.
+            "UPDATE webhook_deliveries SET lease_until = $1 WHERE id IN (SELECT id FROM webhook_deliveries \
+             WHERE state = 'pending' AND next_attempt_at <= $2 AND lease_until <= $2 \
+             ORDER BY next_attempt_at LIMIT $3) RETURNING id, event_id, endpoint_id, attempts, created_at",
         )
         .bind(lease_until)
         .bind(now)

@@ -163,7 +163,8 @@ pub async fn js() -> Response {
 }
 
 /// Bytes of the stylesheet and script every page loads (for the page-weight budget).
-pub fn asset_bytes() -> usize {
+#[cfg(test)]
+fn asset_bytes() -> usize {
     CSS.len() + JS.len()
 }
 

@@ -225,7 +225,7 @@ fn delivery_row(dash: &Dash, endpoint_id: &str, d: &Value) -> String {
 
 /// `POST /dashboard/webhooks/:id/test`.
 pub async fn send_test(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
-    api::test(State(state.clone()), f.dash.session(), Path(id.clone())).await?;
+    let _accepted = api::test(State(state.clone()), f.dash.session(), Path(id.clone())).await?;
     Ok(see_other(&format!("/dashboard/webhooks/{id}?done=webhook_test")).into_response())
 }
 
@@ -235,13 +235,13 @@ pub async fn replay(
     Path((id, delivery_id)): Path<(String, String)>,
     f: DashForm,
 ) -> PageResult {
-    api::replay(State(state.clone()), f.dash.session(), Path((id.clone(), delivery_id))).await?;
+    let _accepted = api::replay(State(state.clone()), f.dash.session(), Path((id.clone(), delivery_id))).await?;
     Ok(see_other(&format!("/dashboard/webhooks/{id}?done=webhook_replay")).into_response())
 }
 
 /// `POST /dashboard/webhooks/:id/delete`.
 pub async fn delete(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
-    api::delete(State(state.clone()), f.dash.session(), Path(id)).await?;
+    let _accepted = api::delete(State(state.clone()), f.dash.session(), Path(id)).await?;
     Ok(see_other("/dashboard/webhooks?done=webhook_deleted").into_response())
 }
 

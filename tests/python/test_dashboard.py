@@ -62,7 +62,20 @@ def page(browser: Browser) -> Iterator[Page]:
     p = context.new_page()
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
-    p.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+    def console(m) -> None:
+        # CSP violations and script errors. Pages answering 4xx to bad input are expected and
+        # logged by Chromium as "Failed to load resource"; sub-resources are checked below.
+        if m.type == "error" and not m.text.startswith("Failed to load resource"):
+            errors.append(f"{m.text} ({m.location.get('url')})")
+
+    def response(r) -> None:
+        # The dev provider's checkout page (not the dashboard's) has no icon: /favicon.ico 404s.
+        if r.request.resource_type != "document" and r.status >= 400 and not r.url.endswith("/favicon.ico"):
+            errors.append(f"{r.status} for {r.url}")
+
+    p.on("console", console)
+    p.on("response", response)
     yield p
     context.close()
     assert not errors, f"browser errors (CSP violations, script errors): {errors}"
@@ -136,7 +149,7 @@ def test_sandbox_request_shows_up_with_its_charge_and_the_new_balance(start_quot
     shoot(page, "overview")
 
     page.get_by_role("navigation", name="Dashboard").get_by_role("link", name="Usage").click()
-    page.get_by_label("Mode").select_option(label="Sandbox")
+    page.get_by_label("Mode", exact=True).select_option(label="Sandbox")
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_role("row").filter(has_text=request_id)).to_be_visible()
     csv_link = page.get_by_role("link", name="Download CSV")

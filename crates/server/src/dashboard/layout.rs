@@ -133,6 +133,7 @@ pub fn frame(title: &str, active: &str, dash: Option<&Dash>, flash: Option<&Flas
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · Quota dashboard</title><link rel=\"stylesheet\" href=\"/dashboard/static/app.css\">\
+         <link rel=\"icon\" href=\"/dashboard/static/favicon.svg\" type=\"image/svg+xml\">\
          <script src=\"/dashboard/static/app.js\" defer></script></head><body>\
          <a class=\"skip\" href=\"#main\">Skip to content</a>\
          <header><a class=\"brand\" href=\"/dashboard\">Quota</a>{nav}</header>\
@@ -143,6 +144,7 @@ pub fn frame(title: &str, active: &str, dash: Option<&Dash>, flash: Option<&Flas
 
 const CSS: &str = include_str!("app.css");
 const JS: &str = include_str!("app.js");
+const FAVICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\"><rect width=\"16\" height=\"16\" rx=\"3\" fill=\"#14213d\"/><text x=\"8\" y=\"12\" font-size=\"11\" text-anchor=\"middle\" fill=\"#ffd166\" font-family=\"sans-serif\">Q</text></svg>";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut resp = body.into_response();
@@ -155,6 +157,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// `GET /dashboard/static/app.css`.
 pub async fn css() -> Response {
     asset("text/css; charset=utf-8", CSS)
+}
+
+/// `GET /dashboard/static/favicon.svg`.
+pub async fn favicon() -> Response {
+    asset("image/svg+xml", FAVICON)
 }
 
 /// `GET /dashboard/static/app.js`.

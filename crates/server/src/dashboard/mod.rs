@@ -44,6 +44,7 @@ pub fn router() -> Router<SharedState> {
         .route("/dashboard/", get(overview::page))
         .route("/dashboard/static/app.css", get(layout::css))
         .route("/dashboard/static/app.js", get(layout::js))
+        .route("/dashboard/static/favicon.svg", get(layout::favicon))
         .route("/dashboard/signin", get(signin::signin_page).post(signin::signin))
         .route("/dashboard/signup", get(signin::signup_page).post(signin::signup))
         .route("/dashboard/signout", post(signin::signout))

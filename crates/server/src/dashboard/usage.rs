@@ -187,12 +187,12 @@ pub async fn usage_page(State(state): State<SharedState>, dash: Dash, Query(form
         .collect();
     let body = format!(
         "<h1>Usage</h1><section><form method=\"get\" action=\"/dashboard/usage\" class=\"filters\" aria-label=\"Filters\">\
-         <label for=\"f-from\">From<input type=\"date\" id=\"f-from\" name=\"from\" value=\"{from}\"></label>\
-         <label for=\"f-to\">To (inclusive)<input type=\"date\" id=\"f-to\" name=\"to\" value=\"{to}\"></label>\
-         <label for=\"f-key\">Key<select id=\"f-key\" name=\"key_id\"><option value=\"\">All keys</option>{key_options}</select></label>\
-         <label for=\"f-model\">Model<input type=\"text\" id=\"f-model\" name=\"model\" list=\"models\" value=\"{model}\" size=\"18\"></label>\
+         <div class=\"field\"><label for=\"f-from\">From</label><input type=\"date\" id=\"f-from\" name=\"from\" value=\"{from}\"></div>\
+         <div class=\"field\"><label for=\"f-to\">To (inclusive)</label><input type=\"date\" id=\"f-to\" name=\"to\" value=\"{to}\"></div>\
+         <div class=\"field\"><label for=\"f-key\">Key</label><select id=\"f-key\" name=\"key_id\"><option value=\"\">All keys</option>{key_options}</select></div>\
+         <div class=\"field\"><label for=\"f-model\">Model</label><input type=\"text\" id=\"f-model\" name=\"model\" list=\"models\" value=\"{model}\" size=\"18\"></div>\
          <datalist id=\"models\">{models}</datalist>\
-         <label for=\"f-mode\">Mode<select id=\"f-mode\" name=\"mode\"><option value=\"\">All modes</option>{mode_options}</select></label>\
+         <div class=\"field\"><label for=\"f-mode\">Mode</label><select id=\"f-mode\" name=\"mode\"><option value=\"\">All modes</option>{mode_options}</select></div>\
          <button type=\"submit\">Apply</button> <a href=\"/dashboard/usage\">Clear</a></form></section>{content}",
         from = escape(&form.from),
         to = escape(&form.to),

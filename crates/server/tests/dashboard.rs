@@ -76,12 +76,8 @@ async fn an_expired_session_redirects_to_sign_in_with_a_message() {
     let token = quota_core::ids::new_secret("sess_");
     let hash = quota_server::secrets::hash_token(&token);
     s.state.store.create_session(&hash, &user_id, quota_store::now_ms() - 1_000).await.unwrap();
-    let r = client()
-        .get(s.url("/dashboard/usage"))
-        .header(COOKIE, format!("quota_session={token}"))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        client().get(s.url("/dashboard/usage")).header(COOKIE, format!("quota_session={token}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let location = r.headers()[LOCATION].to_str().unwrap().to_string();
     assert!(location.starts_with("/dashboard/signin?") && location.contains("expired=1"), "{location}");
@@ -255,7 +251,8 @@ async fn keys_are_limited_rotated_and_revoked_from_the_page() {
     let (b, user_id) = Browser::signed_in(&s, "rotate@example.com").await;
     b.submit("/dashboard/keys", "/dashboard/keys", &[("name", "k"), ("billing_mode", "developer")]).await;
     let id = s.state.store.list_keys(&user_id).await.unwrap()[0].id.clone();
-    let r = b.submit("/dashboard/keys", &format!("/dashboard/keys/{id}/limit"), &[("rate_limit_per_minute", "42")]).await;
+    let r =
+        b.submit("/dashboard/keys", &format!("/dashboard/keys/{id}/limit"), &[("rate_limit_per_minute", "42")]).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(s.state.store.key(&user_id, &id).await.unwrap().unwrap().rate_limit_per_minute, Some(42));
     let r = b.submit("/dashboard/keys", &format!("/dashboard/keys/{id}/rotate"), &[]).await;
@@ -296,28 +293,31 @@ async fn a_bad_markup_is_shown_and_the_app_keeps_its_margin() {
     assert!(detail.contains("$0.00045") && detail.contains("$0.000563"), "{detail}");
     for bad in ["abc", "-5", "1001", "2.345"] {
         let r = b
-            .submit(&format!("/dashboard/apps/{}", app.id), &format!("/dashboard/apps/{}/settings", app.id), &[
-                ("markup_percent", bad),
-            ])
+            .submit(
+                &format!("/dashboard/apps/{}", app.id),
+                &format!("/dashboard/apps/{}/settings", app.id),
+                &[("markup_percent", bad)],
+            )
             .await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
         assert!(r.text().await.unwrap().contains("markup must be a percentage"));
     }
     let r = b
-        .submit(&format!("/dashboard/apps/{}", app.id), &format!("/dashboard/apps/{}", app.id), &[
-            ("name", "Acme"),
-            ("redirect_uris", "ftp://nope"),
-            ("scopes", "openid"),
-        ])
+        .submit(
+            &format!("/dashboard/apps/{}", app.id),
+            &format!("/dashboard/apps/{}", app.id),
+            &[("name", "Acme"), ("redirect_uris", "ftp://nope"), ("scopes", "openid")],
+        )
         .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let after = s.state.store.app_of(&user_id, &app.id).await.unwrap().unwrap();
     assert_eq!((after.profit_margin_bps, after.redirect_uris.clone()), (2500, app.redirect_uris.clone()));
     let r = b
-        .submit(&format!("/dashboard/apps/{}", app.id), &format!("/dashboard/apps/{}/settings", app.id), &[
-            ("markup_percent", "12.5"),
-            ("welcome_credits", "0.10"),
-        ])
+        .submit(
+            &format!("/dashboard/apps/{}", app.id),
+            &format!("/dashboard/apps/{}/settings", app.id),
+            &[("markup_percent", "12.5"), ("welcome_credits", "0.10")],
+        )
         .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let after = s.state.store.app_of(&user_id, &app.id).await.unwrap().unwrap();
@@ -332,19 +332,20 @@ async fn a_bad_webhook_url_is_shown_and_creates_nothing() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("role=\"alert\""));
     let r = b
-        .submit("/dashboard/webhooks", "/dashboard/webhooks", &[
-            ("url", "http://127.0.0.1:9/hook"),
-            ("low_balance_threshold", "five"),
-        ])
+        .submit(
+            "/dashboard/webhooks",
+            "/dashboard/webhooks",
+            &[("url", "http://127.0.0.1:9/hook"), ("low_balance_threshold", "five")],
+        )
         .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(s.state.store.webhook_endpoints(&user_id).await.unwrap().is_empty());
     let r = b
-        .submit("/dashboard/webhooks", "/dashboard/webhooks", &[
-            ("url", "http://127.0.0.1:9/hook"),
-            ("events", "usage.completed"),
-            ("low_balance_threshold", "0.50"),
-        ])
+        .submit(
+            "/dashboard/webhooks",
+            "/dashboard/webhooks",
+            &[("url", "http://127.0.0.1:9/hook"), ("events", "usage.completed"), ("low_balance_threshold", "0.50")],
+        )
         .await;
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("whsec_"));
@@ -386,7 +387,11 @@ async fn pages_carry_security_headers() {
         let h = r.headers();
         assert_eq!(h["x-frame-options"], "DENY", "{path}");
         let csp = h["content-security-policy"].to_str().unwrap();
-        assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+        assert!(
+            csp.contains("frame-ancestors 'none'")
+                && csp.contains("script-src 'self'")
+                && !csp.contains("unsafe-inline")
+        );
         assert_eq!(h["x-content-type-options"], "nosniff");
         assert_eq!(h["cache-control"], "no-store");
     }
@@ -397,11 +402,11 @@ async fn every_page_with_its_assets_is_under_100_kb() {
     let s = TestServer::start().await;
     let (b, user_id) = Browser::signed_in(&s, "weight@example.com").await;
     b.submit("/dashboard/keys", "/dashboard/keys", &[("name", "k"), ("billing_mode", "test")]).await;
-    b.submit("/dashboard/apps", "/dashboard/apps", &[
-        ("name", "A"),
-        ("redirect_uris", "http://localhost/cb"),
-        ("scopes", "openid"),
-    ])
+    b.submit(
+        "/dashboard/apps",
+        "/dashboard/apps",
+        &[("name", "A"), ("redirect_uris", "http://localhost/cb"), ("scopes", "openid")],
+    )
     .await;
     b.submit("/dashboard/webhooks", "/dashboard/webhooks", &[("url", "http://127.0.0.1:9/h")]).await;
     let app_id = s.state.store.apps_of(&user_id).await.unwrap()[0].id.clone();
@@ -465,5 +470,77 @@ async fn bad_usage_filters_are_shown_not_failed() {
     let r = b.get("/dashboard/usage?from=2025-03-01&to=2025-03-31&mode=test").await;
     assert_eq!(r.status(), 200);
     let page = r.text().await.unwrap();
-    assert!(page.contains("/v1/usage?format=csv&amp;from=2025-03-01&amp;to=2025-04-01T00%3A00%3A00.000Z&amp;billing_mode=test"), "{page}");
+    assert!(
+        page.contains(
+            "/v1/usage?format=csv&amp;from=2025-03-01&amp;to=2025-04-01T00%3A00%3A00.000Z&amp;billing_mode=test"
+        ),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn the_wallet_lists_connected_apps_with_their_spend_and_disconnects_them() {
+    let (s, _upstream) = common::proxied().await;
+    let app = s.app(serde_json::json!({"name": "Acme Chat", "profit_margin": 0.25})).await;
+    let (user_id, session, token) = s.connected_user(&app, "openid credits.spend").await;
+    let access = token["access_token"].as_str().unwrap().to_string();
+    let r = s
+        .http
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&access)
+        .json(&serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let paid = s.state.store.connections_of(&user_id).await.unwrap()[0].spend;
+    assert!(paid > 0);
+
+    let user = Browser { http: client(), base: s.base.clone(), session };
+    let wallet = user.page("/dashboard/wallet").await;
+    assert!(wallet.contains("Acme Chat") && wallet.contains(&usd_text(paid)), "{wallet}");
+    let developer = Browser { http: client(), base: s.base.clone(), session: app.developer_session.clone() };
+    let detail = developer.page(&format!("/dashboard/apps/{}", app.id)).await;
+    assert!(detail.contains(&usd_text(paid)) && detail.contains("@example.com"), "connected user and spend");
+
+    let r =
+        user.submit("/dashboard/wallet", &format!("/dashboard/wallet/connections/{}/disconnect", app.id), &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(s.state.store.connections_of(&user_id).await.unwrap().is_empty());
+    let r = s.http.get(s.url("/v1/balance")).bearer_auth(&access).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the app's token stops working");
+    let r =
+        user.submit("/dashboard/wallet", &format!("/dashboard/wallet/connections/{}/disconnect", app.id), &[]).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "nothing left to disconnect");
+    assert!(r.text().await.unwrap().contains("role=\"alert\""));
+}
+
+#[tokio::test]
+async fn top_up_and_payout_onboarding_go_to_the_payment_provider() {
+    let s = TestServer::start_with(|c| c.payments_provider = Some("dev".into())).await;
+    let (b, user_id) = Browser::signed_in(&s, "pay@example.com").await;
+    let wallet = b.page("/dashboard/wallet").await;
+    assert!(wallet.contains("Starter") && wallet.contains("$4.05 of credit"));
+    let r = b.submit("/dashboard/wallet", "/dashboard/wallet/checkout", &[("package_id", "starter")]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(r.headers()[LOCATION].to_str().unwrap().contains("/payments/dev/checkout/cs_dev_"));
+    let r = b.submit("/dashboard/wallet", "/dashboard/wallet/checkout", &[("package_id", "mega")]).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.text().await.unwrap().contains("no package"));
+
+    assert!(b.page("/dashboard/payouts").await.contains("Set up payouts with Stripe"));
+    let r = b.submit("/dashboard/payouts", "/dashboard/payouts/onboard", &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(r.headers()[LOCATION].to_str().unwrap().ends_with("/dashboard/payouts?connect=return"));
+    assert!(s.state.store.connect_account(&user_id).await.unwrap().is_some());
+    let page = b.page("/dashboard/payouts?connect=return").await;
+    assert!(page.contains("is connected") && page.contains("Back from Stripe"));
+}
+
+#[tokio::test]
+async fn without_a_payment_provider_the_pages_say_so() {
+    let s = TestServer::start().await;
+    let (b, _) = Browser::signed_in(&s, "nopay@example.com").await;
+    assert!(b.page("/dashboard/wallet").await.contains("Top-ups are not configured"));
+    assert!(b.page("/dashboard/payouts").await.contains("Payouts are not configured"));
 }

@@ -30,10 +30,15 @@ pub fn percent_to_margin(text: &str) -> Result<Margin, ApiError> {
     let bad = || ApiError::bad_request("markup must be a percentage from 0 to 1000, with at most two decimals");
     let t = text.trim().trim_end_matches('%').trim();
     let (int, frac) = t.split_once('.').unwrap_or((t, ""));
-    if int.is_empty() || int.len() > 4 || frac.len() > 2 || !(int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit())) {
+    if int.is_empty()
+        || int.len() > 4
+        || frac.len() > 2
+        || !(int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()))
+    {
         return Err(bad());
     }
-    let bps: u32 = int.parse::<u32>().map_err(|_| bad())? * 100 + format!("{frac:0<2}").parse::<u32>().map_err(|_| bad())?;
+    let bps: u32 =
+        int.parse::<u32>().map_err(|_| bad())? * 100 + format!("{frac:0<2}").parse::<u32>().map_err(|_| bad())?;
     Margin::from_bps(bps).map_err(|_| bad())
 }
 
@@ -188,7 +193,9 @@ fn example(state: &SharedState, margin: Margin) -> String {
             ..Default::default()
         });
         lines.push((
-            format!("A {EXAMPLE_MODEL} request of {EXAMPLE_INPUT_TOKENS} input and {EXAMPLE_OUTPUT_TOKENS} output tokens"),
+            format!(
+                "A {EXAMPLE_MODEL} request of {EXAMPLE_INPUT_TOKENS} input and {EXAMPLE_OUTPUT_TOKENS} output tokens"
+            ),
             base,
         ));
     }
@@ -207,11 +214,19 @@ fn example(state: &SharedState, margin: Margin) -> String {
             )
         })
         .collect();
-    format!("<div class=\"example\" aria-live=\"polite\"><p>With a markup of {}:</p><ul>{items}</ul></div>", percent(margin))
+    format!(
+        "<div class=\"example\" aria-live=\"polite\"><p>With a markup of {}:</p><ul>{items}</ul></div>",
+        percent(margin)
+    )
 }
 
 async fn owned(state: &SharedState, dash: &Dash, id: &str) -> Result<App, ApiError> {
-    state.store.app_of(dash.user_id(), id).await.map_err(internal("dashboard app"))?.ok_or_else(|| ApiError::not_found("app"))
+    state
+        .store
+        .app_of(dash.user_id(), id)
+        .await
+        .map_err(internal("dashboard app"))?
+        .ok_or_else(|| ApiError::not_found("app"))
 }
 
 async fn render_detail(
@@ -238,14 +253,11 @@ async fn render_detail(
             )
         })
         .collect();
-    let scopes: Vec<String> = Scopes::parse(&app.allowed_scopes)
-        .unwrap_or_default()
-        .iter()
-        .map(|s| s.as_str().to_string())
-        .collect();
+    let scopes: Vec<String> =
+        Scopes::parse(&app.allowed_scopes).unwrap_or_default().iter().map(|s| s.as_str().to_string()).collect();
     let markup_value = markup_draft.unwrap_or_else(|| {
         let bps = margin.bps();
-        if bps % 100 == 0 {
+        if bps.is_multiple_of(100) {
             (bps / 100).to_string()
         } else {
             format!("{}.{:02}", bps / 100, bps % 100)

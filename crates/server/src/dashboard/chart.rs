@@ -6,9 +6,9 @@ use super::layout::{escape, usd};
 use quota_store::clock::civil_from_days;
 use quota_store::usage::DAY_MS;
 
-const WIDTH: i64 = 640;
-const HEIGHT: i64 = 200;
-const LEFT: i64 = 64;
+const WIDTH: i64 = 480;
+const HEIGHT: i64 = 180;
+const LEFT: i64 = 60;
 const BOTTOM: i64 = 24;
 const TOP: i64 = 10;
 
@@ -57,10 +57,10 @@ pub fn daily_bars(id: &str, title: &str, first_day_ms: i64, values: &[i64]) -> S
          <line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{w}\" y2=\"{TOP}\" stroke=\"#d5d9e0\"/>\
          <line x1=\"{LEFT}\" y1=\"{mid}\" x2=\"{w}\" y2=\"{mid}\" stroke=\"#e3e6eb\"/>\
          <line x1=\"{LEFT}\" y1=\"{axis_y}\" x2=\"{w}\" y2=\"{axis_y}\" stroke=\"#4a5160\"/>\
-         <text x=\"{lx}\" y=\"{ty}\" text-anchor=\"end\" font-size=\"11\" fill=\"#4a5160\">{maxl}</text>\
-         <text x=\"{lx}\" y=\"{by}\" text-anchor=\"end\" font-size=\"11\" fill=\"#4a5160\">$0</text>\
-         <text x=\"{LEFT}\" y=\"{dy}\" font-size=\"11\" fill=\"#4a5160\">{d0}</text>\
-         <text x=\"{w}\" y=\"{dy}\" text-anchor=\"end\" font-size=\"11\" fill=\"#4a5160\">{d1}</text>\
+         <text x=\"{lx}\" y=\"{ty}\" text-anchor=\"end\" font-size=\"12\" fill=\"#4a5160\">{maxl}</text>\
+         <text x=\"{lx}\" y=\"{by}\" text-anchor=\"end\" font-size=\"12\" fill=\"#4a5160\">$0</text>\
+         <text x=\"{LEFT}\" y=\"{dy}\" font-size=\"12\" fill=\"#4a5160\">{d0}</text>\
+         <text x=\"{w}\" y=\"{dy}\" text-anchor=\"end\" font-size=\"12\" fill=\"#4a5160\">{d1}</text>\
          {bars}</svg><figcaption class=\"readout\" id=\"{id}-readout\" aria-live=\"polite\">{caption}</figcaption></figure>",
         summary = escape(&summary),
         w = WIDTH - 8,

@@ -2,7 +2,7 @@
 //! shown once with a copy button, the per-key rate-limit override, rotate, revoke. Writes call
 //! `crate::routes::keys`' handlers, so the rules are the API's.
 
-use super::layout::{button_form, csrf_field, escape, mode_label, frame, secret_box, table, td, when};
+use super::layout::{button_form, csrf_field, escape, frame, mode_label, secret_box, table, td, when};
 use super::{html, see_other, status_of, Dash, DashForm, Flash, PageResult};
 use crate::app::SharedState;
 use crate::body::JsonBody;
@@ -164,8 +164,15 @@ pub async fn rotate(State(state): State<SharedState>, Path(id): Path<String>, f:
     match api::rotate(State(state.clone()), f.dash.session(), Path(id)).await {
         Ok((_, axum::Json(v))) => {
             let secret = v["key"].as_str().unwrap_or_default().to_string();
-            render(&state, &f.dash, Some(Flash::ok("Key rotated: the old secret no longer works.")), None, Some(secret), Draft::default())
-                .await
+            render(
+                &state,
+                &f.dash,
+                Some(Flash::ok("Key rotated: the old secret no longer works.")),
+                None,
+                Some(secret),
+                Draft::default(),
+            )
+            .await
         }
         Err(e) => render(&state, &f.dash, None, Some(e), None, Draft::default()).await,
     }

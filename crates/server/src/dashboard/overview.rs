@@ -5,7 +5,7 @@
 //! sandbox requests), from the same usage rows `/developers/analytics` reads. What the account
 //! spent as an end user of other developers' apps is on the wallet page, per app.
 
-use super::layout::{mode_label, frame, table, td, td_num, usd, when};
+use super::layout::{frame, mode_label, table, td, td_num, usd, when};
 use super::{chart, html, Dash, Flash, PageError, PageResult};
 use crate::app::SharedState;
 use crate::error::internal;
@@ -30,7 +30,8 @@ pub async fn daily_series(
     value: impl Fn(&UsageAggregate) -> i64,
 ) -> Result<Vec<i64>, PageError> {
     let end = first_day_ms + days * DAY_MS;
-    let rows = state.store.usage_aggregates(developer_id, first_day_ms, end).await.map_err(internal("dashboard chart"))?;
+    let rows =
+        state.store.usage_aggregates(developer_id, first_day_ms, end).await.map_err(internal("dashboard chart"))?;
     let mut series = vec![0i64; days.max(0) as usize];
     for r in rows.iter().filter(|r| keep(r)) {
         let i = (r.at - first_day_ms).div_euclid(DAY_MS);
@@ -73,9 +74,14 @@ pub async fn page(State(state): State<SharedState>, dash: Dash, RawQuery(q): Raw
     let spend_today = series.last().copied().unwrap_or(0);
     let (y, m, _) = civil_from_days(today);
     let month_start = days_from_civil(y, m, 1) * DAY_MS;
-    let month = daily_series(&state, &me, month_start, today - month_start / DAY_MS + 1, |r| r.payer_account == own, |r| {
-        r.total
-    })
+    let month = daily_series(
+        &state,
+        &me,
+        month_start,
+        today - month_start / DAY_MS + 1,
+        |r| r.payer_account == own,
+        |r| r.total,
+    )
     .await?
     .iter()
     .sum::<i64>();

@@ -45,7 +45,9 @@ pub async fn page(State(state): State<SharedState>, dash: Dash, RawQuery(q): Raw
         .collect();
     let onboarded = e["stripe_account_id"].as_str();
     let connect = match (&state.payments, onboarded) {
-        (None, _) => "<p class=\"muted\">Payouts are not configured on this Quota server (no payment provider).</p>".to_string(),
+        (None, _) => {
+            "<p class=\"muted\">Payouts are not configured on this Quota server (no payment provider).</p>".to_string()
+        }
         (Some(_), Some(acct)) => format!(
             "<p>Stripe account <code>{}</code> is connected.</p>{}",
             escape(acct),
@@ -58,7 +60,9 @@ pub async fn page(State(state): State<SharedState>, dash: Dash, RawQuery(q): Raw
     };
     let flash = match url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()).find(|(k, _)| k == "connect") {
         Some((_, v)) if v == "return" => Some(Flash::ok("Back from Stripe: your payout details are saved there.")),
-        Some((_, v)) if v == "refresh" => Some(Flash::error("That Stripe link expired. Start again with the button below.")),
+        Some((_, v)) if v == "refresh" => {
+            Some(Flash::error("That Stripe link expired. Start again with the button below."))
+        }
         _ => Flash::done(q.as_deref()),
     };
     let body = format!(
@@ -82,7 +86,9 @@ pub async fn page(State(state): State<SharedState>, dash: Dash, RawQuery(q): Raw
 /// `POST /dashboard/payouts/onboard`: to Stripe's onboarding (or the dev provider's return).
 pub async fn onboard(State(state): State<SharedState>, f: DashForm) -> PageResult {
     match api::connect_onboard(State(state.clone()), f.headers.clone(), f.dash.session()).await {
-        Ok(axum::Json(v)) => Ok(see_other(v["onboarding_url"].as_str().unwrap_or("/dashboard/payouts")).into_response()),
+        Ok(axum::Json(v)) => {
+            Ok(see_other(v["onboarding_url"].as_str().unwrap_or("/dashboard/payouts")).into_response())
+        }
         Err(e) => {
             let body = "<h1>Earnings and payouts</h1><p><a href=\"/dashboard/payouts\">Back to earnings</a></p>";
             Ok(html(e.status, frame("Earnings", "payouts", Some(&f.dash), Some(&Flash::from_api(&e)), body)))

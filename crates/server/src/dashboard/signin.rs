@@ -113,10 +113,11 @@ async fn submit(state: SharedState, peer: SocketAddr, req: Request, kind: Kind) 
     };
     let email = form.get("email").to_string();
     let next = form.get("next").to_string();
-    let fresh = cookie(&headers, CSRF_COOKIE)
-        .is_some_and(|c| state.oauth.csrf.verify(CSRF_PURPOSE, c, form.get("csrf_token")));
+    let fresh =
+        cookie(&headers, CSRF_COOKIE).is_some_and(|c| state.oauth.csrf.verify(CSRF_PURPOSE, c, form.get("csrf_token")));
     if !fresh {
-        let flash = Flash::error("This form expired or did not come from Quota, so nothing was done. Please try again.");
+        let flash =
+            Flash::error("This form expired or did not come from Quota, so nothing was done. Please try again.");
         return form_page(&state, &headers, kind, StatusCode::FORBIDDEN, Some(flash), &email, &next);
     }
     let password = form.0.iter().find(|(k, _)| k == "password").map(|(_, v)| v.as_str()).unwrap_or("");

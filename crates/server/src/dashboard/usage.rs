@@ -3,7 +3,7 @@
 //! cookie). Ledger: the transfers that touched the wallet and earnings, as `GET /v1/ledger`
 //! shows them (its handler builds the rows).
 
-use super::layout::{escape, mode_label, frame, rfc_when, table, td, td_num, usd};
+use super::layout::{escape, frame, mode_label, rfc_when, table, td, td_num, usd};
 use super::overview::{daily_series, usage_row, USAGE_HEAD};
 use super::{chart, html, status_of, Dash, Flash, PageResult};
 use crate::app::SharedState;
@@ -35,9 +35,12 @@ pub struct UsageForm {
     cursor: Option<String>,
 }
 
+/// Query parameters for `GET /v1/usage`.
+type ApiParams = Vec<(&'static str, String)>;
+
 impl UsageForm {
     /// The filter as `/v1/usage` parameters (`to` made exclusive: the form's is inclusive).
-    fn api_params(&self) -> Result<(UsageFilter, Vec<(&'static str, String)>), ApiError> {
+    fn api_params(&self) -> Result<(UsageFilter, ApiParams), ApiError> {
         let mut filter = UsageFilter::default();
         let mut params = Vec::new();
         if !self.from.is_empty() {
@@ -75,7 +78,13 @@ impl UsageForm {
     /// This page's query string with another cursor.
     fn query_with_cursor(&self, cursor: &str) -> String {
         let mut s = url::form_urlencoded::Serializer::new(String::new());
-        for (k, v) in [("from", &self.from), ("to", &self.to), ("key_id", &self.key_id), ("model", &self.model), ("mode", &self.mode)] {
+        for (k, v) in [
+            ("from", &self.from),
+            ("to", &self.to),
+            ("key_id", &self.key_id),
+            ("model", &self.model),
+            ("mode", &self.mode),
+        ] {
             if !v.is_empty() {
                 s.append_pair(k, v);
             }
@@ -246,7 +255,10 @@ pub async fn ledger_page(State(state): State<SharedState>, dash: Dash, Query(q):
                 ));
             }
             if let Some(next) = v["next_cursor"].as_str() {
-                pager.push_str(&format!("<a href=\"/dashboard/ledger?cursor={}\" rel=\"next\">Older →</a>", escape(next)));
+                pager.push_str(&format!(
+                    "<a href=\"/dashboard/ledger?cursor={}\" rel=\"next\">Older →</a>",
+                    escape(next)
+                ));
             }
             (
                 format!(

@@ -3,7 +3,7 @@
 //! `crate::routes::payments::checkout` and `crate::routes::connections::disconnect`.
 
 use super::layout::{button_form, escape, frame, table, td, td_num, usd, when};
-use super::{html, see_other, DashForm, Dash, Flash, PageResult};
+use super::{html, see_other, Dash, DashForm, Flash, PageResult};
 use crate::app::SharedState;
 use crate::body::JsonBody;
 use crate::error::{internal, ApiError};
@@ -27,7 +27,12 @@ async fn render(state: &SharedState, dash: &Dash, status: StatusCode, flash: Opt
                 td_num(&usd(c.spend)),
                 td(&c.scopes),
                 td(&when(c.created_at)),
-                button_form(dash, &format!("/dashboard/wallet/connections/{}/disconnect", c.app_id), "Disconnect", "danger"),
+                button_form(
+                    dash,
+                    &format!("/dashboard/wallet/connections/{}/disconnect", c.app_id),
+                    "Disconnect",
+                    "danger"
+                ),
             )
         })
         .collect();
@@ -54,7 +59,7 @@ async fn render(state: &SharedState, dash: &Dash, status: StatusCode, flash: Opt
                 )
             })
             .collect();
-        format!("<div class=\"cards\">{items}</div>")
+        format!("<div class=\"cards packages\">{items}</div>")
     };
     let body = format!(
         "<h1>Wallet</h1><div class=\"cards\"><div class=\"card\"><p class=\"label\">Balance</p>\

@@ -156,7 +156,8 @@ pub async fn detail(
         Err(e) => return Err(e.into()),
     };
     let page_q = PageQuery { limit: Some(DELIVERY_ROWS.to_string()), cursor: None };
-    let axum::Json(deliveries) = api::deliveries(State(state.clone()), dash.session(), Path(id.clone()), Query(page_q)).await?;
+    let axum::Json(deliveries) =
+        api::deliveries(State(state.clone()), dash.session(), Path(id.clone()), Query(page_q)).await?;
     let rows: Vec<String> = deliveries["data"]
         .as_array()
         .map(Vec::as_slice)
@@ -219,7 +220,12 @@ fn delivery_row(dash: &Dash, endpoint_id: &str, d: &Value) -> String {
         td_num(&d["attempts"].as_i64().unwrap_or(0).to_string()),
         td(&last_text),
         td(&d["next_attempt_at"].as_str().map(rfc_when).unwrap_or_default()),
-        button_form(dash, &format!("/dashboard/webhooks/{endpoint_id}/deliveries/{delivery_id}/replay"), "Replay", "secondary"),
+        button_form(
+            dash,
+            &format!("/dashboard/webhooks/{endpoint_id}/deliveries/{delivery_id}/replay"),
+            "Replay",
+            "secondary"
+        ),
     )
 }
 

@@ -8,7 +8,7 @@ use quota_store::usage::DAY_MS;
 
 const WIDTH: i64 = 480;
 const HEIGHT: i64 = 180;
-const LEFT: i64 = 60;
+const LEFT: i64 = 76;
 const BOTTOM: i64 = 24;
 const TOP: i64 = 10;
 

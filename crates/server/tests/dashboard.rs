@@ -544,3 +544,58 @@ async fn without_a_payment_provider_the_pages_say_so() {
     assert!(b.page("/dashboard/wallet").await.contains("Top-ups are not configured"));
     assert!(b.page("/dashboard/payouts").await.contains("Payouts are not configured"));
 }
+
+#[tokio::test]
+async fn webhook_secrets_rotate_and_endpoints_disable_from_the_page() {
+    let s = TestServer::start().await;
+    let (b, user_id) = Browser::signed_in(&s, "rotatehook@example.com").await;
+    b.submit("/dashboard/webhooks", "/dashboard/webhooks", &[("url", "http://127.0.0.1:9/h")]).await;
+    let hook = s.state.store.webhook_endpoints(&user_id).await.unwrap().remove(0);
+    let page = format!("/dashboard/webhooks/{}", hook.id);
+    let r = b.submit(&page, &format!("{page}/rotate-secret"), &[]).await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    let rotated = s.state.store.webhook_endpoint(&user_id, &hook.id).await.unwrap().unwrap();
+    assert_ne!(rotated.secret, hook.secret);
+    assert!(html.contains(&rotated.secret), "the new secret is shown once");
+    assert!(!b.page(&page).await.contains(&rotated.secret));
+    let r = b.submit(&page, &format!("{page}/disable"), &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(s.state.store.webhook_endpoint(&user_id, &hook.id).await.unwrap().unwrap().disabled_at.is_some());
+    let r = b.submit(&page, &format!("{page}/enable"), &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(s.state.store.webhook_endpoint(&user_id, &hook.id).await.unwrap().unwrap().disabled_at.is_none());
+    let r = b.submit(&page, &format!("{page}/delete"), &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(s.state.store.webhook_endpoints(&user_id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_key_can_be_bound_to_an_app_and_an_app_deleted() {
+    let s = TestServer::start().await;
+    let (b, user_id) = Browser::signed_in(&s, "bind@example.com").await;
+    b.submit(
+        "/dashboard/apps",
+        "/dashboard/apps",
+        &[("name", "Bound"), ("redirect_uris", "http://localhost/cb"), ("scopes", "openid")],
+    )
+    .await;
+    let app = s.state.store.apps_of(&user_id).await.unwrap().remove(0);
+    let r = b
+        .submit("/dashboard/keys", "/dashboard/keys", &[("name", "u"), ("billing_mode", "user"), ("app_id", &app.id)])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.state.store.list_keys(&user_id).await.unwrap()[0].app_id.as_deref(), Some(app.id.as_str()));
+    let r = b
+        .submit(
+            "/dashboard/keys",
+            "/dashboard/keys",
+            &[("name", "u"), ("billing_mode", "user"), ("app_id", "app_other")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "only one's own apps");
+    let page = format!("/dashboard/apps/{}", app.id);
+    let r = b.submit(&page, &format!("{page}/delete"), &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(s.state.store.apps_of(&user_id).await.unwrap().is_empty());
+}

@@ -277,7 +277,9 @@ async fn render_detail(
          <label for=\"app-uris\">Redirect URIs <span class=\"hint\">One per line.</span></label>\
          <textarea id=\"app-uris\" name=\"redirect_uris\" rows=\"3\" required>{uris}</textarea>\
          <fieldset><legend>Scopes</legend>{scope_boxes}</fieldset><button type=\"submit\">Save settings</button></form></section></div>\
-         <h2>Connected users</h2>{users}<p><a href=\"/dashboard/apps\">All apps</a></p>",
+         <h2>Connected users</h2>{users}<section><h2>Delete this app</h2><p>Every connected user is disconnected and every token it \
+         issued stops working at once.</p>{delete}</section><p><a href=\"/dashboard/apps\">All apps</a></p>",
+        delete = super::layout::button_form(dash, &format!("/dashboard/apps/{}/delete", app.id), "Delete app", "danger"),
         id = escape(&app.id),
         name = escape(&app.name),
         client_id = escape(&app.client_id),
@@ -344,6 +346,14 @@ pub async fn settings(State(state): State<SharedState>, Path(id): Path<String>, 
     match result {
         Ok(_) => Ok(see_other(&format!("/dashboard/apps/{id}?done=settings_updated")).into_response()),
         Err(e) => render_detail(&state, &f.dash, &id, None, Some(e), Some(markup)).await,
+    }
+}
+
+/// `POST /dashboard/apps/:id/delete`.
+pub async fn delete(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
+    match api::delete(State(state.clone()), f.dash.session(), Path(id.clone())).await {
+        Ok(_) => Ok(see_other("/dashboard/apps?done=app_deleted").into_response()),
+        Err(e) => render_detail(&state, &f.dash, &id, None, Some(e), None).await,
     }
 }
 

@@ -18,6 +18,7 @@ struct Draft {
     name: String,
     mode: String,
     limit: String,
+    app_id: String,
 }
 
 async fn render(
@@ -30,6 +31,14 @@ async fn render(
 ) -> PageResult {
     let keys = state.store.list_keys(dash.user_id()).await.map_err(internal("dashboard keys"))?;
     let default_limit = state.config.rate_limit_per_minute;
+    let apps = state.store.apps_of(dash.user_id()).await.map_err(internal("dashboard key apps"))?;
+    let app_options: String = apps
+        .iter()
+        .map(|a| {
+            let sel = if a.id == draft.app_id { " selected" } else { "" };
+            format!("<option value=\"{}\"{sel}>{}</option>", escape(&a.id), escape(&a.name))
+        })
+        .collect();
     let rows: Vec<String> = keys
         .iter()
         .map(|k| {
@@ -87,6 +96,8 @@ async fn render(
          <option value=\"developer\"{s_dev}>Developer</option><option value=\"user\"{s_user}>User</option></select>\
          <label for=\"key-limit\">Rate limit, requests per minute <span class=\"hint\">Optional; empty means the default ({default_limit}).</span></label>\
          <input type=\"text\" id=\"key-limit\" name=\"rate_limit_per_minute\" inputmode=\"numeric\" value=\"{limit}\">\
+         <label for=\"key-app\">App <span class=\"hint\">Optional: a key bound to one of your apps accepts only that app's user tokens.</span></label>\
+         <select id=\"key-app\" name=\"app_id\"><option value=\"\">None</option>{app_options}</select>\
          <button type=\"submit\">Create key</button></form></section>\
          <h2>Your keys</h2>{table}",
         csrf = csrf_field(dash),
@@ -127,9 +138,13 @@ pub async fn create(State(state): State<SharedState>, f: DashForm) -> PageResult
         name: f.form.get("name").to_string(),
         mode: f.form.get("billing_mode").to_string(),
         limit: f.form.get("rate_limit_per_minute").to_string(),
+        app_id: f.form.get("app_id").to_string(),
     };
     let result = async {
         let mut body = json!({"name": draft.name, "billing_mode": draft.mode});
+        if !draft.app_id.is_empty() {
+            body["app_id"] = json!(draft.app_id);
+        }
         if let Some(l) = parse_limit(&draft.limit)? {
             body["rate_limit_per_minute"] = json!(l);
         }

@@ -58,10 +58,14 @@ pub fn router() -> Router<SharedState> {
         .route("/dashboard/webhooks/{id}", get(webhooks::detail))
         .route("/dashboard/webhooks/{id}/test", post(webhooks::send_test))
         .route("/dashboard/webhooks/{id}/delete", post(webhooks::delete))
+        .route("/dashboard/webhooks/{id}/rotate-secret", post(webhooks::rotate_secret))
+        .route("/dashboard/webhooks/{id}/enable", post(webhooks::enable))
+        .route("/dashboard/webhooks/{id}/disable", post(webhooks::disable))
         .route("/dashboard/webhooks/{id}/deliveries/{delivery_id}/replay", post(webhooks::replay))
         .route("/dashboard/apps", get(apps::page).post(apps::create))
         .route("/dashboard/apps/{id}", get(apps::detail).post(apps::update))
         .route("/dashboard/apps/{id}/settings", post(apps::settings))
+        .route("/dashboard/apps/{id}/delete", post(apps::delete))
         .route("/dashboard/payouts", get(payouts::page))
         .route("/dashboard/payouts/onboard", post(payouts::onboard))
         .route("/dashboard/wallet", get(wallet::page_handler))
@@ -256,6 +260,9 @@ impl Flash {
             "webhook_test" => "Test event queued: it appears in the deliveries below within seconds.",
             "webhook_replay" => "Delivery queued again.",
             "webhook_deleted" => "Webhook endpoint deleted.",
+            "webhook_enabled" => "Endpoint enabled: deliveries resume.",
+            "webhook_disabled" => "Endpoint disabled: no deliveries until it is enabled again.",
+            "app_deleted" => "App deleted: its users are disconnected and its tokens no longer work.",
             "app_updated" => "App saved.",
             "settings_updated" => "Markup and welcome credits saved.",
             "disconnected" => "App disconnected: its tokens no longer work.",

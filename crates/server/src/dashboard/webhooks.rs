@@ -151,6 +151,16 @@ pub async fn detail(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> PageResult {
+    render_detail(&state, &dash, id, Flash::done(q.as_deref()), None).await
+}
+
+async fn render_detail(
+    state: &SharedState,
+    dash: &Dash,
+    id: String,
+    flash: Option<Flash>,
+    reveal: Option<String>,
+) -> PageResult {
     let endpoint = match api::get(State(state.clone()), dash.session(), Path(id.clone())).await {
         Ok(axum::Json(v)) => v,
         Err(e) => return Err(e.into()),
@@ -163,7 +173,7 @@ pub async fn detail(
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .map(|d| delivery_row(&dash, &id, d))
+        .map(|d| delivery_row(dash, &id, d))
         .collect();
     let threshold = endpoint["low_balance_threshold"].as_i64().map(usd).unwrap_or_else(|| "none".into());
     let events: Vec<&str> =
@@ -171,16 +181,32 @@ pub async fn detail(
     let body = format!(
         "<h1>Webhook endpoint</h1><section><p><strong>{url}</strong></p>\
          <p class=\"muted\">{desc}</p><p>Status: {status} · Events: {events} · Low-balance alert: {threshold}</p>\
-         {test} {delete}</section>\
+         {reveal}{test} {toggle} {rotate} {delete}</section>\
          <h2>Deliveries</h2><p class=\"muted\">Newest first. Retries follow the schedule in the docs; a replay sends the same event again now.</p>{table}\
          <p><a href=\"/dashboard/webhooks/{id}\">Refresh</a> · <a href=\"/dashboard/webhooks\">All endpoints</a></p>",
+        reveal = reveal
+            .map(|s| {
+                secret_box(
+                    "New signing secret",
+                    "new-secret",
+                    &s,
+                    "The old secret no longer signs deliveries. Copy this one now: it is shown only once.",
+                )
+            })
+            .unwrap_or_default(),
         url = escape(endpoint["url"].as_str().unwrap_or("")),
         desc = escape(endpoint["description"].as_str().unwrap_or("")),
         status = escape(endpoint["status"].as_str().unwrap_or("")),
         events = escape(&events.join(", ")),
         threshold = escape(&threshold),
-        test = button_form(&dash, &format!("/dashboard/webhooks/{id}/test"), "Send test event", ""),
-        delete = button_form(&dash, &format!("/dashboard/webhooks/{id}/delete"), "Delete endpoint", "danger"),
+        test = button_form(dash, &format!("/dashboard/webhooks/{id}/test"), "Send test event", ""),
+        toggle = if endpoint["status"].as_str() == Some("disabled") {
+            button_form(dash, &format!("/dashboard/webhooks/{id}/enable"), "Enable", "secondary")
+        } else {
+            button_form(dash, &format!("/dashboard/webhooks/{id}/disable"), "Disable", "secondary")
+        },
+        rotate = button_form(dash, &format!("/dashboard/webhooks/{id}/rotate-secret"), "Rotate secret", "secondary"),
+        delete = button_form(dash, &format!("/dashboard/webhooks/{id}/delete"), "Delete endpoint", "danger"),
         table = table(
             "Deliveries",
             &["Created", "Event", "Status", "Attempts", "Last response", "Next attempt", ""],
@@ -189,10 +215,7 @@ pub async fn detail(
         ),
         id = escape(&id),
     );
-    Ok(html(
-        axum::http::StatusCode::OK,
-        frame("Webhook endpoint", "webhooks", Some(&dash), Flash::done(q.as_deref()).as_ref(), &body),
-    ))
+    Ok(html(axum::http::StatusCode::OK, frame("Webhook endpoint", "webhooks", Some(dash), flash.as_ref(), &body)))
 }
 
 fn delivery_row(dash: &Dash, endpoint_id: &str, d: &Value) -> String {
@@ -243,6 +266,29 @@ pub async fn replay(
 ) -> PageResult {
     let _accepted = api::replay(State(state.clone()), f.dash.session(), Path((id.clone(), delivery_id))).await?;
     Ok(see_other(&format!("/dashboard/webhooks/{id}?done=webhook_replay")).into_response())
+}
+
+/// `POST /dashboard/webhooks/:id/rotate-secret`: a new secret, shown once.
+pub async fn rotate_secret(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
+    let axum::Json(v) = api::rotate_secret(State(state.clone()), f.dash.session(), Path(id.clone())).await?;
+    let secret = v["secret"].as_str().unwrap_or_default().to_string();
+    render_detail(&state, &f.dash, id, Some(Flash::ok("Secret rotated.")), Some(secret)).await
+}
+
+/// `POST /dashboard/webhooks/:id/enable` and `/disable`.
+async fn set_enabled(state: SharedState, id: String, f: DashForm, enabled: bool) -> PageResult {
+    let body = axum::body::Bytes::from(json!({ "enabled": enabled }).to_string());
+    let _endpoint = api::update(State(state.clone()), f.dash.session(), Path(id.clone()), body).await?;
+    let done = if enabled { "webhook_enabled" } else { "webhook_disabled" };
+    Ok(see_other(&format!("/dashboard/webhooks/{id}?done={done}")).into_response())
+}
+
+pub async fn enable(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
+    set_enabled(state, id, f, true).await
+}
+
+pub async fn disable(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
+    set_enabled(state, id, f, false).await
 }
 
 /// `POST /dashboard/webhooks/:id/delete`.

@@ -211,6 +211,16 @@ pub async fn usage_page(State(state): State<SharedState>, dash: Dash, Query(form
     Ok(html(status_of(&err), frame("Usage", "usage", Some(&dash), flash.as_ref(), &body)))
 }
 
+/// A ledger account as the account holder reads it: their own accounts by name, others as
+/// they are (`platform:revenue`, another user's wallet).
+fn account_label(account: &str, me: &str) -> String {
+    match account.strip_suffix(me).and_then(|k| k.strip_suffix(':')) {
+        Some("wallet") => "Your wallet".to_string(),
+        Some(kind) => format!("Your {}", kind.replace('_', " ")),
+        None => account.to_string(),
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct LedgerForm {
     cursor: Option<String>,
@@ -220,6 +230,7 @@ pub struct LedgerForm {
 pub async fn ledger_page(State(state): State<SharedState>, dash: Dash, Query(q): Query<LedgerForm>) -> PageResult {
     let page_q = PageQuery { limit: Some(PAGE_ROWS.to_string()), cursor: q.cursor.clone() };
     let offset = page_q.parse().map(|(o, _)| o).unwrap_or(0);
+    let me = dash.user_id().to_string();
     let result = reporting::ledger(State(state.clone()), dash.session(), Query(page_q)).await;
     let (content, err) = match result {
         Err(e) => (String::new(), Some(e)),
@@ -240,8 +251,8 @@ pub async fn ledger_page(State(state): State<SharedState>, dash: Dash, Query(q):
                         td(&rfc_when(t["created_at"].as_str().unwrap_or(""))),
                         td(t["kind"].as_str().unwrap_or("")),
                         td_num(&if signed > 0 { format!("+{}", usd(signed)) } else { usd(signed) }),
-                        td(t["from"].as_str().unwrap_or("")),
-                        td(t["to"].as_str().unwrap_or("")),
+                        td(&account_label(t["from"].as_str().unwrap_or(""), &me)),
+                        td(&account_label(t["to"].as_str().unwrap_or(""), &me)),
                         td(t["cause"].as_str().unwrap_or("")),
                         td(t["id"].as_str().unwrap_or("")),
                     )
@@ -280,4 +291,18 @@ pub async fn ledger_page(State(state): State<SharedState>, dash: Dash, Query(q):
     );
     let flash = err.as_ref().map(Flash::from_api);
     Ok(html(status_of(&err), frame("Ledger", "ledger", Some(&dash), flash.as_ref(), &body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::account_label;
+
+    #[test]
+    fn own_accounts_read_as_yours() {
+        assert_eq!(account_label("wallet:usr_1", "usr_1"), "Your wallet");
+        assert_eq!(account_label("earnings_pending:usr_1", "usr_1"), "Your earnings pending");
+        assert_eq!(account_label("wallet:usr_2", "usr_1"), "wallet:usr_2");
+        assert_eq!(account_label("wallet:xusr_1", "usr_1"), "wallet:xusr_1");
+        assert_eq!(account_label("platform:promotions", "usr_1"), "platform:promotions");
+    }
 }

@@ -146,6 +146,13 @@ def test_sandbox_request_shows_up_with_its_charge_and_the_new_balance(start_quot
     )
     page.locator("#spend-chart rect.bar").last.hover()
     expect(page.locator("#spend-chart-readout")).to_contain_text(usd(quota["credits_used"]))
+    # Keyboard: the first Tab lands on the skip link; a bar with spend is a tab stop that
+    # shows its value when focused.
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("Skip to content")
+    page.locator("#spend-chart-readout").evaluate("el => el.textContent = ''")
+    page.locator("#spend-chart rect.bar[tabindex='0']").focus()
+    expect(page.locator("#spend-chart-readout")).to_contain_text(usd(quota["credits_used"]))
     shoot(page, "overview")
 
     page.get_by_role("navigation", name="Dashboard").get_by_role("link", name="Usage").click()

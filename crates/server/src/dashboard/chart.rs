@@ -1,6 +1,6 @@
-//! A server-rendered SVG bar chart of credits over days: no library, no script needed. Each bar
-//! is focusable and labelled (its `<title>` is the hover tooltip; the page script also echoes it
-//! into a readout line); the chart as a whole has a text summary for screen readers.
+//! A server-rendered SVG bar chart of credits over days: no library, no script needed. Every bar
+//! is labelled (its `<title>` is the hover tooltip; the page script also echoes it into a readout
+//! line) and each day with spend is a tab stop; the chart as a whole has a text summary.
 
 use super::layout::{escape, usd};
 use quota_store::clock::civil_from_days;
@@ -34,13 +34,15 @@ pub fn daily_bars(id: &str, title: &str, first_day_ms: i64, values: &[i64]) -> S
         let x = LEFT as f64 + i as f64 * slot + (slot - bar_w) / 2.0;
         let y = (TOP + plot_h) as f64 - h;
         let label = format!("{}: {}", day_label(first_day + i as i64), usd(*v));
+        // Only days with spend are tab stops: a month of empty days would be 30 stops for nothing.
+        let focus = if *v > 0 { " tabindex=\"0\"" } else { "" };
         bars.push_str(&format!(
-            "<rect class=\"bar\" tabindex=\"0\" role=\"img\" aria-label=\"{l}\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{bar_w:.1}\" \
+            "<rect class=\"bar\"{focus} role=\"img\" aria-label=\"{l}\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{bar_w:.1}\" \
              height=\"{h:.1}\" fill=\"#3a6ea5\"><title>{l}</title></rect>",
             l = escape(&label)
         ));
     }
-    // A day with nothing has a zero-height bar: still focusable, labelled $0.
+    // A day with nothing has a zero-height bar, labelled $0 for screen readers.
     let axis_y = TOP + plot_h;
     let last_day = first_day + n - 1;
     let summary = format!(

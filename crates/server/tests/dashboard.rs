@@ -424,7 +424,9 @@ async fn every_page_with_its_assets_is_under_100_kb() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let assets = b.page("/dashboard/static/app.css").await.len() + b.page("/dashboard/static/app.js").await.len();
+    let assets = b.page("/dashboard/static/app.css").await.len()
+        + b.page("/dashboard/static/app.js").await.len()
+        + b.page("/dashboard/static/favicon.svg").await.len();
     for path in [
         "/dashboard".to_string(),
         "/dashboard/keys".into(),
@@ -439,7 +441,7 @@ async fn every_page_with_its_assets_is_under_100_kb() {
     ] {
         let html = b.page(&path).await;
         let total = html.len() + assets;
-        println!("{path}: {} bytes of HTML + {assets} of CSS/JS = {total}", html.len());
+        println!("{path}: {} bytes of HTML + {assets} of CSS/JS/icon = {total}", html.len());
         assert!(total < PAGE_BUDGET_BYTES, "{path} weighs {total} bytes");
         assert!(!html.contains("<script>"), "no inline script on {path}");
     }

@@ -8,6 +8,7 @@ pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod funding;
 pub mod gateway;

@@ -308,15 +308,8 @@ for c in $CONNECTIONS; do
 done
 
 # --- webhooks configured: the request path must not change; delivery throughput ------------------
-HOOK_PORT="$(free_port)"
-"${PIN_LOAD[@]}" python3 "$ROOT/bench/webhook_receiver.py" --port "$HOOK_PORT" --lifetime-secs 600 >"$TMP/receiver.log" 2>&1 &
-PIDS+=("$!")
-for _ in $(seq 1 100); do
-	curl -fs "http://127.0.0.1:$HOOK_PORT/stats" >/dev/null 2>&1 && break
-	sleep 0.05
-done
 r="$(http -X POST -H 'content-type: application/json' -H "Authorization: Bearer $SESSION" \
-	-d "{\"url\":\"http://127.0.0.1:$HOOK_PORT/hook\",\"events\":[\"usage.completed\"]}" "$QUOTA/v1/webhooks")"
+	-d "{\"url\":\"$MOCK/hook\",\"events\":[\"usage.completed\"]}" "$QUOTA/v1/webhooks")"
 case "$(status_of "$r")" in 200 | 201) ;; *) die "POST /v1/webhooks: $(status_of "$r") $(body_of "$r")" ;; esac
 for c in $CONNECTIONS; do
 	run_row sandbox-webhooks "$c" "$DURATION" "$QUOTA/v1/chat/completions" "$TMP/body.json" \
@@ -326,14 +319,14 @@ done
 expected="$(python3 -c "import sqlite3,sys; c=sqlite3.connect('file:$TMP/quota.db?mode=ro', uri=True); print(c.execute(\"SELECT COUNT(*) FROM events WHERE type = 'usage.completed'\").fetchone()[0])")"
 hooks='{}'
 for _ in $(seq 1 1200); do
-	hooks="$(curl -fs "http://127.0.0.1:$HOOK_PORT/stats" || echo '{}')"
-	got="$(printf '%s' "$hooks" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("count", 0))')"
+	hooks="$(curl -fs "$MOCK/stats" || echo '{}')"
+	got="$(printf '%s' "$hooks" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("hooks", 0))')"
 	[ "$got" -ge "$expected" ] && break
 	sleep 0.1
 done
 HOOK_NOTE="$(printf '%s' "$hooks" | python3 -c "
 import json, sys
-d = json.load(sys.stdin); n = d.get('count', 0); span = (d.get('last') or 0) - (d.get('first') or 0)
+d = json.load(sys.stdin); n = d.get('hooks', 0); span = (d.get('hooks_last_us', 0) - d.get('hooks_first_us', 0)) / 1e6
 print(f'webhooks: {n} of $expected usage.completed deliveries received; {n / span:.0f} deliveries/s over {span:.1f} s' if span > 0 else f'webhooks: {n} of $expected deliveries received')")"
 run_row stream-direct "$STREAM_CONNECTIONS" "$STREAM_DURATION" "$MOCK/v1/chat/completions" \
 	"$TMP/stream.json" "${MOCK_AUTH[@]}"

@@ -6,6 +6,8 @@
 //! `stream_options.include_usage`, then `data: [DONE]`. Requests without an `Authorization` header
 //! get OpenAI's 401, so a gateway that forgets the provider key fails loudly. `GET /stats` returns
 //! how many completions were served (the bench uses it to prove proxy mode reached the upstream).
+//! `POST /hook` is a webhook receiver: it reads the body, answers 200 and counts deliveries with
+//! the first and last arrival times (`hooks`, `hooks_first_us`, `hooks_last_us` in `/stats`).
 //!
 //! Every accepted socket gets `TCP_NODELAY`; answers are rendered once at start-up. Loopback only.
 //! Not a general OpenAI emulator: the answer does not depend on the request beyond `stream`.
@@ -65,6 +67,10 @@ struct State {
     first_chunk_delay: Duration,
     completions_served: AtomicU64,
     streams_served: AtomicU64,
+    hooks_received: AtomicU64,
+    /// Unix microseconds of the first and the latest webhook delivery (0: none yet).
+    hooks_first_us: AtomicU64,
+    hooks_last_us: AtomicU64,
 }
 
 fn main() {
@@ -93,6 +99,9 @@ async fn serve(args: Args) -> Result<()> {
         first_chunk_delay: Duration::from_millis(args.first_chunk_delay_ms),
         completions_served: AtomicU64::new(0),
         streams_served: AtomicU64::new(0),
+        hooks_received: AtomicU64::new(0),
+        hooks_first_us: AtomicU64::new(0),
+        hooks_last_us: AtomicU64::new(0),
     });
     println!("mock listening on http://127.0.0.1:{port}");
     loop {
@@ -120,17 +129,34 @@ async fn serve(args: Args) -> Result<()> {
     }
 }
 
+/// A webhook delivery: read it, count it, answer 200.
+async fn hook(state: &State, req: Request<Incoming>) -> Response<MockBody> {
+    if Limited::new(req.into_body(), REQUEST_BODY_MAX_BYTES).collect().await.is_err() {
+        return openai_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large", "invalid_request_error");
+    }
+    let now_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+    let _ = state.hooks_first_us.compare_exchange(0, now_us, Ordering::Relaxed, Ordering::Relaxed);
+    state.hooks_last_us.fetch_max(now_us, Ordering::Relaxed);
+    state.hooks_received.fetch_add(1, Ordering::Relaxed);
+    json_response(StatusCode::OK, Bytes::from_static(b"{}"))
+}
+
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
     let path = req.uri().path();
     let response = match (req.method(), path) {
         (&Method::POST, "/v1/chat/completions") => chat_completions(&state, req).await,
         (&Method::POST, "/v1/messages") => messages(&state, req).await,
+        (&Method::POST, "/hook") => hook(&state, req).await,
         (&Method::GET, "/stats") => json_response(
             StatusCode::OK,
             Bytes::from(format!(
-                "{{\"completions\":{},\"streams\":{}}}",
+                "{{\"completions\":{},\"streams\":{},\"hooks\":{},\"hooks_first_us\":{},\"hooks_last_us\":{}}}",
                 state.completions_served.load(Ordering::Relaxed),
-                state.streams_served.load(Ordering::Relaxed)
+                state.streams_served.load(Ordering::Relaxed),
+                state.hooks_received.load(Ordering::Relaxed),
+                state.hooks_first_us.load(Ordering::Relaxed),
+                state.hooks_last_us.load(Ordering::Relaxed)
             )),
         ),
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, Bytes::from_static(b"{}")),

@@ -154,6 +154,7 @@ pub fn build_router(state: SharedState) -> Router {
         .merge(routes::user_billing_router())
         .merge(routes::reporting_router())
         .merge(routes::payments_router())
+        .merge(crate::dashboard::router())
         .route("/v1/messages", post(routes::messages::messages))
         // Gemini's API version is v1beta; the Google GenAI SDK's default is v1: both work.
         .route("/v1beta/models/{*model_action}", post(routes::gemini::generate_content))

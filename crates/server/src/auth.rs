@@ -12,7 +12,7 @@ use crate::oauth::{Scope, Scopes};
 use crate::secrets::hash_token;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use parking_lot::RwLock;
 use quota_core::{AccountId, BillingMode, Margin};
 use quota_store::oauth::AccessGrant;
@@ -336,6 +336,21 @@ fn session_token(parts: &Parts) -> Result<&str, ApiError> {
         ));
     }
     if let Some(value) = cookie(&parts.headers, SESSION_COOKIE) {
+        // A browser sends the cookie with any request to this origin, including a form another
+        // site submits. A write carried by the cookie alone must be JSON: a cross-site page can
+        // only send that after a CORS preflight, which Quota never grants (defence beyond
+        // `SameSite=Lax`).
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let json = header(&parts.headers, "content-type")
+            .is_some_and(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+        if !safe && !json {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a write authenticated by the quota_session cookie must send Content-Type: application/json",
+            )
+            .with_hint("send the session as `Authorization: Bearer sess_…`, or the body as JSON"));
+        }
         return Ok(value);
     }
     Err(ApiError::invalid_api_key("missing session: send `Authorization: Bearer sess_…` or the quota_session cookie"))

@@ -146,7 +146,7 @@ impl Default for Config {
             public_url: None,
             webhook_allow_private_urls: None,
             webhook_poll_ms: 200,
-            webhook_concurrency: 16,
+            webhook_concurrency: 64,
             usage_retention_days: 90,
             payments_provider: None,
             stripe_api_base: "https://api.stripe.com".into(),

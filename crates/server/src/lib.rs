@@ -9,6 +9,7 @@ pub mod changes;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod funding;
 pub mod gateway;

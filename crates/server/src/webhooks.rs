@@ -49,6 +49,10 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const LEASE_MS: i64 = 60_000;
 /// Most response bytes kept in the delivery log.
 pub const SNIPPET_MAX_BYTES: usize = 512;
+/// Least time between two of the worker's write turns: finished sends are recorded (and their
+/// slots refilled) in batches, a few hundred transactions a second at most, whatever the
+/// delivery rate — the worker shares SQLite's one write lock with the ledger writer.
+const TURN_MIN: Duration = Duration::from_millis(10);
 /// Outbox rows fanned out per worker pass.
 const DISPATCH_BATCH_MAX: i64 = 500;
 /// How often the worker re-reads the endpoint directory (other instances' changes).
@@ -288,8 +292,9 @@ pub fn next_attempt_at(attempts: i64, now_ms: i64) -> Option<i64> {
 /// once, and report back over a channel. Each turn of the loop writes in batches — every
 /// attempt that finished since the last turn in one transaction, then one claim for as many
 /// due deliveries as there are free slots — so the worker takes SQLite's write lock a few times
-/// per turn, not per delivery, and a slot is refilled as soon as it frees rather than at the
-/// next tick. New events are fanned out at each tick (`webhook_poll_ms`).
+/// per turn (turns at least [`TURN_MIN`] apart), not per delivery, and freed slots are refilled
+/// at the next turn rather than the next tick. New events are fanned out at each tick
+/// (`webhook_poll_ms`).
 pub fn spawn_worker(state: &SharedState) {
     let weak = Arc::downgrade(state);
     let poll = Duration::from_millis(state.config.webhook_poll_ms.max(10));
@@ -314,11 +319,14 @@ pub fn spawn_worker(state: &SharedState) {
         let mut directory_at = i64::MIN;
         let mut retention_at = i64::MIN;
         let mut finished = Vec::new();
+        let mut last_turn = tokio::time::Instant::now();
         loop {
             let ticked = tokio::select! {
                 _ = ticker.tick() => true,
                 Some(f) = done_rx.recv() => {
                     finished.push(f);
+                    // Let more sends finish, so that one transaction records them all.
+                    tokio::time::sleep_until(last_turn + TURN_MIN).await;
                     while let Ok(f) = done_rx.try_recv() {
                         finished.push(f);
                     }
@@ -345,6 +353,7 @@ pub fn spawn_worker(state: &SharedState) {
             if let Err(e) = worker.turn(&state, ticked, &mut finished).await {
                 tracing::warn!(error = %e, "webhook worker turn failed");
             }
+            last_turn = tokio::time::Instant::now();
         }
     });
 }

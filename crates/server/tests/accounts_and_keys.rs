@@ -398,3 +398,42 @@ async fn a_key_revoked_or_rotated_on_one_instance_is_refused_on_another_within_a
     .await;
     assert_eq!(balance_status(&b, new["key"].as_str().unwrap()).await, 200);
 }
+
+#[tokio::test]
+async fn a_cookie_alone_cannot_carry_a_cross_site_form_write() {
+    // A page on another site can make the browser POST a form (with the cookie) but not JSON.
+    let s = TestServer::start().await;
+    let (_, session, _) = s.developer("test").await;
+    let cookie = format!("quota_session={session}");
+    let form = s
+        .http
+        .post(s.url("/developers/keys"))
+        .header("cookie", &cookie)
+        .header("content-type", "text/plain")
+        .body(r#"{"name":"x","billing_mode":"test"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 403);
+    let body: serde_json::Value = form.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden");
+    let listed = s.http.get(s.url("/developers/keys")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(listed.status(), 200, "reads with the cookie still work");
+    let keys: serde_json::Value = listed.json().await.unwrap();
+    let json = s
+        .http
+        .post(s.url("/developers/keys"))
+        .header("cookie", &cookie)
+        .json(&serde_json::json!({"name": "y", "billing_mode": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 201, "a JSON write with the cookie is allowed");
+    let after: serde_json::Value =
+        s.http.get(s.url("/developers/keys")).header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        after["data"].as_array().unwrap().len(),
+        keys["data"].as_array().unwrap().len() + 1,
+        "only the JSON write made a key"
+    );
+}

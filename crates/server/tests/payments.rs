@@ -217,8 +217,10 @@ async fn the_dev_provider_checkout_page_pays_at_once() {
     let v: Value = checkout(&s, &session, "starter").await.json().await.unwrap();
     let url = v["checkout_url"].as_str().unwrap();
     assert!(url.starts_with(&s.base) && url.contains("/payments/dev/checkout/"));
-    let page = s.http.get(url).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("Pay now"));
+    let page = s.http.get(url).send().await.unwrap();
+    assert_eq!(page.headers()["x-frame-options"], "DENY", "a form that moves credits is not frameable");
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    assert!(page.text().await.unwrap().contains("Pay now"));
     let browser = common::oauth::browser();
     for _ in 0..2 {
         let r = browser.post(url).send().await.unwrap();

@@ -53,6 +53,9 @@ pub struct LedgerConfig {
     pub tick: Duration,
     /// Written on every transfer this process commits, to tell its rows from others'.
     pub origin: String,
+    /// WAL length (pages) past which the checkpointer makes the WAL start over (see
+    /// `checkpoint`); the default, 10,000 pages, is ~40 MB.
+    pub wal_restart_frames: i64,
 }
 
 impl Default for LedgerConfig {
@@ -63,6 +66,7 @@ impl Default for LedgerConfig {
             hold_ttl: Duration::from_secs(660),
             tick: Duration::from_millis(250),
             origin: quota_core::ids::new_id("proc_"),
+            wal_restart_frames: 10_000,
         }
     }
 }
@@ -194,6 +198,8 @@ pub(crate) struct Inner {
     jobs: mpsc::Sender<Job>,
     next_hold: AtomicU64,
     config: LedgerConfig,
+    /// How many times the checkpointer made the WAL start over.
+    wal_restarts: AtomicU64,
 }
 
 /// The ledger. Cheap to clone; all clones share one engine (and its writer).
@@ -363,6 +369,14 @@ impl Ledger {
         }
     }
 
+    /// How many times the SQLite WAL was made to start over (see `checkpoint`); 0 on PostgreSQL.
+    pub fn wal_restarts(&self) -> u64 {
+        match &self.engine {
+            Engine::Local(l) => l.inner.wal_restarts.load(Ordering::Relaxed),
+            Engine::Shared(_) => 0,
+        }
+    }
+
     /// Holds this process has open (for metrics and tests).
     pub fn open_holds(&self) -> usize {
         match &self.engine {
@@ -390,8 +404,13 @@ impl Local {
             .map_err(StoreError::from)?
             .get("s");
         let (tx, rx) = mpsc::channel(config.queue_max.max(1));
-        let inner =
-            Arc::new(Inner { state: Mutex::new(State::default()), jobs: tx, next_hold: AtomicU64::new(1), config });
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            jobs: tx,
+            next_hold: AtomicU64::new(1),
+            config,
+            wal_restarts: AtomicU64::new(0),
+        });
         // Checkpoints run from a pool connection every second (PASSIVE: they never block the
         // writer) instead of inline in the commit that crosses SQLite's threshold.
         sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut conn).await.map_err(StoreError::from)?;
@@ -402,12 +421,17 @@ impl Local {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                if alive.upgrade().is_none() {
+                let Some(inner) = alive.upgrade() else {
                     break;
-                }
+                };
                 let Pool::Sqlite(pool) = checkpointer.pool() else { break };
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(pool).await {
-                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                match checkpoint(pool, inner.config.wal_restart_frames).await {
+                    Ok(true) => {
+                        inner.wal_restarts.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("quota_sqlite_wal_restarts_total").increment(1);
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
                 }
             }
         });
@@ -509,6 +533,25 @@ const LAST_USED_RESOLUTION_MS: i64 = 1_000;
 const KEYS_WRITTEN_AT_MAX: usize = 100_000;
 /// How often committed WAL frames are copied into the database, off the commit path.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Copy committed WAL frames into the database without blocking anyone (PASSIVE). Under
+/// continuous writes no moment is ever fully checkpointed, so SQLite never starts the WAL over
+/// and the file would grow without bound: past `restart_frames`, a RESTART checkpoint
+/// follows, which holds the writer back only while it copies the frames written since the
+/// PASSIVE pass and waits for readers to move to the newest snapshot.
+/// Returns whether the WAL was made to start over.
+async fn checkpoint(pool: &sqlx::SqlitePool, restart_frames: i64) -> Result<bool, sqlx::Error> {
+    // (busy, frames in the WAL, frames checkpointed)
+    let r = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(pool).await?;
+    let frames: i64 = r.try_get(1)?;
+    if frames >= restart_frames {
+        let r = sqlx::query("PRAGMA wal_checkpoint(RESTART)").fetch_one(pool).await?;
+        let busy: i64 = r.try_get(0)?;
+        tracing::debug!(frames, restarted = busy == 0, "WAL restart checkpoint");
+        return Ok(busy == 0);
+    }
+    Ok(false)
+}
 
 struct Writer {
     conn: SqliteConnection,

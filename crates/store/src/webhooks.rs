@@ -362,9 +362,12 @@ impl Store {
         let skip_locked = self.pool().skip_locked();
         let mut tx = self.pool().begin_conditional().await?;
         let out = on_tx!(&mut tx, |c| {
-            // Several instances dispatch at once: on PostgreSQL each skips rows another is taking.
+            // Conditions only in the subquery: the outer statement then finds its rows by key
+            // instead of walking every undispatched event (the backlog) a second time. Several
+            // instances dispatch at once: on PostgreSQL the subquery locks its rows, skipping
+            // those another instance is taking and re-checking the condition on any it updated.
             let events = sqlx::query(&format!(
-                "UPDATE events SET dispatched_at = $1 WHERE dispatched_at IS NULL AND seq IN \
+                "UPDATE events SET dispatched_at = $1 WHERE seq IN \
                  (SELECT seq FROM events WHERE dispatched_at IS NULL ORDER BY seq LIMIT $2{skip_locked}) \
                  RETURNING id, type, developer_id, endpoint_id, created_at",
             ))
@@ -440,14 +443,16 @@ impl Store {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        // The conditions are checked again on each row as it is updated, so of two workers
-        // racing for a delivery one claims it; on PostgreSQL each also skips rows another is
-        // claiming.
+        // Conditions only in the subquery (one statement: atomic under SQLite's write lock): the
+        // outer statement finds its rows by key. Repeated outside, SQLite walks every due row of
+        // the backlog through the (state, next_attempt_at) index on each claim. On PostgreSQL
+        // the subquery locks its rows (`FOR UPDATE SKIP LOCKED`): a row another worker is
+        // claiming is skipped, and one it claimed meanwhile is re-checked and dropped, so of two
+        // workers racing for a delivery exactly one claims it.
         let sql = format!(
-            "UPDATE webhook_deliveries SET lease_until = $1 WHERE state = 'pending' AND next_attempt_at <= $2 \
-             AND lease_until <= $2 AND id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' \
-             AND next_attempt_at <= $2 AND lease_until <= $2 ORDER BY next_attempt_at LIMIT $3{}) \
-             RETURNING id, event_id, endpoint_id, attempts, created_at",
+            "UPDATE webhook_deliveries SET lease_until = $1 WHERE id IN (SELECT id FROM webhook_deliveries \
+             WHERE state = 'pending' AND next_attempt_at <= $2 AND lease_until <= $2 \
+             ORDER BY next_attempt_at LIMIT $3{}) RETURNING id, event_id, endpoint_id, attempts, created_at",
             self.pool().skip_locked()
         );
         on_pool!(self.pool(), |p| {

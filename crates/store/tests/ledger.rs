@@ -294,3 +294,35 @@ async fn retention_run_by_two_instances_at_once_folds_each_record_once() {
     let total: i64 = rows.iter().map(|r| r.total).sum();
     assert_eq!((requests, total), (50, 350), "folded once: {rows:?}");
 }
+
+#[tokio::test]
+async fn the_wal_starts_over_under_continuous_writes() {
+    // Back-to-back commits leave no moment fully checkpointed, so SQLite alone would append to
+    // the WAL forever. Keep the writer busy until the checkpointer has made the WAL start over
+    // twice (bounded: 60 s). Without the RESTART checkpoint this never happens.
+    if quota_store::testing::on_postgres() {
+        eprintln!("skipped the_wal_starts_over_under_continuous_writes on PostgreSQL: it has no SQLite WAL");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let restart_frames = 200;
+    let config = LedgerConfig { wal_restart_frames: restart_frames, ..LedgerConfig::default() };
+    let ledger = Ledger::start(open(&dir).await, config).await.unwrap();
+    let w = AccountId::wallet("usr_wal");
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while ledger.wal_restarts() < 2 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no WAL restart after {n} rounds of writes");
+        let round: Vec<_> = (0..20)
+            .map(|i| {
+                let (ledger, w, id) = (ledger.clone(), w.clone(), format!("wal-{n}-{i}"));
+                tokio::spawn(async move { ledger.transfer(t(&id, promo(), w, 1, TransferKind::Welcome)).await })
+            })
+            .collect();
+        for r in round {
+            r.await.unwrap().unwrap();
+        }
+        n += 1;
+    }
+    assert_eq!(ledger.available(&w).await.unwrap(), Credits(n * 20));
+}

@@ -128,7 +128,7 @@ async fn session_response(state: &SharedState, user: &User, status: StatusCode) 
 }
 
 /// The client's IP: the TCP peer, or the first `X-Forwarded-For` address behind a trusted proxy.
-fn client_ip(state: &SharedState, peer: &SocketAddr, headers: &HeaderMap) -> String {
+pub(crate) fn client_ip(state: &SharedState, peer: &SocketAddr, headers: &HeaderMap) -> String {
     if state.config.trust_forwarded_for {
         let first = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next());
         if let Some(ip) = first.and_then(|f| f.trim().parse::<std::net::IpAddr>().ok()) {

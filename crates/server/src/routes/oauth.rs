@@ -164,7 +164,7 @@ fn see_other(location: &str) -> Response {
 }
 
 /// An HTML page that may not be framed (clickjacking) or cached.
-fn html(status: StatusCode, body: String, set_cookie: Option<String>) -> Response {
+pub(crate) fn html(status: StatusCode, body: String, set_cookie: Option<String>) -> Response {
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));

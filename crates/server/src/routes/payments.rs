@@ -19,7 +19,7 @@ use crate::payments::{apply_topup, new_session, package, provider, stripe_error,
 use crate::routes::PageQuery;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use quota_core::{AccountId, Credits, TransferKind};
 use quota_store::clock::rfc3339;
@@ -229,7 +229,8 @@ pub async fn dev_checkout_page(State(state): State<SharedState>, Path(id): Path<
         session.credits,
         escape(&session.cancel_url),
     );
-    Ok(Html(html).into_response())
+    // Not frameable, no script, not cached: it is a form that moves credits.
+    Ok(super::oauth::html(StatusCode::OK, html, None))
 }
 
 /// `POST /payments/dev/checkout/{id}`: "pay" at once, then go to the success URL.

@@ -1,0 +1,119 @@
+//! The wallet holder's view (SPEC §6, §10.1, §11): balance, top-up packages (to checkout), and
+//! the apps connected to this wallet with what was spent through each, and disconnect. Calls
+//! `crate::routes::payments::checkout` and `crate::routes::connections::disconnect`.
+
+use super::layout::{button_form, escape, frame, table, td, td_num, usd, when};
+use super::{html, see_other, Dash, DashForm, Flash, PageResult};
+use crate::app::SharedState;
+use crate::body::JsonBody;
+use crate::error::{internal, ApiError};
+use crate::routes::{connections, payments};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use quota_core::AccountId;
+use serde_json::json;
+
+async fn render(state: &SharedState, dash: &Dash, status: StatusCode, flash: Option<Flash>) -> PageResult {
+    let me = dash.user_id();
+    let balance = state.ledger.balance(&AccountId::wallet(me)).await.map_err(internal("dashboard wallet"))?;
+    let connections = state.store.connections_of(me).await.map_err(internal("dashboard connections"))?;
+    let rows: Vec<String> = connections
+        .iter()
+        .map(|c| {
+            format!(
+                "<tr>{}{}{}{}<td>{}</td></tr>",
+                td(&c.app_name),
+                td_num(&usd(c.spend)),
+                td(&c.scopes),
+                td(&when(c.created_at)),
+                button_form(
+                    dash,
+                    &format!("/dashboard/wallet/connections/{}/disconnect", c.app_id),
+                    "Disconnect",
+                    "danger"
+                ),
+            )
+        })
+        .collect();
+    let packages = if state.payments.is_none() {
+        "<p class=\"muted\">Top-ups are not configured on this Quota server (no payment provider).</p>".to_string()
+    } else {
+        let items: String = state
+            .config
+            .packages
+            .iter()
+            .map(|p| {
+                format!(
+                    "<div class=\"card\"><p class=\"label\">{name}</p><p class=\"value\">${d}.{c:02}</p>\
+                     <p class=\"muted\">{credit} of credit</p>\
+                     <form method=\"post\" action=\"/dashboard/wallet/checkout\">{csrf}\
+                     <input type=\"hidden\" name=\"package_id\" value=\"{id}\">\
+                     <button type=\"submit\" aria-label=\"Buy {name} for ${d}.{c:02}\">Buy</button></form></div>",
+                    name = escape(&p.name),
+                    id = escape(&p.id),
+                    d = p.price_cents / 100,
+                    c = p.price_cents % 100,
+                    credit = usd(p.credits),
+                    csrf = super::layout::csrf_field(dash),
+                )
+            })
+            .collect();
+        format!("<div class=\"cards packages\">{items}</div>")
+    };
+    let body = format!(
+        "<h1>Wallet</h1><div class=\"cards\"><div class=\"card\"><p class=\"label\">Balance</p>\
+         <p class=\"value\" id=\"wallet-balance\">{}</p><p class=\"muted\">One wallet for your own keys and every app you connect.</p></div></div>\
+         <section><h2>Top up</h2>{packages}</section><h2>Connected apps</h2>{}",
+        usd(balance.0),
+        table(
+            "Connected apps",
+            &["App", "Spent through it", "Permissions", "Connected", ""],
+            &rows,
+            "No apps are connected to your wallet."
+        ),
+    );
+    Ok(html(status, frame("Wallet", "wallet", Some(dash), flash.as_ref(), &body)))
+}
+
+/// `GET /dashboard/wallet`.
+pub async fn page_handler(State(state): State<SharedState>, dash: Dash, RawQuery(q): RawQuery) -> PageResult {
+    let flash = match url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()).find(|(k, _)| k == "topup") {
+        Some((_, v)) if v == "success" => {
+            Some(Flash::ok("Payment received: the credits appear as soon as the payment provider confirms it."))
+        }
+        Some((_, v)) if v == "cancelled" => Some(Flash::error("Top-up cancelled: nothing was charged.")),
+        _ => Flash::done(q.as_deref()),
+    };
+    render(&state, &dash, StatusCode::OK, flash).await
+}
+
+/// `POST /dashboard/wallet/checkout`: a checkout session, then off to pay.
+pub async fn checkout(State(state): State<SharedState>, f: DashForm) -> PageResult {
+    let base = crate::oauth::issuer(&state.config, &f.headers);
+    let result = async {
+        let body = json!({
+            "package_id": f.form.get("package_id"),
+            "success_url": format!("{base}/dashboard/wallet?topup=success"),
+            "cancel_url": format!("{base}/dashboard/wallet?topup=cancelled"),
+        });
+        let req = serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let resp = payments::checkout(State(state.clone()), f.headers.clone(), JsonBody(req)).await?;
+        let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.map_err(internal("checkout body"))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(internal("checkout body"))?;
+        Ok::<_, ApiError>(v["checkout_url"].as_str().unwrap_or("/dashboard/wallet").to_string())
+    }
+    .await;
+    match result {
+        Ok(url) => Ok(see_other(&url).into_response()),
+        Err(e) => render(&state, &f.dash, e.status, Some(Flash::from_api(&e))).await,
+    }
+}
+
+/// `POST /dashboard/wallet/connections/:app_id/disconnect`.
+pub async fn disconnect(State(state): State<SharedState>, Path(app_id): Path<String>, f: DashForm) -> PageResult {
+    match connections::disconnect(State(state.clone()), f.dash.session(), Path(app_id)).await {
+        Ok(_) => Ok(see_other("/dashboard/wallet?done=disconnected").into_response()),
+        Err(e) => render(&state, &f.dash, e.status, Some(Flash::from_api(&e))).await,
+    }
+}

@@ -229,8 +229,10 @@ async fn settlement_may_overshoot_its_hold_once() {
 #[tokio::test]
 async fn a_hold_never_settled_expires_and_frees_its_credits() {
     let dir = tempfile::tempdir().unwrap();
+    // Long enough for the check below to see the hold even on a loaded machine (on PostgreSQL
+    // it is a round trip away); short enough to wait for.
     let config = LedgerConfig {
-        hold_ttl: std::time::Duration::from_millis(20),
+        hold_ttl: std::time::Duration::from_millis(1_000),
         tick: std::time::Duration::from_millis(5),
         ..Default::default()
     };
@@ -242,7 +244,7 @@ async fn a_hold_never_settled_expires_and_frees_its_credits() {
     assert_eq!(ledger.available(&w).await.unwrap(), Credits(0));
     // The writer's tick frees it; poll for that, bounded.
     let mut freed = false;
-    for _ in 0..500 {
+    for _ in 0..1_000 {
         if ledger.open_holds() == 0 {
             freed = true;
             break;

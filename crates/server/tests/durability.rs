@@ -11,7 +11,7 @@ use common::process::{
 };
 use common::{skip_unless_postgres, within};
 use quota_core::Usage;
-use quota_store::{Pool, Store};
+use quota_store::{on_pool, Pool, Store};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -212,4 +212,72 @@ async fn migrate_and_verify_work_on_a_fresh_database() {
     let out = cli(&db, &["ledger", "verify"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("ledger OK: 0 transfers"));
+}
+
+/// A loopback webhook receiver: answers 200 and keeps every body.
+async fn receiver() -> (String, std::sync::Arc<parking_lot::Mutex<Vec<Value>>>) {
+    let got: std::sync::Arc<parking_lot::Mutex<Vec<Value>>> = Default::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: bytes::Bytes| {
+            let g = g.clone();
+            async move {
+                g.lock().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_charges_and_their_delivery_loses_no_event() {
+    // The first process charges but never delivers (its worker's next tick is an hour away) and
+    // dies mid-load; the restarted process delivers every event of a committed charge, once,
+    // and none for a request that was not charged.
+    let db = Db::fresh().await;
+    let (hook, got) = receiver().await;
+    let mut first = spawn(&db, &[("QUOTA_WEBHOOK_POLL_MS", "3600000")]);
+    let http = reqwest::Client::new();
+    let (_, session, key) = setup_developer(&http, &first.base).await;
+    let body = json!({"url": hook, "events": ["usage.completed"]});
+    let ep = http.post(format!("{}/v1/webhooks", first.base)).bearer_auth(&session).json(&body).send().await.unwrap();
+    assert_eq!(ep.status(), 201);
+    let seen = kill_mid_load(&http, &[first.base.clone()], &key, (4, 10_000), &mut first, 100).await;
+    assert!(got.lock().is_empty(), "the first process delivered nothing");
+
+    let _second = spawn(&db, &[("QUOTA_WEBHOOK_POLL_MS", "20")]);
+    let store = db.store().await;
+    let charged: Vec<String> = on_pool!(store.pool(), |p| sqlx::query_scalar(
+        "SELECT DISTINCT cause FROM transfers WHERE kind IN ('usage_charge', 'sandbox_charge')"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap());
+    // Bounded wait for the second process to deliver one event per committed charge.
+    let wanted = charged.len();
+    within(Duration::from_secs(30), "every committed charge's event delivered", || {
+        let n = got.lock().len();
+        async move { (n >= wanted).then_some(()) }
+    })
+    .await;
+    let delivered: Vec<Value> = got.lock().clone();
+    let mut request_ids: Vec<String> =
+        delivered.iter().map(|b| b["data"]["request_id"].as_str().unwrap().to_string()).collect();
+    request_ids.sort();
+    assert!(charged.len() >= seen.len() && seen.len() >= 100);
+    let mut expected = charged;
+    expected.sort();
+    assert_eq!(request_ids, expected, "one delivery per committed charge, none for anything else");
+    for (rid, _) in &seen {
+        assert!(request_ids.contains(rid), "acknowledged request {rid} has its usage.completed");
+    }
+    let mut event_ids: Vec<&str> = delivered.iter().map(|b| b["id"].as_str().unwrap()).collect();
+    event_ids.sort();
+    event_ids.dedup();
+    assert_eq!(event_ids.len(), delivered.len(), "each event delivered once");
 }

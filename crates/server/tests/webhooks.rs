@@ -99,6 +99,21 @@ async fn create_endpoint(s: &TestServer, session: &str, body: Value) -> Value {
     r.json().await.unwrap()
 }
 
+/// Wait (bounded) until the endpoint's delivery log holds `n` attempts. The worker stamps an
+/// attempt's retry time when the send returns, so the test moves the clock only after that.
+async fn wait_logged(s: &TestServer, session: &str, id: &str, n: usize) {
+    let mut logged = 0;
+    for _ in 0..500 {
+        let log = s.get_json(&format!("/v1/webhooks/{id}/deliveries"), session).await;
+        logged = log["data"].as_array().map_or(0, |d| d.iter().map(|x| x["log"].as_array().map_or(0, Vec::len)).sum());
+        if logged >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{logged} attempts logged, expected {n}");
+}
+
 async fn events_of(s: &TestServer, kind: &str) -> i64 {
     s.state.ledger.flush().await.unwrap();
     quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE type = $1")
@@ -127,11 +142,13 @@ async fn sandbox_usage_is_delivered_signed_and_retried_on_the_server_clock() {
     let request_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
 
     let first = rx.wait_for(1).await;
+    wait_logged(&s, &session, &id, 1).await;
     // Not due yet: nothing more arrives until the clock reaches the first retry (5 s).
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(rx.count(), 1);
     clock.advance(Duration::from_secs(5));
     rx.wait_for(2).await;
+    wait_logged(&s, &session, &id, 2).await;
     clock.advance(Duration::from_secs(299));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(rx.count(), 2, "the third attempt waits for 5 minutes");

@@ -22,6 +22,13 @@ impl Quota {
     pub fn emission_interval(&self) -> Micros {
         (self.period_us / i64::from(self.limit.max(1))).max(1)
     }
+
+    /// The burst tolerance: `limit` whole intervals. Not `period_us`: the interval is rounded
+    /// down to a microsecond, and a tolerance of the whole period would then let one request
+    /// more than `limit` through now and then (60 s / 39 leaves 21 µs over).
+    pub fn burst_us(&self) -> Micros {
+        self.emission_interval() * i64::from(self.limit.max(1))
+    }
 }
 
 /// What a check decided, with the numbers the response headers carry.
@@ -57,7 +64,7 @@ pub fn check(quota: Quota, state: Option<State>, now: Micros) -> (Decision, Opti
     let t = quota.emission_interval();
     let tat = rescale(state, t, now);
     let new_tat = tat + t;
-    let allow_at = new_tat - quota.period_us;
+    let allow_at = new_tat - quota.burst_us();
     if now < allow_at {
         let remaining = 0;
         let decision = Decision {
@@ -161,6 +168,28 @@ mod tests {
         let (d, _) = check(one, state, 0);
         assert!(!d.allowed);
         assert_eq!(d.retry_after_us, 3 * MIN);
+    }
+
+    #[test]
+    fn a_limit_that_does_not_divide_the_minute_never_lets_one_more_through() {
+        // The counterexample proptest found: at 39/min the interval rounds down by 21 µs a
+        // minute, and a tolerance of the whole period let a 401st request in 556.9 s through.
+        let q = Quota::per_minute(39);
+        let t = q.emission_interval();
+        let mut tat = None;
+        let mut passed = 0i64;
+        let mut now = 0;
+        // Greedy: each request as soon as the limiter allows one.
+        while now <= 556_922_881 {
+            let (d, new_tat) = check(q, tat, now);
+            if d.allowed {
+                passed += 1;
+                tat = new_tat.map(|x| (x, t));
+            } else {
+                now += d.retry_after_us;
+            }
+        }
+        assert!(passed <= 39 + 556_922_881 / t, "{passed} passed");
     }
 
     proptest! {

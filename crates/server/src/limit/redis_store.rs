@@ -18,7 +18,7 @@ local new_tats = {}
 local allowed = true
 for i = 1, n do
   local interval = tonumber(ARGV[(i - 1) * 3 + 1])
-  local period = tonumber(ARGV[(i - 1) * 3 + 2])
+  local burst = tonumber(ARGV[(i - 1) * 3 + 2])
   local limit = tonumber(ARGV[(i - 1) * 3 + 3])
   -- Stored as "tat:interval"; a changed interval carries the used requests over (gcra::rescale).
   local tat = now
@@ -36,7 +36,7 @@ for i = 1, n do
     end
   end
   local new_tat = tat + interval
-  local allow_at = new_tat - period
+  local allow_at = new_tat - burst
   if now < allow_at then
     allowed = false
     out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = tat - now; out[#out + 1] = allow_at - now
@@ -82,7 +82,7 @@ impl RedisStore {
         let mut invocation = self.script.prepare_invoke();
         for l in limits {
             invocation.key(format!("quota:rl:{}", l.key));
-            invocation.arg(l.quota.emission_interval()).arg(l.quota.period_us).arg(l.quota.limit);
+            invocation.arg(l.quota.emission_interval()).arg(l.quota.burst_us()).arg(l.quota.limit);
         }
         let raw: Vec<i64> = tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async(&mut conn))
             .await

@@ -36,14 +36,8 @@ fn form_page(
     email: &str,
     next: &str,
 ) -> Response {
-    let (binding, set_cookie) = match cookie(headers, CSRF_COOKIE) {
-        Some(c) => (c.to_string(), None),
-        None => {
-            let c = quota_core::ids::new_secret("");
-            let secure = if state.config.cookie_secure { "; Secure" } else { "" };
-            (c.clone(), Some(format!("{CSRF_COOKIE}={c}; Path=/dashboard; HttpOnly; SameSite=Lax{secure}")))
-        }
-    };
+    let (binding, set_cookie) =
+        crate::oauth::csrf::binding_cookie(headers, CSRF_COOKIE, "/dashboard", state.config.cookie_secure);
     let csrf = state.oauth.csrf.token(CSRF_PURPOSE, &binding);
     let (title, action, button, autocomplete, other) = match kind {
         Kind::SignIn => (

@@ -44,6 +44,26 @@ impl Default for Csrf {
     }
 }
 
+/// The pre-session binding of a sign-in form's CSRF token: the value of cookie `name` if the
+/// browser has one, else a new random value with the `Set-Cookie` header that stores it
+/// (HttpOnly, `SameSite=Lax`, `Secure` when configured, scoped to `path`).
+pub fn binding_cookie(
+    headers: &axum::http::HeaderMap,
+    name: &str,
+    path: &str,
+    secure: bool,
+) -> (String, Option<String>) {
+    match crate::auth::cookie(headers, name) {
+        Some(c) => (c.to_string(), None),
+        None => {
+            let c = quota_core::ids::new_secret("");
+            let secure = if secure { "; Secure" } else { "" };
+            let header = format!("{name}={c}; Path={path}; HttpOnly; SameSite=Lax{secure}");
+            (c, Some(header))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -268,15 +268,8 @@ fn sign_in_page(
     error: Option<&str>,
     email: &str,
 ) -> Response {
-    let (binding, set_cookie) = match cookie(headers, CSRF_COOKIE) {
-        Some(c) => (c.to_string(), None),
-        None => {
-            let c = quota_core::ids::new_secret("");
-            let secure = if state.config.cookie_secure { "; Secure" } else { "" };
-            let header = format!("{CSRF_COOKIE}={c}; Path=/oauth; HttpOnly; SameSite=Lax{secure}");
-            (c, Some(header))
-        }
-    };
+    let (binding, set_cookie) =
+        crate::oauth::csrf::binding_cookie(headers, CSRF_COOKIE, "/oauth", state.config.cookie_secure);
     let csrf = state.oauth.csrf.token("sign-in", &binding);
     let body = pages::sign_in(&app.name, &pages::hidden_fields(&req.pairs()), &csrf, error, email);
     html(status, body, set_cookie)

@@ -454,6 +454,40 @@ async fn a_key_whose_charged_response_was_lost_in_a_crash_is_refused_not_charged
     s.assert_ledger_ok().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_requests_with_one_idempotency_key_charge_once() {
+    // SPEC §4 (7) under concurrency: twenty copies of one request race for one key; exactly one
+    // runs and charges, the others are replayed or told it is in progress (409), never charged.
+    let s = TestServer::start().await;
+    let (user, _, key) = s.developer("test").await;
+    let before = s.balance(&user).await;
+    let racers: Vec<_> = (0..20)
+        .map(|_| {
+            let req = s
+                .http
+                .post(s.url("/v1/chat/completions"))
+                .bearer_auth(&key)
+                .header("Idempotency-Key", "race-1")
+                .json(&simple_chat("hi", 10));
+            tokio::spawn(async move { req.send().await.unwrap() })
+        })
+        .collect();
+    let (mut ran, mut replayed, mut busy) = (0, 0, 0);
+    for r in racers {
+        let r = r.await.unwrap();
+        match (r.status().as_u16(), r.headers().contains_key("idempotent-replayed")) {
+            (200, false) => ran += 1,
+            (200, true) => replayed += 1,
+            (409, _) => busy += 1,
+            (status, _) => panic!("unexpected {status}: {}", r.text().await.unwrap()),
+        }
+    }
+    assert_eq!(ran, 1, "one request ran ({replayed} replayed, {busy} in progress)");
+    assert_eq!(replayed + busy, 19);
+    assert_eq!(s.stored_balance(&user).await, before - cost_gpt4o_mini(HI_PROMPT_TOKENS, 10));
+    s.assert_ledger_ok().await;
+}
+
 #[tokio::test]
 async fn sandbox_and_production_keys_do_not_share_idempotency_keys() {
     let up = common::fake_openai::FakeUpstream::start().await;

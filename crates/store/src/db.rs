@@ -59,6 +59,8 @@ macro_rules! on_tx {
 
 /// The one advisory lock that PostgreSQL write transactions take (see [`Pool::begin_write`]).
 const WRITE_LOCK: i64 = 0x5155_4f54_4100; // "QUOTA"
+/// The namespace of the per-subject advisory locks (see [`Pool::begin_write_for`]).
+const SUBJECT_LOCKS: i32 = 0x5155_4f54; // "QUOT"
 
 impl Pool {
     /// A transaction that reads, then writes depending on what it read (apps, connections,
@@ -72,6 +74,25 @@ impl Pool {
             Pool::Postgres(p) => {
                 let mut t = p.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *t).await?;
+                Ok(Tx::Postgres(t))
+            }
+        }
+    }
+
+    /// Like [`Pool::begin_write`], but serialized only with transactions for the same
+    /// `subject` (e.g. one idempotency key): on PostgreSQL a transaction-scoped advisory lock on
+    /// the subject's hash (a two-int key, a key space apart from the write lock's), so claims
+    /// for different keys run in parallel on every instance. SQLite has one write lock anyway.
+    pub async fn begin_write_for(&self, subject: &str) -> Result<Tx, sqlx::Error> {
+        match self {
+            Pool::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
+            Pool::Postgres(p) => {
+                let mut t = p.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                    .bind(SUBJECT_LOCKS)
+                    .bind(subject)
+                    .execute(&mut *t)
+                    .await?;
                 Ok(Tx::Postgres(t))
             }
         }

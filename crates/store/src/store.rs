@@ -498,8 +498,8 @@ impl Store {
     /// Claim `(scope, key)` for a request whose body hashes to `request_hash`. A claim left
     /// unfinished for longer than `stale_after_ms` (its process died before charging) may be
     /// taken over: nothing was charged under it, since the charge and the completion commit
-    /// together. One write transaction at a time (on every instance), so of two racing for a
-    /// key exactly one claims it.
+    /// together. Claims of one key run one at a time (on every instance), so of two racing for
+    /// a key exactly one claims it; claims of different keys do not wait for each other.
     pub async fn idempotency_begin(
         &self,
         scope: &str,
@@ -508,7 +508,7 @@ impl Store {
         stale_after_ms: i64,
     ) -> Result<IdempotencyStart, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin_write().await?;
+        let mut tx = self.pool.begin_write_for(&format!("idempotency\n{scope}\n{key}")).await?;
         let outcome = on_tx!(&mut tx, |c| {
             let row = sqlx::query(
                 "SELECT request_hash, status, content_type, response_body, created_at FROM idempotency_keys \

@@ -437,3 +437,18 @@ async fn a_cookie_alone_cannot_carry_a_cross_site_form_write() {
         "only the JSON write made a key"
     );
 }
+
+#[tokio::test]
+async fn a_used_key_shows_when_it_was_last_used() {
+    // SPEC §2 key metadata: `last_used_at` is null until the key is used, then set (written at
+    // most once a second per key by the ledger writer, in the charge's batch).
+    let s = TestServer::start().await;
+    let (_, session, key) = s.developer("test").await;
+    let listed = s.get_json("/developers/keys", &session).await;
+    assert!(listed["data"][0]["last_used_at"].is_null());
+    for _ in 0..3 {
+        assert_eq!(s.chat(&key, common::simple_chat("hi", 4)).await.status(), 200);
+    }
+    let listed = s.get_json("/developers/keys", &session).await;
+    assert!(listed["data"][0]["last_used_at"].is_string(), "{listed}");
+}

@@ -26,6 +26,7 @@
 use crate::db::Pool;
 use crate::events::{insert_events_sqlite, OutboxEvent};
 use crate::idempotency::IdempotencyCompletion;
+use crate::last_used::LastUsed;
 use crate::now_ms;
 use crate::pg_ledger::Shared;
 use crate::store::{complete_idempotency, Store, StoreError};
@@ -436,7 +437,7 @@ impl Local {
             }
         });
         let writer = Writer {
-            keys_written_at: HashMap::new(),
+            last_used: LastUsed::default(),
             conn,
             inner: Arc::downgrade(&inner),
             last_seq,
@@ -527,10 +528,6 @@ impl Local {
     }
 }
 
-/// Resolution of a key's `last_used_at`.
-const LAST_USED_RESOLUTION_MS: i64 = 1_000;
-/// Bound on the table of recent `last_used_at` writes.
-const KEYS_WRITTEN_AT_MAX: usize = 100_000;
 /// How often committed WAL frames are copied into the database, off the commit path.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -555,8 +552,7 @@ async fn checkpoint(pool: &sqlx::SqlitePool, restart_frames: i64) -> Result<bool
 
 struct Writer {
     conn: SqliteConnection,
-    /// When each key's `last_used_at` was last written.
-    keys_written_at: HashMap<String, i64>,
+    last_used: LastUsed,
     inner: std::sync::Weak<Inner>,
     last_seq: i64,
     origin: String,
@@ -790,22 +786,12 @@ impl Writer {
         for chunk in usage.chunks(1500) {
             insert_usage(conn, chunk).await?;
         }
-        // `last_used_at` is shown to people: a write per key per second is enough, and it spares
-        // most batches a statement and a page.
-        for key in keys_used {
-            let fresh = self.keys_written_at.get(key).is_some_and(|t| now - *t < LAST_USED_RESOLUTION_MS);
-            if fresh {
-                continue;
-            }
+        for key in self.last_used.due(keys_used, now) {
             sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
                 .bind(now)
                 .bind(key)
                 .execute(&mut *conn)
                 .await?;
-            self.keys_written_at.insert(key.to_string(), now);
-        }
-        if self.keys_written_at.len() > KEYS_WRITTEN_AT_MAX {
-            self.keys_written_at.retain(|_, t| now - *t < LAST_USED_RESOLUTION_MS);
         }
         Ok(BatchEffects { foreign, loaded, per_job, max_seq })
     }

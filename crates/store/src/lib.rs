@@ -11,6 +11,7 @@ pub mod clock;
 mod db;
 pub mod events;
 pub mod idempotency;
+mod last_used;
 pub mod ledger;
 pub mod models;
 pub mod oauth;

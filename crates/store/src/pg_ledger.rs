@@ -101,7 +101,12 @@ impl Shared {
             ttl_ms: i64::try_from(config.hold_ttl.as_millis()).unwrap_or(i64::MAX),
             batch_max,
         };
-        let writer = Writer { conn: Conn::new(pool.clone(), None), open: open.clone(), origin: config.origin.clone() };
+        let writer = Writer {
+            conn: Conn::new(pool.clone(), None),
+            open: open.clone(),
+            origin: config.origin.clone(),
+            last_used: Default::default(),
+        };
         // Connect both now, so a bad database fails `start`, not the first request.
         holder.conn.check().await?;
         writer.conn.check().await?;
@@ -297,6 +302,7 @@ struct Writer {
     conn: Conn,
     open: Arc<AtomicUsize>,
     origin: String,
+    last_used: crate::last_used::LastUsed,
 }
 
 /// What one batch changed, for the replies.
@@ -466,6 +472,7 @@ impl Writer {
         //    order as by every other instance's writer); idempotent responses (rare).
         keys_used.sort_unstable();
         keys_used.dedup();
+        let keys_used = self.last_used.due(keys_used, now);
         if !usage.is_empty() || !keys_used.is_empty() {
             record_usage(&mut tx, &usage, &keys_used, now).await?;
         }

@@ -365,6 +365,36 @@ async fn a_freed_slot_is_refilled_at_once_not_at_the_next_tick() {
 }
 
 #[tokio::test]
+async fn a_patch_changes_only_what_it_names() {
+    // SPEC §8 endpoint management: a disabled endpoint stays disabled when its description
+    // changes, comes back with `enabled: true` (its failing run forgotten), and `null` clears
+    // the threshold while an absent field leaves it.
+    let s = TestServer::start_with(|c| c.webhook_poll_ms = 3_600_000).await;
+    let (_, session, _) = s.developer("test").await;
+    let ep = create_endpoint(
+        &s,
+        &session,
+        json!({"url": "http://127.0.0.1:9/hook", "events": ["balance.low"], "low_balance_threshold": 500}),
+    )
+    .await;
+    let path = format!("/v1/webhooks/{}", ep["id"].as_str().unwrap());
+    let patch = |body: Value| s.call_json(reqwest::Method::PATCH, &path, &session, Some(body));
+    let off = patch(json!({"enabled": false})).await;
+    assert_eq!(off["status"], "disabled");
+    let renamed = patch(json!({"description": "billing alerts"})).await;
+    assert_eq!(renamed["status"], "disabled", "a description change does not re-enable");
+    assert_eq!(renamed["description"], "billing alerts");
+    assert_eq!(renamed["low_balance_threshold"], 500, "absent: unchanged");
+    assert_eq!(renamed["events"], json!(["balance.low"]));
+    let on = patch(json!({"enabled": true, "low_balance_threshold": null})).await;
+    assert_eq!(on["status"], "enabled");
+    assert!(on["disabled_at"].is_null());
+    assert!(on["low_balance_threshold"].is_null(), "null clears");
+    assert_eq!(on["description"], "billing alerts");
+    assert_eq!(s.get_json(&path, &session).await, on);
+}
+
+#[tokio::test]
 async fn bad_webhook_input_gets_clear_errors() {
     let s = TestServer::start_with(|c| c.webhook_allow_private_urls = Some(false)).await;
     let (_, session, _) = s.developer("test").await;

@@ -240,7 +240,9 @@ impl Store {
         })
     }
 
-    /// Apply `patch`; `None` when the endpoint does not exist (for this developer).
+    /// Apply `patch`; `None` when the endpoint does not exist (for this developer). One
+    /// conditional `UPDATE` that writes only the patched columns, so it cannot undo what the
+    /// delivery worker changed meanwhile (a failing run, a 5-day disable) or another edit.
     pub async fn update_webhook_endpoint(
         &self,
         developer_id: &str,
@@ -248,51 +250,37 @@ impl Store {
         patch: &EndpointPatch,
         now: i64,
     ) -> Result<Option<WebhookEndpoint>, StoreError> {
+        let enabled = match patch.enabled {
+            Some(true) => "enable",
+            Some(false) => "disable",
+            None => "",
+        };
+        let sql = format!(
+            "UPDATE webhook_endpoints SET url = COALESCE($1, url), description = COALESCE($2, description), \
+             events = COALESCE($3, events), \
+             low_balance_threshold = CASE WHEN $4 THEN $5 ELSE low_balance_threshold END, \
+             disabled_reason = CASE WHEN $6 = 'enable' THEN NULL \
+               WHEN $6 = 'disable' AND disabled_at IS NULL THEN 'disabled by the developer' ELSE disabled_reason END, \
+             disabled_at = CASE WHEN $6 = 'enable' THEN NULL WHEN $6 = 'disable' THEN COALESCE(disabled_at, $7) \
+               ELSE disabled_at END, \
+             failing_since = CASE WHEN $6 = 'enable' THEN NULL ELSE failing_since END, \
+             updated_at = $7 \
+             WHERE id = $8 AND developer_id = $9 AND deleted_at IS NULL RETURNING {ENDPOINT_COLUMNS}"
+        );
         on_pool!(self.pool(), |p| {
-            let Some(mut e) = self.webhook_endpoint(developer_id, id).await? else {
-                return Ok(None);
-            };
-            if let Some(url) = &patch.url {
-                e.url = url.clone();
-            }
-            if let Some(d) = &patch.description {
-                e.description = d.clone();
-            }
-            if let Some(events) = &patch.events {
-                e.events = events.clone();
-            }
-            if let Some(t) = patch.low_balance_threshold {
-                e.low_balance_threshold = t;
-            }
-            match patch.enabled {
-                Some(true) => {
-                    e.disabled_at = None;
-                    e.disabled_reason = None;
-                    e.failing_since = None;
-                }
-                Some(false) if e.disabled_at.is_none() => {
-                    e.disabled_at = Some(now);
-                    e.disabled_reason = Some("disabled by the developer".into());
-                }
-                _ => {}
-            }
-            e.updated_at = now;
-            sqlx::query(
-                "UPDATE webhook_endpoints SET url = $1, description = $2, events = $3, low_balance_threshold = $4, \
-                 disabled_at = $5, disabled_reason = $6, failing_since = $7, updated_at = $8 WHERE id = $9",
-            )
-            .bind(&e.url)
-            .bind(&e.description)
-            .bind(events_column(&e.events))
-            .bind(e.low_balance_threshold)
-            .bind(e.disabled_at)
-            .bind(&e.disabled_reason)
-            .bind(e.failing_since)
-            .bind(now)
-            .bind(&e.id)
-            .execute(p)
-            .await?;
-            Ok(Some(e))
+            let row = sqlx::query(&sql)
+                .bind(&patch.url)
+                .bind(&patch.description)
+                .bind(patch.events.as_deref().map(events_column))
+                .bind(patch.low_balance_threshold.is_some())
+                .bind(patch.low_balance_threshold.flatten())
+                .bind(enabled)
+                .bind(now)
+                .bind(id)
+                .bind(developer_id)
+                .fetch_optional(p)
+                .await?;
+            Ok(row.as_ref().map(endpoint_from_row))
         })
     }
 

@@ -2,7 +2,7 @@
 //! endpoints the request path consults, and the delivery worker.
 //!
 //! The request path only *adds events to a settlement* (see [`Directory::settlement_events`]):
-//! a hash-map read, no I/O. Everything else happens in [`spawn_worker`]'s task, at its own
+//! a hash-map read and an id, no I/O. Everything else happens in [`spawn_worker`]'s task, at its own
 //! pace: fan-out of outbox rows into deliveries, leased claims (safe with several instances),
 //! signed sends with a 15 s timeout, the retry schedule on the injectable server clock, the
 //! 5-day auto-disable, and the usage retention job. Not here: the rows (`quota_store::webhooks`).
@@ -22,6 +22,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod sender;
+pub use sender::Sender;
 
 /// Every event type an endpoint may subscribe to.
 pub const EVENT_TYPES: &[&str] = &[
@@ -200,25 +203,19 @@ impl Directory {
         Ok(())
     }
 
-    /// The outbox entries a charge adds to its settlement (DESIGN §1 *record*): one
-    /// `usage.completed` if any endpoint wants it, and a `balance.low` watch per endpoint with a
-    /// threshold, on the payer's wallet. Nothing when the developer has no endpoint.
-    pub fn settlement_events(
-        &self,
-        principal: &Principal,
-        record: &UsageRecord,
-        now_ms: i64,
-    ) -> (Vec<OutboxEvent>, Vec<LowBalanceWatch>) {
+    /// What a charge adds to its settlement for the outbox (DESIGN §1 *record*): if any
+    /// endpoint wants `usage.completed`, the usage record is marked as owing that event (an id
+    /// in [`UsageRecord::pending_event`]: the worker writes the event, the record as its data,
+    /// off the request path); and a `balance.low` watch per endpoint with a threshold, on the
+    /// payer's wallet. Nothing when the developer has no endpoint.
+    pub fn settlement_events(&self, principal: &Principal, record: &mut UsageRecord) -> Vec<LowBalanceWatch> {
         let dir = self.by_developer.read();
         let Some(subs) = dir.get(&principal.developer_id) else {
-            return (Vec::new(), Vec::new());
+            return Vec::new();
         };
         let sandbox = principal.sandbox();
-        let mut events = Vec::new();
         if subs.iter().any(|s| s.wants("usage.completed")) {
-            let mut e = OutboxEvent::new("usage.completed", &principal.developer_id, usage_data(record), now_ms);
-            e.sandbox = sandbox;
-            events.push(e);
+            record.pending_event = Some(quota_core::ids::new_ordered_id("evt_", quota_store::clock::now_us()));
         }
         let mut watches = Vec::new();
         for s in subs.iter().filter(|s| s.wants("balance.low")) {
@@ -232,36 +229,14 @@ impl Directory {
                     "app_id": principal.app_id,
                     "request_id": record.id,
                 }),
-                now_ms,
+                record.created_at,
             );
             e.sandbox = sandbox;
             e.endpoint_id = Some(s.id.clone());
             watches.push(LowBalanceWatch { account: principal.payer.clone(), threshold, event: e });
         }
-        (events, watches)
+        watches
     }
-}
-
-/// `usage.completed`'s `data`: the usage record (no prompt or completion text exists in it).
-pub fn usage_data(r: &UsageRecord) -> Value {
-    json!({
-        "request_id": r.id,
-        "key_id": r.key_id,
-        "app_id": r.app_id,
-        "payer": r.payer_account,
-        "billing_mode": r.billing_mode,
-        "model": r.model,
-        "provider": r.provider,
-        "input_tokens": r.input_tokens,
-        "cached_tokens": r.cached_tokens,
-        "output_tokens": r.output_tokens,
-        "base_cost": r.base_cost,
-        "markup": r.markup,
-        "total": r.total,
-        "status": r.status,
-        "latency_ms": r.latency_ms,
-        "sandbox": r.sandbox,
-    })
 }
 
 /// The JSON body of a delivery: `{id, type, created_at, data}` (+ `sandbox: true`). Built from
@@ -294,72 +269,109 @@ pub fn next_attempt_at(attempts: i64, now_ms: i64) -> Option<i64> {
 /// due deliveries as there are free slots — so the worker takes SQLite's write lock a few times
 /// per turn (turns at least [`TURN_MIN`] apart), not per delivery, and freed slots are refilled
 /// at the next turn rather than the next tick. New events are fanned out at each tick
-/// (`webhook_poll_ms`).
+/// (`webhook_poll_ms`) unless due deliveries are already waiting for slots. The sends run on
+/// their own thread at a lower CPU priority ([`Sender`], `webhook_nice`); the bookkeeping and
+/// every database write stay here.
 pub fn spawn_worker(state: &SharedState) {
+    let sender = match Sender::start(state.config.webhook_nice) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(error = %e, "webhook worker could not start its sending thread");
+            return;
+        }
+    };
     let weak = Arc::downgrade(state);
-    let poll = Duration::from_millis(state.config.webhook_poll_ms.max(10));
-    let concurrency = state.config.webhook_concurrency.max(1);
+    let store = state.store.clone();
     tokio::spawn(async move {
-        let client = match reqwest::Client::builder()
-            .timeout(ATTEMPT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .build()
-        {
-            Ok(c) => c,
+        // SQLite: the loop runs on the low-priority thread with a connection of its own,
+        // opened here so that its thread — which holds the write lock during the worker's
+        // transactions — keeps the request path's priority. (PostgreSQL: the loop stays on
+        // this runtime, whose I/O driver owns the pool's connections.)
+        match store.sqlite_sibling().await {
+            Ok(Some(own)) => {
+                let on = sender.clone();
+                on.spawn(run_worker(weak, own, sender));
+            }
+            Ok(None) => run_worker(weak, store, sender).await,
             Err(e) => {
-                tracing::error!(error = %e, "webhook worker could not build its HTTP client");
-                return;
+                tracing::warn!(error = %e, "webhook worker shares the server's connections");
+                run_worker(weak, store, sender).await
             }
-        };
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<FinishedAttempt>();
-        let mut worker = Worker { client, done_tx, concurrency, in_flight: 0, more_due: false };
-        let mut ticker = tokio::time::interval(poll);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut directory_at = i64::MIN;
-        let mut retention_at = i64::MIN;
-        let mut finished = Vec::new();
-        let mut last_turn = tokio::time::Instant::now();
-        loop {
-            let ticked = tokio::select! {
-                _ = ticker.tick() => true,
-                Some(f) = done_rx.recv() => {
-                    finished.push(f);
-                    // Let more sends finish, so that one transaction records them all.
-                    tokio::time::sleep_until(last_turn + TURN_MIN).await;
-                    while let Ok(f) = done_rx.try_recv() {
-                        finished.push(f);
-                    }
-                    false
-                }
-            };
-            let Some(state) = weak.upgrade() else { break };
-            let now = state.clock.now_ms();
-            if ticked && (now.saturating_sub(directory_at) >= DIRECTORY_REFRESH_MS || now < directory_at) {
-                directory_at = now;
-                if let Err(e) = state.webhooks.reload(&state.store).await {
-                    tracing::warn!(error = %e, "webhook directory reload failed");
-                }
-            }
-            if ticked && now.saturating_sub(retention_at) >= RETENTION_EVERY_MS {
-                retention_at = now;
-                let cutoff = now - i64::from(state.config.usage_retention_days) * DAY_MS;
-                match state.store.expire_usage(cutoff).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(records = n, "usage retention: raw records folded into daily aggregates"),
-                    Err(e) => tracing::warn!(error = %e, "usage retention failed"),
-                }
-            }
-            if let Err(e) = worker.turn(&state, ticked, &mut finished).await {
-                tracing::warn!(error = %e, "webhook worker turn failed");
-            }
-            last_turn = tokio::time::Instant::now();
         }
     });
 }
 
+/// The worker's loop until the server is gone; `store` is where its reads and writes go.
+async fn run_worker(weak: std::sync::Weak<crate::app::AppState>, store: quota_store::Store, sender: Arc<Sender>) {
+    let Some((poll, concurrency)) = weak
+        .upgrade()
+        .map(|s| (Duration::from_millis(s.config.webhook_poll_ms.max(10)), s.config.webhook_concurrency.max(1)))
+    else {
+        return;
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .tcp_nodelay(true)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook worker could not build its HTTP client");
+            return;
+        }
+    };
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<FinishedAttempt>();
+    let mut worker = Worker { store, sender, client, done_tx, concurrency, in_flight: 0, more_due: false };
+    let mut ticker = tokio::time::interval(poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut directory_at = i64::MIN;
+    let mut retention_at = i64::MIN;
+    let mut finished = Vec::new();
+    let mut last_turn = tokio::time::Instant::now();
+    loop {
+        let ticked = tokio::select! {
+            _ = ticker.tick() => true,
+            Some(f) = done_rx.recv() => {
+                finished.push(f);
+                // Let more sends finish, so that one transaction records them all.
+                tokio::time::sleep_until(last_turn + TURN_MIN).await;
+                while let Ok(f) = done_rx.try_recv() {
+                    finished.push(f);
+                }
+                false
+            }
+        };
+        let Some(state) = weak.upgrade() else { break };
+        let now = state.clock.now_ms();
+        if ticked && (now.saturating_sub(directory_at) >= DIRECTORY_REFRESH_MS || now < directory_at) {
+            directory_at = now;
+            if let Err(e) = state.webhooks.reload(&worker.store).await {
+                tracing::warn!(error = %e, "webhook directory reload failed");
+            }
+        }
+        if ticked && now.saturating_sub(retention_at) >= RETENTION_EVERY_MS {
+            retention_at = now;
+            let cutoff = now - i64::from(state.config.usage_retention_days) * DAY_MS;
+            match worker.store.expire_usage(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(records = n, "usage retention: raw records folded into daily aggregates"),
+                Err(e) => tracing::warn!(error = %e, "usage retention failed"),
+            }
+        }
+        if let Err(e) = worker.turn(&state, ticked, &mut finished).await {
+            tracing::warn!(error = %e, "webhook worker turn failed");
+        }
+        last_turn = tokio::time::Instant::now();
+    }
+}
+
 /// The delivery worker's state between turns.
 struct Worker {
+    /// The worker's own connections on SQLite (see [`spawn_worker`]); the server's on PostgreSQL.
+    store: quota_store::Store,
+    /// Where sends run: their own thread, below the request path's priority.
+    sender: Arc<Sender>,
     client: reqwest::Client,
     done_tx: tokio::sync::mpsc::UnboundedSender<FinishedAttempt>,
     concurrency: usize,
@@ -380,34 +392,38 @@ impl Worker {
             let now = state.clock.now_ms();
             // On error the batch is kept and written again next turn (the rows' leases keep
             // other workers off them meanwhile).
-            let disabled = state.store.finish_attempts(finished, now - DISABLE_AFTER_MS).await?;
+            let disabled = self.store.finish_attempts(finished, now - DISABLE_AFTER_MS).await?;
             self.in_flight -= finished.len();
             finished.clear();
             if !disabled.is_empty() {
                 tracing::warn!(endpoints = ?disabled, "webhook endpoints disabled after 5 days of failures");
-                if let Err(e) = state.webhooks.reload(&state.store).await {
+                if let Err(e) = state.webhooks.reload(&self.store).await {
                     tracing::warn!(error = %e, "webhook directory reload failed");
                 }
                 crate::changes::announce(state, crate::changes::WEBHOOKS).await;
             }
         }
-        if ticked {
+        // Fan-out keeps pace with sending: while due deliveries are waiting for slots, new
+        // events stay in the outbox (durable, and no work) instead of becoming delivery rows
+        // the sends cannot reach yet — database writes at the request path's priority.
+        let backlogged = self.more_due || self.in_flight >= self.concurrency;
+        if ticked && !backlogged {
             let now = state.clock.now_ms();
-            while state.store.dispatch_events(now, DISPATCH_BATCH_MAX).await? as i64 == DISPATCH_BATCH_MAX {}
+            while self.store.dispatch_events(now, DISPATCH_BATCH_MAX).await? as i64 == DISPATCH_BATCH_MAX {}
         }
         let free = self.concurrency - self.in_flight;
         if free == 0 || !(ticked || self.more_due) {
             return Ok(());
         }
         let now = state.clock.now_ms();
-        let due = state.store.claim_deliveries(now, now + LEASE_MS, free as i64).await?;
+        let due = self.store.claim_deliveries(now, now + LEASE_MS, free as i64).await?;
         self.more_due = due.len() == free;
         self.in_flight += due.len();
         for d in due {
             let state = state.clone();
             let client = self.client.clone();
             let done = self.done_tx.clone();
-            tokio::spawn(async move {
+            self.sender.spawn(async move {
                 let _ = done.send(attempt(&state, &client, d).await);
             });
         }
@@ -434,7 +450,7 @@ async fn attempt(state: &SharedState, client: &reqwest::Client, d: DueDelivery) 
     let now = state.clock.now_ms();
     FinishedAttempt {
         log: AttemptLog {
-            id: quota_core::ids::new_id("wha_"),
+            id: quota_core::ids::new_ordered_id("wha_", quota_store::clock::now_us()),
             delivery_id: d.id.clone(),
             attempted_at: now,
             status_code,

@@ -114,9 +114,17 @@ async fn wait_logged(s: &TestServer, session: &str, id: &str, n: usize) {
     panic!("{logged} attempts logged, expected {n}");
 }
 
+/// The committed events of `kind`: in the outbox, or (`usage.completed`) still owed by a
+/// usage record that the worker has not written out yet.
 async fn events_of(s: &TestServer, kind: &str) -> i64 {
     s.state.ledger.flush().await.unwrap();
-    quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE type = $1")
+    let owed = if kind == "usage.completed" {
+        "SELECT COUNT(*) FROM usage_records WHERE pending_event IS NOT NULL"
+    } else {
+        "SELECT 0"
+    };
+    let sql = format!("SELECT (SELECT COUNT(*) FROM events WHERE type = $1) + ({owed})");
+    quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar::<_, i64>(&sql)
         .bind(kind)
         .fetch_one(p)
         .await

@@ -413,8 +413,8 @@ impl Local {
             wal_restarts: AtomicU64::new(0),
         });
         // Checkpoints run from a pool connection every second (PASSIVE: they never block the
-        // writer) instead of inline in the commit that crosses SQLite's threshold.
-        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&mut conn).await.map_err(StoreError::from)?;
+        // writer) instead of inline in the commit that crosses SQLite's threshold (every
+        // connection is opened with `wal_autocheckpoint = 0`, see `Store::open`).
         let checkpointer = store.clone();
         let alive = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -783,6 +783,7 @@ impl Writer {
             qb.build().execute(&mut *conn).await?;
         }
         insert_events_sqlite(conn, events.into_iter().chain(&crossed)).await?;
+        // SQLite allows 32,766 bound values per statement; 20 per row.
         for chunk in usage.chunks(1500) {
             insert_usage(conn, chunk).await?;
         }
@@ -974,7 +975,8 @@ async fn insert_usage(conn: &mut SqliteConnection, records: &[&UsageRecord]) -> 
     }
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
         "INSERT INTO usage_records (id, created_at, developer_id, key_id, app_id, payer_account, billing_mode, model, provider, \
-         input_tokens, cached_tokens, cache_write_tokens, output_tokens, base_cost, markup, total, status, latency_ms, sandbox) ",
+         input_tokens, cached_tokens, cache_write_tokens, output_tokens, base_cost, markup, total, status, latency_ms, sandbox, \
+         pending_event) ",
     );
     qb.push_values(records, |mut b, u| {
         b.push_bind(&u.id)
@@ -995,7 +997,8 @@ async fn insert_usage(conn: &mut SqliteConnection, records: &[&UsageRecord]) -> 
             .push_bind(u.total)
             .push_bind(&u.status)
             .push_bind(u.latency_ms)
-            .push_bind(u.sandbox);
+            .push_bind(u.sandbox)
+            .push_bind(&u.pending_event);
     });
     qb.push(" ON CONFLICT (id) DO NOTHING");
     qb.build().execute(&mut *conn).await?;

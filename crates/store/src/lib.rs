@@ -17,6 +17,7 @@ pub mod models;
 pub mod oauth;
 pub mod payments;
 mod pg_ledger;
+pub mod sqlite_busy;
 mod store;
 pub mod testing;
 pub mod usage;

@@ -81,6 +81,20 @@ pub struct Store {
     sqlite_options: Option<SqliteConnectOptions>,
 }
 
+/// A pool of SQLite connections that wait for locks through [`crate::sqlite_busy`].
+/// With `keep`, connections are never closed for being idle or old.
+async fn sqlite_pool(
+    options: &SqliteConnectOptions,
+    max_connections: u32,
+    keep: bool,
+) -> Result<sqlx::SqlitePool, sqlx::Error> {
+    let mut pool = SqlitePoolOptions::new().max_connections(max_connections.max(1)).min_connections(1);
+    if keep {
+        pool = pool.idle_timeout(None).max_lifetime(None);
+    }
+    pool.after_connect(|conn, _| Box::pin(crate::sqlite_busy::install(conn))).connect_with(options.clone()).await
+}
+
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -112,12 +126,13 @@ impl Store {
                 Synchronous::Full => SqliteSynchronous::Full,
             })
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(config.max_connections.max(1))
-            .min_connections(1)
-            .connect_with(options.clone())
-            .await?;
+            .foreign_keys(true)
+            // No connection checkpoints as a side effect of its commit (SQLite's default, past
+            // 1,000 WAL pages: a copy and an fsync inside whichever write came last, every
+            // write once the WAL is that long). A running ledger checkpoints once a second
+            // (`ledger::checkpoint`); a process without one checkpoints when it closes.
+            .pragma("wal_autocheckpoint", "0");
+        let pool = sqlite_pool(&options, config.max_connections, false).await?;
         Ok(Store { pool: Pool::Sqlite(pool), sqlite_options: Some(options) })
     }
 
@@ -146,11 +161,27 @@ impl Store {
         self.pool.backend()
     }
 
+    /// A one-connection pool on the same SQLite file (`None` on PostgreSQL or in memory) for
+    /// work run from a low-priority thread (the webhook worker). The connection is opened now,
+    /// from the calling thread, and kept (no idle timeout or lifetime): its own thread inherits
+    /// the caller's CPU priority, so the statements it runs — holding SQLite's write lock — never
+    /// wait behind requests at the low priority of the thread that asked for them.
+    pub async fn sqlite_sibling(&self) -> Result<Option<Store>, StoreError> {
+        let Some(options) = &self.sqlite_options else { return Ok(None) };
+        if options.get_filename().as_os_str() == ":memory:" {
+            return Ok(None);
+        }
+        let pool = sqlite_pool(options, 1, true).await?;
+        Ok(Some(Store { pool: Pool::Sqlite(pool), sqlite_options: Some(options.clone()) }))
+    }
+
     /// A dedicated SQLite connection outside the pool (the SQLite ledger writer's).
     pub(crate) async fn dedicated_sqlite_connection(&self) -> Result<sqlx::SqliteConnection, StoreError> {
         use sqlx::ConnectOptions;
         let options = self.sqlite_options.as_ref().ok_or_else(|| StoreError::UnsupportedUrl("not sqlite".into()))?;
-        Ok(options.connect().await?)
+        let mut conn = options.connect().await?;
+        crate::sqlite_busy::install(&mut conn).await?;
+        Ok(conn)
     }
 
     /// Changes announced by any instance (PostgreSQL), for the caches; `None` on SQLite, where

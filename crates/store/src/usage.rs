@@ -29,6 +29,49 @@ pub struct UsageRecord {
     pub status: String,
     pub latency_ms: i64,
     pub sandbox: bool,
+    /// `evt_…`: the `usage.completed` event this record owes its developer's webhook endpoints
+    /// until the webhook worker writes it to the outbox (`events`), with
+    /// [`UsageRecord::event_data`] as its data. Committed with the charge, so the event survives
+    /// any crash; `None` when no endpoint wanted it, and on records read back.
+    pub pending_event: Option<String>,
+}
+
+impl UsageRecord {
+    /// `usage.completed`'s `data`: the record (no prompt or completion text exists in it).
+    pub fn event_data(&self) -> serde_json::Value {
+        serde_json::json!({
+            "request_id": self.id,
+            "key_id": self.key_id,
+            "app_id": self.app_id,
+            "payer": self.payer_account,
+            "billing_mode": self.billing_mode,
+            "model": self.model,
+            "provider": self.provider,
+            "input_tokens": self.input_tokens,
+            "cached_tokens": self.cached_tokens,
+            "output_tokens": self.output_tokens,
+            "base_cost": self.base_cost,
+            "markup": self.markup,
+            "total": self.total,
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "sandbox": self.sandbox,
+        })
+    }
+
+    /// The outbox event this record owes, if any: id, time and sandbox flag are the record's.
+    pub fn owed_event(&self) -> Option<crate::OutboxEvent> {
+        let id = self.pending_event.as_ref()?;
+        Some(crate::OutboxEvent {
+            id: id.clone(),
+            kind: "usage.completed".into(),
+            developer_id: self.developer_id.clone(),
+            data: self.event_data(),
+            sandbox: self.sandbox,
+            created_at_ms: self.created_at,
+            endpoint_id: None,
+        })
+    }
 }
 
 /// Which usage records to read (SPEC §9 filters); times are Unix milliseconds, `to` exclusive.
@@ -78,10 +121,10 @@ enum UsageBind<'a> {
     Int(i64),
 }
 
-const USAGE_COLUMNS: &str = "id, created_at, developer_id, key_id, app_id, payer_account, billing_mode, model, provider, \
+pub(crate) const USAGE_COLUMNS: &str = "id, created_at, developer_id, key_id, app_id, payer_account, billing_mode, model, provider, \
      input_tokens, cached_tokens, cache_write_tokens, output_tokens, base_cost, markup, total, status, latency_ms, sandbox";
 
-fn usage_from_row(r: &impl DbRow) -> UsageRecord {
+pub(crate) fn usage_from_row(r: &impl DbRow) -> UsageRecord {
     UsageRecord {
         id: r.get("id"),
         created_at: r.get("created_at"),
@@ -102,6 +145,7 @@ fn usage_from_row(r: &impl DbRow) -> UsageRecord {
         status: r.get("status"),
         latency_ms: r.get("latency_ms"),
         sandbox: r.get("sandbox"),
+        pending_event: None,
     }
 }
 
@@ -194,7 +238,8 @@ impl crate::Store {
     }
 
     /// Retention (SPEC §9): fold records older than `cutoff` into per-day aggregates, then
-    /// delete them, in one transaction. `cutoff` is rounded down to a UTC day so a day is
+    /// delete them, in one transaction; a record still owing its `usage.completed` event waits
+    /// for a later run (the fold adds). `cutoff` is rounded down to a UTC day so a day is
     /// never half raw, half aggregated. Returns how many records were removed.
     pub async fn expire_usage(&self, cutoff: i64) -> Result<u64, crate::StoreError> {
         let cutoff = cutoff.div_euclid(DAY_MS) * DAY_MS;
@@ -207,7 +252,8 @@ impl crate::Store {
              requests, input_tokens, cached_tokens, output_tokens, base_cost, markup, total) \
              SELECT (created_at / 86400000) * 86400000, developer_id, COALESCE(key_id, ''), COALESCE(app_id, ''), \
              payer_account, billing_mode, model, sandbox, COUNT(*), SUM(input_tokens), SUM(cached_tokens), \
-             SUM(output_tokens), SUM(base_cost), SUM(markup), SUM(total) FROM usage_records WHERE created_at < $1 \
+             SUM(output_tokens), SUM(base_cost), SUM(markup), SUM(total) FROM usage_records \
+             WHERE created_at < $1 AND pending_event IS NULL \
              GROUP BY (created_at / 86400000) * 86400000, developer_id, COALESCE(key_id, ''), COALESCE(app_id, ''), \
              payer_account, billing_mode, model, sandbox \
              ON CONFLICT (day, developer_id, key_id, app_id, payer_account, billing_mode, model, sandbox) DO UPDATE SET \
@@ -221,11 +267,13 @@ impl crate::Store {
         .bind(cutoff)
         .execute(&mut *c).await?.rows_affected()
         });
-        let n = on_tx!(&mut tx, |c| sqlx::query("DELETE FROM usage_records WHERE created_at < $1")
-            .bind(cutoff)
-            .execute(&mut *c)
-            .await?
-            .rows_affected());
+        let n = on_tx!(&mut tx, |c| sqlx::query(
+            "DELETE FROM usage_records WHERE created_at < $1 AND pending_event IS NULL"
+        )
+        .bind(cutoff)
+        .execute(&mut *c)
+        .await?
+        .rows_affected());
         tx.commit().await?;
         Ok(n)
     }

@@ -6,8 +6,10 @@
 //! workers (two instances on one database) never take the same attempt.
 
 use crate::db::DbRow;
+use crate::db::Tx;
 use crate::events::{insert_events, OutboxEvent};
 use crate::store::{Store, StoreError};
+use crate::usage::{usage_from_row, UsageRecord, USAGE_COLUMNS};
 use crate::{on_pool, on_tx};
 use sqlx::QueryBuilder;
 use std::collections::{HashMap, HashSet};
@@ -349,6 +351,7 @@ impl Store {
     pub async fn dispatch_events(&self, now: i64, limit: i64) -> Result<usize, StoreError> {
         let skip_locked = self.pool().skip_locked();
         let mut tx = self.pool().begin_conditional().await?;
+        let materialized = self.write_owed_usage_events(&mut tx, limit).await?;
         let out = on_tx!(&mut tx, |c| {
             // Conditions only in the subquery: the outer statement then finds its rows by key
             // instead of walking every undispatched event (the backlog) a second time. Several
@@ -363,7 +366,7 @@ impl Store {
             .bind(limit)
             .fetch_all(&mut *c)
             .await?;
-            if events.is_empty() {
+            if events.is_empty() && materialized == 0 {
                 // Nothing changed: the transaction rolls back.
                 return Ok(0);
             }
@@ -402,7 +405,7 @@ impl Store {
                      next_attempt_at, lease_until, created_at, updated_at) ",
                 );
                 qb.push_values(chunk, |mut b, (event_id, endpoint_id, developer_id)| {
-                    b.push_bind(quota_core::ids::new_id("whd_"))
+                    b.push_bind(quota_core::ids::new_ordered_id("whd_", crate::clock::now_us()))
                         .push_bind(event_id)
                         .push_bind(endpoint_id)
                         .push_bind(developer_id)
@@ -419,7 +422,39 @@ impl Store {
             events.len()
         });
         tx.commit().await?;
-        Ok(out)
+        Ok(out.max(materialized))
+    }
+
+    /// Write to the outbox the `usage.completed` events that up to `limit` usage records owe
+    /// (oldest first; see [`UsageRecord::pending_event`]) and clear what they owe, in `tx`.
+    /// On PostgreSQL several instances take different records (`SKIP LOCKED`).
+    async fn write_owed_usage_events(&self, tx: &mut Tx, limit: i64) -> Result<usize, StoreError> {
+        let sql = format!(
+            "SELECT {USAGE_COLUMNS}, pending_event FROM usage_records WHERE pending_event IS NOT NULL \
+             ORDER BY created_at LIMIT $1{}",
+            self.pool().skip_locked()
+        );
+        let owed: Vec<UsageRecord> = on_tx!(&mut *tx, |c| sqlx::query(&sql)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?
+            .iter()
+            .map(|r| UsageRecord { pending_event: r.get("pending_event"), ..usage_from_row(r) })
+            .collect());
+        if owed.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<OutboxEvent> = owed.iter().filter_map(UsageRecord::owed_event).collect();
+        insert_events(tx, &events).await?;
+        let ids: Vec<&str> = owed.iter().map(|u| u.id.as_str()).collect();
+        for chunk in ids.chunks(IN_LIST_MAX) {
+            on_tx!(&mut *tx, |c| {
+                let mut qb = QueryBuilder::new("UPDATE usage_records SET pending_event = NULL WHERE id IN ");
+                push_in_list(&mut qb, chunk);
+                qb.build().execute(&mut *c).await?.rows_affected()
+            });
+        }
+        Ok(owed.len())
     }
 
     /// Claim up to `limit` due deliveries until `lease_until`: a claimed row is not due for

@@ -257,7 +257,7 @@ async fn a_hold_never_settled_expires_and_frees_its_credits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_run_by_two_instances_at_once_folds_each_record_once() {
+async fn retention_run_by_two_instances_at_once_folds_each_record_once_and_keeps_those_owing_an_event() {
     let dir = tempfile::tempdir().unwrap();
     let url = quota_store::testing::fresh_database_url(dir.path()).await;
     let (a, b) = (open_at(&url).await, open_at(&url).await);
@@ -284,17 +284,32 @@ async fn retention_run_by_two_instances_at_once_folds_each_record_once() {
             status: "succeeded".into(),
             latency_ms: 1,
             sandbox: false,
+            // Every tenth record still owes its `usage.completed` event.
+            pending_event: (i % 10 == 0).then(|| format!("evt_{i}")),
         };
         ledger.record(record).await.unwrap();
     }
     ledger.flush().await.unwrap();
-    // Both instances' retention jobs fire at the same moment.
+    let folded = |store: Store| async move {
+        let rows = store.usage_aggregates("usr_dev", 0, 10 * DAY).await.unwrap();
+        (rows.iter().map(|r| r.requests).sum::<i64>(), rows.iter().map(|r| r.total).sum::<i64>())
+    };
+    // Both instances' retention jobs fire at the same moment; records owing an event stay.
     let (ra, rb) = tokio::join!(a.expire_usage(3 * DAY), b.expire_usage(3 * DAY));
-    assert_eq!(ra.unwrap() + rb.unwrap(), 50, "each record deleted once");
-    let rows = a.usage_aggregates("usr_dev", 0, 10 * DAY).await.unwrap();
-    let requests: i64 = rows.iter().map(|r| r.requests).sum();
-    let total: i64 = rows.iter().map(|r| r.total).sum();
-    assert_eq!((requests, total), (50, 350), "folded once: {rows:?}");
+    assert_eq!(ra.unwrap() + rb.unwrap(), 45, "each record deleted once, none owing an event");
+    assert_eq!(folded(a.clone()).await, (50, 350), "raw and folded records each counted once");
+    // Once the events are in the outbox, the next run folds the rest, still once.
+    assert_eq!(a.dispatch_events(4 * DAY, 500).await.unwrap(), 5);
+    let events: i64 = quota_store::on_pool!(a.pool(), |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events WHERE type = 'usage.completed' AND id LIKE 'evt_%'"
+    )
+    .fetch_one(p)
+    .await
+    .unwrap());
+    assert_eq!(events, 5);
+    let (ra, rb) = tokio::join!(a.expire_usage(3 * DAY), b.expire_usage(3 * DAY));
+    assert_eq!(ra.unwrap() + rb.unwrap(), 5);
+    assert_eq!(folded(a.clone()).await, (50, 350), "folded once");
 }
 
 #[tokio::test]

@@ -8,9 +8,9 @@
 //!    route): the upstream call, chunks as they arrive. Every inference route goes through it.
 //! 6. **meter** — the adapter's [`quota_providers::Meter`] or the complete body's usage.
 //! 7. **settle** — [`Billing::settle`]: the hold becomes the metered charge, durably.
-//! 8. **record** — the usage record and its webhook events (`usage.completed`, `balance.low`
-//!    watches: [`crate::webhooks::Directory::settlement_events`]), committed with the charge in
-//!    the same transaction (outbox).
+//! 8. **record** — the usage record (marked as owing `usage.completed` when an endpoint wants
+//!    it) and `balance.low` watches ([`crate::webhooks::Directory::settlement_events`]),
+//!    committed with the charge in the same transaction (outbox).
 //!
 //! Streams run phases 6–8 from [`stream::billed_stream`], including when the client leaves.
 
@@ -213,6 +213,7 @@ impl Billing {
             total: charge.total().0,
             status: status.to_string(),
             latency_ms: self.started.elapsed().as_millis() as i64,
+            pending_event: None,
             sandbox: self.principal.sandbox(),
         }
     }
@@ -258,14 +259,14 @@ impl Billing {
         // In the sandbox the developer pays the base price; the markup is reported, not taken.
         let charged = if self.principal.sandbox() { charge.base } else { charge.total() };
         let balance_before = hold.balance_at_hold();
-        let record = self.usage_record(&usage, &charge, status);
-        let (events, low_balance) = self.state.webhooks.settlement_events(&self.principal, &record, record.created_at);
+        let mut record = self.usage_record(&usage, &charge, status);
+        let low_balance = self.state.webhooks.settlement_events(&self.principal, &mut record);
         let settlement = Settlement {
             transfers: self.transfers(&charge),
             usage: Some(record),
             idempotency: None,
             key_used: self.principal.key_id.clone(),
-            events,
+            events: Vec::new(),
             low_balance,
         };
         let committed = self.state.ledger.settle(hold, settlement).await.map_err(|e| {

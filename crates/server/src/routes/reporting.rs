@@ -67,7 +67,7 @@ async fn developer_of(state: &SharedState, headers: &HeaderMap) -> Result<String
 
 /// A usage record as the API shows it: `usage.completed`'s data with the record's id and time.
 fn usage_json(r: &UsageRecord) -> Value {
-    let mut v = crate::webhooks::usage_data(r);
+    let mut v = r.event_data();
     v["id"] = Value::String(r.id.clone());
     v["created_at"] = Value::String(rfc3339(r.created_at));
     v

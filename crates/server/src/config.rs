@@ -67,10 +67,11 @@ pub struct Config {
     pub webhook_poll_ms: u64,
     /// Most webhook deliveries in flight per process.
     pub webhook_concurrency: usize,
-    /// The `nice` value (0–19) of the thread that sends webhook deliveries: above 0, requests
-    /// get the CPU first and deliveries use what is left (they are durable: a backlog built
-    /// under saturation drains when load drops). 0: the same priority as requests.
-    pub webhook_nice: i32,
+    /// The CPU priority of the webhook worker's thread: `idle` (Linux `SCHED_IDLE`: it runs
+    /// when no request needs the CPU and yields the moment one does), `low` (nice 19) or
+    /// `normal` (the same as requests). Deliveries are durable: a backlog built under
+    /// saturation drains when load drops.
+    pub webhook_priority: String,
     /// Days raw usage records are kept before being folded into daily aggregates.
     pub usage_retention_days: u32,
     /// Top-ups and payouts (SPEC §10): `stripe` (the Stripe API) or `dev` (a local checkout
@@ -151,7 +152,7 @@ impl Default for Config {
             webhook_allow_private_urls: None,
             webhook_poll_ms: 200,
             webhook_concurrency: 64,
-            webhook_nice: 19,
+            webhook_priority: "idle".into(),
             usage_retention_days: 90,
             payments_provider: None,
             stripe_api_base: "https://api.stripe.com".into(),
@@ -206,7 +207,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("webhook_allow_private_urls", Kind::Scalar),
     ("webhook_poll_ms", Kind::Scalar),
     ("webhook_concurrency", Kind::Scalar),
-    ("webhook_nice", Kind::Scalar),
+    ("webhook_priority", Kind::Text),
     ("usage_retention_days", Kind::Scalar),
     ("payments_provider", Kind::Text),
     ("stripe_api_base", Kind::Text),
@@ -303,9 +304,7 @@ impl Config {
         if self.upstream_timeout_secs == 0 || self.upstream_first_byte_timeout_secs == 0 {
             return Err("upstream timeouts must be positive".into());
         }
-        if !(0..=19).contains(&self.webhook_nice) {
-            return Err(format!("webhook_nice must be 0 to 19, got {}", self.webhook_nice));
-        }
+        self.webhook_priority.parse::<crate::webhooks::Priority>()?;
         self.validate_payments()
     }
 

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod sender;
-pub use sender::Sender;
+pub use sender::{Priority, Sender};
 
 /// Every event type an endpoint may subscribe to.
 pub const EVENT_TYPES: &[&str] = &[
@@ -269,11 +269,13 @@ pub fn next_attempt_at(attempts: i64, now_ms: i64) -> Option<i64> {
 /// due deliveries as there are free slots — so the worker takes SQLite's write lock a few times
 /// per turn (turns at least [`TURN_MIN`] apart), not per delivery, and freed slots are refilled
 /// at the next turn rather than the next tick. New events are fanned out at each tick
-/// (`webhook_poll_ms`) unless due deliveries are already waiting for slots. The sends run on
-/// their own thread at a lower CPU priority ([`Sender`], `webhook_nice`); the bookkeeping and
-/// every database write stay here.
+/// (`webhook_poll_ms`) unless due deliveries are already waiting for slots. The loop and the
+/// sends run on their own thread at a lower CPU priority ([`Sender`], `webhook_priority`);
+/// its database calls run on the server's runtime ([`Worker::on_server`]).
 pub fn spawn_worker(state: &SharedState) {
-    let sender = match Sender::start(state.config.webhook_nice) {
+    // Validated with the configuration.
+    let priority = state.config.webhook_priority.parse().unwrap_or(Priority::Idle);
+    let sender = match Sender::start(priority) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             tracing::error!(error = %e, "webhook worker could not start its sending thread");
@@ -281,28 +283,18 @@ pub fn spawn_worker(state: &SharedState) {
         }
     };
     let weak = Arc::downgrade(state);
-    let store = state.store.clone();
-    tokio::spawn(async move {
-        // SQLite: the loop runs on the low-priority thread with a connection of its own,
-        // opened here so that its thread — which holds the write lock during the worker's
-        // transactions — keeps the request path's priority. (PostgreSQL: the loop stays on
-        // this runtime, whose I/O driver owns the pool's connections.)
-        match store.sqlite_sibling().await {
-            Ok(Some(own)) => {
-                let on = sender.clone();
-                on.spawn(run_worker(weak, own, sender));
-            }
-            Ok(None) => run_worker(weak, store, sender).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook worker shares the server's connections");
-                run_worker(weak, store, sender).await
-            }
-        }
-    });
+    let server = tokio::runtime::Handle::current();
+    let on = sender.clone();
+    on.spawn(run_worker(weak, state.store.clone(), server, sender));
 }
 
 /// The worker's loop until the server is gone; `store` is where its reads and writes go.
-async fn run_worker(weak: std::sync::Weak<crate::app::AppState>, store: quota_store::Store, sender: Arc<Sender>) {
+async fn run_worker(
+    weak: std::sync::Weak<crate::app::AppState>,
+    store: quota_store::Store,
+    server: tokio::runtime::Handle,
+    sender: Arc<Sender>,
+) {
     let Some((poll, concurrency)) = weak
         .upgrade()
         .map(|s| (Duration::from_millis(s.config.webhook_poll_ms.max(10)), s.config.webhook_concurrency.max(1)))
@@ -322,7 +314,7 @@ async fn run_worker(weak: std::sync::Weak<crate::app::AppState>, store: quota_st
         }
     };
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<FinishedAttempt>();
-    let mut worker = Worker { store, sender, client, done_tx, concurrency, in_flight: 0, more_due: false };
+    let mut worker = Worker { store, server, sender, client, done_tx, concurrency, in_flight: 0, more_due: false };
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut directory_at = i64::MIN;
@@ -346,14 +338,15 @@ async fn run_worker(weak: std::sync::Weak<crate::app::AppState>, store: quota_st
         let now = state.clock.now_ms();
         if ticked && (now.saturating_sub(directory_at) >= DIRECTORY_REFRESH_MS || now < directory_at) {
             directory_at = now;
-            if let Err(e) = state.webhooks.reload(&worker.store).await {
+            if let Err(e) = worker.reload_directory(&state).await {
                 tracing::warn!(error = %e, "webhook directory reload failed");
             }
         }
         if ticked && now.saturating_sub(retention_at) >= RETENTION_EVERY_MS {
             retention_at = now;
             let cutoff = now - i64::from(state.config.usage_retention_days) * DAY_MS;
-            match worker.store.expire_usage(cutoff).await {
+            let store = worker.store.clone();
+            match worker.on_server(async move { store.expire_usage(cutoff).await }).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(records = n, "usage retention: raw records folded into daily aggregates"),
                 Err(e) => tracing::warn!(error = %e, "usage retention failed"),
@@ -368,8 +361,9 @@ async fn run_worker(weak: std::sync::Weak<crate::app::AppState>, store: quota_st
 
 /// The delivery worker's state between turns.
 struct Worker {
-    /// The worker's own connections on SQLite (see [`spawn_worker`]); the server's on PostgreSQL.
     store: quota_store::Store,
+    /// The server's runtime, where the worker's database calls run (see [`Worker::on_server`]).
+    server: tokio::runtime::Handle,
     /// Where sends run: their own thread, below the request path's priority.
     sender: Arc<Sender>,
     client: reqwest::Client,
@@ -381,6 +375,27 @@ struct Worker {
 }
 
 impl Worker {
+    /// Run a database call on the server's runtime and wait for it. The worker's own thread
+    /// yields the CPU to requests: a transaction driven from it could sit between two
+    /// statements, holding SQLite's write lock (or a PostgreSQL row lock), for as long as
+    /// requests keep the CPU busy — and requests wait for that lock. Driven from the server's
+    /// runtime, a transaction runs from BEGIN to COMMIT at the request path's priority, and
+    /// connections are only ever opened and polled there.
+    async fn on_server<T: Send + 'static>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, quota_store::StoreError>> + Send + 'static,
+    ) -> Result<T, quota_store::StoreError> {
+        self.server
+            .spawn(call)
+            .await
+            .map_err(|e| quota_store::StoreError::Corrupt(format!("webhook database call did not finish: {e}")))?
+    }
+
+    async fn reload_directory(&self, state: &SharedState) -> Result<(), quota_store::StoreError> {
+        let (state, store) = (state.clone(), self.store.clone());
+        self.on_server(async move { state.webhooks.reload(&store).await }).await
+    }
+
     /// Record what finished, fan out new events (on a tick), and refill the free slots.
     async fn turn(
         &mut self,
@@ -392,15 +407,32 @@ impl Worker {
             let now = state.clock.now_ms();
             // On error the batch is kept and written again next turn (the rows' leases keep
             // other workers off them meanwhile).
-            let disabled = self.store.finish_attempts(finished, now - DISABLE_AFTER_MS).await?;
-            self.in_flight -= finished.len();
-            finished.clear();
+            let (store, batch) = (self.store.clone(), std::mem::take(finished));
+            let (batch, recorded) = self
+                .on_server(async move {
+                    let recorded = store.finish_attempts(&batch, now - DISABLE_AFTER_MS).await;
+                    Ok((batch, recorded))
+                })
+                .await?;
+            let disabled = match recorded {
+                Ok(disabled) => disabled,
+                Err(e) => {
+                    *finished = batch;
+                    return Err(e);
+                }
+            };
+            self.in_flight -= batch.len();
             if !disabled.is_empty() {
                 tracing::warn!(endpoints = ?disabled, "webhook endpoints disabled after 5 days of failures");
-                if let Err(e) = state.webhooks.reload(&self.store).await {
+                if let Err(e) = self.reload_directory(state).await {
                     tracing::warn!(error = %e, "webhook directory reload failed");
                 }
-                crate::changes::announce(state, crate::changes::WEBHOOKS).await;
+                let state = state.clone();
+                self.on_server(async move {
+                    crate::changes::announce(&state, crate::changes::WEBHOOKS).await;
+                    Ok(())
+                })
+                .await?;
             }
         }
         // Fan-out keeps pace with sending: while due deliveries are waiting for slots, new
@@ -409,14 +441,20 @@ impl Worker {
         let backlogged = self.more_due || self.in_flight >= self.concurrency;
         if ticked && !backlogged {
             let now = state.clock.now_ms();
-            while self.store.dispatch_events(now, DISPATCH_BATCH_MAX).await? as i64 == DISPATCH_BATCH_MAX {}
+            let store = self.store.clone();
+            self.on_server(async move {
+                while store.dispatch_events(now, DISPATCH_BATCH_MAX).await? as i64 == DISPATCH_BATCH_MAX {}
+                Ok(())
+            })
+            .await?;
         }
         let free = self.concurrency - self.in_flight;
         if free == 0 || !(ticked || self.more_due) {
             return Ok(());
         }
         let now = state.clock.now_ms();
-        let due = self.store.claim_deliveries(now, now + LEASE_MS, free as i64).await?;
+        let store = self.store.clone();
+        let due = self.on_server(async move { store.claim_deliveries(now, now + LEASE_MS, free as i64).await }).await?;
         self.more_due = due.len() == free;
         self.in_flight += due.len();
         for d in due {

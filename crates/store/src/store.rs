@@ -82,17 +82,13 @@ pub struct Store {
 }
 
 /// A pool of SQLite connections that wait for locks through [`crate::sqlite_busy`].
-/// With `keep`, connections are never closed for being idle or old.
-async fn sqlite_pool(
-    options: &SqliteConnectOptions,
-    max_connections: u32,
-    keep: bool,
-) -> Result<sqlx::SqlitePool, sqlx::Error> {
-    let mut pool = SqlitePoolOptions::new().max_connections(max_connections.max(1)).min_connections(1);
-    if keep {
-        pool = pool.idle_timeout(None).max_lifetime(None);
-    }
-    pool.after_connect(|conn, _| Box::pin(crate::sqlite_busy::install(conn))).connect_with(options.clone()).await
+async fn sqlite_pool(options: &SqliteConnectOptions, max_connections: u32) -> Result<sqlx::SqlitePool, sqlx::Error> {
+    SqlitePoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .min_connections(1)
+        .after_connect(|conn, _| Box::pin(crate::sqlite_busy::install(conn)))
+        .connect_with(options.clone())
+        .await
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -132,7 +128,7 @@ impl Store {
             // write once the WAL is that long). A running ledger checkpoints once a second
             // (`ledger::checkpoint`); a process without one checkpoints when it closes.
             .pragma("wal_autocheckpoint", "0");
-        let pool = sqlite_pool(&options, config.max_connections, false).await?;
+        let pool = sqlite_pool(&options, config.max_connections).await?;
         Ok(Store { pool: Pool::Sqlite(pool), sqlite_options: Some(options) })
     }
 
@@ -159,20 +155,6 @@ impl Store {
     /// `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
         self.pool.backend()
-    }
-
-    /// A one-connection pool on the same SQLite file (`None` on PostgreSQL or in memory) for
-    /// work run from a low-priority thread (the webhook worker). The connection is opened now,
-    /// from the calling thread, and kept (no idle timeout or lifetime): its own thread inherits
-    /// the caller's CPU priority, so the statements it runs — holding SQLite's write lock — never
-    /// wait behind requests at the low priority of the thread that asked for them.
-    pub async fn sqlite_sibling(&self) -> Result<Option<Store>, StoreError> {
-        let Some(options) = &self.sqlite_options else { return Ok(None) };
-        if options.get_filename().as_os_str() == ":memory:" {
-            return Ok(None);
-        }
-        let pool = sqlite_pool(options, 1, true).await?;
-        Ok(Some(Store { pool: Pool::Sqlite(pool), sqlite_options: Some(options.clone()) }))
     }
 
     /// A dedicated SQLite connection outside the pool (the SQLite ledger writer's).

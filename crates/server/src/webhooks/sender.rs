@@ -1,20 +1,46 @@
-//! The thread that sends webhook deliveries: its own single-threaded runtime, at a lower CPU
-//! priority (`webhook_nice`) than the threads that serve requests.
+//! The webhook worker's thread: its own single-threaded runtime, at a lower CPU priority
+//! (`webhook_priority`) than the threads that serve requests.
 //!
 //! A delivery costs about as much CPU as a request (a signed HTTP POST and its response). Run
 //! beside the request path at the same priority, deliveries took a third to a half of a
 //! saturated core away from requests. On this thread the kernel's scheduler gives requests the
 //! CPU first; deliveries use what is left, and a backlog built under saturation (durable in
-//! the outbox and the delivery rows) drains when load drops. Only the HTTP work runs here: the
-//! worker's database writes stay on the main runtime, so no pooled database connection (nor
-//! its I/O driver) is ever created on, or driven by, a low-priority thread.
+//! the outbox and the delivery rows) drains when load drops. `idle` (`SCHED_IDLE`) is the
+//! default: a request waking up preempts it at once, where a nice-19 thread may keep the CPU
+//! for the rest of its time slice. Database connections the worker uses are never opened from
+//! here (see `spawn_worker`): the thread that holds SQLite's write lock must not be one that
+//! requests can starve.
 
 use std::future::Future;
+use std::str::FromStr;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 /// Name of the sending thread (its tasks' blocking DNS lookups run on `quota-webhooks-dns`).
 pub const THREAD_NAME: &str = "quota-webhooks";
+
+/// How the worker's thread competes with requests for the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// `SCHED_IDLE`: only when nothing else wants the CPU.
+    Idle,
+    /// nice 19.
+    Low,
+    /// As requests.
+    Normal,
+}
+
+impl FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Priority, String> {
+        match s {
+            "idle" => Ok(Priority::Idle),
+            "low" => Ok(Priority::Low),
+            "normal" => Ok(Priority::Normal),
+            other => Err(format!("webhook_priority must be `idle`, `low` or `normal`, got `{other}`")),
+        }
+    }
+}
 
 /// A running sending thread; dropping it stops the thread (sends in flight are abandoned:
 /// their deliveries are leased and sent again when the lease ends).
@@ -24,17 +50,16 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Start the thread at `nice` (0: the priority of the thread that calls this). A
-    /// priority that cannot be set is logged, not fatal.
-    pub fn start(nice: i32) -> std::io::Result<Sender> {
+    /// Start the thread at `priority`. A priority that cannot be set is logged, not fatal.
+    pub fn start(priority: Priority) -> std::io::Result<Sender> {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
             // Set before the runtime exists: threads started from here (the blocking pool)
             // inherit the priority.
-            if nice > 0 {
-                if let Err(e) = lower_priority(nice) {
-                    tracing::warn!(error = %e, nice, "webhook sender runs at normal priority");
+            if priority != Priority::Normal {
+                if let Err(e) = lower_priority(priority) {
+                    tracing::warn!(error = %e, ?priority, "the webhook worker runs at normal priority");
                 }
             }
             let runtime =
@@ -63,12 +88,22 @@ impl Sender {
     }
 }
 
-/// Give the calling thread (only it: Linux priorities are per thread) the `nice` value.
+/// Give the calling thread (only it: Linux priorities are per thread) `priority`.
 #[cfg(target_os = "linux")]
-fn lower_priority(nice: i32) -> std::io::Result<()> {
-    // SAFETY: gettid and setpriority take and return plain integers; no memory is shared.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+fn lower_priority(priority: Priority) -> std::io::Result<()> {
+    // SAFETY: gettid, sched_setscheduler and setpriority take plain integers and a pointer to
+    // a local struct that outlives the call.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+        match priority {
+            Priority::Idle => {
+                let param = libc::sched_param { sched_priority: 0 };
+                libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param)
+            }
+            Priority::Low => libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19),
+            Priority::Normal => 0,
+        }
+    };
     if rc == -1 {
         return Err(std::io::Error::last_os_error());
     }
@@ -76,7 +111,7 @@ fn lower_priority(nice: i32) -> std::io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(_nice: i32) -> std::io::Result<()> {
+fn lower_priority(_priority: Priority) -> std::io::Result<()> {
     Err(std::io::Error::other("per-thread priorities are only set on Linux"))
 }
 
@@ -91,29 +126,50 @@ mod tests {
         unsafe { libc::syscall(libc::SYS_gettid) }
     }
 
-    /// The `nice` field of one of this process's threads, from `/proc`.
+    /// Fields of one of this process's threads' `stat`, 1-based as in proc(5).
     #[cfg(target_os = "linux")]
-    fn nice_of(tid: i64) -> i32 {
+    fn stat_field(tid: i64, field: usize) -> i64 {
         let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("the thread's stat");
-        // The fields after the parenthesised name start at field 3; `nice` is field 19.
+        // The fields after the parenthesised name start at field 3.
         let rest = &stat[stat.rfind(')').expect("a name") + 2..];
-        rest.split(' ').nth(16).expect("a nice field").parse().expect("a number")
+        rest.split(' ').nth(field - 3).expect("the field").parse().expect("a number")
+    }
+    #[cfg(target_os = "linux")]
+    const NICE: usize = 19;
+    #[cfg(target_os = "linux")]
+    const POLICY: usize = 41;
+
+    /// Where a task spawned on a sender at `priority` ran: (thread name, tid, nice, policy).
+    #[cfg(target_os = "linux")]
+    fn run_on(priority: Priority) -> (Option<String>, i64, i64, i64) {
+        let sender = Sender::start(priority).expect("sender starts");
+        let (tx, rx) = std::sync::mpsc::channel();
+        sender.spawn(async move {
+            let t = tid();
+            let _ = tx.send((
+                std::thread::current().name().map(str::to_string),
+                t,
+                stat_field(t, NICE),
+                stat_field(t, POLICY),
+            ));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the task ran")
     }
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn sends_run_on_their_own_thread_at_the_configured_priority() {
-        let before = nice_of(tid());
-        let sender = Sender::start(13).expect("sender starts");
-        let (tx, rx) = std::sync::mpsc::channel();
-        sender.spawn(async move {
-            let _ = tx.send((std::thread::current().name().map(str::to_string), tid(), nice_of(tid())));
-        });
-        let (name, sender_tid, nice) = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the task ran");
+    fn the_worker_runs_on_its_own_thread_at_the_configured_priority() {
+        let (nice_here, policy_here) = (stat_field(tid(), NICE), stat_field(tid(), POLICY));
+        let (name, idle_tid, _, policy) = run_on(Priority::Idle);
         assert_eq!(name.as_deref(), Some(THREAD_NAME));
-        assert_ne!(sender_tid, tid());
-        assert_eq!(nice, 13);
-        // The thread that started it keeps its own priority.
-        assert_eq!(nice_of(tid()), before);
+        assert_ne!(idle_tid, tid());
+        assert_eq!(policy, i64::from(libc::SCHED_IDLE));
+        let (_, _, nice, policy) = run_on(Priority::Low);
+        assert_eq!((nice, policy), (19, i64::from(libc::SCHED_OTHER)));
+        let (_, _, nice, policy) = run_on(Priority::Normal);
+        assert_eq!((nice, policy), (nice_here, policy_here));
+        // The thread that started them keeps its own priority.
+        assert_eq!((stat_field(tid(), NICE), stat_field(tid(), POLICY)), (nice_here, policy_here));
+        assert!("busy".parse::<Priority>().is_err());
     }
 }

@@ -2,10 +2,11 @@
 //! endpoints the request path consults, and the delivery worker.
 //!
 //! The request path only *adds events to a settlement* (see [`Directory::settlement_events`]):
-//! a hash-map read and an id, no I/O. Everything else happens in [`spawn_worker`]'s task, at its own
-//! pace: fan-out of outbox rows into deliveries, leased claims (safe with several instances),
-//! signed sends with a 15 s timeout, the retry schedule on the injectable server clock, the
-//! 5-day auto-disable, and the usage retention job. Not here: the rows (`quota_store::webhooks`).
+//! a hash-map read and an id, no I/O. Everything else happens in [`spawn_worker`]'s loop, on a
+//! thread below the request path's CPU priority ([`sender`]): writing the `usage.completed`
+//! events usage records owe, fan-out of outbox rows into deliveries, leased claims (safe with
+//! several instances), signed sends with a 15 s timeout, the retry schedule on the injectable
+//! server clock, the 5-day auto-disable, and the usage retention job. Not here: the rows (`quota_store::webhooks`).
 
 use crate::app::SharedState;
 use crate::auth::Principal;

@@ -1,15 +1,15 @@
 //! The webhook worker's thread: its own single-threaded runtime, at a lower CPU priority
 //! (`webhook_priority`) than the threads that serve requests.
 //!
-//! A delivery costs about as much CPU as a request (a signed HTTP POST and its response). Run
-//! beside the request path at the same priority, deliveries took a third to a half of a
-//! saturated core away from requests. On this thread the kernel's scheduler gives requests the
-//! CPU first; deliveries use what is left, and a backlog built under saturation (durable in
-//! the outbox and the delivery rows) drains when load drops. `idle` (`SCHED_IDLE`) is the
-//! default: a request waking up preempts it at once, where a nice-19 thread may keep the CPU
-//! for the rest of its time slice. Database connections the worker uses are never opened from
-//! here (see `spawn_worker`): the thread that holds SQLite's write lock must not be one that
-//! requests can starve.
+//! A delivery costs about as much CPU as a request (a signed HTTP POST and its response, plus
+//! the worker's bookkeeping). Run beside the request path at the same priority, deliveries took
+//! a third to a half of a saturated core away from requests. On this thread the kernel gives
+//! requests the CPU first; deliveries use what is left, and a backlog built under saturation
+//! (durable in the outbox and the delivery rows) drains when load drops. `idle`
+//! (`SCHED_IDLE`) is the default: a request waking up preempts it at once, where a nice-19
+//! thread may keep the CPU for the rest of its time slice. The worker's database calls do not
+//! run here (see `Worker::on_server`): the thread driving a transaction holds SQLite's write
+//! lock until it commits, and must not be one that requests can starve.
 
 use std::future::Future;
 use std::str::FromStr;

@@ -61,6 +61,8 @@ const TURN_MIN: Duration = Duration::from_millis(10);
 const DISPATCH_BATCH_MAX: i64 = 500;
 /// How often the worker re-reads the endpoint directory (other instances' changes).
 const DIRECTORY_REFRESH_MS: i64 = 5_000;
+/// How often the worker counts its backlog (`quota_webhook_backlog`), in real time.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// How often the retention job runs.
 const RETENTION_EVERY_MS: i64 = 3_600_000;
 
@@ -322,6 +324,7 @@ async fn run_worker(
     let mut retention_at = i64::MIN;
     let mut finished = Vec::new();
     let mut last_turn = tokio::time::Instant::now();
+    let mut backlog_at = last_turn.checked_sub(BACKLOG_EVERY).unwrap_or(last_turn);
     loop {
         let ticked = tokio::select! {
             _ = ticker.tick() => true,
@@ -336,6 +339,18 @@ async fn run_worker(
             }
         };
         let Some(state) = weak.upgrade() else { break };
+        if ticked && backlog_at.elapsed() >= BACKLOG_EVERY {
+            backlog_at = tokio::time::Instant::now();
+            let store = worker.store.clone();
+            match worker.on_server(async move { store.webhook_backlog().await }).await {
+                Ok((owed, outbox, pending)) => {
+                    for (stage, n) in [("owed", owed), ("outbox", outbox), ("deliveries", pending)] {
+                        metrics::gauge!("quota_webhook_backlog", "stage" => stage).set(n as f64);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "webhook backlog count failed"),
+            }
+        }
         let now = state.clock.now_ms();
         if ticked && (now.saturating_sub(directory_at) >= DIRECTORY_REFRESH_MS || now < directory_at) {
             directory_at = now;

@@ -638,3 +638,43 @@ async fn an_endpoint_created_or_deleted_on_one_instance_applies_on_another_withi
     })
     .await;
 }
+
+/// `quota_webhook_backlog{stage=…}` as `/metrics` shows it now.
+async fn backlog_gauge(s: &TestServer, stage: &str) -> Option<f64> {
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let prefix = format!("quota_webhook_backlog{{stage=\"{stage}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok())
+}
+
+/// Wait (bounded: the worker counts once a second) until the gauge reads `want`.
+async fn wait_backlog(s: &TestServer, stage: &str, want: f64) {
+    let mut seen = None;
+    for _ in 0..500 {
+        seen = backlog_gauge(s, stage).await;
+        if seen == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("quota_webhook_backlog{{stage={stage}}} is {seen:?}, expected {want}");
+}
+
+#[tokio::test]
+async fn the_backlog_gauge_counts_a_delivery_waiting_to_retry_until_it_succeeds() {
+    // Delivery yields to requests under load, so operators watch its backlog: a delivery whose
+    // first attempt failed is pending until its retry succeeds.
+    let clock = Arc::new(Clock::manual(T0_US));
+    let s = TestServer::start_with_clock(|c| c.webhook_poll_ms = 20, clock.clone()).await;
+    let rx = Receiver::start(1).await;
+    let (_, session, key) = s.developer("test").await;
+    let ep = create_endpoint(&s, &session, json!({"url": rx.url, "events": ["usage.completed"]})).await;
+    let id = ep["id"].as_str().unwrap().to_string();
+    assert_eq!(s.chat(&key, simple_chat("hi", 4)).await.status(), 200);
+    wait_logged(&s, &session, &id, 1).await;
+    wait_backlog(&s, "deliveries", 1.0).await;
+    assert_eq!(backlog_gauge(&s, "owed").await, Some(0.0));
+    clock.advance(Duration::from_secs(5));
+    rx.wait_for(2).await;
+    wait_logged(&s, &session, &id, 2).await;
+    wait_backlog(&s, "deliveries", 0.0).await;
+}

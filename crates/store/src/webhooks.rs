@@ -457,6 +457,21 @@ impl Store {
         Ok(owed.len())
     }
 
+    /// What webhook delivery still has to do: (usage records owing their event, outbox events
+    /// not fanned out, deliveries pending — due now or retrying later). Each count reads a
+    /// partial or leading index.
+    pub async fn webhook_backlog(&self) -> Result<(i64, i64, i64), StoreError> {
+        let counts = on_pool!(self.pool(), |p| sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM usage_records WHERE pending_event IS NOT NULL) AS owed, \
+             (SELECT COUNT(*) FROM events WHERE dispatched_at IS NULL) AS outbox, \
+             (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending') AS pending"
+        )
+        .fetch_one(p)
+        .await
+        .map(|r| (r.get("owed"), r.get("outbox"), r.get("pending")))?);
+        Ok(counts)
+    }
+
     /// Claim up to `limit` due deliveries until `lease_until`: a claimed row is not due for
     /// anyone else until its lease ends (a worker that dies mid-send is retried after it). One
     /// write statement, then two reads for the claimed rows' events and endpoints.

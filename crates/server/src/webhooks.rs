@@ -6,7 +6,8 @@
 //! thread below the request path's CPU priority ([`sender`]): writing the `usage.completed`
 //! events usage records owe, fan-out of outbox rows into deliveries, leased claims (safe with
 //! several instances), signed sends with a 15 s timeout, the retry schedule on the injectable
-//! server clock, the 5-day auto-disable, and the usage retention job. Not here: the rows (`quota_store::webhooks`).
+//! server clock, the 5-day auto-disable, and the usage retention job. Not here: the rows
+//! (`quota_store::webhooks`).
 
 use crate::app::SharedState;
 use crate::auth::Principal;

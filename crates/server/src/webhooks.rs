@@ -219,7 +219,7 @@ impl Directory {
         };
         let sandbox = principal.sandbox();
         if subs.iter().any(|s| s.wants("usage.completed")) {
-            record.pending_event = Some(quota_core::ids::new_ordered_id("evt_", quota_store::clock::now_us()));
+            record.pending_event = Some(OutboxEvent::new_id());
         }
         let mut watches = Vec::new();
         for s in subs.iter().filter(|s| s.wants("balance.low")) {

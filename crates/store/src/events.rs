@@ -23,11 +23,15 @@ pub struct OutboxEvent {
 }
 
 impl OutboxEvent {
+    /// A new `evt_…` id. Ordered: the `id` index is written with every event, and a random key
+    /// dirtied (and sent through the WAL) a page of it per event.
+    pub fn new_id() -> String {
+        quota_core::ids::new_ordered_id("evt_", crate::clock::now_us())
+    }
+
     pub fn new(kind: &str, developer_id: &str, data: Value, now_ms: i64) -> OutboxEvent {
         OutboxEvent {
-            // Ordered: the `id` index is written on every charge with an endpoint, and a
-            // random key dirtied (and sent through the WAL) a page of it per event.
-            id: quota_core::ids::new_ordered_id("evt_", crate::clock::now_us()),
+            id: OutboxEvent::new_id(),
             kind: kind.to_string(),
             developer_id: developer_id.to_string(),
             data,

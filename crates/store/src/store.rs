@@ -81,16 +81,6 @@ pub struct Store {
     sqlite_options: Option<SqliteConnectOptions>,
 }
 
-/// A pool of SQLite connections that wait for locks through [`crate::sqlite_busy`].
-async fn sqlite_pool(options: &SqliteConnectOptions, max_connections: u32) -> Result<sqlx::SqlitePool, sqlx::Error> {
-    SqlitePoolOptions::new()
-        .max_connections(max_connections.max(1))
-        .min_connections(1)
-        .after_connect(|conn, _| Box::pin(crate::sqlite_busy::install(conn)))
-        .connect_with(options.clone())
-        .await
-}
-
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -128,7 +118,12 @@ impl Store {
             // write once the WAL is that long). A running ledger checkpoints once a second
             // (`ledger::checkpoint`); a process without one checkpoints when it closes.
             .pragma("wal_autocheckpoint", "0");
-        let pool = sqlite_pool(&options, config.max_connections).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .min_connections(1)
+            .after_connect(|conn, _| Box::pin(crate::sqlite_busy::install(conn)))
+            .connect_with(options.clone())
+            .await?;
         Ok(Store { pool: Pool::Sqlite(pool), sqlite_options: Some(options) })
     }
 

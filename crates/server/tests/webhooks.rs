@@ -678,3 +678,37 @@ async fn the_backlog_gauge_counts_a_delivery_waiting_to_retry_until_it_succeeds(
     wait_logged(&s, &session, &id, 2).await;
     wait_backlog(&s, "deliveries", 0.0).await;
 }
+
+#[tokio::test]
+async fn a_hostname_that_resolves_to_a_private_address_is_refused_at_delivery() {
+    // SPEC §8 SSRF: a hostname is checked again, resolved, at every delivery (its DNS may point
+    // somewhere else than when the endpoint was added). The endpoint is added on a development
+    // instance (private URLs allowed); a production instance on the same database delivers.
+    let dev = TestServer::start_with(|c| {
+        c.webhook_poll_ms = 3_600_000;
+        c.webhook_allow_private_urls = Some(true);
+    })
+    .await;
+    let rx = Receiver::start(0).await;
+    let url = rx.url.replace("127.0.0.1", "localhost");
+    let (_, session, key) = dev.developer("test").await;
+    let ep = create_endpoint(&dev, &session, json!({"url": url, "events": ["usage.completed"]})).await;
+    let id = ep["id"].as_str().unwrap().to_string();
+    assert_eq!(dev.chat(&key, simple_chat("hi", 4)).await.status(), 200);
+    dev.state.ledger.flush().await.unwrap();
+
+    let prod = TestServer::start_sharing(&dev, |c| {
+        c.webhook_poll_ms = 20;
+        c.webhook_allow_private_urls = Some(false);
+    })
+    .await;
+    wait_logged(&prod, &session, &id, 1).await;
+    let log = prod.get_json(&format!("/v1/webhooks/{id}/deliveries"), &session).await;
+    let attempt = &log["data"][0]["log"][0];
+    assert!(
+        attempt["error"].as_str().is_some_and(|e| e.contains("private address")),
+        "the attempt was not refused: {attempt}"
+    );
+    assert_eq!(attempt["status_code"], Value::Null);
+    assert_eq!(rx.count(), 0, "nothing reached the private address");
+}

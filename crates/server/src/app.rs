@@ -96,7 +96,7 @@ impl AppState {
             keys: KeyCache::default(),
         });
         crate::changes::spawn_listener(&state).await?;
-        crate::webhooks::spawn_worker(&state);
+        crate::webhooks::spawn_worker(&state).await;
         if state.payments.is_some() && state.config.payouts_schedule {
             crate::payments::payouts::spawn_schedule(&state);
         }

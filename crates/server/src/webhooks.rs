@@ -62,6 +62,8 @@ const TURN_MIN: Duration = Duration::from_millis(10);
 const DISPATCH_BATCH_MAX: i64 = 500;
 /// How often the worker re-reads the endpoint directory (other instances' changes).
 const DIRECTORY_REFRESH_MS: i64 = 5_000;
+/// Longest the server's start waits for the worker's first turn.
+const FIRST_TURN_WAIT: Duration = Duration::from_secs(5);
 /// How often the worker counts its backlog (`quota_webhook_backlog`), in real time.
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// How often the retention job runs.
@@ -276,7 +278,12 @@ pub fn next_attempt_at(attempts: i64, now_ms: i64) -> Option<i64> {
 /// (`webhook_poll_ms`) unless due deliveries are already waiting for slots. The loop and the
 /// sends run on their own thread at a lower CPU priority ([`Sender`], `webhook_priority`);
 /// its database calls run on the server's runtime ([`Worker::on_server`]).
-pub fn spawn_worker(state: &SharedState) {
+///
+/// Returns once the worker's first turn is done (bounded by [`FIRST_TURN_WAIT`]): whatever the
+/// outbox held at start-up has been fanned out and claimed by then, and nothing the server
+/// does after it starts serving is picked up before the next tick. (The worker's thread runs
+/// below request priority and may start late on a busy machine.)
+pub async fn spawn_worker(state: &SharedState) {
     // Validated with the configuration.
     let priority = state.config.webhook_priority.parse().unwrap_or(Priority::Idle);
     let sender = match Sender::start(priority) {
@@ -288,8 +295,12 @@ pub fn spawn_worker(state: &SharedState) {
     };
     let weak = Arc::downgrade(state);
     let server = tokio::runtime::Handle::current();
+    let (first_turn, done) = tokio::sync::oneshot::channel();
     let on = sender.clone();
-    on.spawn(run_worker(weak, state.store.clone(), server, sender));
+    on.spawn(run_worker(weak, state.store.clone(), server, sender, first_turn));
+    if tokio::time::timeout(FIRST_TURN_WAIT, done).await.is_err() {
+        tracing::warn!("the webhook worker's first turn took longer than {FIRST_TURN_WAIT:?}; serving meanwhile");
+    }
 }
 
 /// The worker's loop until the server is gone; `store` is where its reads and writes go.
@@ -298,7 +309,9 @@ async fn run_worker(
     store: quota_store::Store,
     server: tokio::runtime::Handle,
     sender: Arc<Sender>,
+    first_turn: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut first_turn = Some(first_turn);
     let Some((poll, concurrency)) = weak
         .upgrade()
         .map(|s| (Duration::from_millis(s.config.webhook_poll_ms.max(10)), s.config.webhook_concurrency.max(1)))
@@ -371,6 +384,9 @@ async fn run_worker(
         }
         if let Err(e) = worker.turn(&state, ticked, &mut finished).await {
             tracing::warn!(error = %e, "webhook worker turn failed");
+        }
+        if let Some(started) = first_turn.take() {
+            let _ = started.send(());
         }
         last_turn = tokio::time::Instant::now();
     }

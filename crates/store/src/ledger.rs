@@ -299,8 +299,8 @@ impl Ledger {
         }
     }
 
-    /// Reserve `amount` on `account` (SPEC §4.3.1–2). Refused when the balance is ≤ 0 (no new
-    /// request starts from a non-positive balance) or the available balance is below `amount`.
+    /// Reserve `amount` on `account` (SPEC §4.3.1–2): refused unless the available balance
+    /// covers it and the balance is not a debt ([`quota_core::hold::can_hold`]).
     /// On PostgreSQL the hold is committed in the database, visible to every instance, before
     /// this returns.
     pub async fn hold(&self, account: &AccountId, amount: Credits) -> Result<Hold, LedgerError> {
@@ -311,8 +311,9 @@ impl Ledger {
         }
     }
 
-    /// Commit `settlement` and free `hold` in the same step. The charge may exceed the hold
-    /// (an upstream that over-reports, SPEC §4.3.3). Returns once the commit is durable.
+    /// Commit `settlement` and free `hold` in the same step. The gateway caps a charge at its
+    /// hold (SPEC §4.3(3), `quota_core::transfers::usage_charge`). Returns once the commit is
+    /// durable.
     pub async fn settle(&self, mut hold: Hold, settlement: Settlement) -> Result<Committed, LedgerError> {
         for t in &settlement.transfers {
             t.validate()?;
@@ -482,7 +483,7 @@ impl Local {
                 let mut st = self.inner.state.lock();
                 if let Some(acct) = st.accounts.get_mut(account) {
                     let available = acct.balance - acct.held;
-                    if acct.balance <= 0 || available < amount.0 {
+                    if !quota_core::hold::can_hold(Credits(acct.balance), Credits(acct.held), amount) {
                         return Err(LedgerError::Insufficient { available: Credits(available.max(0)), needed: amount });
                     }
                     acct.held += amount.0;
@@ -976,7 +977,7 @@ async fn insert_usage(conn: &mut SqliteConnection, records: &[&UsageRecord]) -> 
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
         "INSERT INTO usage_records (id, created_at, developer_id, key_id, app_id, payer_account, billing_mode, model, provider, \
          input_tokens, cached_tokens, cache_write_tokens, output_tokens, base_cost, markup, total, status, latency_ms, sandbox, \
-         pending_event) ",
+         pending_event, client_request_id) ",
     );
     qb.push_values(records, |mut b, u| {
         b.push_bind(&u.id)
@@ -998,7 +999,8 @@ async fn insert_usage(conn: &mut SqliteConnection, records: &[&UsageRecord]) -> 
             .push_bind(&u.status)
             .push_bind(u.latency_ms)
             .push_bind(u.sandbox)
-            .push_bind(&u.pending_event);
+            .push_bind(&u.pending_event)
+            .push_bind(&u.client_request_id);
     });
     qb.push(" ON CONFLICT (id) DO NOTHING");
     qb.build().execute(&mut *conn).await?;

@@ -266,6 +266,7 @@ async fn retention_run_by_two_instances_at_once_folds_each_record_once_and_keeps
     for i in 0..50 {
         let record = quota_store::usage::UsageRecord {
             id: format!("req_{i}"),
+            client_request_id: None,
             created_at: DAY + i,
             developer_id: "usr_dev".into(),
             key_id: Some("key_1".into()),

@@ -12,6 +12,7 @@ pub struct TestHooks {
     enabled: AtomicBool,
     settle_gate: Mutex<Option<Arc<Semaphore>>>,
     settling: AtomicUsize,
+    client_hangups: AtomicUsize,
 }
 
 impl TestHooks {
@@ -37,6 +38,17 @@ impl TestHooks {
         *self.settle_gate.lock() = Some(gate.clone());
         self.enabled.store(true, Ordering::SeqCst);
         gate
+    }
+
+    /// A client went away while its request was in flight (counted always: it is rare, and a
+    /// test waits for it rather than guessing when the gateway noticed).
+    pub fn client_hung_up(&self) {
+        self.client_hangups.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Clients that went away while their request was in flight.
+    pub fn client_hangups(&self) -> usize {
+        self.client_hangups.load(Ordering::SeqCst)
     }
 
     /// Settlements waiting at the gate right now.

@@ -78,6 +78,8 @@ pub enum LedgerError {
     Insufficient { available: Credits, needed: Credits },
     #[error("invalid transfer: {0}")]
     Invalid(#[from] TransferError),
+    #[error("a settlement of {debited} from {account} exceeds its hold of {held} (SPEC §4.3(3) caps it)")]
+    AboveHold { account: AccountId, debited: Credits, held: Credits },
     #[error("the ledger writer has stopped")]
     Stopped,
     #[error(transparent)]
@@ -317,6 +319,16 @@ impl Ledger {
     pub async fn settle(&self, mut hold: Hold, settlement: Settlement) -> Result<Committed, LedgerError> {
         for t in &settlement.transfers {
             t.validate()?;
+        }
+        // A hold is an upper bound: what a settlement takes from the held account never exceeds
+        // it (the gateway caps the charge and books any excess to platform:losses).
+        let debited: i64 = settlement.transfers.iter().filter(|t| t.from == hold.account).map(|t| t.amount.0).sum();
+        if debited > hold.amount.0 {
+            return Err(LedgerError::AboveHold {
+                account: hold.account.clone(),
+                debited: Credits(debited),
+                held: hold.amount,
+            });
         }
         // From here the engine owns the hold: it frees it when it applies the commit.
         hold.owner = None;

@@ -201,14 +201,14 @@ async fn another_process_credit_reaches_the_cached_balance() {
 }
 
 #[tokio::test]
-async fn settlement_may_overshoot_its_hold_once() {
+async fn a_settlement_above_its_hold_is_refused_and_a_negative_wallet_fails_verify() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_h");
     ledger.transfer(t("w1", promo(), w.clone(), 10, TransferKind::Welcome)).await.unwrap();
     let hold = ledger.hold(&w, Credits(10)).await.unwrap();
-    ledger
+    let settled = ledger
         .settle(
             hold,
             Settlement {
@@ -216,13 +216,24 @@ async fn settlement_may_overshoot_its_hold_once() {
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
-    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(-5));
-    // No new request starts from a balance ≤ 0, even for a free one.
-    assert!(matches!(ledger.hold(&w, Credits(0)).await, Err(LedgerError::Insufficient { .. })));
+        .await;
+    assert!(matches!(settled, Err(LedgerError::AboveHold { .. })), "{settled:?}");
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(10));
+    assert_eq!(ledger.held(&w).await.unwrap(), Credits(0), "the refused settlement's hold is released");
+    assert!(store.verify_ledger().await.unwrap().ok());
+    // A wallet below zero (here made by an operator's transfer from it) fails verify.
+    ledger.flush().await.unwrap();
+    quota_store::on_pool!(store.pool(), |p| sqlx::query(
+        "INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) \
+         VALUES ('x1', $1, 'platform:revenue', 15, 'usage_charge', 'test', 0, 'test')"
+    )
+    .bind(w.to_string())
+    .execute(p)
+    .await
+    .map(|_| ())
+    .unwrap());
     let report = store.verify_ledger().await.unwrap();
-    assert!(report.ok());
+    assert!(!report.ok());
     assert_eq!(report.negative_accounts, vec![(w.to_string(), -5)]);
 }
 

@@ -110,4 +110,68 @@ mod tests {
         let m = Catalog::builtin().get("gpt-4o-mini").unwrap().clone();
         assert_eq!(bound_of(body, "gpt-4o-mini"), 16 + 8 + m.image_part_tokens_max);
     }
+
+    use proptest::prelude::*;
+
+    /// A content part: text, an inline image, an image by URL, or something unknown.
+    fn part() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            "\\PC{0,64}".prop_map(|t| serde_json::json!({"type": "text", "text": t})),
+            Just(serde_json::json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}})),
+            "[a-z]{1,12}".prop_map(
+                |h| serde_json::json!({"type": "image_url", "image_url": {"url": format!("https://{h}.example/x.png")}})
+            ),
+            "[a-z_]{1,12}".prop_map(|k| serde_json::json!({"type": k})),
+        ]
+    }
+
+    proptest! {
+        /// For any mix of parts, the hold's prompt bound is at least what a hostile provider
+        /// could bill (every text byte a token, every inline image at the model's maximum, the
+        /// whole window once anything is unmeasurable) and never above the context window; the
+        /// hold never exceeds the window at the dearest tier price plus the maximum output.
+        #[test]
+        fn the_bound_covers_what_a_hostile_provider_could_bill(
+            messages in proptest::collection::vec(proptest::collection::vec(part(), 1..6), 1..5),
+            model_idx in 0usize..64,
+        ) {
+            let catalog = Catalog::builtin();
+            let model = catalog.iter().nth(model_idx % catalog.len()).unwrap().clone();
+            let body = serde_json::json!({"model": model.id, "messages": messages.iter().map(|p| serde_json::json!({"role": "user", "content": p})).collect::<Vec<_>>()});
+            let req = ChatRequest::parse(body.to_string().as_bytes()).unwrap();
+            let bound = req.prompt_bound().tokens_max(&model);
+            let parts: Vec<&serde_json::Value> = messages.iter().flatten().collect();
+            let unmeasurable = parts.iter().any(|p| match p["type"].as_str() {
+                Some("text") => false,
+                Some("image_url") => !p["image_url"]["url"].as_str().unwrap().starts_with("data:"),
+                _ => true,
+            });
+            let billable: u64 = parts.iter().map(|p| match p["type"].as_str() {
+                Some("text") => p["text"].as_str().unwrap().len() as u64,
+                _ => model.image_part_tokens_max,
+            }).sum();
+            prop_assert!(bound <= model.context_window);
+            if unmeasurable {
+                prop_assert_eq!(bound, model.context_window);
+            } else {
+                prop_assert!(bound >= billable.min(model.context_window));
+            }
+            let hold = quota_core::hold::hold_amount(&model, &quota_core::hold::HoldBound::new(&model, &req.prompt_bound(), None, 1), quota_core::Margin::ZERO);
+            let rates = model.price.rates_for(u64::MAX);
+            let dearest = rates.input.max(rates.cached_input).max(rates.cache_write).max(model.price.base.input.max(model.price.base.cache_write));
+            let ceiling = (u128::from(model.context_window) * u128::from(dearest) + u128::from(model.max_output_tokens) * u128::from(rates.output.max(model.price.base.output))).div_ceil(1_000_000);
+            prop_assert!(hold.base.0 as u128 <= ceiling);
+        }
+
+        /// Arbitrary JSON in a content part is either refused by the parser or bounded: never a
+        /// panic, never above the window.
+        #[test]
+        fn any_part_is_refused_or_bounded(part in any::<u8>().prop_flat_map(|_| proptest::arbitrary::any::<String>()), n in 0u64..1000) {
+            let body = format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":[{{"type":{},"x":{n}}}]}}]}}"#, serde_json::Value::String(part));
+            if let Ok(req) = ChatRequest::parse(body.as_bytes()) {
+                let m = Catalog::builtin().get("gpt-4o-mini").unwrap().clone();
+                prop_assert!(req.prompt_bound().tokens_max(&m) <= m.context_window);
+            }
+        }
+    }
 }

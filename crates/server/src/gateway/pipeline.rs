@@ -138,9 +138,9 @@ async fn admitted_request<R: Route>(route: R, inbound: Inbound, principal: Princ
         charge_id,
         started: inbound.started,
     };
+    let watch = ClientWatch { gone: Arc::default(), state: billing.state.clone(), armed: true };
+    let gone = watch.gone.clone();
     let flight = Flight { route, request, model, adapter, raw: inbound.body, fault, hold, claim, billing };
-    let watch = ClientWatch::default();
-    let gone = watch.0.clone();
     let answer = tokio::spawn(flight.fly(gone)).await;
     watch.disarm();
     answer.unwrap_or_else(|e| {
@@ -149,19 +149,28 @@ async fn admitted_request<R: Route>(route: R, inbound: Inbound, principal: Princ
     })
 }
 
-/// Set when the client's connection went away while its request was in flight.
-#[derive(Default)]
-struct ClientWatch(Arc<AtomicBool>);
+/// Sets `gone` when the client's connection goes away (its handler is dropped) while the
+/// request is in flight; disarmed once the flight answered.
+struct ClientWatch {
+    gone: Arc<AtomicBool>,
+    state: crate::app::SharedState,
+    armed: bool,
+}
 
 impl ClientWatch {
-    fn disarm(self) {
-        std::mem::forget(self);
+    fn disarm(mut self) {
+        self.armed = false;
     }
 }
 
 impl Drop for ClientWatch {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        if !self.armed {
+            return;
+        }
+        self.gone.store(true, Ordering::Relaxed);
+        metrics::counter!("quota_client_disconnects_total").increment(1);
+        self.state.test_hooks.client_hung_up();
     }
 }
 

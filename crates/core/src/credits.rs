@@ -46,6 +46,18 @@ impl Credits {
         Ok(Credits(value))
     }
 
+    /// Dollars for people (pages, the dashboard): at least two decimals, at most six, no
+    /// trailing zeros beyond two (`$0.15`, `$0.000450` → `$0.00045`), a minus sign (−) for
+    /// debts. Never used for arithmetic.
+    pub fn to_usd_display(self) -> String {
+        let s = Credits(self.0.saturating_abs()).to_usd_string();
+        let sign = if self.0 < 0 { "−" } else { "" };
+        match s.split_once('.') {
+            Some((int, frac)) => format!("{sign}{int}.{:0<2}", frac.trim_end_matches('0')),
+            None => format!("{sign}{s}"),
+        }
+    }
+
     /// Dollars with six decimals, for people (dashboards, logs). Never used for arithmetic.
     pub fn to_usd_string(self) -> String {
         let sign = if self.0 < 0 { "-" } else { "" };

@@ -51,6 +51,21 @@ impl Margin {
         self.0
     }
 
+    /// The margin as a percentage for people (`0.25` → `25%`, `0.105` → `10.5%`).
+    pub fn to_percent_string(self) -> String {
+        let (int, frac) = (self.0 / 100, self.0 % 100);
+        if frac == 0 {
+            format!("{int}%")
+        } else {
+            format!("{int}.{}%", format!("{frac:02}").trim_end_matches('0'))
+        }
+    }
+
+    /// What a user pays for `base`: the base plus its markup.
+    pub fn with_markup(self, base: Credits) -> Credits {
+        Credits(base.0.saturating_add(self.markup_on(base).0))
+    }
+
     /// `ceil(base × m)`, in 128 bits. `base` must be ≥ 0.
     pub fn markup_on(self, base: Credits) -> Credits {
         assert!(base.0 >= 0, "markup on a negative base");

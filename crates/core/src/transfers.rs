@@ -163,6 +163,28 @@ pub fn developer_to_user(
 pub mod payout {
     use super::*;
 
+    /// No payout below $10.00.
+    pub const PAYOUT_MINIMUM: Credits = Credits(10_000_000);
+    /// One US cent.
+    pub const CREDITS_PER_CENT: i64 = 10_000;
+    /// The reserve is 1/10 of released earnings.
+    pub const RESERVE_DIVISOR: i64 = 10;
+
+    /// The payout for an available balance: `(cents, credits)`, or `None` below the minimum.
+    /// The credits are a whole number of cents; the remainder stays available.
+    pub fn payout_for(available: Credits) -> Option<(i64, Credits)> {
+        if available.0 < PAYOUT_MINIMUM.0 {
+            return None;
+        }
+        let cents = available.0 / CREDITS_PER_CENT;
+        Some((cents, Credits(cents * CREDITS_PER_CENT)))
+    }
+
+    /// The reserve that should be held once `released` credits in all have become available.
+    pub fn reserve_for(released: i64) -> i64 {
+        released / RESERVE_DIVISOR
+    }
+
     /// Pending earnings 7 days old become available.
     pub fn earnings_release(dev: &str, released_before: i64, amount: Credits, cause: &str, now_ms: i64) -> Transfer {
         let (from, to) = (AccountId::EarningsPending(dev.into()), AccountId::EarningsAvailable(dev.into()));
@@ -212,6 +234,22 @@ mod tests {
 
     fn charge(base: i64, margin: Margin) -> Charge {
         Charge { base: Credits(base), markup: margin.markup_on(Credits(base)) }
+    }
+
+    #[test]
+    fn payouts_are_whole_cents_from_ten_dollars() {
+        use payout::payout_for;
+        assert_eq!(payout_for(Credits(9_999_999)), None);
+        assert_eq!(payout_for(Credits(10_000_000)), Some((1_000, Credits(10_000_000))));
+        assert_eq!(payout_for(Credits(12_345_678)), Some((1_234, Credits(12_340_000))));
+    }
+
+    #[test]
+    fn reserve_is_a_tenth_rounded_down() {
+        use payout::reserve_for;
+        assert_eq!(reserve_for(0), 0);
+        assert_eq!(reserve_for(9), 0);
+        assert_eq!(reserve_for(12_345_679), 1_234_567);
     }
 
     #[test]

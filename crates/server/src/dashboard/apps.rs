@@ -180,7 +180,7 @@ pub async fn create(State(state): State<SharedState>, f: DashForm) -> PageResult
 
 /// What a user pays for `base` under `margin`.
 fn with_markup(base: Credits, margin: Margin) -> Credits {
-    Credits(base.0.saturating_add(margin.markup_on(base).0))
+    margin.with_markup(base)
 }
 
 /// The example: a priced request and one dollar of base usage, each with the markup.

@@ -21,25 +21,14 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// Dollars for people: at least two decimals, at most six, no trailing zeros beyond two.
+/// Dollars for people ([`Credits::to_usd_display`]).
 pub fn usd(c: Credits) -> String {
-    let s = c.to_usd_string();
-    let Some((int, frac)) = s.split_once('.') else {
-        return s;
-    };
-    let trimmed = frac.trim_end_matches('0');
-    format!("{int}.{trimmed:0<2}")
+    c.to_usd_display()
 }
 
-/// A margin as a percentage (`0.25` → `25%`).
+/// A margin as a percentage ([`Margin::to_percent_string`]).
 pub fn percent(m: Margin) -> String {
-    let bps = m.bps();
-    let (int, frac) = (bps / 100, bps % 100);
-    if frac == 0 {
-        format!("{int}%")
-    } else {
-        format!("{int}.{}%", format!("{frac:02}").trim_end_matches('0'))
-    }
+    m.to_percent_string()
 }
 
 const STYLE: &str = "*{box-sizing:border-box}body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;color:#111}\

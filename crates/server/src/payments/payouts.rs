@@ -27,6 +27,7 @@
 use super::Provider;
 use crate::app::SharedState;
 use quota_core::transfers::payout;
+pub use quota_core::transfers::payout::{payout_for, reserve_for, PAYOUT_MINIMUM};
 use quota_core::{AccountId, Credits, Transfer, TransferKind};
 use quota_store::payments::Payout;
 use quota_store::{LedgerError, OutboxEvent};
@@ -38,14 +39,8 @@ pub const DAY_MS: i64 = 86_400_000;
 pub const EARNINGS_HOLD_MS: i64 = 7 * DAY_MS;
 /// The reserve is returned this long after it was held (SPEC §10.3).
 pub const RESERVE_HOLD_MS: i64 = 90 * DAY_MS;
-/// No payout below $10.00.
-pub const PAYOUT_MINIMUM: Credits = Credits(10_000_000);
-/// One US cent.
-pub const CREDITS_PER_CENT: i64 = 10_000;
 /// How long a run may hold a developer's lease (far beyond a few Stripe calls).
 pub const LEASE_MS: i64 = 10 * 60 * 1000;
-/// The reserve is 1/10 of released earnings.
-pub const RESERVE_DIVISOR: i64 = 10;
 
 /// What one batch did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -66,21 +61,6 @@ pub struct BatchReport {
     pub errors: usize,
     /// Developers skipped because another run holds their lease.
     pub busy: usize,
-}
-
-/// The payout for an available balance: `(cents, credits)`, or `None` below the minimum.
-/// The credits are a whole number of cents; the remainder stays available.
-pub fn payout_for(available: Credits) -> Option<(i64, Credits)> {
-    if available.0 < PAYOUT_MINIMUM.0 {
-        return None;
-    }
-    let cents = available.0 / CREDITS_PER_CENT;
-    Some((cents, Credits(cents * CREDITS_PER_CENT)))
-}
-
-/// The reserve that should be held once `released` credits in all have become available.
-pub fn reserve_for(released: i64) -> i64 {
-    released / RESERVE_DIVISOR
 }
 
 /// Unix ms of 00:00 UTC on `YYYY-MM-DD`.
@@ -334,20 +314,6 @@ pub fn spawn_schedule(state: &SharedState) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn payouts_are_whole_cents_from_ten_dollars() {
-        assert_eq!(payout_for(Credits(9_999_999)), None);
-        assert_eq!(payout_for(Credits(10_000_000)), Some((1_000, Credits(10_000_000))));
-        assert_eq!(payout_for(Credits(12_345_678)), Some((1_234, Credits(12_340_000))));
-    }
-
-    #[test]
-    fn reserve_is_a_tenth_rounded_down() {
-        assert_eq!(reserve_for(0), 0);
-        assert_eq!(reserve_for(9), 0);
-        assert_eq!(reserve_for(12_345_679), 1_234_567);
-    }
 
     #[test]
     fn dates_parse_to_utc_midnight() {

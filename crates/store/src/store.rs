@@ -1,6 +1,6 @@
 //! The storage interface: a pool over SQLite (embedded default) or PostgreSQL (several
 //! instances), migrations, and the queries for users, sessions, keys, balances and idempotency
-//! records. The ledger engines (`ledger.rs`, `pg_ledger.rs`) own the write path for money;
+//! records. The ledger engines (`ledger/`) own the write path for money;
 //! nothing here moves credits except `commit_direct`, which the admin CLI uses when no engine
 //! runs in its process. Each query is written once and runs on either backend (`db.rs`).
 

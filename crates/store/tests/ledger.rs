@@ -201,14 +201,16 @@ async fn another_process_credit_reaches_the_cached_balance() {
 }
 
 #[tokio::test]
-async fn settlement_may_overshoot_its_hold_once() {
+async fn a_settlement_above_its_hold_is_refused_and_charges_nothing() {
+    // SPEC §4.3.3: the caller caps a charge at its hold; a settlement that debits the held
+    // account more is a bug, refused by the planner before anything is written.
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_h");
     ledger.transfer(t("w1", promo(), w.clone(), 10, TransferKind::Welcome)).await.unwrap();
     let hold = ledger.hold(&w, Credits(10)).await.unwrap();
-    ledger
+    let refused = ledger
         .settle(
             hold,
             Settlement {
@@ -216,14 +218,16 @@ async fn settlement_may_overshoot_its_hold_once() {
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
-    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(-5));
-    // No new request starts from a balance ≤ 0, even for a free one.
-    assert!(matches!(ledger.hold(&w, Credits(0)).await, Err(LedgerError::Insufficient { .. })));
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    ledger.flush().await.unwrap();
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(10));
+    assert_eq!(ledger.available(&w).await.unwrap(), Credits(10), "the hold is released");
+    assert_eq!(store.balance(&w).await.unwrap(), 10);
     let report = store.verify_ledger().await.unwrap();
     assert!(report.ok());
-    assert_eq!(report.negative_accounts, vec![(w.to_string(), -5)]);
+    assert_eq!(report.transfers, 1);
+    assert!(report.negative_accounts.is_empty());
 }
 
 #[tokio::test]

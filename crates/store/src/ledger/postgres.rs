@@ -20,9 +20,12 @@
 //! Deadlocks are avoided by order: every transaction that changes accounts locks them sorted
 //! by id (bytewise, `COLLATE "C"`), and deletes holds before touching accounts.
 
+use super::plan::{self, Movement};
+use super::{
+    drain, refused, timed, Committed, Hold, HoldRef, Jobs, LedgerConfig, LedgerError, Next, Owner, Settlement,
+};
 use crate::db::Pool;
 use crate::events::insert_events_pg;
-use crate::ledger::{drain, timed, Committed, Hold, Jobs, LedgerConfig, LedgerError, Next, Owner, Settlement};
 use crate::store::{complete_idempotency, Store, StoreError};
 use crate::usage::UsageRecord;
 use quota_core::{AccountId, Credits, Transfer};
@@ -60,7 +63,7 @@ pub(crate) struct Shared {
 // settlement for nothing.
 #[allow(clippy::large_enum_variant)]
 enum Job {
-    Commit { hold: Option<u64>, settlement: Settlement, reply: oneshot::Sender<Result<Committed, LedgerError>> },
+    Commit { hold: Option<HoldRef>, settlement: Settlement, reply: oneshot::Sender<Result<Committed, LedgerError>> },
     Release { hold: u64 },
     Flush { reply: oneshot::Sender<()> },
 }
@@ -176,7 +179,7 @@ impl Shared {
         }
     }
 
-    pub(crate) async fn commit(&self, hold: Option<u64>, settlement: Settlement) -> Result<Committed, LedgerError> {
+    pub(crate) async fn commit(&self, hold: Option<HoldRef>, settlement: Settlement) -> Result<Committed, LedgerError> {
         let (reply, rx) = oneshot::channel();
         if self.jobs.send(Job::Commit { hold, settlement, reply }).await.is_err() {
             return Err(LedgerError::Stopped);
@@ -307,12 +310,8 @@ struct Writer {
 
 /// What one batch changed, for the replies.
 struct BatchEffects {
-    /// Per job: its accounts' balance deltas (new transfers only) and its duplicate count.
-    per_job: Vec<(Vec<(String, i64)>, usize)>,
-    /// Each touched account's balance after the whole batch.
-    balances: HashMap<String, i64>,
-    /// Each touched account's balance delta over the whole batch.
-    totals: HashMap<String, i64>,
+    /// Per job: its accounts' balances right after it, and its duplicate count.
+    per_job: Vec<(Vec<(AccountId, Credits)>, usize)>,
     /// Holds of this process the batch deleted (one already expired is not among them).
     freed_holds: usize,
 }
@@ -377,17 +376,18 @@ impl Writer {
         let origin = self.origin.clone();
         let conn = self.conn.get().await?;
         let mut tx = Connection::begin(conn).await?;
-        // 1. The holds this batch ends. One that already expired is simply not there: its
-        //    `held` was given back by the expiry, and the charge below still applies.
+        // 1. The holds this batch ends and its transfers, in one statement. A hold that already
+        //    expired is simply not there: its `held` was given back by the expiry, and the
+        //    charge still applies. Transfers go in id order (two instances replaying the same
+        //    charges lock the same ids in one order); RETURNING names those that were new.
         let hold_ids: Vec<String> = batch
             .iter()
             .filter_map(|j| match j {
-                Job::Commit { hold: Some(h), .. } | Job::Release { hold: h } => Some(hold_key(&origin, *h)),
+                Job::Commit { hold: Some(h), .. } => Some(hold_key(&origin, h.id)),
+                Job::Release { hold } => Some(hold_key(&origin, *hold)),
                 _ => None,
             })
             .collect();
-        // 2. The transfers, in id order (two instances replaying the same charges lock the
-        //    same ids in one order); RETURNING names those that were new. One statement with 1.
         let mut transfers: Vec<&Transfer> = batch
             .iter()
             .filter_map(|j| match j {
@@ -422,102 +422,47 @@ impl Writer {
             .fetch_all(&mut *tx)
             .await?
         };
-        // Per account: (balance delta, held delta), sorted by id: the lock order.
-        let mut accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        let mut inserted: HashSet<String> = HashSet::new();
-        let mut freed_holds = 0;
-        for (freed, name, amount) in rows {
-            if freed {
-                freed_holds += 1;
-                accounts.entry(name).or_default().1 -= amount;
+        let mut freed = Vec::new();
+        let mut inserted = HashSet::new();
+        for (is_freed, name, amount) in rows {
+            if is_freed {
+                freed.push((name.parse::<AccountId>().map_err(StoreError::Corrupt)?, amount));
             } else {
                 inserted.insert(name);
             }
         }
-        let mut per_job = Vec::with_capacity(batch.len());
-        let mut usage: Vec<&UsageRecord> = Vec::new();
-        let mut events = Vec::new();
-        let mut completions = Vec::new();
-        let mut keys_used: Vec<&str> = Vec::new();
-        for job in batch {
-            let Job::Commit { settlement, .. } = job else {
-                per_job.push((Vec::new(), 0));
-                continue;
-            };
-            let mut deltas = Vec::new();
-            let mut duplicates = 0;
-            for t in &settlement.transfers {
-                // `remove` so a second transfer with the same id in this batch counts as a duplicate.
-                if inserted.remove(&t.id) {
-                    deltas.push((t.from.to_string(), -t.amount.0));
-                    deltas.push((t.to.to_string(), t.amount.0));
-                } else {
-                    duplicates += 1;
-                }
-            }
-            for (account, delta) in &deltas {
-                accounts.entry(account.clone()).or_default().0 += delta;
-            }
-            // A replayed charge writes nothing else either: its record and response exist.
-            if duplicates == 0 {
-                usage.extend(settlement.usage.iter());
-                completions.extend(settlement.idempotency.iter());
-                events.extend(settlement.events.iter());
-            }
-            keys_used.extend(settlement.key_used.as_deref());
-            per_job.push((deltas, duplicates));
-        }
+        // 2. The plan.
+        let plan = plan::plan(entries(batch), &inserted, &freed).map_err(refused)?;
         let now = crate::now_ms();
         // 3. Usage records and key use in one statement (new rows, and key rows locked in id
         //    order as by every other instance's writer); idempotent responses (rare).
-        keys_used.sort_unstable();
-        keys_used.dedup();
-        let keys_used = self.last_used.due(keys_used, now);
-        if !usage.is_empty() || !keys_used.is_empty() {
-            record_usage(&mut tx, &usage, &keys_used, now).await?;
+        let keys_used = self.last_used.due(plan.keys_used.iter().copied(), now);
+        if !plan.usage.is_empty() || !keys_used.is_empty() {
+            record_usage(&mut tx, &plan.usage, &keys_used, now).await?;
         }
-        for c in completions {
+        for c in &plan.idempotency {
             complete_idempotency(c).execute(&mut *tx).await?;
         }
-        // 4. Balances and `held` last, so their row locks are held for the shortest time.
-        let balances = update_accounts(&mut tx, &accounts, now).await?;
-        // 5. Outbox events, with the `balance.low` crossings decided from the balance each
-        //    settlement left (final balances minus what later jobs of this batch moved; the row
-        //    locks make it exact), in one statement.
-        let crossed = low_balance_crossings(batch, &per_job, &balances);
-        insert_events_pg(&mut tx, events.into_iter().chain(&crossed)).await?;
+        // 4. Balances and `held` last, so their row locks are held for the shortest time; the
+        //    row locks make the balances after exact for the outcome.
+        let after = update_accounts(&mut tx, &plan.accounts, now).await?;
+        let outcome = plan.outcome(&after).map_err(refused)?;
+        // 5. Outbox events with the `balance.low` crossings, in one statement.
+        insert_events_pg(&mut tx, plan.events.iter().copied().chain(&outcome.crossings)).await?;
         tx.commit().await?;
-        let totals = accounts.into_iter().map(|(a, (balance, _))| (a, balance)).collect();
-        Ok(BatchEffects { per_job, balances, totals, freed_holds })
+        let per_job = outcome.balances_after.into_iter().zip(plan.jobs.iter().map(|j| j.duplicates)).collect();
+        Ok(BatchEffects { per_job, freed_holds: freed.len() })
     }
 
     fn apply(&mut self, batch: Vec<Job>, effects: BatchEffects) {
-        // Each job's "balance after" is the batch's final balance minus what later jobs added.
-        let mut running: HashMap<String, i64> = HashMap::new();
         self.open.fetch_sub(effects.freed_holds, Ordering::Relaxed);
-        let mut per_job = effects.per_job.into_iter();
-        for job in batch {
-            let (deltas, duplicates) = per_job.next().unwrap_or_default();
+        for (job, (balances_after, duplicates)) in batch.into_iter().zip(effects.per_job) {
             match job {
                 Job::Flush { reply } => {
                     let _ = reply.send(());
                 }
                 Job::Release { .. } => {}
                 Job::Commit { reply, .. } => {
-                    let mut balances_after: Vec<(AccountId, Credits)> = Vec::new();
-                    for (account, delta) in &deltas {
-                        *running.entry(account.clone()).or_default() += delta;
-                    }
-                    for (account, _) in &deltas {
-                        let Ok(id) = account.parse::<AccountId>() else { continue };
-                        if balances_after.iter().any(|(a, _)| *a == id) {
-                            continue;
-                        }
-                        let final_balance = effects.balances.get(account).copied().unwrap_or(0);
-                        let later = effects.totals.get(account).copied().unwrap_or(0)
-                            - running.get(account).copied().unwrap_or(0);
-                        balances_after.push((id, Credits(final_balance - later)));
-                    }
                     let _ = reply.send(Ok(Committed { balances_after, duplicates }));
                 }
             }
@@ -534,7 +479,7 @@ impl Writer {
                 }
                 Job::Release { hold } => unsettled.push(hold),
                 Job::Commit { hold, reply, .. } => {
-                    unsettled.extend(hold);
+                    unsettled.extend(hold.map(|h| h.id));
                     let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {error}")).into()));
                 }
             }
@@ -570,10 +515,10 @@ impl Writer {
             return Ok(());
         }
         let count = freed.len();
-        let mut accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let mut accounts: BTreeMap<AccountId, Movement> = BTreeMap::new();
         let mut own = 0;
         for (account, amount, origin) in freed {
-            accounts.entry(account).or_default().1 -= amount;
+            accounts.entry(account.parse().map_err(StoreError::Corrupt)?).or_default().held -= amount;
             own += usize::from(origin == self.origin);
         }
         update_accounts(&mut tx, &accounts, crate::now_ms()).await?;
@@ -587,32 +532,15 @@ impl Writer {
     }
 }
 
-/// The `balance.low` events the batch's watches fire: each job's balance after is the batch's
-/// final balance minus the deltas of the jobs after it.
-fn low_balance_crossings(
-    batch: &[Job],
-    per_job: &[(Vec<(String, i64)>, usize)],
-    balances: &HashMap<String, i64>,
-) -> Vec<crate::OutboxEvent> {
-    let mut out = Vec::new();
-    let mut later: HashMap<&str, i64> = HashMap::new();
-    for (job, (deltas, duplicates)) in batch.iter().zip(per_job).rev() {
-        if let Job::Commit { settlement, .. } = job {
-            if *duplicates == 0 {
-                for w in &settlement.low_balance {
-                    let account = w.account.to_string();
-                    let Some(last) = balances.get(&account) else { continue };
-                    let after = last - later.get(account.as_str()).copied().unwrap_or(0);
-                    out.extend(w.crossed(after - w.delta(&settlement.transfers), after));
-                }
-            }
-        }
-        for (account, delta) in deltas {
-            *later.entry(account.as_str()).or_default() += delta;
-        }
-    }
-    out.reverse();
-    out
+/// The planner's view of a batch: one entry per job, `None` for jobs that are not commits.
+fn entries(batch: &[Job]) -> Vec<Option<plan::Entry<'_>>> {
+    batch
+        .iter()
+        .map(|j| match j {
+            Job::Commit { hold, settlement, .. } => Some(plan::Entry { hold: hold.as_ref(), settlement }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The writer's next batch, running the expiry on every tick meanwhile; `None` once stopped.
@@ -631,28 +559,32 @@ async fn jobs_or_expiry(writer: &mut Writer, jobs: &mut Jobs<Job>) -> Option<Vec
     }
 }
 
-/// Apply (balance delta, held delta) to each account, in id order (the lock order), creating
-/// rows for new accounts. Returns the balances after.
+/// Apply each account's movement (balance, held), in id order (the lock order), creating rows
+/// for new accounts. Returns each one's balance and `held` after.
 async fn update_accounts(
     conn: &mut PgConnection,
-    accounts: &BTreeMap<String, (i64, i64)>,
+    accounts: &BTreeMap<AccountId, Movement>,
     now: i64,
-) -> Result<HashMap<String, i64>, StoreError> {
-    let changed: Vec<(&String, &(i64, i64))> = accounts.iter().filter(|(_, (b, h))| *b != 0 || *h != 0).collect();
-    if changed.is_empty() {
+) -> Result<HashMap<AccountId, Movement>, StoreError> {
+    if accounts.is_empty() {
         return Ok(HashMap::new());
     }
-    let ids: Vec<&str> = changed.iter().map(|(a, _)| a.as_str()).collect();
-    let balance: Vec<i64> = changed.iter().map(|(_, (b, _))| *b).collect();
-    let held: Vec<i64> = changed.iter().map(|(_, (_, h))| *h).collect();
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT r_id, r_balance FROM quota_apply($1, $2, $3, $4)")
-        .bind(&ids)
-        .bind(&balance)
-        .bind(&held)
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(rows.into_iter().collect())
+    let mut sorted: Vec<(String, &Movement)> = accounts.iter().map(|(a, m)| (a.to_string(), m)).collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let ids: Vec<&str> = sorted.iter().map(|(a, _)| a.as_str()).collect();
+    let balance: Vec<i64> = sorted.iter().map(|(_, m)| m.balance).collect();
+    let held: Vec<i64> = sorted.iter().map(|(_, m)| m.held).collect();
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT r_id, r_balance, r_held FROM quota_apply($1, $2, $3, $4)")
+            .bind(&ids)
+            .bind(&balance)
+            .bind(&held)
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.into_iter()
+        .map(|(id, balance, held)| Ok((id.parse().map_err(StoreError::Corrupt)?, Movement { balance, held })))
+        .collect()
 }
 
 /// Insert the batch's usage records and mark its keys used, in one statement.

@@ -1,6 +1,6 @@
 //! The ledger (DESIGN §3): one API — [`Ledger`] and its [`Hold`]s — over two engines, chosen by
-//! the store's backend. This file holds the API and the SQLite engine; `pg_ledger.rs` holds the
-//! PostgreSQL one, for several instances sharing a database.
+//! the store's backend. This file holds the API and the SQLite engine; `postgres.rs` holds the
+//! PostgreSQL one; `plan.rs` the pure planning of a batch that both use, for several instances sharing a database.
 //!
 //! The SQLite engine keeps balances and holds in memory in front of an append-only,
 //! group-committed transfer table:
@@ -28,10 +28,10 @@ use crate::events::{insert_events_sqlite, OutboxEvent};
 use crate::idempotency::IdempotencyCompletion;
 use crate::last_used::LastUsed;
 use crate::now_ms;
-use crate::pg_ledger::Shared;
 use crate::store::{complete_idempotency, Store, StoreError};
 use crate::usage::UsageRecord;
 use parking_lot::Mutex;
+use postgres::Shared;
 use quota_core::ledger::TransferError;
 use quota_core::{AccountId, Credits, Transfer};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
@@ -40,6 +40,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+
+mod plan;
+mod postgres;
 
 #[derive(Debug, Clone)]
 pub struct LedgerConfig {
@@ -142,6 +145,14 @@ impl LowBalanceWatch {
     }
 }
 
+/// The hold a settlement ends, as the writer needs it: which, on what account, how much.
+#[derive(Debug, Clone)]
+pub(crate) struct HoldRef {
+    pub id: u64,
+    pub account: AccountId,
+    pub amount: i64,
+}
+
 /// The result of a committed settlement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -190,7 +201,7 @@ impl State {
 #[allow(clippy::large_enum_variant)]
 enum Job {
     Load { accounts: Vec<AccountId>, reply: oneshot::Sender<Result<(), LedgerError>> },
-    Commit { hold: Option<u64>, settlement: Settlement, reply: oneshot::Sender<Result<Committed, LedgerError>> },
+    Commit { hold: Option<HoldRef>, settlement: Settlement, reply: oneshot::Sender<Result<Committed, LedgerError>> },
     Flush { reply: oneshot::Sender<()> },
 }
 
@@ -319,7 +330,8 @@ impl Ledger {
         }
         // From here the engine owns the hold: it frees it when it applies the commit.
         hold.owner = None;
-        self.commit(Some(hold.id), settlement).await
+        let ends = HoldRef { id: hold.id, account: hold.account.clone(), amount: hold.amount.0 };
+        self.commit(Some(ends), settlement).await
     }
 
     /// Make one transfer now. A debit from an account that may not go negative is held first,
@@ -350,7 +362,7 @@ impl Ledger {
         self.settle(hold, settlement).await
     }
 
-    async fn commit(&self, hold: Option<u64>, settlement: Settlement) -> Result<Committed, LedgerError> {
+    async fn commit(&self, hold: Option<HoldRef>, settlement: Settlement) -> Result<Committed, LedgerError> {
         match &self.engine {
             Engine::Local(l) => l.commit(hold, settlement).await,
             Engine::Shared(s) => s.commit(hold, settlement).await,
@@ -510,10 +522,11 @@ impl Local {
         Err(LedgerError::Stopped)
     }
 
-    async fn commit(&self, hold: Option<u64>, settlement: Settlement) -> Result<Committed, LedgerError> {
+    async fn commit(&self, hold: Option<HoldRef>, settlement: Settlement) -> Result<Committed, LedgerError> {
         let (reply, rx) = oneshot::channel();
+        let id = hold.as_ref().map(|h| h.id);
         if let Err(e) = self.send(Job::Commit { hold, settlement, reply }).await {
-            if let Some(id) = hold {
+            if let Some(id) = id {
                 self.inner.state.lock().release(id);
             }
             return Err(e);
@@ -562,8 +575,11 @@ struct Writer {
 struct BatchEffects {
     foreign: Vec<(AccountId, i64)>,
     loaded: Vec<(AccountId, i64)>,
-    /// Per commit job: the deltas of its new transfers and how many were duplicates.
-    per_job: Vec<(Vec<(AccountId, i64)>, usize)>,
+    /// The stored balance after the batch of every account it moved.
+    after: HashMap<AccountId, i64>,
+    /// Per job: its accounts' balances right after it, and how many of its transfers were
+    /// duplicates.
+    per_job: Vec<(Vec<(AccountId, Credits)>, usize)>,
     max_seq: i64,
 }
 
@@ -686,22 +702,16 @@ impl Writer {
                 }
             }
         }
-        drop(inner);
         // 3. The batch's transfers, in one statement; RETURNING names those that were new.
         let now = now_ms();
-        let all: Vec<&Transfer> =
-            batch
-                .iter()
-                .filter_map(|j| {
-                    if let Job::Commit { settlement, .. } = j {
-                        Some(settlement.transfers.iter())
-                    } else {
-                        None
-                    }
-                })
-                .flatten()
-                .collect();
-        let mut inserted: HashMap<String, i64> = HashMap::new();
+        let all: Vec<&Transfer> = batch
+            .iter()
+            .filter_map(
+                |j| if let Job::Commit { settlement, .. } = j { Some(settlement.transfers.iter()) } else { None },
+            )
+            .flatten()
+            .collect();
+        let mut inserted: HashSet<String> = HashSet::new();
         // SQLite allows 32,766 bound values per statement; 8 per row.
         for chunk in all.chunks(4000) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -719,82 +729,61 @@ impl Writer {
             });
             qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id, seq");
             for r in qb.build().fetch_all(&mut *conn).await? {
-                let seq: i64 = r.get("seq");
-                max_seq = max_seq.max(seq);
-                inserted.insert(r.get("id"), seq);
+                max_seq = max_seq.max(r.get::<i64, _>("seq"));
+                inserted.insert(r.get("id"));
             }
         }
-        let mut per_job = Vec::new();
-        let mut account_deltas: HashMap<AccountId, i64> = HashMap::new();
-        // Balances as of each job, for low-balance watches: the cache, plus other processes'
-        // transfers read above, plus the jobs before it in this batch.
-        let mut running: HashMap<AccountId, i64> = HashMap::new();
-        let mut usage: Vec<&UsageRecord> = Vec::new();
-        let mut keys_used: HashSet<&str> = HashSet::new();
-        let mut events: Vec<&OutboxEvent> = Vec::new();
-        let mut crossed: Vec<OutboxEvent> = Vec::new();
-        for job in batch {
-            let Job::Commit { settlement, .. } = job else {
-                continue;
-            };
-            let mut deltas = Vec::new();
-            let mut duplicates = 0;
-            for t in &settlement.transfers {
-                // `remove` so a second transfer with the same id in this batch counts as a duplicate.
-                if inserted.remove(&t.id).is_some() {
-                    for (a, d) in [(&t.from, -t.amount.0), (&t.to, t.amount.0)] {
-                        if let Some(b) = running.get_mut(a) {
-                            *b += d;
-                        }
+        // 4. The plan; the holds it ends are those still open in memory.
+        let freed: Vec<(AccountId, i64)> = {
+            let st = inner.state.lock();
+            batch
+                .iter()
+                .filter_map(|j| match j {
+                    Job::Commit { hold: Some(h), .. } if st.holds.contains_key(&h.id) => {
+                        Some((h.account.clone(), h.amount))
                     }
-                    deltas.push((t.from.clone(), -t.amount.0));
-                    deltas.push((t.to.clone(), t.amount.0));
-                    *account_deltas.entry(t.from.clone()).or_default() -= t.amount.0;
-                    *account_deltas.entry(t.to.clone()).or_default() += t.amount.0;
-                } else {
-                    duplicates += 1;
-                }
-            }
-            // A replayed charge writes nothing else either: its record and response exist.
-            if duplicates == 0 {
-                usage.extend(settlement.usage.iter());
-                if let Some(c) = &settlement.idempotency {
-                    complete_idempotency(c).execute(&mut *conn).await?;
-                }
-                events.extend(settlement.events.iter());
-                crossed.extend(low_balance_crossings(&self.inner, &foreign, &account_deltas, &mut running, settlement));
-            }
-            if let Some(k) = &settlement.key_used {
-                keys_used.insert(k);
-            }
-            per_job.push((deltas, duplicates));
+                    _ => None,
+                })
+                .collect()
+        };
+        let plan = plan::plan(entries(batch), &inserted, &freed).map_err(refused)?;
+        // 5. One statement for every balance the batch moved; `held` lives in memory.
+        let stored = upsert_balances(conn, &plan, now).await?;
+        let after = {
+            let st = inner.state.lock();
+            plan.accounts
+                .iter()
+                .map(|(a, moved)| {
+                    let cached = st.accounts.get(a);
+                    let balance = stored.get(a).copied().unwrap_or_else(|| {
+                        // Moved only by a freed hold: the balance it will have in memory.
+                        cached.map(|c| c.balance).unwrap_or(0) + foreign_delta(&foreign, a)
+                    });
+                    let held = cached.map(|c| c.held).unwrap_or(0) + moved.held;
+                    (a.clone(), plan::Movement { balance, held })
+                })
+                .collect()
+        };
+        let outcome = plan.outcome(&after).map_err(refused)?;
+        // 6. What the applied settlements write with their transfers.
+        for c in &plan.idempotency {
+            complete_idempotency(c).execute(&mut *conn).await?;
         }
-        // One statement for every balance the batch moved.
-        let moved: Vec<(String, i64)> =
-            account_deltas.iter().filter(|(_, d)| **d != 0).map(|(a, d)| (a.to_string(), *d)).collect();
-        if !moved.is_empty() {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO accounts (id, balance, updated_at) ");
-            qb.push_values(&moved, |mut b, (account, delta)| {
-                b.push_bind(account).push_bind(delta).push_bind(now);
-            });
-            qb.push(
-                " ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + excluded.balance, updated_at = excluded.updated_at",
-            );
-            qb.build().execute(&mut *conn).await?;
-        }
-        insert_events_sqlite(conn, events.into_iter().chain(&crossed)).await?;
+        insert_events_sqlite(conn, plan.events.iter().copied().chain(&outcome.crossings)).await?;
         // SQLite allows 32,766 bound values per statement; 20 per row.
-        for chunk in usage.chunks(1500) {
+        for chunk in plan.usage.chunks(1500) {
             insert_usage(conn, chunk).await?;
         }
-        for key in self.last_used.due(keys_used, now) {
+        for key in self.last_used.due(plan.keys_used.iter().copied(), now) {
             sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
                 .bind(now)
                 .bind(key)
                 .execute(&mut *conn)
                 .await?;
         }
-        Ok(BatchEffects { foreign, loaded, per_job, max_seq })
+        let per_job = outcome.balances_after.into_iter().zip(plan.jobs.iter().map(|j| j.duplicates)).collect();
+        let after = after.into_iter().map(|(a, m)| (a, m.balance)).collect();
+        Ok(BatchEffects { foreign, loaded, after, per_job, max_seq })
     }
 
     fn apply(&mut self, batch: Vec<Job>, effects: BatchEffects) {
@@ -813,29 +802,22 @@ impl Writer {
             for (account, balance) in effects.loaded {
                 st.accounts.entry(account).or_insert(AccountState { balance, held: 0 });
             }
+            // The database's balances after the batch include the foreign transfers above.
+            for (account, balance) in effects.after {
+                if let Some(a) = st.accounts.get_mut(&account) {
+                    a.balance = balance;
+                }
+            }
             let mut per_job = effects.per_job.into_iter();
             for job in batch {
+                let (balances_after, duplicates) = per_job.next().unwrap_or_default();
                 match job {
                     Job::Load { reply, .. } => replies.push(Reply::Load(reply)),
                     Job::Flush { reply } => replies.push(Reply::Flush(reply)),
                     Job::Commit { hold, reply, .. } => {
-                        let (deltas, duplicates) = per_job.next().unwrap_or_default();
-                        if let Some(id) = hold {
-                            st.release(id);
+                        if let Some(h) = hold {
+                            st.release(h.id);
                         }
-                        let mut touched: Vec<AccountId> = Vec::new();
-                        for (account, delta) in deltas {
-                            if let Some(a) = st.accounts.get_mut(&account) {
-                                a.balance += delta;
-                            }
-                            if !touched.contains(&account) {
-                                touched.push(account);
-                            }
-                        }
-                        let balances_after = touched
-                            .into_iter()
-                            .filter_map(|a| st.accounts.get(&a).map(|s| (a.clone(), Credits(s.balance))))
-                            .collect();
                         replies.push(Reply::Commit(reply, Committed { balances_after, duplicates }));
                     }
                 }
@@ -868,8 +850,8 @@ impl Writer {
                     let _ = reply.send(());
                 }
                 Job::Commit { hold, reply, .. } => {
-                    if let (Some(id), Some(inner)) = (hold, inner.as_ref()) {
-                        inner.state.lock().release(id);
+                    if let (Some(h), Some(inner)) = (hold, inner.as_ref()) {
+                        inner.state.lock().release(h.id);
                     }
                     let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {error}")).into()));
                 }
@@ -878,33 +860,53 @@ impl Writer {
     }
 }
 
-/// The `balance.low` events of `settlement`'s watches whose account it takes below the
-/// threshold. `running` holds balances after every job before this one (seeded on first use);
-/// `batch_deltas` the batch's deltas so far, already including this settlement's transfers.
-fn low_balance_crossings(
-    inner: &std::sync::Weak<Inner>,
-    foreign: &[(AccountId, i64)],
-    batch_deltas: &HashMap<AccountId, i64>,
-    running: &mut HashMap<AccountId, i64>,
-    settlement: &Settlement,
-) -> Vec<OutboxEvent> {
-    let mut out = Vec::new();
-    for w in &settlement.low_balance {
-        let delta = w.delta(&settlement.transfers);
-        let after = match running.get(&w.account) {
-            Some(b) => *b,
-            None => {
-                let Some(inner) = inner.upgrade() else { continue };
-                let Some(cached) = inner.state.lock().accounts.get(&w.account).map(|a| a.balance) else { continue };
-                let from_others: i64 = foreign.iter().filter(|(a, _)| a == &w.account).map(|(_, d)| d).sum();
-                let after = cached + from_others + batch_deltas.get(&w.account).copied().unwrap_or(0);
-                running.insert(w.account.clone(), after);
-                after
-            }
-        };
-        out.extend(w.crossed(after - delta, after));
+/// The planner's view of a batch: one entry per job, `None` for jobs that are not commits.
+fn entries(batch: &[Job]) -> Vec<Option<plan::Entry<'_>>> {
+    batch
+        .iter()
+        .map(|j| match j {
+            Job::Commit { hold, settlement, .. } => Some(plan::Entry { hold: hold.as_ref(), settlement }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A batch the planner refused fails like a statement: rolled back, then retried job by job.
+pub(crate) fn refused(e: plan::PlanError) -> StoreError {
+    tracing::error!(error = %e, "ledger invariant violated; batch refused");
+    metrics::counter!("quota_ledger_refused_total").increment(1);
+    StoreError::Corrupt(format!("ledger batch refused: {e}"))
+}
+
+/// What other processes' transfers moved `account` by.
+fn foreign_delta(foreign: &[(AccountId, i64)], account: &AccountId) -> i64 {
+    foreign.iter().filter(|(a, _)| a == account).map(|(_, d)| d).sum()
+}
+
+/// Add each account's balance movement (creating new accounts), returning the balances after.
+async fn upsert_balances(
+    conn: &mut SqliteConnection,
+    plan: &plan::Plan<'_>,
+    now: i64,
+) -> Result<HashMap<AccountId, i64>, StoreError> {
+    let moved: Vec<(&AccountId, i64)> = plan.transferred().collect();
+    let mut out = HashMap::with_capacity(moved.len());
+    // SQLite allows 32,766 bound values per statement; 3 per row.
+    for chunk in moved.chunks(10_000) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO accounts (id, balance, updated_at) ");
+        qb.push_values(chunk, |mut b, (account, delta)| {
+            b.push_bind(account.to_string()).push_bind(*delta).push_bind(now);
+        });
+        qb.push(
+            " ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + excluded.balance, \
+             updated_at = excluded.updated_at RETURNING id, balance",
+        );
+        for r in qb.build().fetch_all(&mut *conn).await? {
+            let id: AccountId = r.get::<String, _>("id").parse().map_err(StoreError::Corrupt)?;
+            out.insert(id, r.get("balance"));
+        }
     }
-    out
+    Ok(out)
 }
 
 /// Run one batch's commit, recording its latency and size (the same metrics on both engines).

@@ -231,6 +231,40 @@ async fn a_settlement_above_its_hold_is_refused_and_charges_nothing() {
 }
 
 #[tokio::test]
+async fn a_hold_is_refused_only_when_the_available_balance_is_short_or_the_balance_is_negative() {
+    // SPEC §4.3.2, §4.5. The url is shared so that another process can make a refund debt.
+    let dir = tempfile::tempdir().unwrap();
+    let url = quota_store::testing::fresh_database_url(dir.path()).await;
+    let store = open_at(&url).await;
+    let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
+    let w = AccountId::wallet("usr_rule");
+    // An empty wallet may still start a free request (the old rule refused any hold at 0).
+    drop(ledger.hold(&w, Credits(0)).await.unwrap());
+    assert!(matches!(ledger.hold(&w, Credits(1)).await, Err(LedgerError::Insufficient { .. })));
+    ledger.transfer(t("w1", promo(), w.clone(), 10, TransferKind::Welcome)).await.unwrap();
+    // The whole available balance can be held, and not a credit more.
+    let first = ledger.hold(&w, Credits(6)).await.unwrap();
+    let second = ledger.hold(&w, Credits(4)).await.unwrap();
+    match ledger.hold(&w, Credits(1)).await {
+        Err(LedgerError::Insufficient { available, needed }) => {
+            assert_eq!((available, needed), (Credits(0), Credits(1)))
+        }
+        other => panic!("expected Insufficient, got {:?}", other.map(|h| h.amount())),
+    }
+    drop((first, second));
+    ledger.flush().await.unwrap();
+    // A debt (another process reverses more than the wallet holds, as a refunded top-up's
+    // reversal would) starts no request, not even a free one.
+    let other = open_at(&url).await;
+    let reversal =
+        t("rev1", w.clone(), AccountId::Platform(PlatformAccount::PaymentsClearing), 15, TransferKind::Topup);
+    other.commit_direct(&[reversal], "cli").await.unwrap();
+    ledger.flush().await.unwrap();
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(-5));
+    assert!(matches!(ledger.hold(&w, Credits(0)).await, Err(LedgerError::Insufficient { .. })));
+}
+
+#[tokio::test]
 async fn a_hold_never_settled_expires_and_frees_its_credits() {
     let dir = tempfile::tempdir().unwrap();
     // Long enough for the check below to see the hold even on a loaded machine (on PostgreSQL

@@ -310,10 +310,10 @@ impl Ledger {
         }
     }
 
-    /// Reserve `amount` on `account` (SPEC §4.3.1–2). Refused when the balance is ≤ 0 (no new
-    /// request starts from a non-positive balance) or the available balance is below `amount`.
-    /// On PostgreSQL the hold is committed in the database, visible to every instance, before
-    /// this returns.
+    /// Reserve `amount` on `account` (SPEC §4.3.1–2): refused only when the available balance
+    /// (balance − open holds) is below `amount`, or the balance is below zero (a refund debt,
+    /// SPEC §4.5: a wallet below zero starts no request). On PostgreSQL the hold is committed
+    /// in the database, visible to every instance, before this returns.
     pub async fn hold(&self, account: &AccountId, amount: Credits) -> Result<Hold, LedgerError> {
         assert!(amount.0 >= 0, "hold of a negative amount");
         match &self.engine {
@@ -322,8 +322,10 @@ impl Ledger {
         }
     }
 
-    /// Commit `settlement` and free `hold` in the same step. The charge may exceed the hold
-    /// (an upstream that over-reports, SPEC §4.3.3). Returns once the commit is durable.
+    /// Commit `settlement` and free `hold` in the same step. Its debit from the held account
+    /// must not exceed the hold (SPEC §4.3.3: the caller caps the charge and books any excess
+    /// to the platform's `losses`); one that does is refused and charges nothing. Returns once
+    /// the commit is durable.
     pub async fn settle(&self, mut hold: Hold, settlement: Settlement) -> Result<Committed, LedgerError> {
         for t in &settlement.transfers {
             t.validate()?;
@@ -494,7 +496,7 @@ impl Local {
                 let mut st = self.inner.state.lock();
                 if let Some(acct) = st.accounts.get_mut(account) {
                     let available = acct.balance - acct.held;
-                    if acct.balance <= 0 || available < amount.0 {
+                    if refuses_hold(acct.balance, available, amount.0) {
                         return Err(LedgerError::Insufficient { available: Credits(available.max(0)), needed: amount });
                     }
                     acct.held += amount.0;
@@ -539,6 +541,13 @@ impl Local {
         self.send(Job::Flush { reply }).await?;
         rx.await.map_err(|_| LedgerError::Stopped)
     }
+}
+
+/// The hold rule (SPEC §4.3.2, §4.5), the one the PostgreSQL engine's `quota_hold` applies
+/// too: a hold is refused only when the available balance is below its amount, or the balance
+/// is below zero (a refund debt). Nothing else: a free request on an empty wallet may run.
+fn refuses_hold(balance: i64, available: i64, amount: i64) -> bool {
+    balance < 0 || available < amount
 }
 
 /// How often committed WAL frames are copied into the database, off the commit path.

@@ -2,8 +2,8 @@
 //! serve` instances sharing one database. Nothing about money is cached in memory; the
 //! database is the only place instances agree.
 //!
-//! * **hold** — a conditional update in the database (`balance > 0 AND balance − held ≥
-//!   amount`), committed before [`Ledger::hold`](crate::Ledger::hold) returns, so every
+//! * **hold** — a conditional update in the database (`balance ≥ 0 AND balance − held ≥
+//!   amount`: the hold rule, SPEC §4.3.2), committed before [`Ledger::hold`](crate::Ledger::hold) returns, so every
 //!   instance sees it before the upstream is called. Requests queue to one task that grants
 //!   everything waiting in one round trip (`quota_hold`, a PL/pgSQL loop over arrays): a hot
 //!   wallet costs one row lock per batch, not per request.

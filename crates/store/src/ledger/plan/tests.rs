@@ -181,10 +181,7 @@ fn random_job() -> impl Strategy<Value = RandomJob> {
 
 /// Build the batch a correct caller would send: each hold taken by the hold rule against the
 /// balances and holds so far, each settlement's debit capped at its hold (as core does).
-fn batch(
-    jobs: &[RandomJob],
-    start: &HashMap<AccountId, Movement>,
-) -> (Vec<TestJob>, Vec<(AccountId, i64)>) {
+fn batch(jobs: &[RandomJob], start: &HashMap<AccountId, Movement>) -> (Vec<TestJob>, Vec<(AccountId, i64)>) {
     let mut available: HashMap<AccountId, i64> = start.iter().map(|(a, m)| (a.clone(), m.balance - m.held)).collect();
     let mut out = Vec::new();
     let mut freed = Vec::new();

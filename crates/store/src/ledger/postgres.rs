@@ -20,12 +20,11 @@
 //! Deadlocks are avoided by order: every transaction that changes accounts locks them sorted
 //! by id (bytewise, `COLLATE "C"`), and deletes holds before touching accounts.
 
-use super::plan::{self, Movement};
-use super::{
-    drain, refused, timed, Committed, Hold, HoldRef, Jobs, LedgerConfig, LedgerError, Next, Owner, Settlement,
-};
+use super::plan::{Movement, Plan};
+use super::writer::{drain, Effects, Engine, Job, Jobs, Writer, Written};
+use super::{Committed, Hold, HoldRef, LedgerConfig, LedgerError, Owner, Settlement};
 use crate::db::Pool;
-use crate::events::insert_events_pg;
+use crate::events::{insert_events_pg, OutboxEvent};
 use crate::store::{complete_idempotency, Store, StoreError};
 use crate::usage::UsageRecord;
 use quota_core::{AccountId, Credits, Transfer};
@@ -57,15 +56,6 @@ pub(crate) struct Shared {
     /// Holds granted to this process and not yet settled or released in the database.
     open: Arc<AtomicUsize>,
     origin: String,
-}
-
-// Jobs move once through the channel; boxing the big variant would cost an allocation per
-// settlement for nothing.
-#[allow(clippy::large_enum_variant)]
-enum Job {
-    Commit { hold: Option<HoldRef>, settlement: Settlement, reply: oneshot::Sender<Result<Committed, LedgerError>> },
-    Release { hold: u64 },
-    Flush { reply: oneshot::Sender<()> },
 }
 
 struct HoldRequest {
@@ -104,15 +94,14 @@ impl Shared {
             ttl_ms: i64::try_from(config.hold_ttl.as_millis()).unwrap_or(i64::MAX),
             batch_max,
         };
-        let writer = Writer {
+        let writer = Writer::new(PgEngine {
             conn: Conn::new(pool.clone(), None),
             open: open.clone(),
             origin: config.origin.clone(),
-            last_used: Default::default(),
-        };
+        });
         // Connect both now, so a bad database fails `start`, not the first request.
         holder.conn.check().await?;
-        writer.conn.check().await?;
+        writer.engine.conn.check().await?;
         tokio::spawn(holder.run(holds_rx));
         tokio::spawn(writer.run(Jobs::new(jobs_rx, config.tick, batch_max)));
         Ok(Arc::new(Shared { pool, jobs, holds, next_hold: AtomicU64::new(1), open, origin: config.origin }))
@@ -300,20 +289,12 @@ impl Holder {
     }
 }
 
-/// Group-commits settlements and releases; frees expired holds on its tick.
-struct Writer {
+/// Group-commits settlements and releases (the statements of [`writer::Engine`]); frees
+/// expired holds on its tick.
+struct PgEngine {
     conn: Conn,
     open: Arc<AtomicUsize>,
     origin: String,
-    last_used: crate::last_used::LastUsed,
-}
-
-/// What one batch changed, for the replies.
-struct BatchEffects {
-    /// Per job: its accounts' balances right after it, and its duplicate count.
-    per_job: Vec<(Vec<(AccountId, Credits)>, usize)>,
-    /// Holds of this process the batch deleted (one already expired is not among them).
-    freed_holds: usize,
 }
 
 /// Column arrays of the batch's transfers, for one `UNNEST` insert.
@@ -340,51 +321,22 @@ impl<'a> TransferColumns<'a> {
     }
 }
 
-impl Writer {
-    async fn run(mut self, mut jobs: Jobs<Job>) {
-        while let Some(batch) = jobs_or_expiry(&mut self, &mut jobs).await {
-            self.process(batch).await;
-        }
+impl Engine for PgEngine {
+    async fn begin(&mut self, _batch: &[Job]) -> Result<(), StoreError> {
+        sqlx::query("BEGIN").execute(self.conn.get().await?).await?;
+        Ok(())
     }
 
-    async fn process(&mut self, batch: Vec<Job>) {
-        match timed(batch.len(), self.commit_batch(&batch)).await {
-            Ok(effects) => self.apply(batch, effects),
-            Err(e) => {
-                self.conn.reset();
-                if batch.len() == 1 {
-                    return self.fail(batch, e).await;
-                }
-                // Isolate the job that fails (or outlive a lost connection); the others commit
-                // on their own.
-                tracing::warn!(error = %e, size = batch.len(), "ledger batch failed; retrying one by one");
-                for job in batch {
-                    let jobs = vec![job];
-                    match self.commit_batch(&jobs).await {
-                        Ok(effects) => self.apply(jobs, effects),
-                        Err(e) => {
-                            self.conn.reset();
-                            self.fail(jobs, e).await
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    async fn commit_batch(&mut self, batch: &[Job]) -> Result<BatchEffects, StoreError> {
-        let origin = self.origin.clone();
-        let conn = self.conn.get().await?;
-        let mut tx = Connection::begin(conn).await?;
-        // 1. The holds this batch ends and its transfers, in one statement. A hold that already
-        //    expired is simply not there: its `held` was given back by the expiry, and the
-        //    charge still applies. Transfers go in id order (two instances replaying the same
-        //    charges lock the same ids in one order); RETURNING names those that were new.
+    /// The holds this batch ends and its transfers, in one statement. A hold that already
+    /// expired is simply not there: its `held` was given back by the expiry, and the charge
+    /// still applies. Transfers go in id order (two instances replaying the same charges lock
+    /// the same ids in one order); RETURNING names those that were new.
+    async fn insert_transfers(&mut self, batch: &[Job]) -> Result<Written, StoreError> {
         let hold_ids: Vec<String> = batch
             .iter()
             .filter_map(|j| match j {
-                Job::Commit { hold: Some(h), .. } => Some(hold_key(&origin, h.id)),
-                Job::Release { hold } => Some(hold_key(&origin, *hold)),
+                Job::Commit { hold: Some(h), .. } => Some(hold_key(&self.origin, h.id)),
+                Job::Release { hold } => Some(hold_key(&self.origin, *hold)),
                 _ => None,
             })
             .collect();
@@ -396,108 +348,102 @@ impl Writer {
             })
             .flatten()
             .collect();
+        let mut written = Written { inserted: HashSet::new(), freed: Vec::new() };
+        if hold_ids.is_empty() && transfers.is_empty() {
+            return Ok(written);
+        }
         transfers.sort_by(|a, b| a.id.cmp(&b.id));
         let mut columns = TransferColumns::default();
         transfers.into_iter().for_each(|t| columns.push(t));
-        let rows: Vec<(bool, String, i64)> = if hold_ids.is_empty() && columns.id.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(
-                "WITH freed AS (DELETE FROM holds WHERE id = ANY($1) RETURNING account, amount), \
+        let rows: Vec<(bool, String, i64)> = sqlx::query_as(
+            "WITH freed AS (DELETE FROM holds WHERE id = ANY($1) RETURNING account, amount), \
              added AS (INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) \
                  SELECT t.*, $9 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], \
                  $8::bigint[]) AS t(id, from_account, to_account, amount, kind, cause, created_at) \
                  ON CONFLICT (id) DO NOTHING RETURNING id) \
              SELECT TRUE, account, amount FROM freed UNION ALL SELECT FALSE, id, 0 FROM added",
-            )
-            .bind(&hold_ids)
-            .bind(&columns.id)
-            .bind(&columns.from)
-            .bind(&columns.to)
-            .bind(&columns.amount)
-            .bind(&columns.kind)
-            .bind(&columns.cause)
-            .bind(&columns.created_at)
-            .bind(&origin)
-            .fetch_all(&mut *tx)
-            .await?
-        };
-        let mut freed = Vec::new();
-        let mut inserted = HashSet::new();
+        )
+        .bind(&hold_ids)
+        .bind(&columns.id)
+        .bind(&columns.from)
+        .bind(&columns.to)
+        .bind(&columns.amount)
+        .bind(&columns.kind)
+        .bind(&columns.cause)
+        .bind(&columns.created_at)
+        .bind(&self.origin)
+        .fetch_all(self.conn.get().await?)
+        .await?;
         for (is_freed, name, amount) in rows {
             if is_freed {
-                freed.push((name.parse::<AccountId>().map_err(StoreError::Corrupt)?, amount));
+                written.freed.push((name.parse::<AccountId>().map_err(StoreError::Corrupt)?, amount));
             } else {
-                inserted.insert(name);
+                written.inserted.insert(name);
             }
         }
-        // 2. The plan.
-        let plan = plan::plan(entries(batch), &inserted, &freed).map_err(refused)?;
-        let now = crate::now_ms();
-        // 3. Usage records and key use in one statement (new rows, and key rows locked in id
-        //    order as by every other instance's writer); idempotent responses (rare).
-        let keys_used = self.last_used.due(plan.keys_used.iter().copied(), now);
+        Ok(written)
+    }
+
+    /// Usage records and key use in one statement (new rows, and key rows locked in id order
+    /// as by every other instance's writer); idempotent responses (rare).
+    async fn write_records(&mut self, plan: &Plan<'_>, keys_used: &[&str], now_ms: i64) -> Result<(), StoreError> {
+        let conn = self.conn.get().await?;
         if !plan.usage.is_empty() || !keys_used.is_empty() {
-            record_usage(&mut tx, &plan.usage, &keys_used, now).await?;
+            record_usage(conn, &plan.usage, keys_used, now_ms).await?;
         }
         for c in &plan.idempotency {
-            complete_idempotency(c).execute(&mut *tx).await?;
+            complete_idempotency(c).execute(&mut *conn).await?;
         }
-        // 4. Balances and `held` last, so their row locks are held for the shortest time; the
-        //    row locks make the balances after exact for the outcome.
-        let after = update_accounts(&mut tx, &plan.accounts, now).await?;
-        let outcome = plan.outcome(&after).map_err(refused)?;
-        // 5. Outbox events with the `balance.low` crossings, in one statement.
-        insert_events_pg(&mut tx, plan.events.iter().copied().chain(&outcome.crossings)).await?;
-        tx.commit().await?;
-        let per_job = outcome.balances_after.into_iter().zip(plan.jobs.iter().map(|j| j.duplicates)).collect();
-        Ok(BatchEffects { per_job, freed_holds: freed.len() })
+        Ok(())
     }
 
-    fn apply(&mut self, batch: Vec<Job>, effects: BatchEffects) {
-        self.open.fetch_sub(effects.freed_holds, Ordering::Relaxed);
-        for (job, (balances_after, duplicates)) in batch.into_iter().zip(effects.per_job) {
-            match job {
-                Job::Flush { reply } => {
-                    let _ = reply.send(());
-                }
-                Job::Release { .. } => {}
-                Job::Commit { reply, .. } => {
-                    let _ = reply.send(Ok(Committed { balances_after, duplicates }));
-                }
-            }
-        }
+    /// Balances and `held` last, so their row locks are held for the shortest time; the row
+    /// locks make the balances after exact.
+    async fn move_accounts(
+        &mut self,
+        plan: &Plan<'_>,
+        now_ms: i64,
+    ) -> Result<HashMap<AccountId, Movement>, StoreError> {
+        update_accounts(self.conn.get().await?, &plan.accounts, now_ms).await
     }
 
-    async fn fail(&mut self, batch: Vec<Job>, error: StoreError) {
-        tracing::error!(error = %error, "ledger commit failed");
-        let mut unsettled = Vec::new();
-        for job in batch {
-            match job {
-                Job::Flush { reply } => {
-                    let _ = reply.send(());
-                }
-                Job::Release { hold } => unsettled.push(hold),
-                Job::Commit { hold, reply, .. } => {
-                    unsettled.extend(hold.map(|h| h.id));
-                    let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {error}")).into()));
-                }
-            }
-        }
-        // The holds of failed settlements are released (nothing was charged); if even that
-        // fails, they expire.
-        if !unsettled.is_empty() {
-            let releases: Vec<Job> = unsettled.into_iter().map(|hold| Job::Release { hold }).collect();
-            match self.commit_batch(&releases).await {
-                Ok(effects) => self.apply(releases, effects),
-                Err(e) => {
-                    self.conn.reset();
-                    tracing::error!(error = %e, "releasing holds failed; they will expire");
-                }
-            }
+    async fn insert_events(&mut self, events: Vec<&OutboxEvent>) -> Result<(), StoreError> {
+        insert_events_pg(self.conn.get().await?, events).await?;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), StoreError> {
+        sqlx::query("COMMIT").execute(self.conn.get().await?).await?;
+        Ok(())
+    }
+
+    /// After an error: a connection that cannot even roll back is replaced, so a restarted
+    /// database or a broken socket costs one failed batch, not the engine.
+    async fn rollback(&mut self) {
+        let Some(conn) = self.conn.conn.as_mut() else { return };
+        if sqlx::query("ROLLBACK").execute(conn).await.is_err() {
+            self.conn.reset();
         }
     }
 
+    fn committed(&mut self, _batch: &[Job], effects: &Effects) {
+        self.open.fetch_sub(effects.freed, Ordering::Relaxed);
+    }
+
+    fn failed(&mut self, holds: Vec<u64>) -> Vec<Job> {
+        holds.into_iter().map(|hold| Job::Release { hold }).collect()
+    }
+
+    async fn tick(&mut self) -> bool {
+        if let Err(e) = self.expire().await {
+            self.conn.reset();
+            tracing::error!(error = %e, "expiring holds failed");
+        }
+        false
+    }
+}
+
+impl PgEngine {
     /// Free holds past their expiry, whoever took them (an instance that died). Safe on every
     /// instance at once: `SKIP LOCKED` hands each its own rows.
     async fn expire(&mut self) -> Result<(), StoreError> {
@@ -529,33 +475,6 @@ impl Writer {
         metrics::counter!("quota_ledger_holds_expired_total").increment(count as u64);
         tracing::warn!(count, "holds expired without settlement (an instance died?); credits released");
         Ok(())
-    }
-}
-
-/// The planner's view of a batch: one entry per job, `None` for jobs that are not commits.
-fn entries(batch: &[Job]) -> Vec<Option<plan::Entry<'_>>> {
-    batch
-        .iter()
-        .map(|j| match j {
-            Job::Commit { hold, settlement, .. } => Some(plan::Entry { hold: hold.as_ref(), settlement }),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The writer's next batch, running the expiry on every tick meanwhile; `None` once stopped.
-async fn jobs_or_expiry(writer: &mut Writer, jobs: &mut Jobs<Job>) -> Option<Vec<Job>> {
-    loop {
-        match jobs.next().await {
-            Next::Batch(batch) => return Some(batch),
-            Next::Stop => return None,
-            Next::Tick => {
-                if let Err(e) = writer.expire().await {
-                    writer.conn.reset();
-                    tracing::error!(error = %e, "expiring holds failed");
-                }
-            }
-        }
     }
 }
 

@@ -20,6 +20,21 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The most input tokens one inline image costs on this provider's models, from their
+    /// documentation (rounded up):
+    /// - OpenAI: patch-based models bill up to 1,536 patches × a model multiplier (×2.46 for
+    ///   `gpt-4.1-nano`: 3,779); tile-based ones at most 85 + 170 × 8 tiles = 1,445.
+    /// - Anthropic: images are resized to ≤ 1.15 megapixels, ≈ 1,600 tokens (width × height / 750).
+    /// - Google: 258 tokens per 768 × 768 tile of an image scaled to at most 3072 × 3072
+    ///   (16 tiles: 4,128).
+    pub fn image_part_tokens_max(self) -> u64 {
+        match self {
+            Provider::Openai => 3_800,
+            Provider::Anthropic => 1_600,
+            Provider::Google => 4_200,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Openai => "openai",
@@ -46,6 +61,9 @@ pub struct Model {
     pub price: Price,
     pub context_window: u64,
     pub max_output_tokens: u64,
+    /// The most input tokens one inline image part can be billed for (the hold's per-part
+    /// bound, SPEC §4.3(1)); the provider's documented maximum unless the row says otherwise.
+    pub image_part_tokens_max: u64,
     /// When the price last changed, Unix seconds (`created` in `/v1/models`).
     pub price_changed_at: i64,
 }
@@ -70,6 +88,7 @@ struct ModelRow {
     output: u64,
     context_window: u64,
     max_output_tokens: u64,
+    image_part_tokens_max: Option<u64>,
     price_date: String,
     long_context: Option<TierRow>,
 }
@@ -184,6 +203,7 @@ fn row_to_model(row: ModelRow) -> Result<Model, String> {
         price: Price { base, long_context },
         context_window: row.context_window,
         max_output_tokens: row.max_output_tokens,
+        image_part_tokens_max: row.image_part_tokens_max.unwrap_or(row.provider.image_part_tokens_max()),
         price_changed_at,
     })
 }

@@ -24,16 +24,21 @@ pub enum PlatformAccount {
     PaymentsClearing,
     /// Counterpart of money paid out to developers.
     PayoutsClearing,
+    /// What the platform lost when a provider billed more than a request's hold (SPEC §4.3.3):
+    /// the payer pays at most the hold, this account pays the rest of the base to revenue.
+    /// Its balance is minus everything ever lost; any movement here is an alarm.
+    Losses,
 }
 
 impl PlatformAccount {
-    pub const ALL: [PlatformAccount; 6] = [
+    pub const ALL: [PlatformAccount; 7] = [
         PlatformAccount::Revenue,
         PlatformAccount::SandboxRevenue,
         PlatformAccount::Promotions,
         PlatformAccount::Adjustments,
         PlatformAccount::PaymentsClearing,
         PlatformAccount::PayoutsClearing,
+        PlatformAccount::Losses,
     ];
 
     fn as_str(self) -> &'static str {
@@ -44,6 +49,7 @@ impl PlatformAccount {
             PlatformAccount::Adjustments => "adjustments",
             PlatformAccount::PaymentsClearing => "payments_clearing",
             PlatformAccount::PayoutsClearing => "payouts_clearing",
+            PlatformAccount::Losses => "losses",
         }
     }
 }
@@ -70,8 +76,9 @@ impl AccountId {
         AccountId::Wallet(user_id.to_string())
     }
 
-    /// Whether this account may hold a negative balance. Only platform accounts may; a wallet may
-    /// dip below zero only by one settlement overshoot (SPEC §4.3.3), which the engine checks.
+    /// Whether this account may hold a negative balance. Only platform accounts may; a wallet
+    /// never goes below zero through inference (settlement is capped at the hold, SPEC §4.3.3),
+    /// only by the reversal of a refunded top-up (SPEC §10.4).
     pub fn may_go_negative(&self) -> bool {
         matches!(self, AccountId::Platform(_))
     }
@@ -175,6 +182,9 @@ pub enum TransferKind {
     PayoutSent,
     /// A payout the provider confirmed (in transit → payouts clearing).
     Payout,
+    /// The part of a request's base cost its payer's hold could not cover (losses → revenue),
+    /// SPEC §4.3.3: never the payer's debt.
+    Loss,
 }
 
 impl TransferKind {
@@ -193,6 +203,7 @@ impl TransferKind {
             TransferKind::ReserveRelease => "reserve_release",
             TransferKind::PayoutSent => "payout_sent",
             TransferKind::Payout => "payout",
+            TransferKind::Loss => "loss",
         }
     }
 }

@@ -9,11 +9,13 @@ pub mod billing;
 pub mod calendar;
 pub mod catalog;
 pub mod credits;
+pub mod hold;
 pub mod ids;
 pub mod ledger;
 pub mod markup;
 pub mod price;
 pub mod tokens;
+pub mod transfers;
 
 pub use billing::BillingMode;
 pub use catalog::{Catalog, Model, Provider};

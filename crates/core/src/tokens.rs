@@ -1,30 +1,7 @@
-//! Token counting without the provider: a safe upper bound for reservations, and the sandbox's
-//! deterministic tokenizer.
-//!
-//! Byte-level BPE tokenizers (every provider Quota proxies) never produce more tokens than the
-//! text has bytes, so a byte count is a provable upper bound for text. Images are priced by the
-//! provider in tokens unrelated to the URL's length, so each image part adds its own bound.
-
-/// Tokens one image part can cost at most (OpenAI high detail: 85 + 170 × 8 tiles = 1,445;
-/// Anthropic and Gemini bill less per image), rounded up.
-pub const IMAGE_PART_TOKENS_MAX: u64 = 1_500;
-
-/// Upper bound of the prompt tokens of a request whose JSON body is `body`: every byte could be a
-/// token, plus the per-image bound for each image part. Never below the truth for text prompts.
-pub fn prompt_upper_bound(body: &[u8]) -> u64 {
-    let images = count_occurrences(body, b"\"image_url\"")
-        + count_occurrences(body, b"\"inline_data\"")
-        + count_occurrences(body, b"\"inlineData\"")
-        + count_occurrences(body, b"\"type\":\"image\"");
-    (body.len() as u64).saturating_add(images.saturating_mul(IMAGE_PART_TOKENS_MAX))
-}
-
-fn count_occurrences(haystack: &[u8], needle: &[u8]) -> u64 {
-    if needle.is_empty() || haystack.len() < needle.len() {
-        return 0;
-    }
-    haystack.windows(needle.len()).filter(|w| *w == needle).count() as u64
-}
+//! The sandbox's deterministic tokenizer, also the gateway's fallback count of a stream cut
+//! short before its usage arrived. The hold's upper bound is [`crate::hold`]: byte-level BPE
+//! tokenizers (every provider Quota proxies) never produce more tokens than the text has bytes,
+//! and `byte_bound_is_never_below_the_sandbox_count` keeps this tokenizer within that bound.
 
 /// The sandbox tokenizer: deterministic and close to real BPE counts for English text. A run of
 /// ASCII letters/digits is one token per started 6 characters; every other non-space character
@@ -89,15 +66,6 @@ mod tests {
         assert_eq!(count_tokens("internationalization"), 4);
         assert_eq!(count_tokens(""), 0);
         assert_eq!(count_tokens("   "), 0);
-    }
-
-    #[test]
-    fn images_raise_the_bound() {
-        let text = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
-        let image = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}]}"#;
-        assert_eq!(prompt_upper_bound(text), text.len() as u64);
-        // Over-counting (the tag and the key both match) is safe: this is an upper bound.
-        assert!(prompt_upper_bound(image) >= image.len() as u64 + IMAGE_PART_TOKENS_MAX);
     }
 
     proptest! {

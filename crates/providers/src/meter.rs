@@ -62,8 +62,12 @@ impl Meter {
         self.state.lock().held_final.take()
     }
 
-    /// Output text forwarded to the client (content, tool-call arguments, refusal).
+    /// Output text forwarded to the client (content, tool-call arguments, refusal). An empty
+    /// piece (`"content": ""`, which OpenAI sends first) is no token.
     pub fn count_output(&self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
         let mut st = self.state.lock();
         st.counted_output += count_tokens(text);
         st.content_chunks += 1;
@@ -123,6 +127,17 @@ mod tests {
         let reported = Usage { input_tokens: 10, cached_tokens: 2, output_tokens: 3, ..Default::default() };
         m.report_usage(reported);
         assert_eq!(m.usage(), reported);
+    }
+
+    #[test]
+    fn empty_content_chunks_are_not_counted_as_tokens() {
+        let m = Meter::new(4);
+        for _ in 0..5 {
+            m.count_output("");
+        }
+        assert_eq!(m.usage(), Usage { input_tokens: 4, output_tokens: 0, ..Default::default() });
+        m.count_output("Hi");
+        assert_eq!(m.usage().output_tokens, 1);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct AppState {
     pub webhooks: crate::webhooks::Directory,
     /// The payment provider (SPEC §10), if configured.
     pub payments: Option<crate::payments::Provider>,
+    /// Seams a test can turn on to observe a request mid-life (off in production).
+    pub test_hooks: crate::test_hooks::TestHooks,
     openai: Arc<OpenAiAdapter>,
     anthropic: Arc<AnthropicAdapter>,
     google: Arc<GoogleAdapter>,
@@ -94,6 +96,7 @@ impl AppState {
             ledger,
             catalog,
             keys: KeyCache::default(),
+            test_hooks: Default::default(),
         });
         crate::changes::spawn_listener(&state).await?;
         crate::webhooks::spawn_worker(&state).await;
@@ -150,15 +153,15 @@ pub fn build_router(state: SharedState) -> Router {
         .route("/developers/keys/{id}/rotate", post(routes::keys::rotate))
         .route("/v1/models", get(routes::v1::models))
         .route("/v1/balance", get(routes::v1::balance))
-        .route("/v1/chat/completions", post(routes::chat::chat_completions))
+        .route("/v1/chat/completions", post(crate::gateway::routes::chat::chat_completions))
         .merge(routes::user_billing_router())
         .merge(routes::reporting_router())
         .merge(routes::payments_router())
         .merge(crate::dashboard::router())
-        .route("/v1/messages", post(routes::messages::messages))
+        .route("/v1/messages", post(crate::gateway::routes::messages::messages))
         // Gemini's API version is v1beta; the Google GenAI SDK's default is v1: both work.
-        .route("/v1beta/models/{*model_action}", post(routes::gemini::generate_content))
-        .route("/v1/models/{*model_action}", post(routes::gemini::generate_content))
+        .route("/v1beta/models/{*model_action}", post(crate::gateway::routes::gemini::generate_content))
+        .route("/v1/models/{*model_action}", post(crate::gateway::routes::gemini::generate_content))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

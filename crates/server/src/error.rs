@@ -15,12 +15,30 @@ pub struct ApiError {
     /// Seconds, for `Retry-After`.
     pub retry_after: Option<u64>,
     /// The rate-limit state to report in headers (on a 429 from Quota's own limits).
-    pub rate_limit: Option<crate::limit::gcra::Decision>,
+    pub rate_limit: Option<Box<crate::limit::gcra::Decision>>,
+    /// Machine-readable details beside `code` and `message` in the `error` object (a 402's
+    /// `required`, `available`, `max_affordable_tokens`).
+    /// Boxed: errors travel in every `Result` of the request path, and most have none.
+    pub fields: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), hint: None, retry_after: None, rate_limit: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            hint: None,
+            retry_after: None,
+            rate_limit: None,
+            fields: None,
+        }
+    }
+
+    /// Add a detail to the `error` object.
+    pub fn with_field(mut self, name: &str, value: impl Into<serde_json::Value>) -> ApiError {
+        self.fields.get_or_insert_with(Default::default).insert(name.to_string(), value.into());
+        self
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> ApiError {
@@ -40,13 +58,18 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
 
+    /// 402 for a transfer or hold the payer cannot cover, with what it needed and had
+    /// (SPEC §4.3(2)): `error.required`, `error.available`.
     pub fn insufficient_credits(available: i64, needed: i64) -> ApiError {
+        let available = available.max(0);
         ApiError::new(
             StatusCode::PAYMENT_REQUIRED,
             "insufficient_credits",
             format!("insufficient credits: this request needs up to {needed} credits and {available} are available"),
         )
         .with_hint("top up the wallet, or lower max_tokens to reserve less")
+        .with_field("required", needed)
+        .with_field("available", available)
     }
 
     /// A bug or an unavailable database. Logged with the request id by the caller; the client
@@ -71,6 +94,11 @@ impl ApiError {
         let mut error = json!({"code": self.code, "message": self.message, "type": self.kind()});
         if let Some(h) = &self.hint {
             error["hint"] = json!(h);
+        }
+        if let Some(obj) = error.as_object_mut() {
+            for (k, v) in self.fields.iter().flat_map(|f| f.iter()) {
+                obj.insert(k.clone(), v.clone());
+            }
         }
         json!({ "error": error })
     }

@@ -20,6 +20,7 @@ pub mod payments;
 pub mod request_id;
 pub mod routes;
 pub mod secrets;
+pub mod test_hooks;
 pub mod webhooks;
 
 pub use app::{build_router, AppState, SharedState};

@@ -200,7 +200,7 @@ async fn a_translated_stream_is_openai_chunks_ending_with_usage_quota_and_done()
         usage: AnthropicUsage { input: 30, cache_read: 70, cache_write: 0, output: 8 },
     });
     let body = json!({"model": "anthropic/claude-haiku-4.5", "stream": true, "max_tokens": 8,
-        "messages": [{"role": "user", "content": "Hi"}]});
+        "messages": [{"role": "user", "content": common::prompt_of(100)}]});
     let text = s.chat(&key, body).await.text().await.unwrap();
     let data: Vec<&str> = text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).collect();
     assert_eq!(data.last(), Some(&"[DONE]"));

@@ -5,7 +5,8 @@ mod common;
 
 use common::{expect_error, simple_chat, TestServer};
 use futures::StreamExt;
-use quota_core::billing::{reservation, Charge};
+use quota_core::billing::Charge;
+use quota_core::hold::{hold_amount, HoldBound};
 use quota_core::{Catalog, Margin, Usage};
 use serde_json::{json, Value};
 
@@ -241,7 +242,13 @@ async fn without_max_tokens_the_reservation_covers_the_models_maximum_output() {
     let s = TestServer::start_with(|c| c.welcome_credits = 0).await;
     let (user, _, key) = s.developer("test").await;
     let model = Catalog::builtin().get("gpt-4o-mini").unwrap().clone();
-    let needed = reservation(&model, HI_PROMPT_TOKENS, model.max_output_tokens, Margin::ZERO).total().0;
+    let needed = hold_amount(
+        &model,
+        &HoldBound::counted(&model, HI_PROMPT_TOKENS, Some(model.max_output_tokens), 1),
+        Margin::ZERO,
+    )
+    .total()
+    .0;
     s.credit(&user, needed - 1).await;
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
     expect_error(s.chat(&key, body.clone()).await, 402, "insufficient_credits").await;
@@ -359,7 +366,7 @@ async fn two_hundred_parallel_requests_against_a_wallet_that_affords_fifty() {
     let per_request = cost_gpt4o_mini(HI_PROMPT_TOKENS, 10);
     let model = Catalog::builtin().get("gpt-4o-mini").unwrap().clone();
     assert_eq!(
-        reservation(&model, HI_PROMPT_TOKENS, 10, Margin::ZERO).total().0,
+        hold_amount(&model, &HoldBound::counted(&model, HI_PROMPT_TOKENS, Some(10), 1), Margin::ZERO).total().0,
         per_request,
         "hold = charge, so 'affordable' is exact"
     );

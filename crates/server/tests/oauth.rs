@@ -8,7 +8,7 @@ mod common;
 use common::fake_openai::Script;
 use common::oauth::HeldUpstream;
 use common::oauth::{browser, hidden_inputs, location_params, param, pkce, TestApp, REDIRECT};
-use common::{expect_error, proxied, simple_chat, skip_unless_postgres, within, TestServer};
+use common::{chat_hold, expect_error, proxied, simple_chat, skip_unless_postgres, within, TestServer};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ async fn a_user_token_pays_base_plus_markup_in_one_settlement() {
     fake.script(Script::Complete { prompt: 1000, cached: 0, completion: 500, text: "hi".into() });
     let user_before = s.balance(&user).await;
     let dev_before = s.balance(&app.developer_id).await;
-    let r = chat_as(&s, &access(&tokens), simple_chat("hello", 600)).await;
+    let r = chat_as(&s, &access(&tokens), simple_chat(&common::prompt_of(1000), 600)).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     // base = 1000 × 0.15 + 500 × 0.6 = 450; markup = ceil(450 × 0.25) = ceil(112.5) = 113.
@@ -611,12 +611,7 @@ async fn parallel_user_billed_requests_never_overspend_the_users_wallet() {
     // Each request reserves for max_tokens = 10,000 output tokens: 10,000 × 0.6 = 6,000 base plus
     // the prompt, × 1.5 for the markup; with 1,000,000 credits only a handful fit at once.
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000});
-    let reserve = {
-        let c = quota_core::Catalog::builtin();
-        let m = c.get("gpt-4o-mini").unwrap();
-        let prompt_max = quota_core::tokens::prompt_upper_bound(body.to_string().as_bytes());
-        quota_core::billing::reservation(m, prompt_max, 10_000, quota_core::Margin::from_bps(5000).unwrap()).total().0
-    };
+    let reserve = chat_hold(&body, quota_core::Margin::from_bps(5000).unwrap());
     // Leave the user able to afford exactly M = 5 reservations at once.
     let m = 5;
     s.drain(&user, m * reserve).await;
@@ -823,10 +818,10 @@ async fn deleting_an_app_ends_its_tokens_and_a_margin_change_applies_at_once() {
     fake.script(Script::Complete { prompt: 1000, cached: 0, completion: 500, text: "hi".into() });
     let app = s.app(json!({})).await;
     let (user, _, t) = s.connected_user(&app, "credits.spend").await;
-    let v: Value = s.chat(&access(&t), simple_chat("hi", 600)).await.json().await.unwrap();
+    let v: Value = s.chat(&access(&t), simple_chat(&common::prompt_of(1000), 600)).await.json().await.unwrap();
     assert_eq!(v["quota"]["markup"], 0);
     s.app_settings(&app, json!({"profit_margin": 2})).await;
-    let v: Value = s.chat(&access(&t), simple_chat("hi", 600)).await.json().await.unwrap();
+    let v: Value = s.chat(&access(&t), simple_chat(&common::prompt_of(1000), 600)).await.json().await.unwrap();
     assert_eq!((v["quota"]["base_cost"].as_i64(), v["quota"]["markup"].as_i64()), (Some(450), Some(900)));
     let r = s
         .send(reqwest::Method::DELETE, &format!("/developers/apps/{}", app.id), &app.developer_session, Value::Null)

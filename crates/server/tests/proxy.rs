@@ -4,7 +4,7 @@
 mod common;
 
 use common::fake_openai::Script;
-use common::{expect_error, proxied, simple_chat, TestServer};
+use common::{chat_hold, expect_error, proxied, simple_chat, TestServer};
 use futures::StreamExt;
 use quota_core::billing::Charge;
 use quota_core::{Catalog, Margin, Usage};
@@ -20,7 +20,7 @@ async fn a_proxied_completion_forwards_allowed_fields_and_charges_the_reported_u
     let (user, _, key) = s.developer("developer").await;
     let before = s.balance(&user).await;
     up.script(Script::Complete { prompt: 1000, cached: 400, completion: 50, text: "Hi!".into() });
-    let mut body = simple_chat("hello", 100);
+    let mut body = simple_chat(&common::prompt_of(1000), 100);
     body["service_tier"] = json!("priority");
     body["temperature"] = json!(0.2);
     let v: Value = s.chat(&key, body).await.json().await.unwrap();
@@ -113,18 +113,11 @@ async fn an_unreachable_upstream_is_502_and_a_slow_one_504() {
 }
 
 #[tokio::test]
-async fn an_over_reporting_upstream_is_charged_once_and_stops_the_next_request() {
+async fn an_over_reporting_upstream_is_charged_the_hold_and_the_excess_is_the_platforms_loss() {
     let (s, up) = proxied().await;
     let (user, _, key) = s.developer("developer").await;
     // Leave just enough for the reservation of a 5-token answer.
-    let held = quota_core::billing::reservation(
-        Catalog::builtin().get("gpt-4o-mini").unwrap(),
-        quota_core::tokens::prompt_upper_bound(serde_json::to_vec(&simple_chat("x", 5)).unwrap().as_slice()),
-        5,
-        Margin::ZERO,
-    )
-    .total()
-    .0;
+    let held = chat_hold(&simple_chat("x", 5), Margin::ZERO);
     let drain = s.balance(&user).await - held;
     s.state
         .ledger
@@ -143,10 +136,14 @@ async fn an_over_reporting_upstream_is_charged_once_and_stops_the_next_request()
     // The upstream claims far more output than max_tokens allowed.
     up.script(Script::Complete { prompt: 10, cached: 0, completion: 10_000, text: "x".into() });
     let v: Value = s.chat(&key, simple_chat("x", 5)).await.json().await.unwrap();
-    let charged = cost("gpt-4o-mini", Usage { input_tokens: 10, output_tokens: 10_000, ..Default::default() });
-    assert_eq!(v["quota"]["credits_used"], charged);
-    assert_eq!(s.stored_balance(&user).await, held - charged);
-    assert!(held - charged < 0);
+    let metered = cost("gpt-4o-mini", Usage { input_tokens: 10, output_tokens: 10_000, ..Default::default() });
+    assert!(metered > held);
+    // SPEC §4.3(3): the payer pays the hold, never more; the platform books the rest as a loss.
+    assert_eq!(v["quota"]["credits_used"], held);
+    assert_eq!(s.stored_balance(&user).await, 0);
+    let losses =
+        s.state.store.balance(&quota_core::AccountId::Platform(quota_core::PlatformAccount::Losses)).await.unwrap();
+    assert_eq!(losses, -(metered - held));
     expect_error(s.chat(&key, simple_chat("x", 5)).await, 402, "insufficient_credits").await;
     s.assert_ledger_ok().await;
 }

@@ -7,7 +7,10 @@ use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageRecord {
+    /// Quota's own `req_…` id: the record's key (SPEC §4.3(9)).
     pub id: String,
+    /// The `x-request-id` the client sent, if any: stored and shown, never a key.
+    pub client_request_id: Option<String>,
     pub created_at: i64,
     /// The developer whose key or app made the request.
     pub developer_id: String,
@@ -41,6 +44,7 @@ impl UsageRecord {
     pub fn event_data(&self) -> serde_json::Value {
         serde_json::json!({
             "request_id": self.id,
+            "client_request_id": self.client_request_id,
             "key_id": self.key_id,
             "app_id": self.app_id,
             "payer": self.payer_account,
@@ -122,11 +126,12 @@ enum UsageBind<'a> {
 }
 
 pub(crate) const USAGE_COLUMNS: &str = "id, created_at, developer_id, key_id, app_id, payer_account, billing_mode, model, provider, \
-     input_tokens, cached_tokens, cache_write_tokens, output_tokens, base_cost, markup, total, status, latency_ms, sandbox";
+     input_tokens, cached_tokens, cache_write_tokens, output_tokens, base_cost, markup, total, status, latency_ms, sandbox, client_request_id";
 
 pub(crate) fn usage_from_row(r: &impl DbRow) -> UsageRecord {
     UsageRecord {
         id: r.get("id"),
+        client_request_id: r.get("client_request_id"),
         created_at: r.get("created_at"),
         developer_id: r.get("developer_id"),
         key_id: r.get("key_id"),

@@ -1,5 +1,7 @@
 //! `quota ledger verify`: recompute every balance from the transfers and compare with the cached
-//! balances; prove Σ balances = 0 and that no wallet is below zero by more than one overshoot.
+//! balances; prove Σ balances = 0 and that no wallet is below zero: inference never takes a
+//! wallet below zero (settlement is capped at the hold, SPEC §4.3(3)); only the reversal of a
+//! refunded top-up may (SPEC §10.4), and no such transfer exists in this build.
 //! On PostgreSQL it also checks that each account's `held` is the sum of its open holds.
 
 use crate::db::{DbRow, Pool};
@@ -25,10 +27,10 @@ pub struct VerifyReport {
     /// Σ of the cached balances; must be 0.
     pub sum_of_stored_balances: i128,
     pub mismatches: Vec<Mismatch>,
-    /// Non-platform accounts whose recomputed balance is negative (each must be a single
-    /// settlement overshoot, SPEC §4.3.3; listed for a person to look at).
+    /// Wallets whose recomputed balance is negative. None may be (see the module doc): each is
+    /// also in `invalid_negative_accounts`.
     pub negative_accounts: Vec<(String, i64)>,
-    /// Accounts that may not go negative and are not wallets (earnings) but are.
+    /// Accounts that may not go negative but are.
     pub invalid_negative_accounts: Vec<(String, i64)>,
     /// PostgreSQL: accounts whose `held` differs from the sum of their open holds (`stored` is
     /// `held`, `recomputed` the sum).
@@ -98,7 +100,10 @@ impl Store {
             if r < 0 {
                 match account.parse::<AccountId>() {
                     Ok(a) if a.may_go_negative() => {}
-                    Ok(a) if a.is_wallet() => negative_accounts.push((account.clone(), r64)),
+                    Ok(a) if a.is_wallet() => {
+                        negative_accounts.push((account.clone(), r64));
+                        invalid_negative_accounts.push((account.clone(), r64));
+                    }
                     _ => invalid_negative_accounts.push((account.clone(), r64)),
                 }
             }

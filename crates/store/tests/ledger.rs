@@ -201,16 +201,16 @@ async fn another_process_credit_reaches_the_cached_balance() {
 }
 
 #[tokio::test]
-async fn a_settlement_above_its_hold_is_refused_and_charges_nothing() {
-    // SPEC §4.3.3: the caller caps a charge at its hold; a settlement that debits the held
-    // account more is a bug, refused by the planner before anything is written.
+async fn a_settlement_above_its_hold_is_refused_and_a_negative_wallet_fails_verify() {
+    // SPEC §4.3(3): the caller caps a charge at its hold; a settlement that debits the held
+    // account more is refused before anything is written (and the planner asserts it again).
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_h");
     ledger.transfer(t("w1", promo(), w.clone(), 10, TransferKind::Welcome)).await.unwrap();
     let hold = ledger.hold(&w, Credits(10)).await.unwrap();
-    let refused = ledger
+    let settled = ledger
         .settle(
             hold,
             Settlement {
@@ -219,15 +219,27 @@ async fn a_settlement_above_its_hold_is_refused_and_charges_nothing() {
             },
         )
         .await;
-    assert!(refused.is_err(), "{refused:?}");
+    assert!(matches!(settled, Err(LedgerError::AboveHold { .. })), "{settled:?}");
+    // On PostgreSQL the release is queued to the writer; a flush waits for it.
     ledger.flush().await.unwrap();
     assert_eq!(ledger.balance(&w).await.unwrap(), Credits(10));
-    assert_eq!(ledger.available(&w).await.unwrap(), Credits(10), "the hold is released");
-    assert_eq!(store.balance(&w).await.unwrap(), 10);
+    assert_eq!(ledger.held(&w).await.unwrap(), Credits(0), "the refused settlement's hold is released");
     let report = store.verify_ledger().await.unwrap();
     assert!(report.ok());
     assert_eq!(report.transfers, 1);
-    assert!(report.negative_accounts.is_empty());
+    // A wallet below zero (here made by an operator's transfer from it) fails verify.
+    quota_store::on_pool!(store.pool(), |p| sqlx::query(
+        "INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) \
+         VALUES ('x1', $1, 'platform:revenue', 15, 'usage_charge', 'test', 0, 'test')"
+    )
+    .bind(w.to_string())
+    .execute(p)
+    .await
+    .map(|_| ())
+    .unwrap());
+    let report = store.verify_ledger().await.unwrap();
+    assert!(!report.ok());
+    assert_eq!(report.negative_accounts, vec![(w.to_string(), -5)]);
 }
 
 #[tokio::test]
@@ -304,6 +316,7 @@ async fn retention_run_by_two_instances_at_once_folds_each_record_once_and_keeps
     for i in 0..50 {
         let record = quota_store::usage::UsageRecord {
             id: format!("req_{i}"),
+            client_request_id: None,
             created_at: DAY + i,
             developer_id: "usr_dev".into(),
             key_id: Some("key_1".into()),

@@ -2,6 +2,7 @@
 //! Quota's key, `anthropic-version` passed through): forwarded for the native route, translated
 //! for `/v1/chat/completions`.
 
+use super::bound::TOOL_USE_PROMPT_TOKENS_MAX;
 use super::translate::{completion_from_message, peek_event, request_from_openai, ChunkTranslator, EventMeter};
 use super::wire::{forward_body, MessagePeek, MessagesRequest};
 use crate::http::{Upstream, UpstreamConfig};
@@ -9,16 +10,12 @@ use crate::openai::estimate_prompt_tokens;
 use crate::sse::{event_stream, EventTranslator};
 use crate::{ChatCall, ChatProvider, ChatResponse, Meter, NativeCall, NativeProvider, UpstreamError};
 use bytes::Bytes;
-use quota_core::tokens::{count_tokens, prompt_upper_bound};
+use quota_core::tokens::count_tokens;
 use quota_core::{Model, Usage};
 use std::sync::Arc;
 
 /// The API version sent when the client names none.
 pub const DEFAULT_VERSION: &str = "2023-06-01";
-
-/// Anthropic adds a tool-use system prompt of about 350 tokens when tools are offered; the
-/// reservation's byte bound of the body does not see it.
-pub const TOOL_USE_PROMPT_TOKENS_MAX: u64 = 400;
 
 /// The Anthropic adapter. Cheap to share: one connection pool for all requests.
 pub struct AnthropicAdapter {
@@ -45,11 +42,6 @@ fn prompt_estimate(raw: &[u8], model: &Model) -> u64 {
     estimate_prompt_tokens(raw).min(model.context_window)
 }
 
-/// The byte bound of the body, plus the tool-use prompt when tools are offered.
-fn prompt_bound(raw: &[u8], tools: bool) -> u64 {
-    prompt_upper_bound(raw).saturating_add(if tools { TOOL_USE_PROMPT_TOKENS_MAX } else { 0 })
-}
-
 fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -57,7 +49,7 @@ fn now_secs() -> i64 {
 #[async_trait::async_trait]
 impl NativeProvider<MessagesRequest> for AnthropicAdapter {
     fn prompt_tokens_max(&self, call: &NativeCall<'_, MessagesRequest>) -> u64 {
-        prompt_bound(call.raw, call.request.tools.as_ref().is_some_and(|t| !t.is_empty()))
+        call.request.prompt_bound().tokens_max(call.model)
     }
 
     async fn call(&self, call: NativeCall<'_, MessagesRequest>) -> Result<ChatResponse, UpstreamError> {
@@ -80,8 +72,13 @@ impl NativeProvider<MessagesRequest> for AnthropicAdapter {
 
 #[async_trait::async_trait]
 impl ChatProvider for AnthropicAdapter {
+    /// The OpenAI-shaped request's bound, plus the tool-use prompt Anthropic adds for tools.
     fn prompt_tokens_max(&self, call: &ChatCall<'_>) -> u64 {
-        prompt_bound(call.raw, call.request.tools.as_ref().is_some_and(|t| !t.is_empty()))
+        let mut bound = call.request.prompt_bound();
+        if call.request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            bound.add(TOOL_USE_PROMPT_TOKENS_MAX);
+        }
+        bound.tokens_max(call.model)
     }
 
     async fn chat(&self, call: ChatCall<'_>) -> Result<ChatResponse, UpstreamError> {

@@ -7,6 +7,7 @@
 //! Quota's input, cached and cache-write classes.
 
 mod adapter;
+mod bound;
 mod translate;
 mod wire;
 

@@ -14,7 +14,7 @@ use crate::openai::estimate_prompt_tokens;
 use crate::sse::{event_stream, EventTranslator};
 use crate::{ChatCall, ChatProvider, ChatResponse, Meter, NativeCall, NativeProvider, UpstreamError};
 use bytes::{Bytes, BytesMut};
-use quota_core::tokens::{count_tokens, prompt_upper_bound};
+use quota_core::tokens::count_tokens;
 use quota_core::{Model, Usage};
 use std::sync::Arc;
 
@@ -48,7 +48,7 @@ fn now_secs() -> i64 {
 #[async_trait::async_trait]
 impl NativeProvider<GenerateRequest> for GoogleAdapter {
     fn prompt_tokens_max(&self, call: &NativeCall<'_, GenerateRequest>) -> u64 {
-        prompt_upper_bound(call.raw)
+        call.request.prompt_bound().tokens_max(call.model)
     }
 
     async fn call(&self, call: NativeCall<'_, GenerateRequest>) -> Result<ChatResponse, UpstreamError> {
@@ -72,7 +72,7 @@ impl NativeProvider<GenerateRequest> for GoogleAdapter {
 #[async_trait::async_trait]
 impl ChatProvider for GoogleAdapter {
     fn prompt_tokens_max(&self, call: &ChatCall<'_>) -> u64 {
-        prompt_upper_bound(call.raw)
+        call.request.prompt_bound().tokens_max(call.model)
     }
 
     async fn chat(&self, call: ChatCall<'_>) -> Result<ChatResponse, UpstreamError> {

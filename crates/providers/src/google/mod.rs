@@ -6,6 +6,7 @@
 //! `thoughtsTokenCount` is not inside `candidatesTokenCount` and is billed as output.
 
 mod adapter;
+mod bound;
 mod translate;
 mod wire;
 

@@ -42,6 +42,9 @@ pub struct GenerateRequest {
     pub tool_config: Option<serde_json::Map<String, Value>>,
     #[serde(alias = "generationConfig")]
     pub generation_config: Option<GenerationConfig>,
+    /// A `cachedContents/…` name: content cached at Google beforehand, billed at the cached rate.
+    #[serde(alias = "cachedContent")]
+    pub cached_content: Option<String>,
     /// `streamGenerateContent` rather than `generateContent`: Gemini says it in the URL.
     #[serde(skip)]
     pub stream: bool,
@@ -60,6 +63,11 @@ pub struct GenerationConfig {
     pub max_output_tokens: Option<u64>,
     #[serde(alias = "candidateCount")]
     pub candidate_count: Option<u64>,
+    /// Structured-output schemas, rendered into the prompt.
+    #[serde(alias = "responseSchema")]
+    pub response_schema: Option<Value>,
+    #[serde(alias = "responseJsonSchema")]
+    pub response_json_schema: Option<Value>,
 }
 
 impl Content {

@@ -7,7 +7,6 @@ use crate::http::{Upstream, UpstreamConfig};
 use crate::sse::{event_stream, parse_event, EventTranslator};
 use crate::{scrub_credentials, ChatCall, ChatProvider, ChatResponse, Meter, UpstreamError};
 use bytes::Bytes;
-use quota_core::tokens::prompt_upper_bound;
 use quota_core::Usage;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -32,7 +31,7 @@ impl OpenAiAdapter {
 #[async_trait::async_trait]
 impl ChatProvider for OpenAiAdapter {
     fn prompt_tokens_max(&self, call: &ChatCall<'_>) -> u64 {
-        prompt_upper_bound(call.raw)
+        call.request.prompt_bound().tokens_max(call.model)
     }
 
     async fn chat(&self, call: ChatCall<'_>) -> Result<ChatResponse, UpstreamError> {

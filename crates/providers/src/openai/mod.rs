@@ -2,6 +2,7 @@
 //! usage fields it meters, and the adapter that forwards to an OpenAI-compatible upstream.
 
 mod adapter;
+mod bound;
 mod wire;
 
 pub use adapter::{estimate_prompt_tokens, OpenAiAdapter, OpenAiConfig};

@@ -85,6 +85,7 @@ pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
+    pub refusal: Option<String>,
     pub image_url: Option<serde_json::Value>,
 }
 

@@ -1,14 +1,19 @@
 //! Phases *meter*, *settle* and *record* for streams. Chunks are forwarded as they arrive; when
 //! the upstream ends, the charge is committed before the final chunk (usage + `quota`) and the
-//! terminator are sent (SPEC §4.3.6). If the upstream fails mid-stream, what was produced is
+//! terminator are sent (SPEC §4.3(6)). If the upstream fails mid-stream, what was produced is
 //! charged and an error event ends the stream; if nothing was produced, nothing is charged. If
-//! the client goes away, the stream is dropped and its guard settles what was produced.
+//! the client goes away, the stream is dropped — which stops the upstream — and its guard
+//! charges what the provider billed: its usage if it arrived, else the prompt plus the tokens
+//! counted in the forwarded chunks (SPEC §4.3(5)), recorded as `client_disconnected`.
+//!
+//! The settlement at the end of a stream runs as a task of its own that the stream waits for,
+//! so a client hanging up during it cannot cut it short.
 //!
 //! Under an Idempotency-Key, whatever the stream charged is stored for replay (the bytes sent,
 //! plus the error event if it ended in one); a stream that charged nothing releases its key.
 
 use super::idempotency::Claim;
-use super::{Billing, QuotaObject};
+use super::settle::{Billing, QuotaObject};
 use crate::error::ApiError;
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -37,13 +42,19 @@ struct Pending {
 }
 
 impl Pending {
-    /// Settle what was produced, or release everything if nothing was. Stores or releases the
-    /// idempotency claim accordingly, with `tail` appended to the stored bytes. Returns the
-    /// `quota` object of a charge, if one was made.
-    async fn end(self, status: &str, tail: impl FnOnce(Option<&QuotaObject>, &Usage) -> Bytes) -> Bytes {
+    /// Settle what was produced — or, when `billed` (the client left after the provider
+    /// accepted the request), what the provider bills even without output — else release
+    /// everything. Stores or releases the idempotency claim accordingly, with `tail` appended
+    /// to the stored bytes. Returns the bytes that end the stream.
+    async fn end(
+        self,
+        status: &'static str,
+        billed: bool,
+        tail: impl FnOnce(Option<&QuotaObject>, &Usage) -> Bytes,
+    ) -> Bytes {
         let Pending { hold, billing, meter, shape, claim } = self;
         let usage = meter.usage();
-        let produced = meter.reported().is_some() || usage.output_tokens > 0;
+        let produced = billed || meter.reported().is_some() || usage.output_tokens > 0;
         let quota = if produced {
             match billing.settle(hold, usage, status).await {
                 Ok(q) => Some(q),
@@ -72,6 +83,15 @@ impl Pending {
     }
 }
 
+/// Run a stream's settlement as its own task and wait for it: if the client leaves meanwhile,
+/// the stream is dropped but the settlement (and its idempotency claim) still finishes.
+async fn detached(end: impl std::future::Future<Output = Bytes> + Send + 'static) -> Bytes {
+    tokio::spawn(end).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a stream's settlement failed");
+        Bytes::new()
+    })
+}
+
 struct SettleOnDrop(Option<Pending>);
 
 impl Drop for SettleOnDrop {
@@ -80,7 +100,7 @@ impl Drop for SettleOnDrop {
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         handle.spawn(async move {
             tracing::info!(request_id = %p.billing.request_id, "client disconnected mid-stream; charging what was produced");
-            p.end("client_disconnected", |_, _| Bytes::new()).await;
+            p.end("client_disconnected", true, |_, _| Bytes::new()).await;
         });
     }
 }
@@ -119,23 +139,22 @@ pub fn billed_stream(
                 let pending = st.guard.0.take()?;
                 let error = ApiError::from(e);
                 let event = st.shape.error_event(&error);
-                pending.end(error.code, |_, _| event).await
+                detached(pending.end(error.code, false, |_, _| event)).await
             }
             None => {
                 st.finished = true;
                 let pending = st.guard.0.take()?;
                 let shape = st.shape.clone();
                 let meter = pending.meter.clone();
-                pending
-                    .end("succeeded", |quota, usage| match quota {
-                        Some(q) => shape.final_events(usage, q, &meter),
-                        None => shape.error_event(&ApiError::new(
-                            axum::http::StatusCode::BAD_GATEWAY,
-                            "upstream_error",
-                            "the provider ended the stream without any output",
-                        )),
-                    })
-                    .await
+                detached(pending.end("succeeded", false, move |quota, usage| match quota {
+                    Some(q) => shape.final_events(usage, q, &meter),
+                    None => shape.error_event(&ApiError::new(
+                        axum::http::StatusCode::BAD_GATEWAY,
+                        "upstream_error",
+                        "the provider ended the stream without any output",
+                    )),
+                }))
+                .await
             }
         };
         Some((Ok(out), st))

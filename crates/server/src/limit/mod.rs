@@ -117,7 +117,7 @@ pub async fn check_one(limiter: &RateLimiter, key: String, per_minute: u32) -> R
     match decisions.first() {
         Some(d) if !d.allowed => {
             let mut e = refusal(d);
-            e.rate_limit = Some(*d);
+            e.rate_limit = Some(Box::new(*d));
             Err(e)
         }
         _ => Ok(()),

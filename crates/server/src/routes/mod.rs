@@ -2,12 +2,9 @@
 
 pub mod accounts;
 pub mod apps;
-pub mod chat;
 pub mod connections;
 pub mod funding;
-pub mod gemini;
 pub mod keys;
-pub mod messages;
 pub mod oauth;
 pub mod ops;
 pub mod payments;

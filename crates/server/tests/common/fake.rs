@@ -14,6 +14,9 @@ pub struct Scripted<S, R> {
     pub requests: Mutex<Vec<R>>,
     pub script: Mutex<Option<S>>,
     gate: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
+    /// While set, every request is recorded and then waits before it is answered.
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
 }
 
 impl<S: Clone, R> Scripted<S, R> {
@@ -24,6 +27,18 @@ impl<S: Clone, R> Scripted<S, R> {
     /// The scripted answer, or `default`.
     pub fn script_or(&self, default: S) -> S {
         self.script.lock().clone().unwrap_or(default)
+    }
+
+    /// Wait here (after recording the request) while the test holds answers back.
+    pub async fn wait_while_paused(&self) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let resumed = self.resumed.notified();
+            if !self.paused.load(Ordering::SeqCst) {
+                return;
+            }
+            resumed.await;
+        }
     }
 
     /// The gate of a gated stream (set by [`FakeServer::gate`]).
@@ -49,8 +64,13 @@ impl<S: Clone + Send + 'static, R: Clone + Send + 'static> FakeServer<S, R> {
     /// Serve the router `app` builds around the shared state; `base_url` is the root plus
     /// `base_path` (what the gateway's configuration takes).
     pub async fn serve(app: impl FnOnce(Arc<Scripted<S, R>>) -> Router, base_path: &str) -> FakeServer<S, R> {
-        let fake =
-            Arc::new(Scripted { requests: Mutex::new(Vec::new()), script: Mutex::new(None), gate: Mutex::new(None) });
+        let fake = Arc::new(Scripted {
+            requests: Mutex::new(Vec::new()),
+            script: Mutex::new(None),
+            gate: Mutex::new(None),
+            paused: Default::default(),
+            resumed: Default::default(),
+        });
         let app = app(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -58,6 +78,16 @@ impl<S: Clone + Send + 'static, R: Clone + Send + 'static> FakeServer<S, R> {
             axum::serve(listener, app).await.unwrap();
         });
         FakeServer { base_url: format!("http://{addr}{base_path}"), fake, task }
+    }
+
+    /// Hold every answer back (requests are still recorded) until [`FakeServer::resume`].
+    pub fn pause(&self) {
+        self.fake.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.fake.paused.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.fake.resumed.notify_waiters();
     }
 
     pub fn script(&self, s: S) {

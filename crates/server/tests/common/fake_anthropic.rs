@@ -111,6 +111,7 @@ fn sse(events: Vec<Bytes>) -> Response {
 async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     fake.record((headers, v.clone()));
+    fake.wait_while_paused().await;
     let script = fake.script_or(Script::Answer {
         content: vec![text("Hello from Claude.")],
         stop_reason: "end_turn",

@@ -82,6 +82,7 @@ async fn handle(
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = format!("/v1beta/models/{model_action}");
     fake.record(Recorded { path, query: query.clone(), headers, body: v });
+    fake.wait_while_paused().await;
     let script = fake.script_or(Script::Answer {
         parts: vec![json!({"text": "Hello from Gemini."})],
         finish: "STOP",

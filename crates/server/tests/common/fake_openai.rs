@@ -45,6 +45,7 @@ fn chunk(content: &str) -> Bytes {
 async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     fake.record((headers, v.clone()));
+    fake.wait_while_paused().await;
     let script = fake.script_or(Script::Complete { prompt: 10, cached: 0, completion: 5, text: "hello".into() });
     let stream = v["stream"] == json!(true);
     let include_usage = v["stream_options"]["include_usage"] == json!(true);

@@ -308,6 +308,24 @@ pub fn cost(model: &str, usage: quota_core::Usage) -> i64 {
     quota_core::billing::Charge::for_usage(catalog.get(model).unwrap(), &usage, quota_core::Margin::ZERO).total().0
 }
 
+/// The hold the gateway takes for a chat completions `body` on a provider's route (SPEC §4.3(1)):
+/// computed by the same code, from the parsed request.
+pub fn chat_hold(body: &Value, margin: quota_core::Margin) -> i64 {
+    let request = quota_providers::openai::ChatRequest::parse(body.to_string().as_bytes()).unwrap();
+    let catalog = quota_core::Catalog::builtin();
+    let model = catalog.get(&request.model).unwrap();
+    let bound =
+        quota_core::hold::HoldBound::new(model, &request.prompt_bound(), request.max_output(), request.choices());
+    quota_core::hold::hold_amount(model, &bound, margin).total().0
+}
+
+/// A prompt of at least `bytes` bytes: its hold bound covers a fake upstream reporting up to
+/// `bytes` prompt tokens (SPEC §4.3(1): the hold is an upper bound, and settlement is capped
+/// at it, so a fake must not report more than the request could really cost).
+pub fn prompt_of(bytes: usize) -> String {
+    "word ".repeat(bytes.div_ceil(5))
+}
+
 pub fn simple_chat(content: &str, max_tokens: u64) -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
 }

@@ -2,7 +2,8 @@
 --
 -- 1. The hold rule of SPEC §4.3.2/§4.5: a hold is refused only when the available balance
 --    (balance − held) is below its amount, or the balance is below zero (a refund debt). The
---    old rule also refused any hold on a zero balance. Same batching, same lock order.
+--    old rule also refused any hold on a zero balance. The same rule as `quota_core::hold::can_hold`
+--    (the SQLite engine's). Same batching, same lock order.
 CREATE OR REPLACE FUNCTION quota_hold(p_ids TEXT[], p_accounts TEXT[], p_amounts BIGINT[], p_ttl_ms BIGINT, p_origin TEXT)
 RETURNS TABLE (r_id TEXT, r_granted BOOLEAN, r_balance BIGINT, r_available BIGINT)
 LANGUAGE plpgsql AS $$

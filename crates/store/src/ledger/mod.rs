@@ -72,6 +72,8 @@ pub enum LedgerError {
     Insufficient { available: Credits, needed: Credits },
     #[error("invalid transfer: {0}")]
     Invalid(#[from] TransferError),
+    #[error("a settlement of {debited} from {account} exceeds its hold of {held} (SPEC §4.3(3) caps it)")]
+    AboveHold { account: AccountId, debited: Credits, held: Credits },
     #[error("the ledger writer has stopped")]
     Stopped,
     #[error(transparent)]
@@ -250,8 +252,9 @@ impl Ledger {
 
     /// Reserve `amount` on `account` (SPEC §4.3.1–2): refused only when the available balance
     /// (balance − open holds) is below `amount`, or the balance is below zero (a refund debt,
-    /// SPEC §4.5: a wallet below zero starts no request). On PostgreSQL the hold is committed
-    /// in the database, visible to every instance, before this returns.
+    /// SPEC §4.5: a wallet below zero starts no request): [`quota_core::hold::can_hold`]. On
+    /// PostgreSQL the hold is committed in the database, visible to every instance, before
+    /// this returns.
     pub async fn hold(&self, account: &AccountId, amount: Credits) -> Result<Hold, LedgerError> {
         assert!(amount.0 >= 0, "hold of a negative amount");
         match &self.engine {
@@ -261,12 +264,21 @@ impl Ledger {
     }
 
     /// Commit `settlement` and free `hold` in the same step. Its debit from the held account
-    /// must not exceed the hold (SPEC §4.3.3: the caller caps the charge and books any excess
-    /// to the platform's `losses`); one that does is refused and charges nothing. Returns once
-    /// the commit is durable.
+    /// must not exceed the hold (SPEC §4.3(3): the gateway caps the charge,
+    /// `quota_core::transfers::usage_charge`, and books any excess to `platform:losses`); one
+    /// that does is refused with `AboveHold` and charges nothing (the planner asserts the same
+    /// inside the batch). Returns once the commit is durable.
     pub async fn settle(&self, mut hold: Hold, settlement: Settlement) -> Result<Committed, LedgerError> {
         for t in &settlement.transfers {
             t.validate()?;
+        }
+        let debited = plan::debit(&settlement.transfers, &hold.account);
+        if debited > i128::from(hold.amount.0) {
+            return Err(LedgerError::AboveHold {
+                account: hold.account.clone(),
+                debited: Credits(i64::try_from(debited).unwrap_or(i64::MAX)),
+                held: hold.amount,
+            });
         }
         // From here the engine owns the hold: it frees it when it applies the commit.
         hold.owner = None;

@@ -23,7 +23,7 @@ use super::{HoldRef, Settlement};
 use crate::events::OutboxEvent;
 use crate::idempotency::IdempotencyCompletion;
 use crate::usage::UsageRecord;
-use quota_core::{AccountId, Credits};
+use quota_core::{AccountId, Credits, Transfer};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// One commit job of a batch, as the planner sees it.
@@ -156,29 +156,33 @@ pub(crate) fn plan<'a>(
 /// transfer with the same id in the batch is a duplicate.
 fn plan_job(entry: &Entry<'_>, unclaimed: &mut HashSet<&str>) -> Result<JobPlan, PlanError> {
     let mut job = JobPlan::default();
-    let mut debit_of_hold: i128 = 0;
+    let mut new = Vec::with_capacity(entry.settlement.transfers.len());
     for t in &entry.settlement.transfers {
         t.validate().map_err(|e| PlanError::InvalidTransfer { id: t.id.clone(), reason: e.to_string() })?;
         if !unclaimed.remove(t.id.as_str()) {
             job.duplicates += 1;
             continue;
         }
-        if entry.hold.is_some_and(|h| h.account == t.from) {
-            debit_of_hold += i128::from(t.amount.0);
-        }
         job.deltas.push((t.from.clone(), -t.amount.0));
         job.deltas.push((t.to.clone(), t.amount.0));
+        new.push(t);
     }
     if let Some(h) = entry.hold {
-        if debit_of_hold > i128::from(h.amount) {
+        let debited = debit(new, &h.account);
+        if debited > i128::from(h.amount) {
             return Err(PlanError::AboveHold {
                 account: h.account.clone(),
-                debit_credits: i64::try_from(debit_of_hold).unwrap_or(i64::MAX),
+                debit_credits: i64::try_from(debited).unwrap_or(i64::MAX),
                 hold_credits: h.amount,
             });
         }
     }
     Ok(job)
+}
+
+/// What `transfers` take from `account` (SPEC §4.3(3): a settlement's, at most its hold).
+pub(crate) fn debit<'t>(transfers: impl IntoIterator<Item = &'t Transfer>, account: &AccountId) -> i128 {
+    transfers.into_iter().filter(|t| t.from == *account).map(|t| i128::from(t.amount.0)).sum()
 }
 
 impl Plan<'_> {

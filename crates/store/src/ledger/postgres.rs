@@ -519,10 +519,10 @@ async fn record_usage(
     sqlx::query(
         "WITH usage AS (INSERT INTO usage_records (id, created_at, developer_id, key_id, app_id, payer_account, billing_mode, model, \
          provider, input_tokens, cached_tokens, cache_write_tokens, output_tokens, base_cost, markup, total, status, \
-         latency_ms, sandbox, pending_event) \
+         latency_ms, sandbox, pending_event, client_request_id) \
          SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
          $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], \
-         $15::bigint[], $16::bigint[], $17::text[], $18::bigint[], $19::boolean[], $22::text[]) \
+         $15::bigint[], $16::bigint[], $17::text[], $18::bigint[], $19::boolean[], $22::text[], $23::text[]) \
          ON CONFLICT (id) DO NOTHING) \
          UPDATE api_keys SET last_used_at = $20 WHERE id IN \
          (SELECT id FROM api_keys WHERE id = ANY($21) ORDER BY id COLLATE \"C\" FOR UPDATE)",
@@ -549,6 +549,7 @@ async fn record_usage(
     .bind(now)
     .bind(keys_used)
     .bind(col(records, |r| r.pending_event.as_deref()))
+    .bind(col(records, |r| r.client_request_id.as_deref()))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -186,7 +186,7 @@ impl Local {
                 let mut st = self.inner.state.lock();
                 if let Some(acct) = st.accounts.get_mut(account) {
                     let available = acct.balance - acct.held;
-                    if refuses_hold(acct.balance, available, amount.0) {
+                    if !quota_core::hold::can_hold(Credits(acct.balance), Credits(acct.held), amount) {
                         return Err(LedgerError::Insufficient { available: Credits(available.max(0)), needed: amount });
                     }
                     acct.held += amount.0;
@@ -231,13 +231,6 @@ impl Local {
         self.send(Job::Flush { reply }).await?;
         rx.await.map_err(|_| LedgerError::Stopped)
     }
-}
-
-/// The hold rule (SPEC §4.3.2, §4.5), the one the PostgreSQL engine's `quota_hold` applies
-/// too: a hold is refused only when the available balance is below its amount, or the balance
-/// is below zero (a refund debt). Nothing else: a free request on an empty wallet may run.
-fn refuses_hold(balance: i64, available: i64, amount: i64) -> bool {
-    balance < 0 || available < amount
 }
 
 /// Checkpoints run from a pool connection every second (PASSIVE: they never block the writer)
@@ -316,8 +309,8 @@ const MOVE_ACCOUNT: &str = "INSERT INTO accounts (id, balance, updated_at) VALUE
      UPDATE SET balance = accounts.balance + excluded.balance, updated_at = excluded.updated_at RETURNING balance";
 const INSERT_USAGE: &str = "INSERT INTO usage_records (id, created_at, developer_id, key_id, app_id, payer_account, \
      billing_mode, model, provider, input_tokens, cached_tokens, cache_write_tokens, output_tokens, base_cost, markup, \
-     total, status, latency_ms, sandbox, pending_event) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20) \
+     total, status, latency_ms, sandbox, pending_event, client_request_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
      ON CONFLICT (id) DO NOTHING";
 const INSERT_EVENT: &str = "INSERT INTO events (id, type, developer_id, data, sandbox, created_at, endpoint_id) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
@@ -462,7 +455,8 @@ impl Engine for SqliteEngine {
                 u.status,
                 u.latency_ms,
                 u.sandbox,
-                u.pending_event
+                u.pending_event,
+                u.client_request_id
             ])?;
         }
         let mut key = self.conn.prepare_cached("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2")?;

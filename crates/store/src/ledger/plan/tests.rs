@@ -4,7 +4,7 @@
 use super::*;
 use crate::ledger::LowBalanceWatch;
 use proptest::prelude::*;
-use quota_core::{PlatformAccount, Transfer, TransferKind};
+use quota_core::{PlatformAccount, TransferKind};
 
 fn wallet(n: u8) -> AccountId {
     AccountId::wallet(&format!("usr_{n}"))
@@ -104,7 +104,7 @@ fn a_settlement_above_its_hold_is_refused() {
 
 #[test]
 fn the_excess_over_a_hold_booked_to_losses_is_allowed_and_losses_may_go_negative() {
-    let losses = AccountId::Platform(PlatformAccount::Adjustments); // stands in for `losses`
+    let losses = AccountId::Platform(PlatformAccount::Losses);
     let jobs = vec![(
         hold(wallet(1), 10),
         settlement(vec![t("a", wallet(1), revenue(), 10), t("b", losses.clone(), revenue(), 5)]),

@@ -1,0 +1,194 @@
+//! The chart of accounts for a request's charge (SPEC §4.2, §4.3(3), §4.4, DESIGN §2): how a
+//! metered cost becomes transfers — what the payer pays, capped at the hold; how it splits into
+//! base (platform revenue) and markup (the developer's pending earnings); and the loss the
+//! platform books when a provider billed more than the hold. Nothing outside core builds these
+//! transfers by hand.
+
+use crate::billing::Charge;
+use crate::credits::Credits;
+use crate::ledger::{AccountId, PlatformAccount, Transfer, TransferKind};
+use crate::markup::Margin;
+
+/// A request's charge as settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SettledCharge {
+    /// What the metered usage costs at list price, with the app's markup.
+    pub metered: Charge,
+    /// What the payer pays: `paid.total() ≤ hold`, and the markup is earned only on the base
+    /// actually paid (`paid.markup ≤ margin × paid.base`, rounded up).
+    pub paid: Charge,
+    /// The part of the base the payer's hold could not cover, paid by the platform's losses
+    /// account (zero unless the hold's bound was beaten).
+    pub loss: Credits,
+}
+
+impl SettledCharge {
+    /// Whether the hold was beaten (an alarm: the bound was wrong, or the provider over-reported).
+    pub fn lost(&self) -> bool {
+        self.loss.is_positive()
+    }
+}
+
+/// Settle `metered` (base + markup at `margin`) against a hold of `held` credits. In the sandbox
+/// (`takes_markup = false`) the payer pays the base only; the markup is reported, not taken.
+/// Whatever the metered cost, the payer pays at most `held` (SPEC §4.3(3)).
+pub fn usage_charge(metered: Charge, margin: Margin, held: Credits, takes_markup: bool) -> SettledCharge {
+    assert!(metered.base.0 >= 0 && held.0 >= 0, "a charge and a hold are never negative");
+    let base = metered.base;
+    let paid = if !takes_markup {
+        Charge { base: base.min(held), markup: Credits::ZERO }
+    } else if metered.total() <= held {
+        metered
+    } else {
+        // The largest base whose base + markup fits the hold: what the payer can pay for.
+        let fits = |b: i64| b.saturating_add(margin.markup_on(Credits(b)).0) <= held.0;
+        let (mut lo, mut hi) = (0i64, base.0);
+        while lo < hi {
+            let mid = lo + (hi - lo + 1) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let markup = margin.markup_on(Credits(lo));
+        // Rounding can leave a few credits of the hold over: they pay base, not markup.
+        Charge { base: Credits((held.0 - markup.0).min(base.0)), markup }
+    };
+    let loss = Credits(base.0 - paid.base.0);
+    debug_assert!(paid.total() <= held || (paid.total() == metered.total() && metered.total() <= held));
+    debug_assert!(paid.markup <= margin.markup_on(paid.base));
+    debug_assert!(loss.0 >= 0);
+    SettledCharge { metered, paid, loss }
+}
+
+/// Who a charge moves money between, and the ids it is written under.
+#[derive(Debug, Clone)]
+pub struct ChargeParties<'a> {
+    /// Prefix of the transfer ids (`<charge_id>_base`, `_markup`, `_loss`): random, or derived
+    /// from an Idempotency-Key so a replay can never be charged twice.
+    pub charge_id: &'a str,
+    /// The request that caused it (`req_…`).
+    pub cause: &'a str,
+    pub payer: &'a AccountId,
+    /// The developer whose app's markup this is (their pending earnings receive it).
+    pub developer_id: &'a str,
+    pub sandbox: bool,
+    pub created_at_ms: i64,
+}
+
+/// The transfers of a settled charge: payer → revenue (or sandbox revenue) for the base paid,
+/// payer → the developer's pending earnings for the markup paid (never in the sandbox), and
+/// losses → revenue for the base the hold could not cover.
+pub fn usage_charge_transfers(parties: &ChargeParties<'_>, charge: &SettledCharge) -> Vec<Transfer> {
+    let revenue =
+        AccountId::Platform(if parties.sandbox { PlatformAccount::SandboxRevenue } else { PlatformAccount::Revenue });
+    let transfer = |suffix: &str, from: AccountId, to: AccountId, amount: Credits, kind: TransferKind| Transfer {
+        id: format!("{}_{suffix}", parties.charge_id),
+        from,
+        to,
+        amount,
+        kind,
+        cause: parties.cause.to_string(),
+        created_at_ms: parties.created_at_ms,
+    };
+    let mut out = Vec::with_capacity(3);
+    if charge.paid.base.is_positive() {
+        let kind = if parties.sandbox { TransferKind::SandboxCharge } else { TransferKind::UsageCharge };
+        out.push(transfer("base", parties.payer.clone(), revenue.clone(), charge.paid.base, kind));
+    }
+    if charge.paid.markup.is_positive() && !parties.sandbox {
+        let earnings = AccountId::EarningsPending(parties.developer_id.to_string());
+        out.push(transfer("markup", parties.payer.clone(), earnings, charge.paid.markup, TransferKind::Markup));
+    }
+    if charge.loss.is_positive() {
+        let losses = AccountId::Platform(PlatformAccount::Losses);
+        out.push(transfer("loss", losses, revenue, charge.loss, TransferKind::Loss));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn charge(base: i64, margin: Margin) -> Charge {
+        Charge { base: Credits(base), markup: margin.markup_on(Credits(base)) }
+    }
+
+    #[test]
+    fn a_charge_within_the_hold_is_paid_in_full() {
+        let m = Margin::from_bps(2500).unwrap();
+        let s = usage_charge(charge(400, m), m, Credits(1000), true);
+        assert_eq!(s.paid, charge(400, m));
+        assert_eq!(s.loss, Credits(0));
+    }
+
+    #[test]
+    fn a_charge_above_the_hold_pays_the_hold_and_books_the_rest_as_a_loss() {
+        // The F1 case: a $1 hold, a provider billing $111.50 at a 1000% margin.
+        let m = Margin::from_bps(100_000).unwrap();
+        let s = usage_charge(charge(111_500_000, m), m, Credits(1_000_000), true);
+        assert_eq!(s.paid.total(), Credits(1_000_000));
+        assert!(s.paid.markup <= m.markup_on(s.paid.base), "markup only on the base paid");
+        assert_eq!(s.loss.0, 111_500_000 - s.paid.base.0);
+        assert!(s.lost());
+    }
+
+    #[test]
+    fn the_sandbox_pays_the_base_only() {
+        let m = Margin::from_bps(5000).unwrap();
+        let s = usage_charge(charge(100, m), m, Credits(100), false);
+        assert_eq!(s.paid, Charge { base: Credits(100), markup: Credits(0) });
+        let s = usage_charge(charge(150, m), m, Credits(100), false);
+        assert_eq!((s.paid.base, s.loss), (Credits(100), Credits(50)));
+    }
+
+    #[test]
+    fn transfers_name_their_legs_and_balance() {
+        let m = Margin::from_bps(100_000).unwrap();
+        let payer = AccountId::wallet("usr_u");
+        let parties = ChargeParties {
+            charge_id: "ledg_1",
+            cause: "req_1",
+            payer: &payer,
+            developer_id: "usr_d",
+            sandbox: false,
+            created_at_ms: 7,
+        };
+        let s = usage_charge(charge(5_000, m), m, Credits(1_000), true);
+        let t = usage_charge_transfers(&parties, &s);
+        let ids: Vec<&str> = t.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["ledg_1_base", "ledg_1_markup", "ledg_1_loss"]);
+        let from_payer: i64 = t.iter().filter(|t| t.from == payer).map(|t| t.amount.0).sum();
+        assert_eq!(from_payer, 1_000);
+        let to_revenue: i64 =
+            t.iter().filter(|t| t.to == AccountId::Platform(PlatformAccount::Revenue)).map(|t| t.amount.0).sum();
+        assert_eq!(to_revenue, 5_000, "revenue receives the whole base the provider billed");
+        assert!(t.iter().all(|t| t.validate().is_ok()));
+    }
+
+    proptest! {
+        /// The payer never pays more than the hold; base + loss is the metered base; markup is
+        /// earned only on base actually paid; nothing is lost when the charge fits.
+        #[test]
+        fn settlement_is_capped_at_the_hold(base in 0i64..10_000_000_000, held in 0i64..10_000_000_000, bps in 0u32..=100_000, sandbox: bool) {
+            let m = Margin::from_bps(bps).unwrap();
+            let metered = charge(base, m);
+            let s = usage_charge(metered, m, Credits(held), !sandbox);
+            prop_assert!(s.paid.total().0 <= held);
+            prop_assert_eq!(s.paid.base.0 + s.loss.0, base);
+            prop_assert!(s.paid.markup <= m.markup_on(s.paid.base));
+            prop_assert!(s.paid.base.0 >= 0 && s.paid.markup.0 >= 0 && s.loss.0 >= 0);
+            let owed = if sandbox { metered.base } else { metered.total() };
+            if owed.0 <= held {
+                prop_assert_eq!(s.loss, Credits(0));
+                prop_assert_eq!(s.paid.total(), owed);
+            } else {
+                // Capped: the hold is used up to within the markup's rounding.
+                prop_assert!(held - s.paid.total().0 <= i64::from(bps / 10_000) + 2, "left {} of {}", held - s.paid.total().0, held);
+            }
+        }
+    }
+}

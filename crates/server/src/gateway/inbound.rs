@@ -1,0 +1,43 @@
+//! What every inference handler reads from its HTTP request before the phases run: the state,
+//! the request ids, the path, the headers (credentials, Idempotency-Key, sandbox fault) and the
+//! raw body (kept as `Bytes`: forwarded and hashed without copies).
+
+use crate::app::SharedState;
+use crate::body::RawBody;
+use crate::error::ApiError;
+use crate::request_id::{new_request_id, ClientRequestId, RequestId};
+use axum::extract::{FromRequest, Request};
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use std::time::Instant;
+
+pub struct Inbound {
+    pub state: SharedState,
+    /// Quota's own `req_…` id: keys the usage record and the charge.
+    pub request_id: String,
+    /// The client's `x-request-id`, stored beside the record, never a key.
+    pub client_request_id: Option<String>,
+    /// The URL path (part of the request's identity for its Idempotency-Key).
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub started: Instant,
+}
+
+impl FromRequest<SharedState> for Inbound {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &SharedState) -> Result<Self, Self::Rejection> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let headers = std::mem::take(&mut parts.headers);
+        let path = parts.uri.path().to_string();
+        let request_id = match parts.extensions.get::<RequestId>() {
+            Some(RequestId(id)) => id.clone(),
+            None => new_request_id(),
+        };
+        let client_request_id = parts.extensions.get::<ClientRequestId>().map(|c| c.0.clone());
+        let RawBody(body) = RawBody::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(Inbound { state: state.clone(), request_id, client_request_id, path, headers, body, started })
+    }
+}

@@ -1,0 +1,192 @@
+//! Phases *settle* and *record*: the hold becomes the metered charge — capped at the hold, the
+//! excess booked to the platform's losses (SPEC §4.3(3), [`quota_core::transfers`]) — and the
+//! usage record and webhook watches are committed with it, in one transaction; the caller
+//! answers once it is durable. A request that ends without a charge still leaves a record.
+
+use crate::app::SharedState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use quota_core::billing::Charge;
+use quota_core::transfers::{usage_charge, usage_charge_transfers, ChargeParties, SettledCharge};
+use quota_core::{BillingMode, Model, Usage};
+use quota_store::ledger::Hold;
+use quota_store::usage::UsageRecord;
+use quota_store::Settlement;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The `quota` object (SPEC §3.5).
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaObject {
+    pub credits_used: i64,
+    pub balance_before: i64,
+    pub balance_after: i64,
+    pub billing_mode: BillingMode,
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_cost: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub markup: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<bool>,
+}
+
+impl QuotaObject {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("serializing the quota object cannot fail")
+    }
+}
+
+/// Everything needed to settle and record one request, whichever way it ends.
+pub struct Billing {
+    pub state: SharedState,
+    pub principal: Principal,
+    pub model: Arc<Model>,
+    /// Quota's `req_…` id: the usage record's key and every transfer's cause.
+    pub request_id: String,
+    pub client_request_id: Option<String>,
+    /// Prefix of this request's transfer ids: random, or derived from its Idempotency-Key so a
+    /// replayed request can never be charged twice.
+    pub charge_id: String,
+    pub started: Instant,
+}
+
+impl Billing {
+    /// The charge as the record and the `quota` object show it: what was paid, and in the
+    /// sandbox the markup production would take (reported, not taken).
+    fn shown(&self, settled: &SettledCharge) -> Charge {
+        if self.principal.sandbox() {
+            Charge { base: settled.paid.base, markup: settled.metered.markup }
+        } else {
+            settled.paid
+        }
+    }
+
+    fn usage_record(&self, usage: &Usage, charge: &Charge, status: &str) -> UsageRecord {
+        UsageRecord {
+            id: self.request_id.clone(),
+            client_request_id: self.client_request_id.clone(),
+            created_at: self.state.clock.now_ms(),
+            developer_id: self.principal.developer_id.clone(),
+            key_id: self.principal.key_id.clone(),
+            app_id: self.principal.app_id.clone(),
+            payer_account: self.principal.payer.to_string(),
+            billing_mode: self.principal.mode.as_str().to_string(),
+            model: self.model.id.clone(),
+            provider: self.model.provider.as_str().to_string(),
+            input_tokens: usage.input_tokens as i64,
+            cached_tokens: usage.cached_tokens as i64,
+            cache_write_tokens: usage.cache_write_tokens as i64,
+            output_tokens: usage.output_tokens as i64,
+            base_cost: charge.base.0,
+            markup: charge.markup.0,
+            total: charge.total().0,
+            status: status.to_string(),
+            latency_ms: self.started.elapsed().as_millis() as i64,
+            pending_event: None,
+            sandbox: self.principal.sandbox(),
+        }
+    }
+
+    /// The metered charge, settled against the hold; a beaten hold is logged and counted.
+    fn settle_charge(&self, hold: &Hold, usage: &Usage) -> SettledCharge {
+        let margin = self.principal.margin;
+        let settled = usage_charge(
+            Charge::for_usage(&self.model, usage, margin),
+            margin,
+            hold.amount(),
+            !self.principal.sandbox(),
+        );
+        if settled.lost() {
+            tracing::error!(
+                request_id = %self.request_id, model = %self.model.id, held = hold.amount().0,
+                metered = settled.metered.total().0, loss = settled.loss.0,
+                "the provider billed more than the hold: the payer pays the hold, the excess is booked to platform:losses"
+            );
+            metrics::counter!("quota_hold_overruns_total", "provider" => self.model.provider.as_str()).increment(1);
+            metrics::counter!("quota_losses_credits_total").increment(settled.loss.0.unsigned_abs());
+        }
+        settled
+    }
+
+    /// Charge the metered cost (at most the hold), free the rest of the hold, write the usage
+    /// record, all in one commit; answer once it is durable.
+    pub async fn settle(&self, hold: Hold, usage: Usage, status: &str) -> Result<QuotaObject, ApiError> {
+        let settled = self.settle_charge(&hold, &usage);
+        let shown = self.shown(&settled);
+        let balance_before = hold.balance_at_hold();
+        let mut record = self.usage_record(&usage, &shown, status);
+        let low_balance = self.state.webhooks.settlement_events(&self.principal, &mut record);
+        let parties = ChargeParties {
+            charge_id: &self.charge_id,
+            cause: &self.request_id,
+            payer: &self.principal.payer,
+            developer_id: &self.principal.developer_id,
+            sandbox: self.principal.sandbox(),
+            created_at_ms: self.state.clock.now_ms(),
+        };
+        let settlement = Settlement {
+            transfers: usage_charge_transfers(&parties, &settled),
+            usage: Some(record),
+            idempotency: None,
+            key_used: self.principal.key_id.clone(),
+            events: Vec::new(),
+            low_balance,
+        };
+        self.state.test_hooks.before_settle().await;
+        let committed = self.state.ledger.settle(hold, settlement).await.map_err(|e| {
+            tracing::error!(request_id = %self.request_id, error = %e, "settlement failed");
+            ApiError::internal()
+        })?;
+        let user_mode = self.principal.user_id.is_some();
+        let mut quota = QuotaObject {
+            credits_used: settled.paid.total().0,
+            balance_before: balance_before.0,
+            balance_after: balance_before.0 - settled.paid.total().0,
+            billing_mode: self.principal.mode,
+            request_id: self.request_id.clone(),
+            base_cost: user_mode.then_some(shown.base.0),
+            markup: user_mode.then_some(shown.markup.0),
+            sandbox: self.principal.sandbox().then_some(true),
+        };
+        if committed.duplicates > 0 {
+            // Only an Idempotency-Key charge can repeat an id, and `idempotency::begin` refuses
+            // those whose first attempt was charged; report the truth if it happens anyway.
+            tracing::error!(request_id = %self.request_id, charge = %self.charge_id, "charge already existed; not charged again");
+            let balance = self.state.ledger.balance(&self.principal.payer).await.unwrap_or(balance_before);
+            quota = QuotaObject {
+                credits_used: 0,
+                balance_before: balance.0,
+                balance_after: balance.0,
+                base_cost: None,
+                markup: None,
+                ..quota
+            };
+            return Ok(quota);
+        }
+        if let Some(after) = committed.balance_of(&self.principal.payer) {
+            quota.balance_after = after.0;
+        } else if let Ok(after) = self.state.ledger.balance(&self.principal.payer).await {
+            quota.balance_after = after.0;
+        }
+        Ok(quota)
+    }
+
+    /// A request that ends without a charge still leaves a usage record (SPEC §9).
+    pub async fn record_failure(&self, status: &str) {
+        if status != "client_disconnected" {
+            metrics::counter!("quota_upstream_errors_total", "provider" => self.model.provider.as_str(), "code" => status.to_string())
+                .increment(1);
+        }
+        let record = self.usage_record(&Usage::default(), &Charge::default(), status);
+        if let Err(e) = self.state.ledger.record(record).await {
+            tracing::error!(request_id = %self.request_id, error = %e, "could not record a failed request");
+        }
+    }
+}
+
+/// The usage-record status for an error.
+pub fn failure_status(e: &ApiError) -> &'static str {
+    e.code
+}

@@ -82,7 +82,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 pub struct Store {
     pool: Pool,
     /// The SQLite file and sync setting, for the ledger writer's own connection.
-    sqlite_file: Option<(std::path::PathBuf, Synchronous)>,
+    sqlite_file: Option<(std::path::PathBuf, Synchronous, bool)>,
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -128,7 +128,10 @@ impl Store {
             .after_connect(|conn, _| Box::pin(crate::sqlite_busy::install(conn)))
             .connect_with(options.clone())
             .await?;
-        let sqlite_file = Some((options.get_filename().to_path_buf(), config.synchronous));
+        // sqlx names an in-memory database `file:sqlx-in-memory-N` and opens it with a shared
+        // cache, so that every connection of the process (the ledger writer's too) sees it.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let sqlite_file = Some((options.get_filename().to_path_buf(), config.synchronous, in_memory));
         Ok(Store { pool: Pool::Sqlite(pool), sqlite_file })
     }
 
@@ -160,8 +163,8 @@ impl Store {
     /// Where the SQLite ledger writer opens its own connection (outside the pool), and how it
     /// syncs; `None` on PostgreSQL.
     pub(crate) fn sqlite_file(&self) -> Option<crate::ledger::SqliteFile> {
-        let (path, synchronous) = self.sqlite_file.clone()?;
-        Some(crate::ledger::SqliteFile { path, synchronous })
+        let (path, synchronous, in_memory) = self.sqlite_file.clone()?;
+        Some(crate::ledger::SqliteFile { path, synchronous, in_memory })
     }
 
     /// Changes announced by any instance (PostgreSQL), for the caches; `None` on SQLite, where

@@ -394,3 +394,25 @@ async fn the_wal_starts_over_under_continuous_writes() {
     }
     assert_eq!(ledger.available(&w).await.unwrap(), Credits(n * 20));
 }
+
+#[tokio::test]
+async fn the_ledger_runs_on_an_in_memory_database() {
+    // `sqlite::memory:` (StoreConfig): the writer's own connection must open the pool's
+    // database, not a second, empty one.
+    if quota_store::testing::on_postgres() {
+        eprintln!("skipped the_ledger_runs_on_an_in_memory_database on PostgreSQL");
+        return;
+    }
+    let store = open_at("sqlite::memory:").await;
+    let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
+    let w = AccountId::wallet("usr_mem");
+    ledger.transfer(t("w1", promo(), w.clone(), 100, TransferKind::Welcome)).await.unwrap();
+    let hold = ledger.hold(&w, Credits(40)).await.unwrap();
+    let settlement = Settlement {
+        transfers: vec![t("c1", w.clone(), revenue(), 30, TransferKind::UsageCharge)],
+        ..Default::default()
+    };
+    ledger.settle(hold, settlement).await.unwrap();
+    assert_eq!(store.balance(&w).await.unwrap(), 70);
+    assert!(store.verify_ledger().await.unwrap().ok());
+}

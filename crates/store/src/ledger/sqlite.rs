@@ -92,6 +92,8 @@ pub(super) struct Local {
 pub(crate) struct SqliteFile {
     pub path: PathBuf,
     pub synchronous: Synchronous,
+    /// `sqlite::memory:`: the pool's shared-cache in-memory database, opened by its name.
+    pub in_memory: bool,
 }
 
 impl Local {
@@ -321,7 +323,12 @@ impl SqliteEngine {
     /// Open the writer's connection: the same file and sync setting as the store's pool, no
     /// checkpoint as a side effect of a commit, and the store's busy handler.
     fn open(file: &SqliteFile, inner: Weak<Inner>, origin: String) -> Result<SqliteEngine, StoreError> {
-        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        use rusqlite::OpenFlags;
+        let mut flags =
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        if file.in_memory {
+            flags |= OpenFlags::SQLITE_OPEN_MEMORY | OpenFlags::SQLITE_OPEN_SHARED_CACHE;
+        }
         let conn = rusqlite::Connection::open_with_flags(&file.path, flags)?;
         let synchronous = match file.synchronous {
             Synchronous::Normal => "NORMAL",

@@ -174,7 +174,7 @@ def test_authlib_runs_the_whole_flow_then_refreshes_then_pays_with_the_openai_sd
     fake_upstream.push(Reply(pieces=("Hi",), usage=Usage(1000, 500, 0, 0)))
     sdk = sdk_client(gateway, refreshed["access_token"])
     reply = sdk.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}], max_tokens=600
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello " * 200}], max_tokens=600
     )
     quota = reply.model_extra["quota"]
     base = cost("gpt-4o-mini", 1000, 500)

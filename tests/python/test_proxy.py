@@ -23,8 +23,10 @@ from harness import (
 )
 
 MODEL = "gpt-4o-mini"
+# Long enough that the hold (an upper bound: one token per byte, SPEC §4.3(1)) covers the
+# prompt sizes the fake upstream reports; settlement is capped at the hold.
 MESSAGES = [
-    {"role": "system", "content": "You are terse."},
+    {"role": "system", "content": "You are terse. " + "Answer in one short line. " * 100},
     {"role": "user", "content": "Say hello."},
 ]
 

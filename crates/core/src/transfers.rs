@@ -1,8 +1,9 @@
-//! The chart of accounts for a request's charge (SPEC §4.2, §4.3(3), §4.4, DESIGN §2): how a
-//! metered cost becomes transfers — what the payer pays, capped at the hold; how it splits into
-//! base (platform revenue) and markup (the developer's pending earnings); and the loss the
-//! platform books when a provider billed more than the hold. Nothing outside core builds these
-//! transfers by hand.
+//! The chart of accounts (SPEC §4.5, DESIGN §2): one constructor per kind of transfer, fixing
+//! its from, to and id scheme — a request's charge (what the payer pays, capped at the hold; its
+//! base to platform revenue and its markup to the developer's pending earnings; the loss the
+//! platform books when a provider billed more than the hold), welcome credits, operator grants,
+//! top-ups, funding, and the payout batch's steps. Nothing outside core builds a transfer by
+//! hand.
 
 use crate::billing::Charge;
 use crate::credits::Credits;
@@ -106,6 +107,102 @@ pub fn usage_charge_transfers(parties: &ChargeParties<'_>, charge: &SettledCharg
         out.push(transfer("loss", losses, revenue, charge.loss, TransferKind::Loss));
     }
     out
+}
+
+/// One transfer of `amount` from `from` to `to`: the shape every constructor below fills.
+fn transfer(
+    id: String,
+    from: AccountId,
+    to: AccountId,
+    amount: Credits,
+    kind: TransferKind,
+    cause: &str,
+    created_at_ms: i64,
+) -> Transfer {
+    Transfer { id, from, to, amount, kind, cause: cause.to_string(), created_at_ms }
+}
+
+/// Welcome credits on registration (promotions → wallet), once per account: the id is the
+/// account's.
+pub fn welcome(user_id: &str, amount: Credits, now_ms: i64) -> Transfer {
+    let (from, to) = (AccountId::Platform(PlatformAccount::Promotions), AccountId::wallet(user_id));
+    transfer(format!("ledg_welcome_{user_id}"), from, to, amount, TransferKind::Welcome, user_id, now_ms)
+}
+
+/// An operator's grant (`quota admin credit`: adjustments → wallet), each one new.
+pub fn admin_credit(user_id: &str, amount: Credits, now_ms: i64) -> Transfer {
+    let (from, to) = (AccountId::Platform(PlatformAccount::Adjustments), AccountId::wallet(user_id));
+    let id = crate::ids::new_id("ledg_admin_");
+    transfer(id, from, to, amount, TransferKind::AdminCredit, "quota admin credit", now_ms)
+}
+
+/// A confirmed top-up (payments clearing → wallet), under the id its payment event derives.
+pub fn topup(id: String, user_id: &str, amount: Credits, cause: &str, now_ms: i64) -> Transfer {
+    let (from, to) = (AccountId::Platform(PlatformAccount::PaymentsClearing), AccountId::wallet(user_id));
+    transfer(id, from, to, amount, TransferKind::Topup, cause, now_ms)
+}
+
+/// A developer funding a connected user: `Funding` (`/v1/funding/oauth_user`) or an app's
+/// `AppWelcome` credits (developer wallet → user wallet).
+pub fn developer_to_user(
+    kind: TransferKind,
+    id: String,
+    developer_id: &str,
+    user_id: &str,
+    amount: Credits,
+    cause: &str,
+    now_ms: i64,
+) -> Transfer {
+    assert!(matches!(kind, TransferKind::Funding | TransferKind::AppWelcome), "not a funding kind: {kind:?}");
+    transfer(id, AccountId::wallet(developer_id), AccountId::wallet(user_id), amount, kind, cause, now_ms)
+}
+
+/// The payout batch's steps for one developer (SPEC §10.2–§10.3). Each id is derived from the
+/// developer and the cumulative amount the step had moved before, so a re-run never moves the
+/// same money twice.
+pub mod payout {
+    use super::*;
+
+    /// Pending earnings 7 days old become available.
+    pub fn earnings_release(dev: &str, released_before: i64, amount: Credits, cause: &str, now_ms: i64) -> Transfer {
+        let (from, to) = (AccountId::EarningsPending(dev.into()), AccountId::EarningsAvailable(dev.into()));
+        let id = format!("ledg_erel_{dev}_{released_before}");
+        transfer(id, from, to, amount, TransferKind::EarningsRelease, cause, now_ms)
+    }
+
+    /// 10% of released earnings held back (available → reserve).
+    pub fn reserve_hold(dev: &str, held_before: i64, amount: Credits, cause: &str, now_ms: i64) -> Transfer {
+        let (from, to) = (AccountId::EarningsAvailable(dev.into()), AccountId::PayoutReserve(dev.into()));
+        transfer(format!("ledg_rhold_{dev}_{held_before}"), from, to, amount, TransferKind::ReserveHold, cause, now_ms)
+    }
+
+    /// A reserve 90 days old returned (reserve → available).
+    pub fn reserve_release(dev: &str, returned_before: i64, amount: Credits, cause: &str, now_ms: i64) -> Transfer {
+        let (from, to) = (AccountId::PayoutReserve(dev.into()), AccountId::EarningsAvailable(dev.into()));
+        let id = format!("ledg_rrel_{dev}_{returned_before}");
+        transfer(id, from, to, amount, TransferKind::ReserveRelease, cause, now_ms)
+    }
+
+    /// A payout started, before the provider is called (available → in transit).
+    pub fn sent(dev: &str, covered_from: i64, amount: Credits, payout_id: &str, now_ms: i64) -> Transfer {
+        let (from, to) = (AccountId::EarningsAvailable(dev.into()), AccountId::PayoutInTransit(dev.into()));
+        transfer(
+            format!("ledg_posent_{dev}_{covered_from}"),
+            from,
+            to,
+            amount,
+            TransferKind::PayoutSent,
+            payout_id,
+            now_ms,
+        )
+    }
+
+    /// A payout the provider confirmed (in transit → payouts clearing).
+    pub fn paid(dev: &str, covered_from: i64, amount: Credits, payout_id: &str, now_ms: i64) -> Transfer {
+        let (from, to) =
+            (AccountId::PayoutInTransit(dev.into()), AccountId::Platform(PlatformAccount::PayoutsClearing));
+        transfer(format!("ledg_paid_{dev}_{covered_from}"), from, to, amount, TransferKind::Payout, payout_id, now_ms)
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::routes::accounts::{parse_email, welcome_transfer};
 use crate::secrets::hash_password;
 use clap::{Parser, Subcommand};
-use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
+use quota_core::{AccountId, Credits};
 use quota_store::{clock::rfc3339, now_ms, Store, StoreConfig, StoreError};
 use std::path::PathBuf;
 
@@ -228,15 +228,7 @@ async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<i32> {
             let email = email.trim().to_lowercase();
             let user =
                 store.user_by_email(&email).await?.ok_or_else(|| anyhow::anyhow!("no account with email {email}"))?;
-            let transfer = Transfer {
-                id: quota_core::ids::new_id("ledg_admin_"),
-                from: AccountId::Platform(PlatformAccount::Adjustments),
-                to: AccountId::wallet(&user.id),
-                amount,
-                kind: TransferKind::AdminCredit,
-                cause: "quota admin credit".into(),
-                created_at_ms: now_ms(),
-            };
+            let transfer = quota_core::transfers::admin_credit(&user.id, amount, now_ms());
             store.commit_direct(&[transfer], "cli").await?;
             let balance = store.balance(&AccountId::wallet(&user.id)).await?;
             println!("credited {amount} credits ({}) to {email}; balance {balance}", amount.to_usd_string());

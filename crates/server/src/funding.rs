@@ -4,7 +4,7 @@
 //! `balance.updated` event committed in the same transaction.
 
 use crate::app::SharedState;
-use quota_core::{AccountId, Credits, Transfer, TransferKind};
+use quota_core::{Credits, TransferKind};
 use quota_store::ledger::Committed;
 use quota_store::oauth::App;
 use quota_store::{LedgerError, OutboxEvent};
@@ -38,15 +38,15 @@ pub async fn fund_user(state: &SharedState, f: Funding<'_>) -> Result<Committed,
         }),
         now,
     );
-    let transfer = Transfer {
-        id: f.transfer_id,
-        from: AccountId::wallet(f.developer_id),
-        to: AccountId::wallet(f.user_id),
-        amount: f.amount,
-        kind: f.kind,
-        cause: f.cause,
-        created_at_ms: now,
-    };
+    let transfer = quota_core::transfers::developer_to_user(
+        f.kind,
+        f.transfer_id,
+        f.developer_id,
+        f.user_id,
+        f.amount,
+        &f.cause,
+        now,
+    );
     state.ledger.transfer_with_events(transfer, vec![event]).await
 }
 

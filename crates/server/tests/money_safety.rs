@@ -66,9 +66,9 @@ enum Route {
 
 const ROUTES: [Route; 4] = [Route::Chat, Route::Messages, Route::GeminiGenerate, Route::GeminiStream];
 
-/// Send a small request on `route`: `bearer` in `Authorization`, `api_key` in `X-API-Key`.
-async fn send(s: &TestServer, route: Route, bearer: &str, api_key: Option<&str>, stream: bool) -> reqwest::Response {
-    let (path, body) = match route {
+/// A small request on `route`: its path and body.
+fn request(route: Route, stream: bool) -> (String, Value) {
+    match route {
         Route::Chat => (
             "/v1/chat/completions".to_string(),
             json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 20, "stream": stream}),
@@ -88,7 +88,12 @@ async fn send(s: &TestServer, route: Route, bearer: &str, api_key: Option<&str>,
                 json!({"contents": [{"role": "user", "parts": [{"text": "hi there"}]}], "generationConfig": {"maxOutputTokens": 20}}),
             )
         }
-    };
+    }
+}
+
+/// Send [`request`]: `bearer` in `Authorization`, `api_key` in `X-API-Key`.
+async fn send(s: &TestServer, route: Route, bearer: &str, api_key: Option<&str>, stream: bool) -> reqwest::Response {
+    let (path, body) = request(route, stream);
     let mut req = s.http.post(s.url(&path)).bearer_auth(bearer).json(&body);
     if let Some(k) = api_key {
         req = req.header("x-api-key", k);
@@ -298,18 +303,45 @@ async fn in_user_mode_markup_is_earned_only_on_what_the_user_paid() {
     s.assert_ledger_ok().await;
 }
 
-/// Start `body` on `path` in the background, wait until the provider has it, then hang up.
-async fn hang_up_once_upstream(s: &TestServer, calls: impl Fn() -> usize, path: &str, key: &str, body: Value) {
-    let (http, url, key) = (s.http.clone(), s.url(path), key.to_string());
+/// The calls a route's fake provider received.
+fn calls_of(up: &Upstreams, route: Route) -> usize {
+    match route {
+        Route::Chat => up.openai.calls(),
+        Route::Messages => up.anthropic.calls(),
+        Route::GeminiGenerate | Route::GeminiStream => up.gemini.calls(),
+    }
+}
+
+fn pause(up: &Upstreams, route: Route, paused: bool) {
+    match (route, paused) {
+        (Route::Chat, true) => up.openai.pause(),
+        (Route::Chat, false) => up.openai.resume(),
+        (Route::Messages, true) => up.anthropic.pause(),
+        (Route::Messages, false) => up.anthropic.resume(),
+        (_, true) => up.gemini.pause(),
+        (_, false) => up.gemini.resume(),
+    }
+}
+
+/// Start a request on `route` in the background, wait until the provider has it, then hang up
+/// and wait until the gateway noticed.
+async fn hang_up_once_upstream(s: &TestServer, up: &Upstreams, route: Route, key: &str, stream: bool) {
+    let (path, body) = request(route, stream);
+    let (http, url, key) = (s.http.clone(), s.url(&path), key.to_string());
+    let calls_before = calls_of(up, route);
+    let hangups_before = s.state.test_hooks.client_hangups();
     let client = tokio::spawn(async move { http.post(url).bearer_auth(key).json(&body).send().await });
     within(BOUND, "the provider received the request", || {
-        let n = calls();
-        async move { (n == 1).then_some(()) }
+        let n = calls_of(up, route);
+        async move { (n == calls_before + 1).then_some(()) }
     })
     .await;
     client.abort();
     let hooks = &s.state.test_hooks;
-    within(BOUND, "the gateway noticed the hang-up", || async { (hooks.client_hangups() == 1).then_some(()) }).await;
+    within(BOUND, "the gateway noticed the hang-up", || async {
+        (hooks.client_hangups() == hangups_before + 1).then_some(())
+    })
+    .await;
 }
 
 async fn record_of(s: &TestServer, user: &str) -> Option<(String, i64)> {
@@ -325,39 +357,33 @@ async fn record_of(s: &TestServer, user: &str) -> Option<(String, i64)> {
 }
 
 #[tokio::test]
-async fn a_client_that_hangs_up_before_a_complete_answer_still_pays_what_the_provider_billed() {
+async fn a_client_that_hangs_up_before_the_answer_still_pays_what_the_provider_billed_on_every_route() {
     let (s, up) = gateway().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
-    up.openai.script(OpenAiScript::Complete { prompt: 12, cached: 0, completion: 7, text: "late".into() });
-    up.openai.pause();
-    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": common::prompt_of(20)}], "max_tokens": 50});
-    hang_up_once_upstream(&s, || up.openai.calls(), "/v1/chat/completions", &key, body).await;
-    up.openai.resume();
-    let (status, total) = within(BOUND, "the late answer was settled", || record_of(&s, &user)).await;
-    let expected =
-        common::cost("gpt-4o-mini", quota_core::Usage { input_tokens: 12, output_tokens: 7, ..Default::default() });
-    assert_eq!((status.as_str(), total), ("client_disconnected", expected));
-    assert_eq!(s.stored_balance(&user).await, before - expected);
+    for route in [Route::Chat, Route::Messages, Route::GeminiGenerate] {
+        for stream in [false, true] {
+            let (user, _, key) = s.developer("developer").await;
+            let before = s.balance(&user).await;
+            pause(&up, route, true);
+            hang_up_once_upstream(&s, &up, route, &key, stream).await;
+            pause(&up, route, false);
+            let what = format!("{route:?} stream={stream}");
+            let (status, total) = within(BOUND, &what, || record_of(&s, &user)).await;
+            assert_eq!(status, "client_disconnected", "{what}");
+            assert!(total > 0, "{what}: what the provider billed is charged");
+            if !stream {
+                // The whole answer was read: its reported usage (10 in, 5 out) is the charge.
+                let model = match route {
+                    Route::Chat => "gpt-4o-mini",
+                    Route::Messages => "anthropic/claude-haiku-4.5",
+                    _ => "google/gemini-2.5-flash",
+                };
+                let usage = quota_core::Usage { input_tokens: 10, output_tokens: 5, ..Default::default() };
+                assert_eq!(total, common::cost(model, usage), "{what}");
+            }
+            assert_eq!(s.stored_balance(&user).await, before - total, "{what}");
+        }
+    }
     assert_eq!(s.state.ledger.open_holds(), 0);
-    s.assert_ledger_ok().await;
-}
-
-#[tokio::test]
-async fn a_client_that_hangs_up_before_a_stream_starts_pays_for_the_prompt() {
-    let (s, up) = gateway().await;
-    let (user, _, key) = s.developer("developer").await;
-    let before = s.balance(&user).await;
-    up.openai.script(OpenAiScript::Complete { prompt: 12, cached: 0, completion: 7, text: "late".into() });
-    up.openai.pause();
-    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": common::prompt_of(20)}],
-        "max_tokens": 50, "stream": true});
-    hang_up_once_upstream(&s, || up.openai.calls(), "/v1/chat/completions", &key, body).await;
-    up.openai.resume();
-    let (status, total) = within(BOUND, "the stopped stream was settled", || record_of(&s, &user)).await;
-    assert_eq!(status, "client_disconnected");
-    assert!(total > 0, "the prompt the provider billed is charged");
-    assert_eq!(s.stored_balance(&user).await, before - total);
     s.assert_ledger_ok().await;
 }
 
@@ -470,44 +496,50 @@ async fn completed_claims(s: &TestServer) -> i64 {
     s.count("SELECT COUNT(*) FROM idempotency_keys WHERE status IS NOT NULL", &[]).await
 }
 
-/// Send `body` under an Idempotency-Key, hang up while its settlement waits at the gate, let the
-/// settlement finish, and retry: the retry must be the first answer replayed.
+/// Send a request under an Idempotency-Key on every route, hang up while its settlement waits
+/// at the gate, let the settlement finish, and retry: the retry must be the first answer
+/// replayed, and the provider must have seen one call.
 async fn hang_up_during_settlement_then_retry(stream: bool) {
     let (s, up) = gateway().await;
-    let (user, _, key) = s.developer("developer").await;
-    up.openai.script(OpenAiScript::Complete { prompt: 9, cached: 0, completion: 4, text: "once".into() });
     let gate = s.state.test_hooks.gate_settlements();
-    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": common::prompt_of(20)}],
-        "max_tokens": 10, "stream": stream});
-    let send = |body: Value| {
-        let (http, url, key) = (s.http.clone(), s.url("/v1/chat/completions"), key.clone());
-        async move {
-            http.post(url).bearer_auth(key).header("idempotency-key", "retry-me").json(&body).send().await.unwrap()
-        }
-    };
-    let first = tokio::spawn({
-        let f = send(body.clone());
-        async move {
-            let r = f.await;
-            r.bytes().await.ok()
-        }
-    });
-    let hooks = &s.state.test_hooks;
-    within(BOUND, "the settlement is waiting", || async { (hooks.settlements_waiting() == 1).then_some(()) }).await;
-    first.abort();
-    if !stream {
-        within(BOUND, "the gateway noticed the hang-up", || async { (hooks.client_hangups() == 1).then_some(()) })
+    for (i, route) in [Route::Chat, Route::Messages, Route::GeminiGenerate].into_iter().enumerate() {
+        let (user, _, key) = s.developer("developer").await;
+        let (path, body) = request(route, stream);
+        let send = || {
+            let (http, url, key, body) = (s.http.clone(), s.url(&path), key.clone(), body.clone());
+            async move {
+                http.post(url).bearer_auth(key).header("idempotency-key", "retry-me").json(&body).send().await.unwrap()
+            }
+        };
+        let first = tokio::spawn({
+            let f = send();
+            async move { f.await.bytes().await.ok() }
+        });
+        let hooks = &s.state.test_hooks;
+        within(BOUND, "the settlement is waiting", || async { (hooks.settlements_waiting() == 1).then_some(()) }).await;
+        let hangups = hooks.client_hangups();
+        first.abort();
+        if !stream {
+            within(BOUND, "the gateway noticed the hang-up", || async {
+                (hooks.client_hangups() == hangups + 1).then_some(())
+            })
             .await;
+        }
+        gate.add_permits(1);
+        within(BOUND, "the claim was completed", || async {
+            (completed_claims(&s).await == i as i64 + 1).then_some(())
+        })
+        .await;
+        let calls = calls_of(&up, route);
+        let retry = send().await;
+        let what = format!("{route:?} stream={stream}");
+        assert_eq!(retry.status(), 200, "{what}");
+        assert_eq!(retry.headers()["idempotent-replayed"], "true", "{what}");
+        let text = retry.text().await.unwrap();
+        assert!(text.contains("\"credits_used\""), "{what}: the replay is the first answer: {text}");
+        assert_eq!(calls_of(&up, route), calls, "{what}: the retry did not reach the provider");
+        assert_eq!(s.count("SELECT COUNT(*) FROM usage_records WHERE developer_id = $1", &[&user]).await, 1, "{what}");
     }
-    gate.add_permits(1);
-    within(BOUND, "the claim was completed", || async { (completed_claims(&s).await == 1).then_some(()) }).await;
-    let retry = send(body).await;
-    assert_eq!(retry.status(), 200);
-    assert_eq!(retry.headers()["idempotent-replayed"], "true");
-    let text = retry.text().await.unwrap();
-    assert!(text.contains("\"credits_used\""), "the replay is the first answer: {text}");
-    assert_eq!(up.openai.calls(), 1, "the provider saw one call");
-    assert_eq!(s.count("SELECT COUNT(*) FROM usage_records WHERE developer_id = $1", &[&user]).await, 1);
     s.assert_ledger_ok().await;
 }
 

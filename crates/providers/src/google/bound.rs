@@ -109,4 +109,45 @@ mod tests {
         let (a, b): (Value, Value) = (serde_json::from_str(a).unwrap(), serde_json::from_str(b).unwrap());
         assert_eq!(bound_of(a), bound_of(b));
     }
+
+    use proptest::prelude::*;
+
+    fn part() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            "\\PC{0,64}".prop_map(|t| json!({"text": t})),
+            Just(json!({"inlineData": {"mimeType": "image/png", "data": "iVBOR"}})),
+            Just(json!({"inline_data": {"mime_type": "audio/wav", "data": "UklGR"}})),
+            "[a-z]{1,12}".prop_map(
+                |h| json!({"fileData": {"mimeType": "image/png", "fileUri": format!("https://{h}.example/x.png")}})
+            ),
+            "[a-z]{1,12}".prop_map(|k| json!({format!("x_{k}"): {}})),
+        ]
+    }
+
+    proptest! {
+        /// For any mix of parts the bound covers what a hostile provider could bill and never
+        /// passes the context window (see the OpenAI shape's twin test).
+        #[test]
+        fn the_bound_covers_what_a_hostile_provider_could_bill(
+            turns in proptest::collection::vec(proptest::collection::vec(part(), 1..6), 1..5),
+        ) {
+            let model = Catalog::builtin().get("google/gemini-2.5-pro").unwrap().clone();
+            let body = json!({"contents": turns.iter().map(|p| json!({"role": "user", "parts": p})).collect::<Vec<_>>()});
+            let req = GenerateRequest::parse(body.to_string().as_bytes(), false).unwrap();
+            let bound = req.prompt_bound().tokens_max(&model);
+            let parts: Vec<&Value> = turns.iter().flatten().collect();
+            let measurable = |p: &Value| p.get("text").is_some()
+                || p["inlineData"]["mimeType"].as_str().is_some_and(|m| m.starts_with("image/"));
+            prop_assert!(bound <= model.context_window);
+            if parts.iter().all(|p| measurable(p)) {
+                let billable: u64 = parts.iter().map(|p| match p.get("text").and_then(Value::as_str) {
+                    Some(t) => t.len() as u64,
+                    None => model.image_part_tokens_max,
+                }).sum();
+                prop_assert!(bound >= billable.min(model.context_window));
+            } else {
+                prop_assert_eq!(bound, model.context_window);
+            }
+        }
+    }
 }

@@ -18,7 +18,7 @@ use crate::app::SharedState;
 use crate::config::{Config, PackageConfig};
 use crate::error::ApiError;
 use axum::http::StatusCode;
-use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
+use quota_core::Credits;
 use quota_store::payments::CheckoutSession;
 use quota_store::{LedgerError, OutboxEvent};
 use serde_json::json;
@@ -114,15 +114,7 @@ pub async fn apply_topup(state: &SharedState, t: ConfirmedTopup<'_>) -> Result<b
     let committed = state
         .ledger
         .transfer_with_events(
-            Transfer {
-                id: transfer_id,
-                from: AccountId::Platform(PlatformAccount::PaymentsClearing),
-                to: AccountId::wallet(t.user_id),
-                amount: t.credits,
-                kind: TransferKind::Topup,
-                cause: t.cause.to_string(),
-                created_at_ms: now,
-            },
+            quota_core::transfers::topup(transfer_id, t.user_id, t.credits, t.cause, now),
             vec![event],
         )
         .await?;

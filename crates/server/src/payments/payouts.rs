@@ -26,7 +26,8 @@
 
 use super::Provider;
 use crate::app::SharedState;
-use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
+use quota_core::transfers::payout;
+use quota_core::{AccountId, Credits, Transfer, TransferKind};
 use quota_store::payments::Payout;
 use quota_store::{LedgerError, OutboxEvent};
 use serde::Serialize;
@@ -160,27 +161,12 @@ async fn settle_developer(
     let available = AccountId::EarningsAvailable(dev.to_string());
     let reserve = AccountId::PayoutReserve(dev.to_string());
     let cause = format!("payout_batch:{}", quota_store::clock::rfc3339(as_of));
-    let transfer = |id: String, from: &AccountId, to: &AccountId, amount: i64, kind: TransferKind| Transfer {
-        id,
-        from: from.clone(),
-        to: to.clone(),
-        amount: Credits(amount),
-        kind,
-        cause: cause.clone(),
-        created_at_ms: as_of,
-    };
 
     // 1. Earnings from charges at least 7 days old become available.
     let eligible = store.sum_transfers_to(TransferKind::Markup, &pending, as_of - EARNINGS_HOLD_MS).await?;
     let released = store.sum_transfers_from(TransferKind::EarningsRelease, &pending).await?;
     if eligible > released {
-        let t = transfer(
-            format!("ledg_erel_{dev}_{released}"),
-            &pending,
-            &available,
-            eligible - released,
-            TransferKind::EarningsRelease,
-        );
+        let t = payout::earnings_release(dev, released, Credits(eligible - released), &cause, as_of);
         report.released += step(state, t).await?;
     }
 
@@ -190,13 +176,7 @@ async fn settle_developer(
     let held = store.sum_transfers_to(TransferKind::ReserveHold, &reserve, i64::MAX).await?;
     let target = reserve_for(released);
     if target > held {
-        let t = transfer(
-            format!("ledg_rhold_{dev}_{held}"),
-            &available,
-            &reserve,
-            target - held,
-            TransferKind::ReserveHold,
-        );
+        let t = payout::reserve_hold(dev, held, Credits(target - held), &cause, as_of);
         report.reserved += step(state, t).await?;
     }
 
@@ -204,13 +184,7 @@ async fn settle_developer(
     let due = store.sum_transfers_to(TransferKind::ReserveHold, &reserve, as_of - RESERVE_HOLD_MS).await?;
     let returned = store.sum_transfers_from(TransferKind::ReserveRelease, &reserve).await?;
     if due > returned {
-        let t = transfer(
-            format!("ledg_rrel_{dev}_{returned}"),
-            &reserve,
-            &available,
-            due - returned,
-            TransferKind::ReserveRelease,
-        );
+        let t = payout::reserve_release(dev, returned, Credits(due - returned), &cause, as_of);
         report.reserve_released += step(state, t).await?;
     }
 
@@ -272,21 +246,10 @@ async fn attempt(
     report: &mut BatchReport,
 ) -> anyhow::Result<bool> {
     let dev = &p.developer_id;
-    let available = AccountId::EarningsAvailable(dev.clone());
-    let in_transit = AccountId::PayoutInTransit(dev.clone());
-    let sent_id = format!("ledg_posent_{dev}_{}", p.covered_from);
     let now = state.clock.now_ms();
+    let sent = payout::sent(dev, p.covered_from, Credits(p.amount_credits), &p.id, now);
     state.ledger.flush().await?;
-    if !state.store.transfer_exists(&sent_id).await? {
-        let sent = Transfer {
-            id: sent_id,
-            from: available,
-            to: in_transit.clone(),
-            amount: Credits(p.amount_credits),
-            kind: TransferKind::PayoutSent,
-            cause: p.id.clone(),
-            created_at_ms: now,
-        };
+    if !state.store.transfer_exists(&sent.id).await? {
         match state.ledger.transfer(sent).await {
             Ok(_) => {}
             // Another run is moving the same money; it finishes this payout.
@@ -317,15 +280,7 @@ async fn attempt(
     };
     match answer {
         Ok(transfer_id) => {
-            let paid = Transfer {
-                id: format!("ledg_paid_{dev}_{}", p.covered_from),
-                from: in_transit,
-                to: AccountId::Platform(PlatformAccount::PayoutsClearing),
-                amount: Credits(p.amount_credits),
-                kind: TransferKind::Payout,
-                cause: p.id.clone(),
-                created_at_ms: now,
-            };
+            let paid = payout::paid(dev, p.covered_from, Credits(p.amount_credits), &p.id, now);
             let event = OutboxEvent::new("payout.paid", dev, data(json!({"stripe_transfer_id": transfer_id})), now);
             state.ledger.flush().await?;
             if !state.store.transfer_exists(&paid.id).await? {

@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
+use quota_core::{AccountId, Credits, Transfer};
 use quota_store::{clock::rfc3339, now_ms, StoreError, User};
 use serde::Deserialize;
 use serde_json::json;
@@ -88,15 +88,7 @@ pub async fn create_account(state: &SharedState, email: &str, password: &str) ->
 }
 
 pub fn welcome_transfer(user_id: &str, amount: i64) -> Transfer {
-    Transfer {
-        id: format!("ledg_welcome_{user_id}"),
-        from: AccountId::Platform(PlatformAccount::Promotions),
-        to: AccountId::wallet(user_id),
-        amount: Credits(amount),
-        kind: TransferKind::Welcome,
-        cause: user_id.to_string(),
-        created_at_ms: now_ms(),
-    }
+    quota_core::transfers::welcome(user_id, Credits(amount), now_ms())
 }
 
 /// A new session for `user`: (token, expiry, the `quota_session` Set-Cookie value).

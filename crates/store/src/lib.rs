@@ -4,8 +4,9 @@
 //! Everything that reads or writes the database goes through [`Store`], over SQLite (one
 //! instance, embedded) or PostgreSQL (several instances sharing it; `db.rs` runs each query on
 //! either); the money rules it enforces come from `quota-core`. [`Ledger`] runs the engine that
-//! fits the backend: in-memory holds with one group-committing writer on SQLite (`ledger.rs`),
-//! holds in the database on PostgreSQL (`pg_ledger.rs`), behind one API.
+//! fits the backend — in-memory holds on SQLite (`ledger/sqlite.rs`), holds in the database on
+//! PostgreSQL (`ledger/postgres.rs`) — behind one API, with one planner (`ledger/plan.rs`) and
+//! one group-commit loop (`ledger/writer.rs`).
 
 pub mod clock;
 mod db;
@@ -16,7 +17,6 @@ pub mod ledger;
 pub mod models;
 pub mod oauth;
 pub mod payments;
-mod pg_ledger;
 pub mod sqlite_busy;
 mod store;
 pub mod testing;

@@ -1,7 +1,7 @@
 //! Persistence for payments and payouts (SPEC §10): checkout sessions, the Stripe events already
 //! applied, Connect accounts, payout records, and the ledger sums the payout batch works from.
 //!
-//! Money never moves here: top-ups and payouts are ledger transfers (`ledger.rs`). These rows
+//! Money never moves here: top-ups and payouts are ledger transfers (`ledger/`). These rows
 //! say what the payment provider was asked and answered; each state change that causes a webhook
 //! event writes that event (outbox) in the same transaction. SQL uses `$n` placeholders and
 //! nothing SQLite-only, so the PostgreSQL backend can share it.

@@ -44,14 +44,20 @@ pub fn pause_before_retry(count: u32) -> Option<Duration> {
 /// SQLite calls this on the connection's own thread when a lock is taken: nonzero means try
 /// again. It sleeps that thread only (a sqlx connection has a thread of its own).
 extern "C" fn on_busy(_: *mut c_void, count: c_int) -> c_int {
+    c_int::from(wait_or_give_up(count))
+}
+
+/// The handler itself, for `rusqlite`'s `busy_handler` too (the ledger writer's connection):
+/// sleep the calling thread before retry number `count` and say to retry, or give up.
+pub(crate) fn wait_or_give_up(count: c_int) -> bool {
     match pause_before_retry(u32::try_from(count).unwrap_or(u32::MAX)) {
         Some(pause) => {
             RETRIES.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("quota_sqlite_busy_retries_total").increment(1);
             std::thread::sleep(pause);
-            1
+            true
         }
-        None => 0,
+        None => false,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The storage interface: a pool over SQLite (embedded default) or PostgreSQL (several
 //! instances), migrations, and the queries for users, sessions, keys, balances and idempotency
-//! records. The ledger engines (`ledger.rs`, `pg_ledger.rs`) own the write path for money;
+//! records. The ledger engines (`ledger/`) own the write path for money;
 //! nothing here moves credits except `commit_direct`, which the admin CLI uses when no engine
 //! runs in its process. Each query is written once and runs on either backend (`db.rs`).
 
@@ -68,6 +68,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// From the SQLite ledger writer's own connection.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -78,7 +81,8 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
-    sqlite_options: Option<SqliteConnectOptions>,
+    /// The SQLite file and sync setting, for the ledger writer's own connection.
+    sqlite_file: Option<(std::path::PathBuf, Synchronous, bool)>,
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -99,7 +103,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options)
                 .await?;
-            return Ok(Store { pool: Pool::Postgres(pool), sqlite_options: None });
+            return Ok(Store { pool: Pool::Postgres(pool), sqlite_file: None });
         }
         if !url.starts_with("sqlite:") {
             return Err(StoreError::UnsupportedUrl(config.database_url.clone()));
@@ -124,7 +128,11 @@ impl Store {
             .after_connect(|conn, _| Box::pin(crate::sqlite_busy::install(conn)))
             .connect_with(options.clone())
             .await?;
-        Ok(Store { pool: Pool::Sqlite(pool), sqlite_options: Some(options) })
+        // sqlx names an in-memory database `file:sqlx-in-memory-N` and opens it with a shared
+        // cache, so that every connection of the process (the ledger writer's too) sees it.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let sqlite_file = Some((options.get_filename().to_path_buf(), config.synchronous, in_memory));
+        Ok(Store { pool: Pool::Sqlite(pool), sqlite_file })
     }
 
     /// Apply pending migrations.
@@ -152,13 +160,11 @@ impl Store {
         self.pool.backend()
     }
 
-    /// A dedicated SQLite connection outside the pool (the SQLite ledger writer's).
-    pub(crate) async fn dedicated_sqlite_connection(&self) -> Result<sqlx::SqliteConnection, StoreError> {
-        use sqlx::ConnectOptions;
-        let options = self.sqlite_options.as_ref().ok_or_else(|| StoreError::UnsupportedUrl("not sqlite".into()))?;
-        let mut conn = options.connect().await?;
-        crate::sqlite_busy::install(&mut conn).await?;
-        Ok(conn)
+    /// Where the SQLite ledger writer opens its own connection (outside the pool), and how it
+    /// syncs; `None` on PostgreSQL.
+    pub(crate) fn sqlite_file(&self) -> Option<crate::ledger::SqliteFile> {
+        let (path, synchronous, in_memory) = self.sqlite_file.clone()?;
+        Some(crate::ledger::SqliteFile { path, synchronous, in_memory })
     }
 
     /// Changes announced by any instance (PostgreSQL), for the caches; `None` on SQLite, where

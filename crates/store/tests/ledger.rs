@@ -202,6 +202,8 @@ async fn another_process_credit_reaches_the_cached_balance() {
 
 #[tokio::test]
 async fn a_settlement_above_its_hold_is_refused_and_a_negative_wallet_fails_verify() {
+    // SPEC §4.3(3): the caller caps a charge at its hold; a settlement that debits the held
+    // account more is refused before anything is written (and the planner asserts it again).
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
@@ -218,11 +220,14 @@ async fn a_settlement_above_its_hold_is_refused_and_a_negative_wallet_fails_veri
         )
         .await;
     assert!(matches!(settled, Err(LedgerError::AboveHold { .. })), "{settled:?}");
+    // On PostgreSQL the release is queued to the writer; a flush waits for it.
+    ledger.flush().await.unwrap();
     assert_eq!(ledger.balance(&w).await.unwrap(), Credits(10));
     assert_eq!(ledger.held(&w).await.unwrap(), Credits(0), "the refused settlement's hold is released");
-    assert!(store.verify_ledger().await.unwrap().ok());
+    let report = store.verify_ledger().await.unwrap();
+    assert!(report.ok());
+    assert_eq!(report.transfers, 1);
     // A wallet below zero (here made by an operator's transfer from it) fails verify.
-    ledger.flush().await.unwrap();
     quota_store::on_pool!(store.pool(), |p| sqlx::query(
         "INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) \
          VALUES ('x1', $1, 'platform:revenue', 15, 'usage_charge', 'test', 0, 'test')"
@@ -235,6 +240,40 @@ async fn a_settlement_above_its_hold_is_refused_and_a_negative_wallet_fails_veri
     let report = store.verify_ledger().await.unwrap();
     assert!(!report.ok());
     assert_eq!(report.negative_accounts, vec![(w.to_string(), -5)]);
+}
+
+#[tokio::test]
+async fn a_hold_is_refused_only_when_the_available_balance_is_short_or_the_balance_is_negative() {
+    // SPEC §4.3.2, §4.5. The url is shared so that another process can make a refund debt.
+    let dir = tempfile::tempdir().unwrap();
+    let url = quota_store::testing::fresh_database_url(dir.path()).await;
+    let store = open_at(&url).await;
+    let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
+    let w = AccountId::wallet("usr_rule");
+    // An empty wallet may still start a free request (the old rule refused any hold at 0).
+    drop(ledger.hold(&w, Credits(0)).await.unwrap());
+    assert!(matches!(ledger.hold(&w, Credits(1)).await, Err(LedgerError::Insufficient { .. })));
+    ledger.transfer(t("w1", promo(), w.clone(), 10, TransferKind::Welcome)).await.unwrap();
+    // The whole available balance can be held, and not a credit more.
+    let first = ledger.hold(&w, Credits(6)).await.unwrap();
+    let second = ledger.hold(&w, Credits(4)).await.unwrap();
+    match ledger.hold(&w, Credits(1)).await {
+        Err(LedgerError::Insufficient { available, needed }) => {
+            assert_eq!((available, needed), (Credits(0), Credits(1)))
+        }
+        other => panic!("expected Insufficient, got {:?}", other.map(|h| h.amount())),
+    }
+    drop((first, second));
+    ledger.flush().await.unwrap();
+    // A debt (another process reverses more than the wallet holds, as a refunded top-up's
+    // reversal would) starts no request, not even a free one.
+    let other = open_at(&url).await;
+    let reversal =
+        t("rev1", w.clone(), AccountId::Platform(PlatformAccount::PaymentsClearing), 15, TransferKind::Topup);
+    other.commit_direct(&[reversal], "cli").await.unwrap();
+    ledger.flush().await.unwrap();
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(-5));
+    assert!(matches!(ledger.hold(&w, Credits(0)).await, Err(LedgerError::Insufficient { .. })));
 }
 
 #[tokio::test]
@@ -354,4 +393,26 @@ async fn the_wal_starts_over_under_continuous_writes() {
         n += 1;
     }
     assert_eq!(ledger.available(&w).await.unwrap(), Credits(n * 20));
+}
+
+#[tokio::test]
+async fn the_ledger_runs_on_an_in_memory_database() {
+    // `sqlite::memory:` (StoreConfig): the writer's own connection must open the pool's
+    // database, not a second, empty one.
+    if quota_store::testing::on_postgres() {
+        eprintln!("skipped the_ledger_runs_on_an_in_memory_database on PostgreSQL");
+        return;
+    }
+    let store = open_at("sqlite::memory:").await;
+    let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
+    let w = AccountId::wallet("usr_mem");
+    ledger.transfer(t("w1", promo(), w.clone(), 100, TransferKind::Welcome)).await.unwrap();
+    let hold = ledger.hold(&w, Credits(40)).await.unwrap();
+    let settlement = Settlement {
+        transfers: vec![t("c1", w.clone(), revenue(), 30, TransferKind::UsageCharge)],
+        ..Default::default()
+    };
+    ledger.settle(hold, settlement).await.unwrap();
+    assert_eq!(store.balance(&w).await.unwrap(), 70);
+    assert!(store.verify_ledger().await.unwrap().ok());
 }

@@ -2,8 +2,8 @@
 //! serve` instances sharing one database. Nothing about money is cached in memory; the
 //! database is the only place instances agree.
 //!
-//! * **hold** — a conditional update in the database (`balance > 0 AND balance − held ≥
-//!   amount`), committed before [`Ledger::hold`](crate::Ledger::hold) returns, so every
+//! * **hold** — a conditional update in the database (`balance ≥ 0 AND balance − held ≥
+//!   amount`: the hold rule, SPEC §4.3.2), committed before [`Ledger::hold`](crate::Ledger::hold) returns, so every
 //!   instance sees it before the upstream is called. Requests queue to one task that grants
 //!   everything waiting in one round trip (`quota_hold`, a PL/pgSQL loop over arrays): a hot
 //!   wallet costs one row lock per batch, not per request.
@@ -20,9 +20,11 @@
 //! Deadlocks are avoided by order: every transaction that changes accounts locks them sorted
 //! by id (bytewise, `COLLATE "C"`), and deletes holds before touching accounts.
 
+use super::plan::{Movement, Plan};
+use super::writer::{drain, Effects, Engine, Job, Jobs, Writer, Written};
+use super::{Committed, Hold, HoldRef, LedgerConfig, LedgerError, Owner, Settlement};
 use crate::db::Pool;
-use crate::events::insert_events_pg;
-use crate::ledger::{drain, timed, Committed, Hold, Jobs, LedgerConfig, LedgerError, Next, Owner, Settlement};
+use crate::events::{insert_events_pg, OutboxEvent};
 use crate::store::{complete_idempotency, Store, StoreError};
 use crate::usage::UsageRecord;
 use quota_core::{AccountId, Credits, Transfer};
@@ -54,15 +56,6 @@ pub(crate) struct Shared {
     /// Holds granted to this process and not yet settled or released in the database.
     open: Arc<AtomicUsize>,
     origin: String,
-}
-
-// Jobs move once through the channel; boxing the big variant would cost an allocation per
-// settlement for nothing.
-#[allow(clippy::large_enum_variant)]
-enum Job {
-    Commit { hold: Option<u64>, settlement: Settlement, reply: oneshot::Sender<Result<Committed, LedgerError>> },
-    Release { hold: u64 },
-    Flush { reply: oneshot::Sender<()> },
 }
 
 struct HoldRequest {
@@ -101,15 +94,14 @@ impl Shared {
             ttl_ms: i64::try_from(config.hold_ttl.as_millis()).unwrap_or(i64::MAX),
             batch_max,
         };
-        let writer = Writer {
+        let writer = Writer::new(PgEngine {
             conn: Conn::new(pool.clone(), None),
             open: open.clone(),
             origin: config.origin.clone(),
-            last_used: Default::default(),
-        };
+        });
         // Connect both now, so a bad database fails `start`, not the first request.
         holder.conn.check().await?;
-        writer.conn.check().await?;
+        writer.engine.conn.check().await?;
         tokio::spawn(holder.run(holds_rx));
         tokio::spawn(writer.run(Jobs::new(jobs_rx, config.tick, batch_max)));
         Ok(Arc::new(Shared { pool, jobs, holds, next_hold: AtomicU64::new(1), open, origin: config.origin }))
@@ -176,7 +168,7 @@ impl Shared {
         }
     }
 
-    pub(crate) async fn commit(&self, hold: Option<u64>, settlement: Settlement) -> Result<Committed, LedgerError> {
+    pub(crate) async fn commit(&self, hold: Option<HoldRef>, settlement: Settlement) -> Result<Committed, LedgerError> {
         let (reply, rx) = oneshot::channel();
         if self.jobs.send(Job::Commit { hold, settlement, reply }).await.is_err() {
             return Err(LedgerError::Stopped);
@@ -297,24 +289,12 @@ impl Holder {
     }
 }
 
-/// Group-commits settlements and releases; frees expired holds on its tick.
-struct Writer {
+/// Group-commits settlements and releases (the statements of [`writer::Engine`]); frees
+/// expired holds on its tick.
+struct PgEngine {
     conn: Conn,
     open: Arc<AtomicUsize>,
     origin: String,
-    last_used: crate::last_used::LastUsed,
-}
-
-/// What one batch changed, for the replies.
-struct BatchEffects {
-    /// Per job: its accounts' balance deltas (new transfers only) and its duplicate count.
-    per_job: Vec<(Vec<(String, i64)>, usize)>,
-    /// Each touched account's balance after the whole batch.
-    balances: HashMap<String, i64>,
-    /// Each touched account's balance delta over the whole batch.
-    totals: HashMap<String, i64>,
-    /// Holds of this process the batch deleted (one already expired is not among them).
-    freed_holds: usize,
 }
 
 /// Column arrays of the batch's transfers, for one `UNNEST` insert.
@@ -341,53 +321,25 @@ impl<'a> TransferColumns<'a> {
     }
 }
 
-impl Writer {
-    async fn run(mut self, mut jobs: Jobs<Job>) {
-        while let Some(batch) = jobs_or_expiry(&mut self, &mut jobs).await {
-            self.process(batch).await;
-        }
+impl Engine for PgEngine {
+    async fn begin(&mut self, _batch: &[Job]) -> Result<(), StoreError> {
+        sqlx::query("BEGIN").execute(self.conn.get().await?).await?;
+        Ok(())
     }
 
-    async fn process(&mut self, batch: Vec<Job>) {
-        match timed(batch.len(), self.commit_batch(&batch)).await {
-            Ok(effects) => self.apply(batch, effects),
-            Err(e) => {
-                self.conn.reset();
-                if batch.len() == 1 {
-                    return self.fail(batch, e).await;
-                }
-                // Isolate the job that fails (or outlive a lost connection); the others commit
-                // on their own.
-                tracing::warn!(error = %e, size = batch.len(), "ledger batch failed; retrying one by one");
-                for job in batch {
-                    let jobs = vec![job];
-                    match self.commit_batch(&jobs).await {
-                        Ok(effects) => self.apply(jobs, effects),
-                        Err(e) => {
-                            self.conn.reset();
-                            self.fail(jobs, e).await
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    async fn commit_batch(&mut self, batch: &[Job]) -> Result<BatchEffects, StoreError> {
-        let origin = self.origin.clone();
-        let conn = self.conn.get().await?;
-        let mut tx = Connection::begin(conn).await?;
-        // 1. The holds this batch ends. One that already expired is simply not there: its
-        //    `held` was given back by the expiry, and the charge below still applies.
+    /// The holds this batch ends and its transfers, in one statement. A hold that already
+    /// expired is simply not there: its `held` was given back by the expiry, and the charge
+    /// still applies. Transfers go in id order (two instances replaying the same charges lock
+    /// the same ids in one order); RETURNING names those that were new.
+    async fn insert_transfers(&mut self, batch: &[Job]) -> Result<Written, StoreError> {
         let hold_ids: Vec<String> = batch
             .iter()
             .filter_map(|j| match j {
-                Job::Commit { hold: Some(h), .. } | Job::Release { hold: h } => Some(hold_key(&origin, *h)),
+                Job::Commit { hold: Some(h), .. } => Some(hold_key(&self.origin, h.id)),
+                Job::Release { hold } => Some(hold_key(&self.origin, *hold)),
                 _ => None,
             })
             .collect();
-        // 2. The transfers, in id order (two instances replaying the same charges lock the
-        //    same ids in one order); RETURNING names those that were new. One statement with 1.
         let mut transfers: Vec<&Transfer> = batch
             .iter()
             .filter_map(|j| match j {
@@ -396,163 +348,102 @@ impl Writer {
             })
             .flatten()
             .collect();
+        let mut written = Written { inserted: HashSet::new(), freed: Vec::new() };
+        if hold_ids.is_empty() && transfers.is_empty() {
+            return Ok(written);
+        }
         transfers.sort_by(|a, b| a.id.cmp(&b.id));
         let mut columns = TransferColumns::default();
         transfers.into_iter().for_each(|t| columns.push(t));
-        let rows: Vec<(bool, String, i64)> = if hold_ids.is_empty() && columns.id.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(
-                "WITH freed AS (DELETE FROM holds WHERE id = ANY($1) RETURNING account, amount), \
+        let rows: Vec<(bool, String, i64)> = sqlx::query_as(
+            "WITH freed AS (DELETE FROM holds WHERE id = ANY($1) RETURNING account, amount), \
              added AS (INSERT INTO transfers (id, from_account, to_account, amount, kind, cause, created_at, origin) \
                  SELECT t.*, $9 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], \
                  $8::bigint[]) AS t(id, from_account, to_account, amount, kind, cause, created_at) \
                  ON CONFLICT (id) DO NOTHING RETURNING id) \
              SELECT TRUE, account, amount FROM freed UNION ALL SELECT FALSE, id, 0 FROM added",
-            )
-            .bind(&hold_ids)
-            .bind(&columns.id)
-            .bind(&columns.from)
-            .bind(&columns.to)
-            .bind(&columns.amount)
-            .bind(&columns.kind)
-            .bind(&columns.cause)
-            .bind(&columns.created_at)
-            .bind(&origin)
-            .fetch_all(&mut *tx)
-            .await?
-        };
-        // Per account: (balance delta, held delta), sorted by id: the lock order.
-        let mut accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        let mut inserted: HashSet<String> = HashSet::new();
-        let mut freed_holds = 0;
-        for (freed, name, amount) in rows {
-            if freed {
-                freed_holds += 1;
-                accounts.entry(name).or_default().1 -= amount;
+        )
+        .bind(&hold_ids)
+        .bind(&columns.id)
+        .bind(&columns.from)
+        .bind(&columns.to)
+        .bind(&columns.amount)
+        .bind(&columns.kind)
+        .bind(&columns.cause)
+        .bind(&columns.created_at)
+        .bind(&self.origin)
+        .fetch_all(self.conn.get().await?)
+        .await?;
+        for (is_freed, name, amount) in rows {
+            if is_freed {
+                written.freed.push((name.parse::<AccountId>().map_err(StoreError::Corrupt)?, amount));
             } else {
-                inserted.insert(name);
+                written.inserted.insert(name);
             }
         }
-        let mut per_job = Vec::with_capacity(batch.len());
-        let mut usage: Vec<&UsageRecord> = Vec::new();
-        let mut events = Vec::new();
-        let mut completions = Vec::new();
-        let mut keys_used: Vec<&str> = Vec::new();
-        for job in batch {
-            let Job::Commit { settlement, .. } = job else {
-                per_job.push((Vec::new(), 0));
-                continue;
-            };
-            let mut deltas = Vec::new();
-            let mut duplicates = 0;
-            for t in &settlement.transfers {
-                // `remove` so a second transfer with the same id in this batch counts as a duplicate.
-                if inserted.remove(&t.id) {
-                    deltas.push((t.from.to_string(), -t.amount.0));
-                    deltas.push((t.to.to_string(), t.amount.0));
-                } else {
-                    duplicates += 1;
-                }
-            }
-            for (account, delta) in &deltas {
-                accounts.entry(account.clone()).or_default().0 += delta;
-            }
-            // A replayed charge writes nothing else either: its record and response exist.
-            if duplicates == 0 {
-                usage.extend(settlement.usage.iter());
-                completions.extend(settlement.idempotency.iter());
-                events.extend(settlement.events.iter());
-            }
-            keys_used.extend(settlement.key_used.as_deref());
-            per_job.push((deltas, duplicates));
-        }
-        let now = crate::now_ms();
-        // 3. Usage records and key use in one statement (new rows, and key rows locked in id
-        //    order as by every other instance's writer); idempotent responses (rare).
-        keys_used.sort_unstable();
-        keys_used.dedup();
-        let keys_used = self.last_used.due(keys_used, now);
-        if !usage.is_empty() || !keys_used.is_empty() {
-            record_usage(&mut tx, &usage, &keys_used, now).await?;
-        }
-        for c in completions {
-            complete_idempotency(c).execute(&mut *tx).await?;
-        }
-        // 4. Balances and `held` last, so their row locks are held for the shortest time.
-        let balances = update_accounts(&mut tx, &accounts, now).await?;
-        // 5. Outbox events, with the `balance.low` crossings decided from the balance each
-        //    settlement left (final balances minus what later jobs of this batch moved; the row
-        //    locks make it exact), in one statement.
-        let crossed = low_balance_crossings(batch, &per_job, &balances);
-        insert_events_pg(&mut tx, events.into_iter().chain(&crossed)).await?;
-        tx.commit().await?;
-        let totals = accounts.into_iter().map(|(a, (balance, _))| (a, balance)).collect();
-        Ok(BatchEffects { per_job, balances, totals, freed_holds })
+        Ok(written)
     }
 
-    fn apply(&mut self, batch: Vec<Job>, effects: BatchEffects) {
-        // Each job's "balance after" is the batch's final balance minus what later jobs added.
-        let mut running: HashMap<String, i64> = HashMap::new();
-        self.open.fetch_sub(effects.freed_holds, Ordering::Relaxed);
-        let mut per_job = effects.per_job.into_iter();
-        for job in batch {
-            let (deltas, duplicates) = per_job.next().unwrap_or_default();
-            match job {
-                Job::Flush { reply } => {
-                    let _ = reply.send(());
-                }
-                Job::Release { .. } => {}
-                Job::Commit { reply, .. } => {
-                    let mut balances_after: Vec<(AccountId, Credits)> = Vec::new();
-                    for (account, delta) in &deltas {
-                        *running.entry(account.clone()).or_default() += delta;
-                    }
-                    for (account, _) in &deltas {
-                        let Ok(id) = account.parse::<AccountId>() else { continue };
-                        if balances_after.iter().any(|(a, _)| *a == id) {
-                            continue;
-                        }
-                        let final_balance = effects.balances.get(account).copied().unwrap_or(0);
-                        let later = effects.totals.get(account).copied().unwrap_or(0)
-                            - running.get(account).copied().unwrap_or(0);
-                        balances_after.push((id, Credits(final_balance - later)));
-                    }
-                    let _ = reply.send(Ok(Committed { balances_after, duplicates }));
-                }
-            }
+    /// Usage records and key use in one statement (new rows, and key rows locked in id order
+    /// as by every other instance's writer); idempotent responses (rare).
+    async fn write_records(&mut self, plan: &Plan<'_>, keys_used: &[&str], now_ms: i64) -> Result<(), StoreError> {
+        let conn = self.conn.get().await?;
+        if !plan.usage.is_empty() || !keys_used.is_empty() {
+            record_usage(conn, &plan.usage, keys_used, now_ms).await?;
+        }
+        for c in &plan.idempotency {
+            complete_idempotency(c).execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Balances and `held` last, so their row locks are held for the shortest time; the row
+    /// locks make the balances after exact.
+    async fn move_accounts(
+        &mut self,
+        plan: &Plan<'_>,
+        now_ms: i64,
+    ) -> Result<HashMap<AccountId, Movement>, StoreError> {
+        update_accounts(self.conn.get().await?, &plan.accounts, now_ms).await
+    }
+
+    async fn insert_events(&mut self, events: Vec<&OutboxEvent>) -> Result<(), StoreError> {
+        insert_events_pg(self.conn.get().await?, events).await?;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), StoreError> {
+        sqlx::query("COMMIT").execute(self.conn.get().await?).await?;
+        Ok(())
+    }
+
+    /// After an error: a connection that cannot even roll back is replaced, so a restarted
+    /// database or a broken socket costs one failed batch, not the engine.
+    async fn rollback(&mut self) {
+        let Some(conn) = self.conn.conn.as_mut() else { return };
+        if sqlx::query("ROLLBACK").execute(conn).await.is_err() {
+            self.conn.reset();
         }
     }
 
-    async fn fail(&mut self, batch: Vec<Job>, error: StoreError) {
-        tracing::error!(error = %error, "ledger commit failed");
-        let mut unsettled = Vec::new();
-        for job in batch {
-            match job {
-                Job::Flush { reply } => {
-                    let _ = reply.send(());
-                }
-                Job::Release { hold } => unsettled.push(hold),
-                Job::Commit { hold, reply, .. } => {
-                    unsettled.extend(hold);
-                    let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {error}")).into()));
-                }
-            }
-        }
-        // The holds of failed settlements are released (nothing was charged); if even that
-        // fails, they expire.
-        if !unsettled.is_empty() {
-            let releases: Vec<Job> = unsettled.into_iter().map(|hold| Job::Release { hold }).collect();
-            match self.commit_batch(&releases).await {
-                Ok(effects) => self.apply(releases, effects),
-                Err(e) => {
-                    self.conn.reset();
-                    tracing::error!(error = %e, "releasing holds failed; they will expire");
-                }
-            }
-        }
+    fn committed(&mut self, _batch: &[Job], effects: &Effects) {
+        self.open.fetch_sub(effects.freed, Ordering::Relaxed);
     }
 
+    fn failed(&mut self, holds: Vec<u64>) -> Vec<Job> {
+        holds.into_iter().map(|hold| Job::Release { hold }).collect()
+    }
+
+    async fn tick(&mut self) -> bool {
+        if let Err(e) = self.expire().await {
+            self.conn.reset();
+            tracing::error!(error = %e, "expiring holds failed");
+        }
+        false
+    }
+}
+
+impl PgEngine {
     /// Free holds past their expiry, whoever took them (an instance that died). Safe on every
     /// instance at once: `SKIP LOCKED` hands each its own rows.
     async fn expire(&mut self) -> Result<(), StoreError> {
@@ -570,10 +461,10 @@ impl Writer {
             return Ok(());
         }
         let count = freed.len();
-        let mut accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let mut accounts: BTreeMap<AccountId, Movement> = BTreeMap::new();
         let mut own = 0;
         for (account, amount, origin) in freed {
-            accounts.entry(account).or_default().1 -= amount;
+            accounts.entry(account.parse().map_err(StoreError::Corrupt)?).or_default().held -= amount;
             own += usize::from(origin == self.origin);
         }
         update_accounts(&mut tx, &accounts, crate::now_ms()).await?;
@@ -587,72 +478,32 @@ impl Writer {
     }
 }
 
-/// The `balance.low` events the batch's watches fire: each job's balance after is the batch's
-/// final balance minus the deltas of the jobs after it.
-fn low_balance_crossings(
-    batch: &[Job],
-    per_job: &[(Vec<(String, i64)>, usize)],
-    balances: &HashMap<String, i64>,
-) -> Vec<crate::OutboxEvent> {
-    let mut out = Vec::new();
-    let mut later: HashMap<&str, i64> = HashMap::new();
-    for (job, (deltas, duplicates)) in batch.iter().zip(per_job).rev() {
-        if let Job::Commit { settlement, .. } = job {
-            if *duplicates == 0 {
-                for w in &settlement.low_balance {
-                    let account = w.account.to_string();
-                    let Some(last) = balances.get(&account) else { continue };
-                    let after = last - later.get(account.as_str()).copied().unwrap_or(0);
-                    out.extend(w.crossed(after - w.delta(&settlement.transfers), after));
-                }
-            }
-        }
-        for (account, delta) in deltas {
-            *later.entry(account.as_str()).or_default() += delta;
-        }
-    }
-    out.reverse();
-    out
-}
-
-/// The writer's next batch, running the expiry on every tick meanwhile; `None` once stopped.
-async fn jobs_or_expiry(writer: &mut Writer, jobs: &mut Jobs<Job>) -> Option<Vec<Job>> {
-    loop {
-        match jobs.next().await {
-            Next::Batch(batch) => return Some(batch),
-            Next::Stop => return None,
-            Next::Tick => {
-                if let Err(e) = writer.expire().await {
-                    writer.conn.reset();
-                    tracing::error!(error = %e, "expiring holds failed");
-                }
-            }
-        }
-    }
-}
-
-/// Apply (balance delta, held delta) to each account, in id order (the lock order), creating
-/// rows for new accounts. Returns the balances after.
+/// Apply each account's movement (balance, held), in id order (the lock order), creating rows
+/// for new accounts. Returns each one's balance and `held` after.
 async fn update_accounts(
     conn: &mut PgConnection,
-    accounts: &BTreeMap<String, (i64, i64)>,
+    accounts: &BTreeMap<AccountId, Movement>,
     now: i64,
-) -> Result<HashMap<String, i64>, StoreError> {
-    let changed: Vec<(&String, &(i64, i64))> = accounts.iter().filter(|(_, (b, h))| *b != 0 || *h != 0).collect();
-    if changed.is_empty() {
+) -> Result<HashMap<AccountId, Movement>, StoreError> {
+    if accounts.is_empty() {
         return Ok(HashMap::new());
     }
-    let ids: Vec<&str> = changed.iter().map(|(a, _)| a.as_str()).collect();
-    let balance: Vec<i64> = changed.iter().map(|(_, (b, _))| *b).collect();
-    let held: Vec<i64> = changed.iter().map(|(_, (_, h))| *h).collect();
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT r_id, r_balance FROM quota_apply($1, $2, $3, $4)")
-        .bind(&ids)
-        .bind(&balance)
-        .bind(&held)
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(rows.into_iter().collect())
+    let mut sorted: Vec<(String, &Movement)> = accounts.iter().map(|(a, m)| (a.to_string(), m)).collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let ids: Vec<&str> = sorted.iter().map(|(a, _)| a.as_str()).collect();
+    let balance: Vec<i64> = sorted.iter().map(|(_, m)| m.balance).collect();
+    let held: Vec<i64> = sorted.iter().map(|(_, m)| m.held).collect();
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT r_id, r_balance, r_held FROM quota_apply($1, $2, $3, $4)")
+            .bind(&ids)
+            .bind(&balance)
+            .bind(&held)
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.into_iter()
+        .map(|(id, balance, held)| Ok((id.parse().map_err(StoreError::Corrupt)?, Movement { balance, held })))
+        .collect()
 }
 
 /// Insert the batch's usage records and mark its keys used, in one statement.

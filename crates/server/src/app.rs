@@ -24,6 +24,8 @@ pub struct AppState {
     pub catalog: Catalog,
     pub keys: KeyCache,
     pub limiter: crate::limit::RateLimiter,
+    /// `trusted_proxies`, parsed: who the client is (SPEC §7).
+    pub proxies: crate::client_ip::TrustedProxies,
     /// The authorization server's caches and keys (SPEC §5).
     pub oauth: crate::oauth::OAuthState,
     /// Time for expiry and refill decisions (tests move it).
@@ -79,9 +81,11 @@ impl AppState {
         let webhooks = crate::webhooks::Directory::default();
         webhooks.reload(&store).await?;
         let payments = crate::payments::Provider::from_config(&config).map_err(anyhow::Error::msg)?;
+        let proxies = crate::client_ip::TrustedProxies::parse(&config.trusted_proxies).map_err(anyhow::Error::msg)?;
         let state = Arc::new(AppState {
             payments,
             limiter,
+            proxies,
             webhooks,
             oauth: crate::oauth::OAuthState::default(),
             clock,

@@ -545,7 +545,7 @@ async fn send(
     sig: &Signatures,
     body: Vec<u8>,
 ) -> Result<(u16, String), String> {
-    if !state.config.webhook_private_urls_allowed() {
+    if !state.config.webhook_allow_private_urls {
         let url = url::Url::parse(&endpoint.url).map_err(|e| e.to_string())?;
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
         let port = url.port_or_known_default().unwrap_or(443);

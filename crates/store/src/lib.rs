@@ -7,6 +7,7 @@
 //! fits the backend: in-memory holds with one group-committing writer on SQLite (`ledger.rs`),
 //! holds in the database on PostgreSQL (`pg_ledger.rs`), behind one API.
 
+pub mod account_limits;
 pub mod clock;
 mod db;
 pub mod events;

@@ -4,7 +4,9 @@
 //! instance (one atomic script per decision); if Redis cannot be reached the limiter falls back
 //! to per-instance state, logs it once, counts it in a metric, and keeps serving.
 
+mod bounded;
 pub mod gcra;
+pub mod lockout;
 mod redis_store;
 
 use crate::clock::Clock;
@@ -23,35 +25,53 @@ pub struct Limit {
     pub quota: Quota,
 }
 
-/// Per-instance limiter state, bounded: entries whose allowance is full again are dropped when
-/// the table grows past `LOCAL_ENTRIES_SOFT_MAX`.
+/// Per-instance limiter state, bounded (SPEC §7): an entry whose allowance is full again
+/// (TAT ≤ now) means nothing and is dropped, and past `LOCAL_ENTRIES_MAX` entries the oldest
+/// go too ([`bounded::make_room`]). Keys are built only from server-issued or verified values
+/// (key ids, app ids, client IPs), never from raw request input.
 #[derive(Default)]
 struct LocalStore {
     tats: Mutex<HashMap<String, gcra::State>>,
 }
 
-const LOCAL_ENTRIES_SOFT_MAX: usize = 100_000;
+/// Hard cap on per-instance limiter entries (~100 bytes each).
+const LOCAL_ENTRIES_MAX: usize = 100_000;
+
+/// Whether a check counts the request or only asks whether it would be allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Yes,
+    /// A dry run: nothing is stored (used to refuse a secret guess before it is made).
+    No,
+}
 
 impl LocalStore {
-    fn check(&self, limits: &[Limit], now: Micros) -> Vec<Decision> {
+    fn check(&self, limits: &[Limit], now: Micros, count: Count) -> Vec<Decision> {
         let mut tats = self.tats.lock();
-        if tats.len() > LOCAL_ENTRIES_SOFT_MAX {
-            tats.retain(|_, (tat, _)| *tat > now);
-        }
         let checks: Vec<(Quota, Option<gcra::State>)> =
             limits.iter().map(|l| (l.quota, tats.get(&l.key).copied())).collect();
         let (decisions, new_tats) = gcra::check_all(&checks, now);
-        if let Some(new_tats) = new_tats {
+        if let (Some(new_tats), Count::Yes) = (new_tats, count) {
             for (l, t) in limits.iter().zip(new_tats) {
+                if !tats.contains_key(&l.key) {
+                    // TAT ≤ now: the allowance is full again; the TAT itself says how old.
+                    bounded::make_room(&mut tats, LOCAL_ENTRIES_MAX, |(tat, _)| *tat <= now, |(tat, _)| *tat);
+                }
                 tats.insert(l.key.clone(), (t, l.quota.emission_interval()));
             }
         }
         decisions
     }
+
+    fn len(&self) -> usize {
+        self.tats.lock().len()
+    }
 }
 
 pub struct RateLimiter {
     local: LocalStore,
+    /// Per-account sign-in lockout (SPEC §1), per instance; Redis when configured.
+    lockouts: lockout::LocalLockouts,
     redis: Option<redis_store::RedisStore>,
     clock: Arc<Clock>,
     /// Whether the last Redis call failed (to log the change once, not per request).
@@ -67,6 +87,7 @@ impl RateLimiter {
     pub fn local(clock: Arc<Clock>) -> RateLimiter {
         RateLimiter {
             local: LocalStore::default(),
+            lockouts: lockout::LocalLockouts::default(),
             redis: None,
             clock,
             redis_failing: AtomicBool::new(false),
@@ -84,36 +105,67 @@ impl RateLimiter {
 
     /// Check `limits` together; all count or none does.
     pub async fn check(&self, limits: &[Limit]) -> Vec<Decision> {
+        self.check_counting(limits, Count::Yes).await
+    }
+
+    /// Check `limits` together, counting the request or not (`Count::No`: a dry run).
+    pub async fn check_counting(&self, limits: &[Limit], count: Count) -> Vec<Decision> {
         let now = self.clock.now_us();
-        if let Some(redis) = &self.redis {
-            if now >= self.redis_retry_at.load(Ordering::Relaxed) {
-                match redis.check(limits).await {
-                    Ok(d) => {
-                        if self.redis_failing.swap(false, Ordering::Relaxed) {
-                            tracing::warn!(
-                                "rate limiter: Redis is reachable again; limits are shared across instances"
-                            );
-                        }
-                        return d;
-                    }
-                    Err(e) => {
-                        self.redis_retry_at.store(now + REDIS_RETRY_AFTER_US, Ordering::Relaxed);
-                        if !self.redis_failing.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(error = %e, "rate limiter: Redis unreachable; using per-instance limits until it is back");
-                        }
-                    }
-                }
+        if let Some(redis) = self.shared(now) {
+            match redis.check(limits, count).await {
+                Ok(d) => return self.redis_ok(d),
+                Err(e) => self.redis_failed(now, &e),
             }
-            metrics::counter!("quota_ratelimit_redis_fallback_total").increment(1);
         }
-        self.local.check(limits, now)
+        self.local.check(limits, now, count)
+    }
+
+    /// Redis, unless it failed less than a second ago (then per-instance state is used, and
+    /// counted as a fallback).
+    fn shared(&self, now: Micros) -> Option<&redis_store::RedisStore> {
+        let redis = self.redis.as_ref()?;
+        if now >= self.redis_retry_at.load(Ordering::Relaxed) {
+            return Some(redis);
+        }
+        metrics::counter!("quota_ratelimit_redis_fallback_total").increment(1);
+        None
+    }
+
+    fn redis_ok<T>(&self, value: T) -> T {
+        if self.redis_failing.swap(false, Ordering::Relaxed) {
+            tracing::warn!("rate limiter: Redis is reachable again; limits are shared across instances");
+        }
+        value
+    }
+
+    fn redis_failed(&self, now: Micros, e: &str) {
+        self.redis_retry_at.store(now + REDIS_RETRY_AFTER_US, Ordering::Relaxed);
+        if !self.redis_failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "rate limiter: Redis unreachable; using per-instance limits until it is back");
+        }
+        metrics::counter!("quota_ratelimit_redis_fallback_total").increment(1);
+    }
+
+    /// How many limiter entries this instance holds in memory (rate limits and lockouts).
+    pub fn local_entries(&self) -> usize {
+        self.local.len() + self.lockouts.tracked()
     }
 }
 
 /// Check one limit outside `/v1` (per IP on register and login, per client on the token
 /// endpoint): 429 `rate_limit_exceeded` with the headers when refused.
 pub async fn check_one(limiter: &RateLimiter, key: String, per_minute: u32) -> Result<(), ApiError> {
-    let decisions = limiter.check(&[Limit { key, quota: Quota::per_minute(per_minute) }]).await;
+    check_one_counting(limiter, key, per_minute, Count::Yes).await
+}
+
+/// As [`check_one`], counting the request or not.
+pub async fn check_one_counting(
+    limiter: &RateLimiter,
+    key: String,
+    per_minute: u32,
+    count: Count,
+) -> Result<(), ApiError> {
+    let decisions = limiter.check_counting(&[Limit { key, quota: Quota::per_minute(per_minute) }], count).await;
     match decisions.first() {
         Some(d) if !d.allowed => {
             let mut e = refusal(d);

@@ -3,16 +3,17 @@
 //! as `gcra.rs`; `tests/rate_limits.rs` checks that both give the same answers.
 
 use super::gcra::Decision;
-use super::Limit;
+use super::{Count, Limit};
 use std::time::Duration;
 
 /// A decision must not wait on a slow Redis: past this, the request uses per-instance limits.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+pub(super) const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
 
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = #KEYS
+local count = ARGV[n * 3 + 1] ~= '0'
 local out = {}
 local new_tats = {}
 local allowed = true
@@ -47,7 +48,7 @@ for i = 1, n do
     new_tats[i] = new_tat
   end
 end
-if allowed then
+if allowed and count then
   for i = 1, n do
     local interval = tonumber(ARGV[(i - 1) * 3 + 1])
     redis.call('SET', KEYS[i], string.format('%d:%d', new_tats[i], interval), 'PX', math.ceil((new_tats[i] - now) / 1000) + 1000)
@@ -68,7 +69,7 @@ impl RedisStore {
         Ok(RedisStore { client, conn: tokio::sync::OnceCell::new(), script: redis::Script::new(SCRIPT) })
     }
 
-    async fn connection(&self) -> Result<redis::aio::ConnectionManager, String> {
+    pub(super) async fn connection(&self) -> Result<redis::aio::ConnectionManager, String> {
         let conn =
             tokio::time::timeout(REDIS_TIMEOUT, self.conn.get_or_try_init(|| self.client.get_connection_manager()))
                 .await
@@ -77,13 +78,14 @@ impl RedisStore {
         Ok(conn.clone())
     }
 
-    pub async fn check(&self, limits: &[Limit]) -> Result<Vec<Decision>, String> {
+    pub async fn check(&self, limits: &[Limit], count: Count) -> Result<Vec<Decision>, String> {
         let mut conn = self.connection().await?;
         let mut invocation = self.script.prepare_invoke();
         for l in limits {
             invocation.key(format!("quota:rl:{}", l.key));
             invocation.arg(l.quota.emission_interval()).arg(l.quota.burst_us()).arg(l.quota.limit);
         }
+        invocation.arg(if count == Count::Yes { 1 } else { 0 });
         let raw: Vec<i64> = tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async(&mut conn))
             .await
             .map_err(|_| "Redis did not answer in time".to_string())?

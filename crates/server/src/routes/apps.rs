@@ -132,6 +132,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = check_name(&body.name)?;
     let redirect_uris = check_redirect_uris(body.redirect_uris)?;
+    crate::account_caps::ensure_room(&state, crate::account_caps::Capped::Apps, &session.user.id).await?;
     let allowed_scopes = match &body.allowed_scopes {
         Some(s) => check_scopes(s)?,
         None => DEFAULT_SCOPES.to_string(),

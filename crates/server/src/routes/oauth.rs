@@ -14,13 +14,14 @@ use crate::oauth::tokens::{self, authenticate_client, no_store, parse_form, Form
 use crate::oauth::{issuer, pages, pkce, redirect, Scope, Scopes};
 use crate::routes::accounts;
 use crate::secrets::hash_token;
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use quota_core::{AccountId, Margin};
 use quota_store::oauth::{App, AuthCode};
 use serde_json::json;
+use std::net::SocketAddr;
 
 /// The pre-session cookie the sign-in form's CSRF token is bound to.
 const CSRF_COOKIE: &str = "quota_csrf";
@@ -316,7 +317,12 @@ pub async fn authorize_get(
 }
 
 /// `POST /oauth/authorize`: the sign-in, sign-up and consent forms.
-pub async fn authorize_post(State(state): State<SharedState>, headers: HeaderMap, RawBody(body): RawBody) -> Response {
+pub async fn authorize_post(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
     let (form, req, v) = match read_request(&state, &body).await {
         Ok(r) => r,
         Err(refusal) => return refusal.into_response(),
@@ -340,10 +346,12 @@ pub async fn authorize_post(State(state): State<SharedState>, headers: HeaderMap
             }
             let email = form.get("email").map(String::as_str).unwrap_or("");
             let password = form.get("password").map(String::as_str).unwrap_or("");
+            // The same functions, and so the same per-IP budgets and lockout, as /auth/*.
+            let ip = accounts::client_ip(&state, &peer, &headers);
             let user = if action == "login" {
-                accounts::authenticate(&state, email, password).await
+                accounts::sign_in(&state, ip, email, password).await
             } else {
-                sign_up(&state, email, password).await
+                accounts::sign_up(&state, ip, email, password).await
             };
             match user {
                 Ok(user) => match accounts::new_session(&state, &user).await {
@@ -357,7 +365,9 @@ pub async fn authorize_post(State(state): State<SharedState>, headers: HeaderMap
                     Err(e) => Refusal::from(e).into_response(),
                 },
                 Err(e) if e.status.is_server_error() => Refusal::from(e).into_response(),
-                Err(e) => sign_in_page(&state, &headers, &req, &v.app, e.status, Some(&e.message), email),
+                Err(e) => {
+                    e.with_retry_after(sign_in_page(&state, &headers, &req, &v.app, e.status, Some(&e.message), email))
+                }
             }
         }
         "approve" | "deny" => {
@@ -394,12 +404,6 @@ pub async fn authorize_post(State(state): State<SharedState>, headers: HeaderMap
         }
         _ => Refusal::Page(StatusCode::BAD_REQUEST, "unknown form action".into()).into_response(),
     }
-}
-
-async fn sign_up(state: &SharedState, email: &str, password: &str) -> Result<quota_store::User, ApiError> {
-    let email = accounts::parse_email(email)?;
-    accounts::check_password(password)?;
-    accounts::create_account(state, &email, password).await
 }
 
 /// Consent given: connect (with `user.connected` the first time) and grant the app's welcome
@@ -446,18 +450,16 @@ async fn approve(state: &SharedState, session: &SessionUser, v: &Validated) -> R
 // ---- token, userinfo, revoke ---------------------------------------------------------------
 
 /// `POST /oauth/token`: `authorization_code` and `refresh_token` grants.
-pub async fn token(State(state): State<SharedState>, headers: HeaderMap, RawBody(body): RawBody) -> Response {
-    // SPEC §7: 60 requests a minute per client, counted before the client is authenticated so
-    // guessing a secret is limited too.
-    if let Some(client) = parse_form(&body).ok().and_then(|f| f.get("client_id").cloned()) {
-        let key = format!("client:{client}");
-        if let Err(e) = crate::limit::check_one(&state.limiter, key, state.config.token_rate_limit_per_minute).await {
-            return e.into_response();
-        }
-    }
+pub async fn token(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    let ip = accounts::client_ip(&state, &peer, &headers);
     let result = async {
         let form = parse_form(&body).map_err(OAuthError::invalid_request)?;
-        let app = authenticate_client(&state, &form, &headers).await?;
+        let app = authenticate_client(&state, &form, &headers, ip).await?;
         let iss = issuer(&state.config, &headers);
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => tokens::exchange_code(&state, &app, &form, &iss).await,
@@ -526,10 +528,16 @@ pub async fn userinfo(State(state): State<SharedState>, headers: HeaderMap) -> R
 }
 
 /// `POST /oauth/revoke` (RFC 7009): 200 whether or not the token was known.
-pub async fn revoke(State(state): State<SharedState>, headers: HeaderMap, RawBody(body): RawBody) -> Response {
+pub async fn revoke(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    let ip = accounts::client_ip(&state, &peer, &headers);
     let result = async {
         let form = parse_form(&body).map_err(OAuthError::invalid_request)?;
-        let app = authenticate_client(&state, &form, &headers).await?;
+        let app = authenticate_client(&state, &form, &headers, ip).await?;
         tokens::revoke(&state, &app, &form).await
     }
     .await;

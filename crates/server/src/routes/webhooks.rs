@@ -101,7 +101,8 @@ pub async fn create(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: CreateEndpoint = parse_body(&body)?;
-    let url = validate_url(&req.url, state.config.webhook_private_urls_allowed())?;
+    let url = validate_url(&req.url, state.config.webhook_allow_private_urls)?;
+    crate::account_caps::ensure_room(&state, crate::account_caps::Capped::WebhookEndpoints, &s.user.id).await?;
     let now = state.clock.now_ms();
     let endpoint = WebhookEndpoint {
         id: quota_core::ids::new_id("whk_"),
@@ -149,7 +150,7 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let req: UpdateEndpoint = parse_body(&body)?;
     let patch = EndpointPatch {
-        url: req.url.map(|u| validate_url(&u, state.config.webhook_private_urls_allowed())).transpose()?,
+        url: req.url.map(|u| validate_url(&u, state.config.webhook_allow_private_urls)).transpose()?,
         description: description(req.description)?,
         events: req.events.map(|e| parse_events(&e)).transpose()?,
         low_balance_threshold: req.low_balance_threshold.map(threshold).transpose()?,

@@ -66,6 +66,8 @@ pub fn test_config(database_url: String) -> Config {
         register_rate_limit_per_minute: 10_000,
         login_rate_limit_per_minute: 10_000,
         rate_limit_per_minute: 100_000,
+        // Tests deliver webhooks to listeners on 127.0.0.1; the SSRF tests turn this off.
+        webhook_allow_private_urls: true,
         database_url,
         ..Default::default()
     }

@@ -32,6 +32,8 @@ pub struct AppState {
     pub clock: Arc<crate::clock::Clock>,
     /// Live webhook endpoints by developer, for the request path (SPEC §8).
     pub webhooks: crate::webhooks::Directory,
+    /// Where webhook hosts are looked up (checked against SSRF at every delivery).
+    pub webhook_resolver: Arc<dyn crate::webhooks::ssrf::Resolve>,
     /// The payment provider (SPEC §10), if configured.
     pub payments: Option<crate::payments::Provider>,
     openai: Arc<OpenAiAdapter>,
@@ -50,6 +52,15 @@ impl AppState {
 
     /// As `start`, with the clock injected (tests move it without sleeping).
     pub async fn start_with_clock(config: Config, clock: Arc<crate::clock::Clock>) -> anyhow::Result<SharedState> {
+        AppState::start_with_parts(config, clock, Arc::new(crate::webhooks::ssrf::SystemResolver)).await
+    }
+
+    /// As `start`, with the clock and the webhook resolver injected (tests script DNS).
+    pub async fn start_with_parts(
+        config: Config,
+        clock: Arc<crate::clock::Clock>,
+        webhook_resolver: Arc<dyn crate::webhooks::ssrf::Resolve>,
+    ) -> anyhow::Result<SharedState> {
         crate::metrics::handle();
         let store_config = StoreConfig {
             database_url: config.database_url.clone(),
@@ -86,6 +97,7 @@ impl AppState {
             payments,
             limiter,
             proxies,
+            webhook_resolver,
             webhooks,
             oauth: crate::oauth::OAuthState::default(),
             clock,

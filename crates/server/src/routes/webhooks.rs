@@ -95,13 +95,33 @@ async fn owned(state: &SharedState, s: &SessionUser, id: &str) -> Result<Webhook
 }
 
 /// `POST /v1/webhooks` → the endpoint and its `secret` (the only time it is shown).
+/// A new endpoint URL, checked (SPEC §8): its form, a literal address, and — unless private
+/// URLs are allowed — what its hostname resolves to now. A name that does not resolve yet is
+/// accepted; every delivery checks again.
+async fn checked_url(state: &SharedState, raw: &str) -> Result<String, ApiError> {
+    let allow_private = state.config.webhook_allow_private_urls;
+    let url = validate_url(raw, allow_private)?;
+    if allow_private {
+        return Ok(url);
+    }
+    if let Some(host) = url::Url::parse(&url).ok().and_then(|u| u.domain().map(str::to_string)) {
+        if let Err(e) = crate::webhooks::ssrf::resolve_checked(state.webhook_resolver.as_ref(), &host, false).await {
+            if e.starts_with("refused") {
+                return Err(ApiError::bad_request(format!("url `{raw}`: {e}"))
+                    .with_hint("use an https:// URL on a public host"));
+            }
+        }
+    }
+    Ok(url)
+}
+
 pub async fn create(
     State(state): State<SharedState>,
     s: SessionUser,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: CreateEndpoint = parse_body(&body)?;
-    let url = validate_url(&req.url, state.config.webhook_allow_private_urls)?;
+    let url = checked_url(&state, &req.url).await?;
     crate::account_caps::ensure_room(&state, crate::account_caps::Capped::WebhookEndpoints, &s.user.id).await?;
     let now = state.clock.now_ms();
     let endpoint = WebhookEndpoint {
@@ -150,7 +170,10 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let req: UpdateEndpoint = parse_body(&body)?;
     let patch = EndpointPatch {
-        url: req.url.map(|u| validate_url(&u, state.config.webhook_allow_private_urls)).transpose()?,
+        url: match req.url {
+            Some(u) => Some(checked_url(&state, &u).await?),
+            None => None,
+        },
         description: description(req.description)?,
         events: req.events.map(|e| parse_events(&e)).transpose()?,
         low_balance_threshold: req.low_balance_threshold.map(threshold).transpose()?,

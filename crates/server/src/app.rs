@@ -32,6 +32,8 @@ pub struct AppState {
     pub clock: Arc<crate::clock::Clock>,
     /// Live webhook endpoints by developer, for the request path (SPEC §8).
     pub webhooks: crate::webhooks::Directory,
+    /// Encrypts the OIDC signing key and webhook secrets at rest (SPEC §12).
+    pub master_key: crate::secrets::at_rest::MasterKey,
     /// Where webhook hosts are looked up (checked against SSRF at every delivery).
     pub webhook_resolver: Arc<dyn crate::webhooks::ssrf::Resolve>,
     /// The payment provider (SPEC §10), if configured.
@@ -61,13 +63,27 @@ impl AppState {
         clock: Arc<crate::clock::Clock>,
         webhook_resolver: Arc<dyn crate::webhooks::ssrf::Resolve>,
     ) -> anyhow::Result<SharedState> {
+        config.validate().map_err(anyhow::Error::msg)?;
         crate::metrics::handle();
         let store_config = StoreConfig {
             database_url: config.database_url.clone(),
             synchronous: config.sqlite_synchronous.parse().map_err(anyhow::Error::msg)?,
             ..Default::default()
         };
+        let sqlite_file = crate::files::sqlite_file(&config.database_url);
+        if let Some(file) = &sqlite_file {
+            crate::files::prepare_sqlite_file(file)
+                .map_err(|e| anyhow::anyhow!("preparing the database file {}: {e}", file.display()))?;
+        }
         let store = Store::open_and_migrate(&store_config).await?;
+        let master_key = crate::secrets::at_rest::unlock(
+            config.secret_key.as_deref(),
+            &store,
+            sqlite_file.as_deref(),
+            clock.now_ms(),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
         let ledger_config =
             LedgerConfig { batch_max: config.ledger_batch_max, hold_ttl: config.hold_ttl(), ..Default::default() };
         let ledger = Ledger::start(store.clone(), ledger_config).await?;
@@ -98,6 +114,7 @@ impl AppState {
             limiter,
             proxies,
             webhook_resolver,
+            master_key,
             webhooks,
             oauth: crate::oauth::OAuthState::default(),
             clock,

@@ -306,7 +306,9 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Check the values (also run by `AppState::start`, so a configuration built in code is held
+    /// to the same rules as one loaded from a file).
+    pub fn validate(&self) -> Result<(), String> {
         if self.welcome_credits < 0 {
             return Err("welcome_credits must not be negative".into());
         }

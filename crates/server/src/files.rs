@@ -3,7 +3,17 @@
 //! key file are mode 0600, whatever the umask. Not here: what goes in them.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The file a `sqlite:` database URL names (None for PostgreSQL and in-memory databases).
+pub fn sqlite_file(database_url: &str) -> Option<PathBuf> {
+    let rest = database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
 
 /// Create `path` (which must not exist) readable and writable by its owner only, with `bytes`.
 pub fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -495,9 +495,14 @@ async fn attempt(state: &SharedState, client: &reqwest::Client, d: DueDelivery) 
     let body = envelope(&d);
     let started_ms = state.clock.now_ms();
     let timestamp = started_ms.div_euclid(1000);
-    let sig = sign(&d.endpoint.secret, &d.event_id, timestamp, &body);
     let started = Instant::now();
-    let outcome = send(state, client, &d.endpoint, &d.event_id, timestamp, &sig, body).await;
+    let outcome = match open_secret(state, &d.endpoint.secret) {
+        Ok(secret) => {
+            let sig = sign(&secret, &d.event_id, timestamp, &body);
+            send(state, client, &d.endpoint, &d.event_id, timestamp, &sig, body).await
+        }
+        Err(e) => Err(e),
+    };
     let latency_ms = started.elapsed().as_millis() as i64;
     let (status_code, snippet, error) = match &outcome {
         Ok((status, text)) => (Some(i64::from(*status)), Some(text.clone()), None),
@@ -521,6 +526,18 @@ async fn attempt(state: &SharedState, client: &reqwest::Client, d: DueDelivery) 
         endpoint_id: d.endpoint.id.clone(),
         next_attempt_at: if succeeded { None } else { next_attempt_at(d.attempts + 1, now) },
     }
+}
+
+/// An endpoint's signing secret, opened with the master key (SPEC §12). A clear one (written
+/// by an older instance during a rolling upgrade) is used as it is; the next start seals it.
+fn open_secret(state: &SharedState, stored: &str) -> Result<String, String> {
+    if !stored.starts_with(crate::secrets::at_rest::SEALED_TEXT_PREFIX) {
+        return Ok(stored.to_string());
+    }
+    state.master_key.open_text(crate::secrets::at_rest::Purpose::WebhookSecret, stored).map_err(|e| {
+        tracing::error!(error = %e, "a webhook secret cannot be opened with the master key");
+        "the endpoint's secret cannot be read (master key)".to_string()
+    })
 }
 
 /// POST the body; `Ok((status, response snippet))` or a transport error's text.

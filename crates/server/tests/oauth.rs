@@ -883,7 +883,8 @@ async fn the_id_token_verifies_against_the_jwks_and_userinfo_has_the_balance() {
         s.send(reqwest::Method::GET, "/oauth/userinfo", access(&t), Value::Null).await.json().await.unwrap();
     assert_eq!(info, json!({"sub": user, "email": "oidc@example.com", "email_verified": false, "balance": 1_000_000}));
     // The key is generated once and kept: a fresh process on the same database loads it.
-    let reloaded = quota_server::oauth::jwt::SigningKeys::default().get(&s.state.store, 0).await.unwrap();
+    let reloaded =
+        quota_server::oauth::jwt::SigningKeys::default().get(&s.state.store, &s.state.master_key, 0).await.unwrap();
     assert_eq!(Some(reloaded.kid.as_str()), jwk["kid"].as_str());
     assert_eq!(reloaded.jwk, *jwk);
     let stored: i64 =

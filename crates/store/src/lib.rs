@@ -8,6 +8,7 @@
 //! holds in the database on PostgreSQL (`pg_ledger.rs`), behind one API.
 
 pub mod account_limits;
+pub mod at_rest;
 pub mod clock;
 mod db;
 pub mod events;

@@ -357,7 +357,7 @@ async fn token_response(
             .await
             .map_err(store_error("id_token user"))?
             .ok_or_else(OAuthError::server_error)?;
-        let key = state.oauth.signing.get(&state.store, now).await?;
+        let key = state.oauth.signing.get(&state.store, &state.master_key, now).await?;
         let (email, email_verified, name) = identity_claims(scopes, &user.email);
         let claims = IdTokenClaims {
             iss: issuer,

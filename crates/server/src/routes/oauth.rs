@@ -58,7 +58,7 @@ pub async fn discovery(State(state): State<SharedState>, headers: HeaderMap) -> 
 
 /// `GET /.well-known/jwks.json`: the id_token signing key.
 pub async fn jwks(State(state): State<SharedState>) -> Result<Response, ApiError> {
-    let key = state.oauth.signing.get(&state.store, state.clock.now_ms()).await?;
+    let key = state.oauth.signing.get(&state.store, &state.master_key, state.clock.now_ms()).await?;
     let mut resp = Json(json!({"keys": [key.jwk]})).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
     Ok(resp)

@@ -6,6 +6,7 @@ use crate::app::SharedState;
 use crate::auth::SessionUser;
 use crate::error::{internal, ApiError};
 use crate::routes::PageQuery;
+use crate::secrets::at_rest::Purpose;
 use crate::webhooks::{new_secret, parse_events, validate_url, DESCRIPTION_MAX_CHARS};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -131,17 +132,20 @@ pub async fn create(
         description: description(req.description)?.unwrap_or_default(),
         events: parse_events(&req.events.unwrap_or_default())?,
         low_balance_threshold: threshold(req.low_balance_threshold)?,
-        secret: new_secret(),
+        secret: String::new(),
         created_at: now,
         updated_at: now,
         failing_since: None,
         disabled_at: None,
         disabled_reason: None,
     };
-    state.store.create_webhook_endpoint(&endpoint).await.map_err(internal("create webhook"))?;
+    // Stored sealed with the master key (SPEC §12); shown in clear this once.
+    let secret = new_secret();
+    let stored = WebhookEndpoint { secret: state.master_key.seal_text(Purpose::WebhookSecret, &secret), ..endpoint };
+    state.store.create_webhook_endpoint(&stored).await.map_err(internal("create webhook"))?;
     reload(&state).await?;
-    let mut out = endpoint_json(&endpoint);
-    out["secret"] = Value::String(endpoint.secret);
+    let mut out = endpoint_json(&stored);
+    out["secret"] = Value::String(secret);
     Ok((StatusCode::CREATED, Json(out)))
 }
 
@@ -210,8 +214,9 @@ pub async fn rotate_secret(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let secret = new_secret();
+    let sealed = state.master_key.seal_text(Purpose::WebhookSecret, &secret);
     let now = state.clock.now_ms();
-    if !state.store.rotate_webhook_secret(&s.user.id, &id, &secret, now).await.map_err(internal("rotate secret"))? {
+    if !state.store.rotate_webhook_secret(&s.user.id, &id, &sealed, now).await.map_err(internal("rotate secret"))? {
         return Err(ApiError::not_found("webhook endpoint"));
     }
     let mut out = endpoint_json(&owned(&state, &s, &id).await?);

@@ -141,7 +141,7 @@ pub fn key_file_for(sqlite_file: &Path) -> PathBuf {
 /// The master key: `secret_key`, else (SQLite) the key file beside the database, created 0600
 /// with a new random key when absent and `may_create` (a database that has no check value yet).
 /// Returns the key and whether the file was just created.
-pub fn load(secret_key: Option<&str>, sqlite_file: Option<&Path>) -> Result<(MasterKey, bool), String> {
+fn load(secret_key: Option<&str>, sqlite_file: Option<&Path>, may_create: bool) -> Result<(MasterKey, bool), String> {
     if let Some(text) = secret_key.filter(|t| !t.trim().is_empty()) {
         return Ok((MasterKey::parse(text)?, false));
     }
@@ -158,6 +158,12 @@ pub fn load(secret_key: Option<&str>, sqlite_file: Option<&Path>) -> Result<(Mas
             let key = MasterKey::parse(&text).map_err(|e| format!("master key file {}: {e}", path.display()))?;
             Ok((key, false))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !may_create => Err(format!(
+            "the master key file {} is missing, but this database's OIDC signing key and webhook secrets \
+             were encrypted with it: restore the file (or set secret_key to the key it held). Without it \
+             those secrets cannot be read; Quota will not start rather than replace them",
+            path.display()
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (key, text) = MasterKey::generate()?;
             crate::files::create_private(&path, format!("{text}\n").as_bytes())
@@ -167,6 +173,64 @@ pub fn load(secret_key: Option<&str>, sqlite_file: Option<&Path>) -> Result<(Mas
         }
         Err(e) => Err(format!("reading the master key file {}: {e}", path.display())),
     }
+}
+
+/// Unlock the database's secrets at start-up: load the master key, prove it is the one the
+/// database was sealed with (or record that it is, on a database that had none), and seal
+/// whatever an older version stored in clear (then scrub the file of the clear copies).
+pub async fn unlock(
+    secret_key: Option<&str>,
+    store: &quota_store::Store,
+    sqlite_file: Option<&Path>,
+    now_ms: i64,
+) -> Result<MasterKey, String> {
+    let db = |e: quota_store::StoreError| format!("reading the master key check: {e}");
+    let existing = store.master_key_check().await.map_err(db)?;
+    let (key, created) = load(secret_key, sqlite_file, existing.is_none())?;
+    let wrong = || {
+        let source = match (secret_key, sqlite_file) {
+            (Some(_), _) => "secret_key".to_string(),
+            (None, Some(db)) => key_file_for(db).display().to_string(),
+            (None, None) => "the master key".to_string(),
+        };
+        format!(
+            "{source} is not the master key this database's OIDC signing key and webhook secrets were encrypted \
+             with: use the key it was first started with (Quota will not start rather than lose them)"
+        )
+    };
+    let check = match existing {
+        Some(check) => check,
+        None => store.init_master_key_check(&key.check_value(), now_ms).await.map_err(db)?,
+    };
+    if !key.opens_check(&check) {
+        if created {
+            // A key file this start made for nothing: another instance won the race.
+            if let Some(db) = sqlite_file {
+                let _ = std::fs::remove_file(key_file_for(db));
+            }
+        }
+        return Err(wrong());
+    }
+    let sealed = seal_clear_secrets(&key, store).await.map_err(|e| format!("encrypting stored secrets: {e}"))?;
+    if sealed > 0 {
+        store.scrub_freed_pages().await.map_err(|e| format!("scrubbing the database file: {e}"))?;
+        tracing::info!(secrets = sealed, "encrypted secrets an older version stored in clear");
+    }
+    Ok(key)
+}
+
+/// Seal the webhook secrets and signing keys still stored in clear; how many there were.
+async fn seal_clear_secrets(key: &MasterKey, store: &quota_store::Store) -> Result<usize, quota_store::StoreError> {
+    let mut n = 0;
+    for (id, clear) in store.clear_webhook_secrets().await? {
+        store.seal_webhook_secret(&id, &clear, &key.seal_text(Purpose::WebhookSecret, &clear)).await?;
+        n += 1;
+    }
+    for (kid, der) in store.clear_signing_keys().await? {
+        store.seal_signing_key(&kid, &der, &key.seal(Purpose::SigningKey, &der)).await?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

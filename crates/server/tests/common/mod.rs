@@ -107,6 +107,9 @@ pub fn test_config(database_url: String) -> Config {
         rate_limit_per_minute: 100_000,
         // Tests deliver webhooks to listeners on 127.0.0.1; the SSRF tests turn this off.
         webhook_allow_private_urls: true,
+        // On SQLite the master key file beside each test database is used (and tested); on
+        // PostgreSQL every instance needs it in the configuration.
+        secret_key: on_postgres().then(|| "7e".repeat(32)),
         database_url,
         ..Default::default()
     }

@@ -293,7 +293,9 @@ struct Minted {
     rows: [NewToken; 2],
 }
 
-fn mint(now: i64) -> Minted {
+/// New access and refresh tokens; the access token with `access_scopes` when narrower than the
+/// grant's (the refresh token keeps its own, RFC 6749 §6).
+fn mint(now: i64, access_scopes: Option<String>) -> Minted {
     let access = quota_core::ids::new_secret(crate::auth::USER_TOKEN_PREFIX);
     let refresh = quota_core::ids::new_secret(super::REFRESH_TOKEN_PREFIX);
     let rows = [
@@ -301,11 +303,13 @@ fn mint(now: i64) -> Minted {
             token_hash: hash_token(&access),
             kind: TokenKind::Access,
             expires_at: now + super::ACCESS_TOKEN_TTL_MS,
+            scopes: access_scopes,
         },
         NewToken {
             token_hash: hash_token(&refresh),
             kind: TokenKind::Refresh,
             expires_at: now + super::REFRESH_TOKEN_TTL_MS,
+            scopes: None,
         },
     ];
     Minted { access, refresh, rows }
@@ -458,7 +462,7 @@ pub async fn exchange_code(
         nonce: row.nonce.clone(),
         auth_time: row.auth_time,
     };
-    let minted = mint(now);
+    let minted = mint(now, None);
     match state.store.exchange_code(&code_hash, &grant, &minted.rows, now).await.map_err(store_error("exchange"))? {
         Ok(()) => {}
         Err(ExchangeError::AlreadyUsed) => {
@@ -498,14 +502,19 @@ pub async fn refresh(state: &SharedState, app: &App, form: &Form, issuer: &str) 
     if row.expires_at <= now {
         return Err(OAuthError::invalid_grant("refresh token expired"));
     }
-    let scopes = Scopes::parse(&row.scopes).map_err(|_| OAuthError::server_error())?;
-    if let Some(asked) = field(form, "scope") {
-        let asked = Scopes::parse(asked).map_err(OAuthError::invalid_scope)?;
-        if !asked.is_subset_of(scopes) {
-            return Err(OAuthError::invalid_scope("a refresh cannot add scopes to the grant"));
+    let granted = Scopes::parse(&row.scopes).map_err(|_| OAuthError::server_error())?;
+    // A narrower `scope` gets tokens with just that scope (RFC 6749 §6); omitted: the grant's.
+    let scopes = match field(form, "scope") {
+        Some(asked) => {
+            let asked = Scopes::parse(asked).map_err(OAuthError::invalid_scope)?;
+            if asked.is_empty() || !asked.is_subset_of(granted) {
+                return Err(OAuthError::invalid_scope("a refresh can narrow the grant's scopes, not add to them"));
+            }
+            asked
         }
-    }
-    let minted = mint(now);
+        None => granted,
+    };
+    let minted = mint(now, (scopes != granted).then(|| scopes.to_string()));
     match state
         .store
         .rotate_refresh_token(&hash, &row.grant_id, &minted.rows, now)

@@ -30,7 +30,8 @@ const CONSENT_MODELS: [&str; 3] = ["gpt-4o-mini", "gpt-4o", "gpt-4.1"];
 
 // ---- discovery -----------------------------------------------------------------------------
 
-/// `GET /.well-known/openid-configuration`, cacheable for an hour.
+/// `GET /.well-known/openid-configuration`: cacheable for an hour when the issuer is
+/// `public_url`, `no-store` otherwise.
 pub async fn discovery(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let iss = issuer(&state.config, &headers);
     let doc = json!({
@@ -52,7 +53,13 @@ pub async fn discovery(State(state): State<SharedState>, headers: HeaderMap) -> 
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "email", "email_verified", "name", "balance"],
     });
     let mut resp = Json(doc).into_response();
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    // Without public_url the URLs come from the request's Host: no shared cache may keep them.
+    let cache = if state.config.public_url.as_deref().is_some_and(|u| !u.is_empty()) {
+        "public, max-age=3600"
+    } else {
+        "no-store"
+    };
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     resp
 }
 
@@ -281,14 +288,35 @@ async fn consent_page(state: &SharedState, session: &SessionUser, v: &Validated,
         Ok(b) => b,
         Err(e) => return Refusal::from(crate::error::internal("consent balance")(e)).into_response(),
     };
+    // What the user consented to before, when the app has raised its margin since: the page
+    // shows old → new, and approving it is what makes the new margin apply (SPEC §5).
+    let previous = match state.store.consented_margin(&session.user.id, &v.app.id).await {
+        Ok(p) => p.filter(|bps| *bps < v.app.profit_margin_bps).and_then(|bps| Margin::from_bps(bps).ok()),
+        Err(e) => return Refusal::from(crate::error::internal("consented margin")(e)).into_response(),
+    };
     let price = pages::PriceView {
         margin: Margin::from_bps(v.app.profit_margin_bps).unwrap_or(Margin::ZERO),
+        previous_margin: previous,
         balance,
         models: CONSENT_MODELS.iter().filter_map(|id| state.catalog.get(id).map(|m| m.as_ref())).collect(),
     };
-    let csrf = state.oauth.csrf.token("consent", &session.token_hash);
-    let hidden = pages::hidden_fields(&req.pairs());
+    // The token commits to the margin shown, so an approval consents to exactly that margin
+    // (and a developer's change after the page was shown makes it stale).
+    let shown = price.margin.bps();
+    let csrf = state.oauth.csrf.token(&consent_purpose(shown), &session.token_hash);
+    let mut pairs = req.pairs();
+    let shown_text = shown.to_string();
+    pairs.push((SHOWN_MARGIN_FIELD, &shown_text));
+    let hidden = pages::hidden_fields(&pairs);
     html(StatusCode::OK, pages::consent(&v.app.name, &session.user.email, v.scopes, &price, &hidden, &csrf), None)
+}
+
+/// The consent form's field carrying the margin (basis points) its page showed.
+const SHOWN_MARGIN_FIELD: &str = "shown_margin_bps";
+
+/// The consent form's CSRF purpose: bound to the margin shown.
+fn consent_purpose(margin_bps: u32) -> String {
+    format!("consent:{margin_bps}")
 }
 
 /// Parse (a query string or a form body) and validate an authorization request.
@@ -386,18 +414,25 @@ pub async fn authorize_post(
                 }
                 Err(e) => return Refusal::from(e).into_response(),
             };
-            if !state.oauth.csrf.verify("consent", &session.token_hash, submitted_csrf) {
+            let shown = form.get(SHOWN_MARGIN_FIELD).and_then(|m| m.parse::<u32>().ok());
+            let fresh = shown
+                .is_some_and(|bps| state.oauth.csrf.verify(&consent_purpose(bps), &session.token_hash, submitted_csrf));
+            let Some(shown) = shown.filter(|_| fresh) else {
                 return Refusal::Page(
                     StatusCode::FORBIDDEN,
                     "This form expired or did not come from Quota; nothing was approved. Go back and try again.".into(),
                 )
                 .into_response();
+            };
+            if action == "approve" && shown != v.app.profit_margin_bps {
+                // The developer changed the markup after the page was shown: show the new one.
+                return consent_page(&state, &session, &v, &req).await;
             }
             if action == "deny" {
                 tracing::info!(app = %v.app.id, user = %session.user.id, "consent denied");
                 return v.redirect(&[("error", "access_denied"), ("error_description", "the user denied the request")]);
             }
-            match approve(&state, &session, &v).await {
+            match approve(&state, &session, &v, shown).await {
                 Ok(code) => v.redirect(&[("code", &code)]),
                 Err(e) => Refusal::from(e).into_response(),
             }
@@ -408,15 +443,23 @@ pub async fn authorize_post(
 
 /// Consent given: connect (with `user.connected` the first time) and grant the app's welcome
 /// credits (once per user ever), then a single-use code for the app.
-async fn approve(state: &SharedState, session: &SessionUser, v: &Validated) -> Result<String, ApiError> {
+async fn approve(
+    state: &SharedState,
+    session: &SessionUser,
+    v: &Validated,
+    shown_margin_bps: u32,
+) -> Result<String, ApiError> {
     let now = state.clock.now_ms();
     let user_id = &session.user.id;
     let event = tokens::connection_event("user.connected", &v.app, user_id, now);
     let newly = state
         .store
-        .connect(user_id, &v.app.id, &v.scopes.to_string(), now, event)
+        .connect(user_id, &v.app.id, &v.scopes.to_string(), shown_margin_bps, now, event)
         .await
         .map_err(crate::error::internal("connect"))?;
+    // The connection's margin may have risen (a re-approval): cached tokens carry the old one.
+    state.oauth.tokens.evict_connection(user_id, &v.app.id);
+    crate::changes::announce(state, &crate::changes::connection(user_id, &v.app.id)).await;
     if newly {
         tracing::info!(app = %v.app.id, user = %user_id, "user connected");
     }

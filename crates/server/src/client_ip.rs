@@ -67,6 +67,19 @@ impl TrustedProxies {
     }
 }
 
+/// What per-IP limits count `ip` as: an IPv4 address itself, an IPv6 address by its /64 (one
+/// subscriber's allocation: otherwise a single host could rotate through 2^64 addresses, each
+/// with a fresh budget).
+pub fn limit_bucket(ip: IpAddr) -> String {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
 /// IPv4-mapped IPv6 addresses as the IPv4 address they are.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -116,6 +129,14 @@ mod tests {
         assert_eq!(p.client(&peer, &headers("1.2.3.4")).to_string(), "203.0.113.5");
         let mapped: SocketAddr = "[::ffff:10.0.0.1]:5000".parse().unwrap();
         assert_eq!(p.client(&mapped, &headers("1.2.3.4")).to_string(), "1.2.3.4", "IPv4-mapped peers are IPv4");
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64() {
+        let a = limit_bucket("2001:db8:1:2:aaaa::1".parse().unwrap());
+        assert_eq!(a, limit_bucket("2001:db8:1:2:ffff::9".parse().unwrap()));
+        assert_ne!(a, limit_bucket("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(limit_bucket("::ffff:198.51.100.1".parse().unwrap()), "198.51.100.1");
     }
 
     #[test]

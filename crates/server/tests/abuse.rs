@@ -431,3 +431,33 @@ async fn the_caps_are_configurable() {
     assert_eq!(s.send(reqwest::Method::POST, "/developers/apps", &session, app.clone()).await.status(), 201);
     expect_error(s.send(reqwest::Method::POST, "/developers/apps", &session, app).await, 403, "limit_reached").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lockout_is_shared_by_instances_through_redis() {
+    let url = match std::env::var("QUOTA_TEST_REDIS_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            eprintln!("skipped the_lockout_is_shared_by_instances_through_redis: QUOTA_TEST_REDIS_URL is not set");
+            return;
+        }
+    };
+    let a = TestServer::start_with({
+        let url = url.clone();
+        move |c| c.redis_url = Some(url)
+    })
+    .await;
+    let b = TestServer::start_sharing(&a, move |c| c.redis_url = Some(url)).await;
+    let app = a.app(json!({})).await;
+    // A fresh email per run: Redis outlives test runs.
+    let email = format!("{}@example.com", quota_core::ids::new_id("shared_").to_lowercase());
+    a.register(&email).await;
+    for i in 0..10 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let r = attempt(s, &app, WayIn::Api, false, "", &email, "wrong password").await;
+        assert_eq!(r.status(), 401, "failure {i}");
+    }
+    for s in [&a, &b] {
+        let r = attempt(s, &app, WayIn::Api, false, "", &email, "correct horse").await;
+        assert_eq!(r.status(), 429, "five failures on each instance lock the email on both");
+    }
+}

@@ -234,6 +234,38 @@ mod tests {
         assert!(limiter.check(&limit).await[0].allowed);
     }
 
+    #[tokio::test]
+    async fn a_flood_of_distinct_keys_stays_under_the_hard_cap() {
+        let clock = Arc::new(Clock::manual(1_000_000_000));
+        let limiter = RateLimiter::local(clock.clone());
+        // Every entry still refilling (none has expired): only the cap bounds the table.
+        for i in 0..(LOCAL_ENTRIES_MAX * 2 + 7) {
+            let limit = [Limit {
+                key: format!("ip:login:10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                quota: Quota::per_minute(5),
+            }];
+            assert!(limiter.check(&limit).await[0].allowed);
+        }
+        assert!(limiter.local_entries() <= LOCAL_ENTRIES_MAX, "{} entries", limiter.local_entries());
+        // The newest keys are kept (the oldest went): the last one is still counted.
+        let last = LOCAL_ENTRIES_MAX * 2 + 6;
+        let key = format!("ip:login:10.{}.{}.{}", last >> 16, (last >> 8) & 255, last & 255);
+        let limit = [Limit { key, quota: Quota::per_minute(1) }];
+        assert!(!limiter.check(&limit).await[0].allowed, "its state survived the evictions");
+    }
+
+    #[tokio::test]
+    async fn entries_whose_allowance_is_full_again_are_dropped_first() {
+        let clock = Arc::new(Clock::manual(1_000_000_000));
+        let limiter = RateLimiter::local(clock.clone());
+        for i in 0..LOCAL_ENTRIES_MAX {
+            limiter.check(&[Limit { key: format!("old{i}"), quota: Quota::per_minute(60) }]).await;
+        }
+        clock.advance(std::time::Duration::from_secs(2));
+        limiter.check(&[Limit { key: "new".into(), quota: Quota::per_minute(60) }]).await;
+        assert_eq!(limiter.local_entries(), 1, "every refilled entry went at once");
+    }
+
     #[test]
     fn headers_name_limit_remaining_and_reset() {
         let d = Decision { allowed: true, limit: 100, remaining: 42, reset_after_us: 34_800_000, retry_after_us: 0 };

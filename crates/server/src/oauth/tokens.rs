@@ -265,6 +265,7 @@ pub async fn authenticate_client(
         .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
     // Keys are built from the app's id and the client IP only: values the server verified.
     let per_minute = state.config.token_rate_limit_per_minute;
+    let ip = crate::client_ip::limit_bucket(ip);
     crate::limit::check_one(&state.limiter, format!("token:{}:{ip}", app.id), per_minute).await?;
     let guesses = format!("token-secret:{}:{ip}", app.id);
     match (&app.client_secret_hash, secret) {

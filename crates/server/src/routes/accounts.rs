@@ -158,8 +158,9 @@ pub async fn sign_in(state: &SharedState, ip: IpAddr, email: &str, password: &st
 /// A sign-up by any way in (`/auth/register`, the `/oauth/authorize` and dashboard forms):
 /// the per-IP register limit, then the account with its welcome credits.
 pub async fn sign_up(state: &SharedState, ip: IpAddr, email: &str, password: &str) -> Result<User, ApiError> {
-    crate::limit::check_one(&state.limiter, format!("ip:register:{ip}"), state.config.register_rate_limit_per_minute)
-        .await?;
+    let bucket = crate::client_ip::limit_bucket(ip);
+    let per_minute = state.config.register_rate_limit_per_minute;
+    crate::limit::check_one(&state.limiter, format!("ip:register:{bucket}"), per_minute).await?;
     let email = parse_email(email)?;
     check_password(password)?;
     create_account(state, &email, password).await

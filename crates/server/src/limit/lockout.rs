@@ -68,17 +68,6 @@ impl LocalLockouts {
     }
 }
 
-/// Count a failure: INCR within the window; at the threshold set the lock for the window.
-const FAIL_SCRIPT: &str = r#"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if n >= tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-  redis.call('DEL', KEYS[1])
-end
-return 0
-"#;
-
 fn email_key(email: &str) -> [u8; 32] {
     Sha256::digest(email.trim().to_lowercase().as_bytes()).into()
 }
@@ -107,20 +96,8 @@ impl RateLimiter {
         let now = self.clock.now_us();
         if let Some(redis) = self.shared(now) {
             let (_, lock) = redis_keys(&key);
-            let ttl: Result<i64, String> = async {
-                let mut conn = redis.connection().await?;
-                let mut cmd = redis::cmd("PTTL");
-                cmd.arg(&lock);
-                tokio::time::timeout(super::redis_store::REDIS_TIMEOUT, cmd.query_async::<i64>(&mut conn))
-                    .await
-                    .map_err(|_| "Redis did not answer in time".to_string())?
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            match ttl {
-                Ok(ms) if ms > 0 => return Err(locked(ms * 1000)),
-                Ok(_) => return self.redis_ok(Ok(())),
-                Err(e) => self.redis_failed(now, &e),
+            if let Some(ttl_ms) = self.settle(now, redis.query(redis::cmd("PTTL").arg(&lock)).await) {
+                return if ttl_ms > 0 { Err(locked(ttl_ms * 1000)) } else { Ok(()) };
             }
         }
         match self.lockouts.locked_for(&key, now) {
@@ -135,20 +112,9 @@ impl RateLimiter {
         let now = self.clock.now_us();
         if let Some(redis) = self.shared(now) {
             let (failures, lock) = redis_keys(&key);
-            let done: Result<i64, String> = async {
-                let mut conn = redis.connection().await?;
-                let script = redis::Script::new(FAIL_SCRIPT);
-                let mut call = script.prepare_invoke();
-                call.key(&failures).key(&lock).arg(max).arg((window_us / 1000).max(1));
-                tokio::time::timeout(super::redis_store::REDIS_TIMEOUT, call.invoke_async(&mut conn))
-                    .await
-                    .map_err(|_| "Redis did not answer in time".to_string())?
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            match done {
-                Ok(_) => return self.redis_ok(()),
-                Err(e) => self.redis_failed(now, &e),
+            let counted = redis.lockout_fail(&failures, &lock, max, (window_us / 1000).max(1)).await;
+            if self.settle(now, counted).is_some() {
+                return;
             }
         }
         self.lockouts.fail(key, now, max, window_us);
@@ -161,19 +127,7 @@ impl RateLimiter {
         self.lockouts.clear(&key);
         if let Some(redis) = self.shared(now) {
             let (failures, lock) = redis_keys(&key);
-            let done: Result<i64, String> = async {
-                let mut conn = redis.connection().await?;
-                let mut cmd = redis::cmd("DEL");
-                cmd.arg(&failures).arg(&lock);
-                tokio::time::timeout(super::redis_store::REDIS_TIMEOUT, cmd.query_async::<i64>(&mut conn))
-                    .await
-                    .map_err(|_| "Redis did not answer in time".to_string())?
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            if let Err(e) = done {
-                self.redis_failed(now, &e);
-            }
+            self.settle(now, redis.query(redis::cmd("DEL").arg(&failures).arg(&lock)).await);
         }
     }
 }

@@ -112,9 +112,8 @@ impl RateLimiter {
     pub async fn check_counting(&self, limits: &[Limit], count: Count) -> Vec<Decision> {
         let now = self.clock.now_us();
         if let Some(redis) = self.shared(now) {
-            match redis.check(limits, count).await {
-                Ok(d) => return self.redis_ok(d),
-                Err(e) => self.redis_failed(now, &e),
+            if let Some(d) = self.settle(now, redis.check(limits, count).await) {
+                return d;
             }
         }
         self.local.check(limits, now, count)
@@ -131,19 +130,26 @@ impl RateLimiter {
         None
     }
 
-    fn redis_ok<T>(&self, value: T) -> T {
-        if self.redis_failing.swap(false, Ordering::Relaxed) {
-            tracing::warn!("rate limiter: Redis is reachable again; limits are shared across instances");
+    /// What a Redis call answered: `Some` (and a log line if Redis just came back), or `None`
+    /// after a failure (logged once, counted, and Redis left alone for a second): the caller
+    /// then uses per-instance state.
+    fn settle<T>(&self, now: Micros, answer: Result<T, String>) -> Option<T> {
+        match answer {
+            Ok(value) => {
+                if self.redis_failing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("rate limiter: Redis is reachable again; limits are shared across instances");
+                }
+                Some(value)
+            }
+            Err(e) => {
+                self.redis_retry_at.store(now + REDIS_RETRY_AFTER_US, Ordering::Relaxed);
+                if !self.redis_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "rate limiter: Redis unreachable; using per-instance limits until it is back");
+                }
+                metrics::counter!("quota_ratelimit_redis_fallback_total").increment(1);
+                None
+            }
         }
-        value
-    }
-
-    fn redis_failed(&self, now: Micros, e: &str) {
-        self.redis_retry_at.store(now + REDIS_RETRY_AFTER_US, Ordering::Relaxed);
-        if !self.redis_failing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(error = %e, "rate limiter: Redis unreachable; using per-instance limits until it is back");
-        }
-        metrics::counter!("quota_ratelimit_redis_fallback_total").increment(1);
     }
 
     /// How many limiter entries this instance holds in memory (rate limits and lockouts).

@@ -7,7 +7,7 @@ use super::{Count, Limit};
 use std::time::Duration;
 
 /// A decision must not wait on a slow Redis: past this, the request uses per-instance limits.
-pub(super) const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
 
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
@@ -57,19 +57,59 @@ end
 return out
 "#;
 
+/// Count a failed sign-in (`lockout.rs`): INCR within the window; at the threshold set the
+/// lock for the window and start the count over.
+const LOCKOUT_FAIL_SCRIPT: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if n >= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
 pub struct RedisStore {
     client: redis::Client,
     conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
     script: redis::Script,
+    lockout_fail: redis::Script,
+}
+
+/// A Redis call bounded by [`REDIS_TIMEOUT`].
+async fn timed<T>(call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+    tokio::time::timeout(REDIS_TIMEOUT, call)
+        .await
+        .map_err(|_| "Redis did not answer in time".to_string())?
+        .map_err(|e| e.to_string())
 }
 
 impl RedisStore {
     pub fn new(url: &str) -> Result<RedisStore, String> {
         let client = redis::Client::open(url).map_err(|e| format!("redis_url: {e}"))?;
-        Ok(RedisStore { client, conn: tokio::sync::OnceCell::new(), script: redis::Script::new(SCRIPT) })
+        Ok(RedisStore {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+            script: redis::Script::new(SCRIPT),
+            lockout_fail: redis::Script::new(LOCKOUT_FAIL_SCRIPT),
+        })
     }
 
-    pub(super) async fn connection(&self) -> Result<redis::aio::ConnectionManager, String> {
+    /// One command answering an integer (PTTL, DEL).
+    pub async fn query(&self, cmd: &redis::Cmd) -> Result<i64, String> {
+        let mut conn = self.connection().await?;
+        timed(cmd.query_async::<i64>(&mut conn)).await
+    }
+
+    /// Count a failed sign-in under `failures`; lock `lock` for `window_ms` at `max`.
+    pub async fn lockout_fail(&self, failures: &str, lock: &str, max: u32, window_ms: i64) -> Result<(), String> {
+        let mut conn = self.connection().await?;
+        let mut call = self.lockout_fail.prepare_invoke();
+        call.key(failures).key(lock).arg(max).arg(window_ms);
+        timed(call.invoke_async::<i64>(&mut conn)).await.map(|_| ())
+    }
+
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, String> {
         let conn =
             tokio::time::timeout(REDIS_TIMEOUT, self.conn.get_or_try_init(|| self.client.get_connection_manager()))
                 .await
@@ -86,10 +126,7 @@ impl RedisStore {
             invocation.arg(l.quota.emission_interval()).arg(l.quota.burst_us()).arg(l.quota.limit);
         }
         invocation.arg(if count == Count::Yes { 1 } else { 0 });
-        let raw: Vec<i64> = tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| "Redis did not answer in time".to_string())?
-            .map_err(|e| e.to_string())?;
+        let raw: Vec<i64> = timed(invocation.invoke_async(&mut conn)).await?;
         if raw.len() != limits.len() * 4 {
             return Err(format!("unexpected answer from the rate-limit script ({} values)", raw.len()));
         }

@@ -492,6 +492,20 @@ async fn approve(
 
 // ---- token, userinfo, revoke ---------------------------------------------------------------
 
+/// A token or revocation request's form and the client it authenticated as (SPEC §5: client
+/// authentication comes before anything else is remembered about the request).
+async fn client_request(
+    state: &SharedState,
+    peer: &SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Form, App), OAuthError> {
+    let form = parse_form(body).map_err(OAuthError::invalid_request)?;
+    let ip = accounts::client_ip(state, peer, headers);
+    let app = authenticate_client(state, &form, headers, ip).await?;
+    Ok((form, app))
+}
+
 /// `POST /oauth/token`: `authorization_code` and `refresh_token` grants.
 pub async fn token(
     State(state): State<SharedState>,
@@ -499,10 +513,8 @@ pub async fn token(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    let ip = accounts::client_ip(&state, &peer, &headers);
     let result = async {
-        let form = parse_form(&body).map_err(OAuthError::invalid_request)?;
-        let app = authenticate_client(&state, &form, &headers, ip).await?;
+        let (form, app) = client_request(&state, &peer, &headers, &body).await?;
         let iss = issuer(&state.config, &headers);
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => tokens::exchange_code(&state, &app, &form, &iss).await,
@@ -577,10 +589,8 @@ pub async fn revoke(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    let ip = accounts::client_ip(&state, &peer, &headers);
     let result = async {
-        let form = parse_form(&body).map_err(OAuthError::invalid_request)?;
-        let app = authenticate_client(&state, &form, &headers, ip).await?;
+        let (form, app) = client_request(&state, &peer, &headers, &body).await?;
         tokens::revoke(&state, &app, &form).await
     }
     .await;

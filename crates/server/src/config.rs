@@ -474,6 +474,23 @@ mod tests {
     }
 
     #[test]
+    fn issue_14_keys_parse_and_dev_payments_need_a_non_https_public_url() {
+        let c = Config::load_from(None, env(&[("QUOTA_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")])).unwrap();
+        assert_eq!(c.trusted_proxies, vec!["10.0.0.0/8".to_string(), "127.0.0.1".to_string()]);
+        assert!(!c.webhook_allow_private_urls, "off by default, whatever bind is");
+        assert_eq!((c.max_api_keys_per_account, c.max_apps_per_account, c.max_webhooks_per_account), (100, 20, 20));
+        assert_eq!((c.lockout_failures, c.lockout_window_secs), (10, 900));
+        assert!(Config::load_from(None, env(&[("QUOTA_TRUSTED_PROXIES", "10.0.0.0/99")])).is_err());
+        assert!(Config::load_from(None, env(&[("QUOTA_SECRET_KEY", "short")])).is_err());
+        assert!(Config::load_from(None, env(&[("QUOTA_SECRET_KEY", &"ab".repeat(32))])).is_ok());
+        let dev_on =
+            |url: &str| Config::load_from(None, env(&[("QUOTA_PAYMENTS_PROVIDER", "dev"), ("QUOTA_PUBLIC_URL", url)]));
+        let e = dev_on("https://quota.example.com").unwrap_err();
+        assert!(e.contains("dev") && e.contains("https"), "{e}");
+        assert!(dev_on("http://localhost:8080").is_ok());
+    }
+
+    #[test]
     fn bad_values_are_reported() {
         assert!(Config::load_from(None, env(&[("QUOTA_PORT", "eighty")])).is_err());
         assert!(Config::load_from(None, env(&[("QUOTA_WELCOME_CREDITS", "-1")])).is_err());

@@ -146,9 +146,10 @@ fn load(secret_key: Option<&str>, sqlite_file: Option<&Path>, may_create: bool) 
         return Ok((MasterKey::parse(text)?, false));
     }
     let Some(db) = sqlite_file else {
-        return Err("with PostgreSQL, set secret_key (or QUOTA_SECRET_KEY): the master key \
-                    that encrypts the OIDC signing key and webhook secrets, the same on every instance \
-                    (generate one with `openssl rand -hex 32`)"
+        return Err("set secret_key (or QUOTA_SECRET_KEY): the master key that encrypts the OIDC signing \
+                    key and webhook secrets. It is required with PostgreSQL (the same on every instance) \
+                    and with a SQLite database that has no file to keep a key file beside. Generate one \
+                    with `openssl rand -hex 32`"
             .into());
     };
     let path = key_file_for(db);

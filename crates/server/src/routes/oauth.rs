@@ -344,6 +344,19 @@ pub async fn authorize_get(
     }
 }
 
+/// One submitted authorization form: its request, validated, and the form's fields.
+struct Submitted {
+    form: Form,
+    req: AuthorizeRequest,
+    v: Validated,
+}
+
+impl Submitted {
+    fn field(&self, name: &str) -> &str {
+        self.form.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
 /// `POST /oauth/authorize`: the sign-in, sign-up and consent forms.
 pub async fn authorize_post(
     State(state): State<SharedState>,
@@ -355,89 +368,85 @@ pub async fn authorize_post(
         Ok(r) => r,
         Err(refusal) => return refusal.into_response(),
     };
-    let submitted_csrf = form.get("csrf_token").map(String::as_str).unwrap_or("");
-    let action = form.get("action").map(String::as_str).unwrap_or("");
-    match action {
-        "login" | "signup" => {
-            let fresh =
-                cookie(&headers, CSRF_COOKIE).is_some_and(|c| state.oauth.csrf.verify("sign-in", c, submitted_csrf));
-            if !fresh {
-                return sign_in_page(
-                    &state,
-                    &headers,
-                    &req,
-                    &v.app,
-                    StatusCode::FORBIDDEN,
-                    Some("This form expired or did not come from Quota. Please sign in again."),
-                    "",
-                );
-            }
-            let email = form.get("email").map(String::as_str).unwrap_or("");
-            let password = form.get("password").map(String::as_str).unwrap_or("");
-            // The same functions, and so the same per-IP budgets and lockout, as /auth/*.
-            let ip = accounts::client_ip(&state, &peer, &headers);
-            let user = if action == "login" {
-                accounts::sign_in(&state, ip, email, password).await
-            } else {
-                accounts::sign_up(&state, ip, email, password).await
-            };
-            match user {
-                Ok(user) => match accounts::new_session(&state, &user).await {
-                    Ok((_, _, set_cookie)) => {
-                        let mut resp = see_other(&format!("/oauth/authorize?{}", req.query()));
-                        if let Ok(c) = HeaderValue::from_str(&set_cookie) {
-                            resp.headers_mut().append(header::SET_COOKIE, c);
-                        }
-                        resp
-                    }
-                    Err(e) => Refusal::from(e).into_response(),
-                },
-                Err(e) if e.status.is_server_error() => Refusal::from(e).into_response(),
-                Err(e) => {
-                    e.with_retry_after(sign_in_page(&state, &headers, &req, &v.app, e.status, Some(&e.message), email))
-                }
-            }
-        }
-        "approve" | "deny" => {
-            let session = match browser_session(&state, &headers).await {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    return sign_in_page(
-                        &state,
-                        &headers,
-                        &req,
-                        &v.app,
-                        StatusCode::UNAUTHORIZED,
-                        Some("Please sign in first."),
-                        "",
-                    )
-                }
-                Err(e) => return Refusal::from(e).into_response(),
-            };
-            let shown = form.get(SHOWN_MARGIN_FIELD).and_then(|m| m.parse::<u32>().ok());
-            let fresh = shown
-                .is_some_and(|bps| state.oauth.csrf.verify(&consent_purpose(bps), &session.token_hash, submitted_csrf));
-            let Some(shown) = shown.filter(|_| fresh) else {
-                return Refusal::Page(
-                    StatusCode::FORBIDDEN,
-                    "This form expired or did not come from Quota; nothing was approved. Go back and try again.".into(),
-                )
-                .into_response();
-            };
-            if action == "approve" && shown != v.app.profit_margin_bps {
-                // The developer changed the markup after the page was shown: show the new one.
-                return consent_page(&state, &session, &v, &req).await;
-            }
-            if action == "deny" {
-                tracing::info!(app = %v.app.id, user = %session.user.id, "consent denied");
-                return v.redirect(&[("error", "access_denied"), ("error_description", "the user denied the request")]);
-            }
-            match approve(&state, &session, &v, shown).await {
-                Ok(code) => v.redirect(&[("code", &code)]),
-                Err(e) => Refusal::from(e).into_response(),
-            }
-        }
+    let sub = Submitted { form, req, v };
+    match sub.field("action") {
+        "login" => sign_in_form(&state, &peer, &headers, &sub, false).await,
+        "signup" => sign_in_form(&state, &peer, &headers, &sub, true).await,
+        "approve" => consent_form(&state, &headers, &sub, true).await,
+        "deny" => consent_form(&state, &headers, &sub, false).await,
         _ => Refusal::Page(StatusCode::BAD_REQUEST, "unknown form action".into()).into_response(),
+    }
+}
+
+/// The sign-in (or sign-up) form: the same functions, and so the same per-IP budgets and
+/// lockout, as `/auth/login` and `/auth/register` (SPEC §1); then back to the consent page.
+async fn sign_in_form(
+    state: &SharedState,
+    peer: &SocketAddr,
+    headers: &HeaderMap,
+    sub: &Submitted,
+    signup: bool,
+) -> Response {
+    let (req, app) = (&sub.req, &sub.v.app);
+    let fresh =
+        cookie(headers, CSRF_COOKIE).is_some_and(|c| state.oauth.csrf.verify("sign-in", c, sub.field("csrf_token")));
+    if !fresh {
+        let message = "This form expired or did not come from Quota. Please sign in again.";
+        return sign_in_page(state, headers, req, app, StatusCode::FORBIDDEN, Some(message), "");
+    }
+    let (email, password) = (sub.field("email"), sub.field("password"));
+    let ip = accounts::client_ip(state, peer, headers);
+    let user = if signup {
+        accounts::sign_up(state, ip, email, password).await
+    } else {
+        accounts::sign_in(state, ip, email, password).await
+    };
+    match user {
+        Ok(user) => match accounts::new_session(state, &user).await {
+            Ok((_, _, set_cookie)) => {
+                let mut resp = see_other(&format!("/oauth/authorize?{}", req.query()));
+                if let Ok(c) = HeaderValue::from_str(&set_cookie) {
+                    resp.headers_mut().append(header::SET_COOKIE, c);
+                }
+                resp
+            }
+            Err(e) => Refusal::from(e).into_response(),
+        },
+        Err(e) if e.status.is_server_error() => Refusal::from(e).into_response(),
+        Err(e) => e.with_retry_after(sign_in_page(state, headers, req, app, e.status, Some(&e.message), email)),
+    }
+}
+
+/// The consent form: approve (consenting to the margin its page showed) or deny.
+async fn consent_form(state: &SharedState, headers: &HeaderMap, sub: &Submitted, approved: bool) -> Response {
+    let (req, v) = (&sub.req, &sub.v);
+    let session = match browser_session(state, headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            let message = Some("Please sign in first.");
+            return sign_in_page(state, headers, req, &v.app, StatusCode::UNAUTHORIZED, message, "");
+        }
+        Err(e) => return Refusal::from(e).into_response(),
+    };
+    let shown =
+        sub.field(SHOWN_MARGIN_FIELD).parse::<u32>().ok().filter(|bps| {
+            state.oauth.csrf.verify(&consent_purpose(*bps), &session.token_hash, sub.field("csrf_token"))
+        });
+    let Some(shown) = shown else {
+        let message = "This form expired or did not come from Quota; nothing was approved. Go back and try again.";
+        return Refusal::Page(StatusCode::FORBIDDEN, message.into()).into_response();
+    };
+    if !approved {
+        tracing::info!(app = %v.app.id, user = %session.user.id, "consent denied");
+        return v.redirect(&[("error", "access_denied"), ("error_description", "the user denied the request")]);
+    }
+    if shown != v.app.profit_margin_bps {
+        // The developer changed the markup after the page was shown: show the new one.
+        return consent_page(state, &session, v, req).await;
+    }
+    match approve(state, &session, v, shown).await {
+        Ok(code) => v.redirect(&[("code", &code)]),
+        Err(e) => Refusal::from(e).into_response(),
     }
 }
 

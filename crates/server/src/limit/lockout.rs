@@ -84,7 +84,7 @@ fn locked(left_us: Micros) -> ApiError {
         "rate_limit_exceeded",
         "too many failed sign-ins for this account; password sign-in is paused",
     )
-    .with_hint("retry after the number of seconds in Retry-After, or reset the password");
+    .with_hint("retry after the number of seconds in Retry-After");
     e.retry_after = Some(((left_us.max(0) + 999_999) / 1_000_000).max(1) as u64);
     e
 }

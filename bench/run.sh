@@ -169,6 +169,8 @@ export QUOTA_WELCOME_CREDITS=0
 # The per-key rate limiter stays on the request path (its cost is measured) but must not refuse the
 # bench's own load: the default limit (100/min per key) would turn every row into 429s.
 export QUOTA_RATE_LIMIT_PER_MINUTE="${QUOTA_RATE_LIMIT_PER_MINUTE:-1000000000}"
+# The webhook rows deliver to the mock on 127.0.0.1: private targets must be allowed (SPEC §8).
+export QUOTA_WEBHOOK_ALLOW_PRIVATE_URLS=true
 QUOTA_PID=""
 start_quota() {
 	say "starting quota serve on $QUOTA (database $QUOTA_DATABASE_URL)"

@@ -94,6 +94,9 @@ class QuotaServer:
                 "QUOTA_RATE_LIMIT_PER_MINUTE": "1000000",
                 "QUOTA_REGISTER_RATE_LIMIT_PER_MINUTE": "10000",
                 "QUOTA_LOGIN_RATE_LIMIT_PER_MINUTE": "10000",
+                # Webhook receivers in these tests listen on 127.0.0.1: private targets are
+                # refused unless allowed explicitly (SPEC §8), whatever the bind address.
+                "QUOTA_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
                 "NO_COLOR": "1",
             }
         )

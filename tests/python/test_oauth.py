@@ -146,7 +146,8 @@ def test_authlib_runs_the_whole_flow_then_refreshes_then_pays_with_the_openai_sd
     # The id_token's signature checks out against the JWKS, and its claims are the user's.
     with gateway.http() as h:
         discovery = h.get("/.well-known/openid-configuration")
-        assert discovery.headers["cache-control"] == "public, max-age=3600"
+        # No public_url: the URLs come from the request's Host, so no cache may keep them.
+        assert discovery.headers["cache-control"] == "no-store"
         jwks = h.get(discovery.json()["jwks_uri"].replace(gateway.url, "")).json()
     decoded = jwt.decode(token["id_token"], KeySet.import_key_set(jwks), algorithms=["RS256"])
     assert decoded.header["alg"] == "RS256"

@@ -24,12 +24,18 @@ pub struct AppState {
     pub catalog: Catalog,
     pub keys: KeyCache,
     pub limiter: crate::limit::RateLimiter,
+    /// `trusted_proxies`, parsed: who the client is (SPEC §7).
+    pub proxies: crate::client_ip::TrustedProxies,
     /// The authorization server's caches and keys (SPEC §5).
     pub oauth: crate::oauth::OAuthState,
     /// Time for expiry and refill decisions (tests move it).
     pub clock: Arc<crate::clock::Clock>,
     /// Live webhook endpoints by developer, for the request path (SPEC §8).
     pub webhooks: crate::webhooks::Directory,
+    /// Encrypts the OIDC signing key and webhook secrets at rest (SPEC §12).
+    pub master_key: crate::secrets::at_rest::MasterKey,
+    /// Where webhook hosts are looked up (checked against SSRF at every delivery).
+    pub webhook_resolver: Arc<dyn crate::webhooks::ssrf::Resolve>,
     /// The payment provider (SPEC §10), if configured.
     pub payments: Option<crate::payments::Provider>,
     /// Seams a test can turn on to observe a request mid-life (off in production).
@@ -50,13 +56,36 @@ impl AppState {
 
     /// As `start`, with the clock injected (tests move it without sleeping).
     pub async fn start_with_clock(config: Config, clock: Arc<crate::clock::Clock>) -> anyhow::Result<SharedState> {
+        AppState::start_with_parts(config, clock, Arc::new(crate::webhooks::ssrf::SystemResolver)).await
+    }
+
+    /// As `start`, with the clock and the webhook resolver injected (tests script DNS).
+    pub async fn start_with_parts(
+        config: Config,
+        clock: Arc<crate::clock::Clock>,
+        webhook_resolver: Arc<dyn crate::webhooks::ssrf::Resolve>,
+    ) -> anyhow::Result<SharedState> {
+        config.validate().map_err(anyhow::Error::msg)?;
         crate::metrics::handle();
         let store_config = StoreConfig {
             database_url: config.database_url.clone(),
             synchronous: config.sqlite_synchronous.parse().map_err(anyhow::Error::msg)?,
             ..Default::default()
         };
+        let sqlite_file = crate::files::sqlite_file(&config.database_url);
+        if let Some(file) = &sqlite_file {
+            crate::files::prepare_sqlite_file(file)
+                .map_err(|e| anyhow::anyhow!("preparing the database file {}: {e}", file.display()))?;
+        }
         let store = Store::open_and_migrate(&store_config).await?;
+        let master_key = crate::secrets::at_rest::unlock(
+            config.secret_key.as_deref(),
+            &store,
+            sqlite_file.as_deref(),
+            clock.now_ms(),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
         let ledger_config =
             LedgerConfig { batch_max: config.ledger_batch_max, hold_ttl: config.hold_ttl(), ..Default::default() };
         let ledger = Ledger::start(store.clone(), ledger_config).await?;
@@ -81,9 +110,13 @@ impl AppState {
         let webhooks = crate::webhooks::Directory::default();
         webhooks.reload(&store).await?;
         let payments = crate::payments::Provider::from_config(&config).map_err(anyhow::Error::msg)?;
+        let proxies = crate::client_ip::TrustedProxies::parse(&config.trusted_proxies).map_err(anyhow::Error::msg)?;
         let state = Arc::new(AppState {
             payments,
             limiter,
+            proxies,
+            webhook_resolver,
+            master_key,
             webhooks,
             oauth: crate::oauth::OAuthState::default(),
             clock,

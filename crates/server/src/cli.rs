@@ -97,6 +97,10 @@ fn init_tracing(config: &Config) {
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    if let Some(file) = crate::files::sqlite_file(&config.database_url) {
+        crate::files::prepare_sqlite_file(&file)
+            .map_err(|e| anyhow::anyhow!("preparing the database file {}: {e}", file.display()))?;
+    }
     let store = Store::open_and_migrate(&StoreConfig {
         database_url: config.database_url.clone(),
         synchronous: config.sqlite_synchronous.parse().map_err(anyhow::Error::msg)?,

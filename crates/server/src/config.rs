@@ -55,14 +55,24 @@ pub struct Config {
     pub login_rate_limit_per_minute: u32,
     /// Per OAuth client on `/oauth/token`.
     pub token_rate_limit_per_minute: u32,
-    /// Take the client IP from the first `X-Forwarded-For` address (only behind a trusted proxy).
-    pub trust_forwarded_for: bool,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs such as `10.0.0.0/8` or single
+    /// addresses). The client IP is the first address, read from the right, that is not one of
+    /// them; the leftmost entry is never trusted. Empty: the TCP peer is the client (SPEC §7).
+    pub trusted_proxies: Vec<String>,
+    /// Failed sign-ins per email within `lockout_window_secs` that lock password attempts for
+    /// that email for `lockout_window_secs` (SPEC §1).
+    pub lockout_failures: u32,
+    pub lockout_window_secs: u64,
+    /// Per-account caps (SPEC §1): more is 403 `limit_reached`.
+    pub max_api_keys_per_account: u32,
+    pub max_apps_per_account: u32,
+    pub max_webhooks_per_account: u32,
     /// The public base URL (`https://quota.example.com`): the OAuth issuer and the endpoints in
     /// the discovery document. Unset: `http://` + the request's Host header (local use).
     pub public_url: Option<String>,
-    /// Whether webhook URLs may point to private and loopback addresses (SSRF, SPEC §8).
-    /// Unset: allowed only when `bind` is a loopback address (a development server).
-    pub webhook_allow_private_urls: Option<bool>,
+    /// Whether webhook URLs may point to private and loopback addresses (SSRF, SPEC §8). Off
+    /// unless set, however Quota is bound.
+    pub webhook_allow_private_urls: bool,
     /// How often the webhook worker looks for new events and due retries.
     pub webhook_poll_ms: u64,
     /// Most webhook deliveries in flight per process.
@@ -91,6 +101,13 @@ pub struct Config {
     pub payouts_schedule: bool,
     /// The UTC hour of day at which the in-process batch runs.
     pub payouts_hour_utc: u32,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <metrics_token>`.
+    pub metrics_token: Option<String>,
+    /// The master key that encrypts the OIDC signing key and webhook secrets at rest: 32 bytes
+    /// as 64 hex digits or base64. Unset on SQLite: a key file beside the database
+    /// (`<database>.key`, created 0600 on first start). Required on PostgreSQL (every instance
+    /// needs the same one).
+    pub secret_key: Option<String>,
 }
 
 /// One top-up package: the customer pays `price_cents`, the wallet receives `credits`.
@@ -147,9 +164,14 @@ impl Default for Config {
             register_rate_limit_per_minute: 3,
             login_rate_limit_per_minute: 5,
             token_rate_limit_per_minute: 60,
-            trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
+            lockout_failures: 10,
+            lockout_window_secs: 15 * 60,
+            max_api_keys_per_account: 100,
+            max_apps_per_account: 20,
+            max_webhooks_per_account: 20,
             public_url: None,
-            webhook_allow_private_urls: None,
+            webhook_allow_private_urls: false,
             webhook_poll_ms: 200,
             webhook_concurrency: 64,
             webhook_priority: "idle".into(),
@@ -162,6 +184,8 @@ impl Default for Config {
             packages: default_packages(),
             payouts_schedule: true,
             payouts_hour_utc: 0,
+            metrics_token: None,
+            secret_key: None,
         }
     }
 }
@@ -173,6 +197,8 @@ enum Kind {
     Text,
     /// An integer or a boolean.
     Scalar,
+    /// A comma-separated list of strings.
+    List,
 }
 
 /// Every configuration key, for reading `QUOTA_<KEY>` variables (others are ignored).
@@ -202,7 +228,12 @@ const KEYS: &[(&str, Kind)] = &[
     ("register_rate_limit_per_minute", Kind::Scalar),
     ("login_rate_limit_per_minute", Kind::Scalar),
     ("token_rate_limit_per_minute", Kind::Scalar),
-    ("trust_forwarded_for", Kind::Scalar),
+    ("trusted_proxies", Kind::List),
+    ("lockout_failures", Kind::Scalar),
+    ("lockout_window_secs", Kind::Scalar),
+    ("max_api_keys_per_account", Kind::Scalar),
+    ("max_apps_per_account", Kind::Scalar),
+    ("max_webhooks_per_account", Kind::Scalar),
     ("public_url", Kind::Text),
     ("webhook_allow_private_urls", Kind::Scalar),
     ("webhook_poll_ms", Kind::Scalar),
@@ -216,16 +247,11 @@ const KEYS: &[(&str, Kind)] = &[
     ("stripe_timeout_secs", Kind::Scalar),
     ("payouts_schedule", Kind::Scalar),
     ("payouts_hour_utc", Kind::Scalar),
+    ("metrics_token", Kind::Text),
+    ("secret_key", Kind::Text),
 ];
 
 impl Config {
-    /// See `webhook_allow_private_urls`.
-    pub fn webhook_private_urls_allowed(&self) -> bool {
-        self.webhook_allow_private_urls.unwrap_or_else(|| {
-            self.bind == "localhost" || self.bind.parse::<std::net::IpAddr>().map(|a| a.is_loopback()).unwrap_or(false)
-        })
-    }
-
     /// Load from `file` (if given or `./quota.toml` exists) and the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, String> {
         Config::load_from(file, std::env::vars())
@@ -263,6 +289,9 @@ impl Config {
             let Some((_, kind)) = KEYS.iter().find(|(k, _)| *k == key) else { continue };
             let v = if *kind == Kind::Text {
                 toml::Value::String(value.clone())
+            } else if *kind == Kind::List {
+                let items = value.split(',').map(str::trim).filter(|v| !v.is_empty());
+                toml::Value::Array(items.map(|v| toml::Value::String(v.to_string())).collect())
             } else if let Ok(i) = value.trim().parse::<i64>() {
                 toml::Value::Integer(i)
             } else if let Ok(b) = value.trim().parse::<bool>() {
@@ -277,7 +306,9 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Check the values (also run by `AppState::start`, so a configuration built in code is held
+    /// to the same rules as one loaded from a file).
+    pub fn validate(&self) -> Result<(), String> {
         if self.welcome_credits < 0 {
             return Err("welcome_credits must not be negative".into());
         }
@@ -301,6 +332,13 @@ impl Config {
                 return Err(format!("public_url must be an http(s) base URL without query or fragment, got `{url}`"));
             }
         }
+        crate::client_ip::TrustedProxies::parse(&self.trusted_proxies)?;
+        if self.lockout_failures == 0 || self.lockout_window_secs == 0 {
+            return Err("lockout_failures and lockout_window_secs must be positive".into());
+        }
+        if let Some(key) = self.secret_key.as_deref() {
+            crate::secrets::at_rest::MasterKey::parse(key)?;
+        }
         if self.upstream_timeout_secs == 0 || self.upstream_first_byte_timeout_secs == 0 {
             return Err("upstream timeouts must be positive".into());
         }
@@ -310,7 +348,13 @@ impl Config {
 
     fn validate_payments(&self) -> Result<(), String> {
         match self.payments_provider.as_deref().filter(|p| !p.is_empty()) {
-            None | Some("dev") => {}
+            None => {}
+            Some("dev") if self.is_public_https() => {
+                return Err("payments_provider = \"dev\" pays every checkout without charging anyone: it is \
+                            refused when public_url is https:// (a real deployment); use `stripe`"
+                    .into());
+            }
+            Some("dev") => {}
             Some("stripe") => {
                 if self.stripe_secret_key.as_deref().is_none_or(str::is_empty) {
                     return Err("payments_provider = \"stripe\" needs stripe_secret_key".into());
@@ -341,6 +385,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Whether `public_url` is an `https://` URL (a real deployment).
+    pub fn is_public_https(&self) -> bool {
+        self.public_url.as_deref().is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"))
     }
 
     pub fn upstream_timeout(&self) -> Duration {
@@ -422,6 +471,23 @@ mod tests {
             c.packages,
             vec![PackageConfig { id: "tiny".into(), name: "Tiny".into(), price_cents: 100, credits: 90_000 }]
         );
+    }
+
+    #[test]
+    fn issue_14_keys_parse_and_dev_payments_need_a_non_https_public_url() {
+        let c = Config::load_from(None, env(&[("QUOTA_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")])).unwrap();
+        assert_eq!(c.trusted_proxies, vec!["10.0.0.0/8".to_string(), "127.0.0.1".to_string()]);
+        assert!(!c.webhook_allow_private_urls, "off by default, whatever bind is");
+        assert_eq!((c.max_api_keys_per_account, c.max_apps_per_account, c.max_webhooks_per_account), (100, 20, 20));
+        assert_eq!((c.lockout_failures, c.lockout_window_secs), (10, 900));
+        assert!(Config::load_from(None, env(&[("QUOTA_TRUSTED_PROXIES", "10.0.0.0/99")])).is_err());
+        assert!(Config::load_from(None, env(&[("QUOTA_SECRET_KEY", "short")])).is_err());
+        assert!(Config::load_from(None, env(&[("QUOTA_SECRET_KEY", &"ab".repeat(32))])).is_ok());
+        let dev_on =
+            |url: &str| Config::load_from(None, env(&[("QUOTA_PAYMENTS_PROVIDER", "dev"), ("QUOTA_PUBLIC_URL", url)]));
+        let e = dev_on("https://quota.example.com").unwrap_err();
+        assert!(e.contains("dev") && e.contains("https"), "{e}");
+        assert!(dev_on("http://localhost:8080").is_ok());
     }
 
     #[test]

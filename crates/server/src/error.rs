@@ -104,6 +104,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// An HTML page answering this error (the sign-in forms) keeps its `Retry-After`.
+    pub fn with_retry_after(&self, mut resp: Response) -> Response {
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.body_json().to_string();

@@ -2,15 +2,18 @@
 //! the `quota` command line. Domain rules live in `quota-core`, persistence and the ledger in
 //! `quota-store`, upstream calls in `quota-providers`; this crate wires them to HTTP.
 
+pub mod account_caps;
 pub mod app;
 pub mod auth;
 pub mod body;
 pub mod changes;
 pub mod cli;
+pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod files;
 pub mod funding;
 pub mod gateway;
 pub mod limit;

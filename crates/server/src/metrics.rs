@@ -52,7 +52,30 @@ pub async fn layer(req: Request, next: Next) -> Response {
     resp
 }
 
-pub async fn render(State(state): State<crate::SharedState>) -> Response {
+/// `GET /metrics`. With `metrics_token` set, only for `Authorization: Bearer <metrics_token>`
+/// (compared in constant time); otherwise 401 `invalid_api_key` (SPEC §12).
+pub async fn render(State(state): State<crate::SharedState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = state.config.metrics_token.as_deref().filter(|t| !t.is_empty()) {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .unwrap_or("");
+        let same =
+            given.len() == token.len() && bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes()));
+        if !same {
+            let mut resp =
+                crate::error::ApiError::invalid_api_key("GET /metrics needs Authorization: Bearer <metrics_token>")
+                    .into_response();
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"quota-metrics\""),
+            );
+            return resp;
+        }
+    }
     metrics::gauge!("quota_ledger_open_holds").set(state.ledger.open_holds() as f64);
     match handle() {
         Some(h) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),

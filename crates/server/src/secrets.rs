@@ -1,6 +1,8 @@
 //! Secrets at rest: API keys and session tokens are stored as SHA-256 hashes (they carry ≥ 190
 //! bits of entropy, so a fast hash is safe); passwords with Argon2id. Never logged.
 
+pub mod at_rest;
+
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use sha2::{Digest, Sha256};

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod sender;
+pub mod ssrf;
 pub use sender::{Priority, Sender};
+pub use ssrf::is_private;
 
 /// Every event type an endpoint may subscribe to.
 pub const EVENT_TYPES: &[&str] = &[
@@ -52,8 +54,10 @@ pub const DISABLE_AFTER_MS: i64 = 5 * DAY_MS;
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// A claimed delivery is not due for another worker until this lease ends (> the timeout).
 pub const LEASE_MS: i64 = 60_000;
-/// Most response bytes kept in the delivery log.
-pub const SNIPPET_MAX_BYTES: usize = 512;
+/// Most bytes of an endpoint's response read (SPEC §8): reading stops there.
+pub const RESPONSE_READ_MAX_BYTES: usize = 64 * 1024;
+/// Most response bytes kept in the delivery log (SPEC §8).
+pub const SNIPPET_MAX_BYTES: usize = 1024;
 /// Least time between two of the worker's write turns: finished sends are recorded (and their
 /// slots refilled) in batches, a few hundred transactions a second at most, whatever the
 /// delivery rate — the worker shares SQLite's one write lock with the ledger writer.
@@ -99,29 +103,6 @@ pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Signatur
     mac.update(body);
     let standard = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
     Signatures { quota, standard }
-}
-
-/// Whether an address is one a public webhook must not reach (SSRF, SPEC §8).
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.octets()[0] == 0
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // 100.64/10, carrier NAT
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            v6.is_loopback() || v6.is_unspecified() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80
-        }
-    }
 }
 
 /// Parse and check an endpoint URL: http(s), a host, at most [`URL_MAX_BYTES`]; private and
@@ -312,15 +293,22 @@ async fn run_worker(
     first_turn: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut first_turn = Some(first_turn);
-    let Some((poll, concurrency)) = weak
-        .upgrade()
-        .map(|s| (Duration::from_millis(s.config.webhook_poll_ms.max(10)), s.config.webhook_concurrency.max(1)))
-    else {
+    let Some((poll, concurrency, resolver)) = weak.upgrade().map(|s| {
+        let resolver = ssrf::CheckedResolver {
+            inner: s.webhook_resolver.clone(),
+            allow_private: s.config.webhook_allow_private_urls,
+        };
+        (Duration::from_millis(s.config.webhook_poll_ms.max(10)), s.config.webhook_concurrency.max(1), resolver)
+    }) else {
         return;
     };
+    // The checked resolver is the client's only resolver: a connection goes to an address that
+    // passed the SSRF check, looked up once (SPEC §8). Redirects are not followed.
     let client = match reqwest::Client::builder()
         .timeout(ATTEMPT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(resolver))
+        .no_proxy()
         .tcp_nodelay(true)
         .build()
     {
@@ -507,9 +495,14 @@ async fn attempt(state: &SharedState, client: &reqwest::Client, d: DueDelivery) 
     let body = envelope(&d);
     let started_ms = state.clock.now_ms();
     let timestamp = started_ms.div_euclid(1000);
-    let sig = sign(&d.endpoint.secret, &d.event_id, timestamp, &body);
     let started = Instant::now();
-    let outcome = send(state, client, &d.endpoint, &d.event_id, timestamp, &sig, body).await;
+    let outcome = match open_secret(state, &d.endpoint.secret) {
+        Ok(secret) => {
+            let sig = sign(&secret, &d.event_id, timestamp, &body);
+            send(state, client, &d.endpoint, &d.event_id, timestamp, &sig, body).await
+        }
+        Err(e) => Err(e),
+    };
     let latency_ms = started.elapsed().as_millis() as i64;
     let (status_code, snippet, error) = match &outcome {
         Ok((status, text)) => (Some(i64::from(*status)), Some(text.clone()), None),
@@ -535,6 +528,18 @@ async fn attempt(state: &SharedState, client: &reqwest::Client, d: DueDelivery) 
     }
 }
 
+/// An endpoint's signing secret, opened with the master key (SPEC §12). A clear one (written
+/// by an older instance during a rolling upgrade) is used as it is; the next start seals it.
+fn open_secret(state: &SharedState, stored: &str) -> Result<String, String> {
+    if !stored.starts_with(crate::secrets::at_rest::SEALED_TEXT_PREFIX) {
+        return Ok(stored.to_string());
+    }
+    state.master_key.open_text(crate::secrets::at_rest::Purpose::WebhookSecret, stored).map_err(|e| {
+        tracing::error!(error = %e, "a webhook secret cannot be opened with the master key");
+        "the endpoint's secret cannot be read (master key)".to_string()
+    })
+}
+
 /// POST the body; `Ok((status, response snippet))` or a transport error's text.
 async fn send(
     state: &SharedState,
@@ -545,19 +550,10 @@ async fn send(
     sig: &Signatures,
     body: Vec<u8>,
 ) -> Result<(u16, String), String> {
-    if !state.config.webhook_private_urls_allowed() {
-        let url = url::Url::parse(&endpoint.url).map_err(|e| e.to_string())?;
-        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
-        let port = url.port_or_known_default().unwrap_or(443);
-        let addrs = tokio::net::lookup_host((host.as_str(), port)).await.map_err(|e| format!("dns: {e}"))?;
-        for a in addrs {
-            if is_private(a.ip()) {
-                return Err(format!("refused: {host} resolves to a private address"));
-            }
-        }
-    }
-    let resp = client
-        .post(&endpoint.url)
+    let url = url::Url::parse(&endpoint.url).map_err(|e| e.to_string())?;
+    ssrf::check_literal(&url, state.config.webhook_allow_private_urls)?;
+    let mut resp = client
+        .post(url)
         .header("content-type", "application/json")
         .header("user-agent", "Quota-Webhooks/1")
         .header("x-quota-signature", &sig.quota)
@@ -567,16 +563,77 @@ async fn send(
         .body(body)
         .send()
         .await
-        .map_err(|e| if e.is_timeout() { "timeout after 15 s".to_string() } else { format!("request failed: {e}") })?;
+        .map_err(|e| if e.is_timeout() { "timeout after 15 s".to_string() } else { error_chain(&e) })?;
     let status = resp.status().as_u16();
-    let bytes = resp.bytes().await.unwrap_or_default();
-    let end = bytes.len().min(SNIPPET_MAX_BYTES);
-    Ok((status, String::from_utf8_lossy(&bytes[..end]).into_owned()))
+    let (head, _read) = read_capped(&mut resp, RESPONSE_READ_MAX_BYTES).await;
+    Ok((status, snippet(&head)))
+}
+
+/// A transport error with its causes (the SSRF refusal is a cause of reqwest's error).
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = format!("request failed: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Read at most `max` bytes of a response body, then stop (the rest is never read: dropping
+/// the response closes the connection). Returns the first [`SNIPPET_MAX_BYTES`] and how many
+/// bytes were read in all. A body that fails midway keeps what arrived.
+pub async fn read_capped(resp: &mut reqwest::Response, max: usize) -> (Vec<u8>, usize) {
+    let mut head = Vec::new();
+    let mut read = 0usize;
+    while read < max {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(max - read);
+                read += take;
+                let room = SNIPPET_MAX_BYTES.saturating_sub(head.len());
+                head.extend_from_slice(&chunk[..take.min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (head, read)
+}
+
+/// The text kept in the delivery log: at most [`SNIPPET_MAX_BYTES`] bytes of UTF-8.
+fn snippet(head: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(&head[..head.len().min(SNIPPET_MAX_BYTES)]).into_owned();
+    let mut end = text.len().min(SNIPPET_MAX_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_response_is_read_up_to_64_kib_and_1_kib_is_kept() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // An endless body; count what the reader pulls from it.
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let p = pulled.clone();
+        let chunks = futures::stream::repeat_with(move || {
+            p.fetch_add(4096, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 4096]))
+        });
+        let http = axum::http::Response::new(reqwest::Body::wrap_stream(chunks));
+        let mut resp = reqwest::Response::from(http);
+        let (head, read) = read_capped(&mut resp, RESPONSE_READ_MAX_BYTES).await;
+        assert_eq!(read, RESPONSE_READ_MAX_BYTES);
+        assert_eq!(head.len(), SNIPPET_MAX_BYTES);
+        assert_eq!(pulled.load(Ordering::SeqCst), RESPONSE_READ_MAX_BYTES, "reading stopped at 64 KiB");
+        assert!(snippet(&"é".repeat(1000).into_bytes()).len() <= SNIPPET_MAX_BYTES);
+    }
 
     #[test]
     fn retries_follow_the_schedule_then_stop() {

@@ -241,7 +241,8 @@ async fn kill_9_between_charges_and_their_delivery_loses_no_event() {
     // and none for a request that was not charged.
     let db = Db::fresh().await;
     let (hook, got) = receiver().await;
-    let mut first = spawn(&db, &[("QUOTA_WEBHOOK_POLL_MS", "3600000")]);
+    // The receiver is on 127.0.0.1: private webhook targets allowed explicitly (SPEC §8).
+    let mut first = spawn(&db, &[("QUOTA_WEBHOOK_POLL_MS", "3600000"), ("QUOTA_WEBHOOK_ALLOW_PRIVATE_URLS", "true")]);
     let http = reqwest::Client::new();
     let (_, session, key) = setup_developer(&http, &first.base).await;
     let body = json!({"url": hook, "events": ["usage.completed"]});
@@ -250,7 +251,7 @@ async fn kill_9_between_charges_and_their_delivery_loses_no_event() {
     let seen = kill_mid_load(&http, &[first.base.clone()], &key, (4, 10_000), &mut first, 100).await;
     assert!(got.lock().is_empty(), "the first process delivered nothing");
 
-    let _second = spawn(&db, &[("QUOTA_WEBHOOK_POLL_MS", "20")]);
+    let _second = spawn(&db, &[("QUOTA_WEBHOOK_POLL_MS", "20"), ("QUOTA_WEBHOOK_ALLOW_PRIVATE_URLS", "true")]);
     let store = db.store().await;
     let charged: Vec<String> = on_pool!(store.pool(), |p| sqlx::query_scalar(
         "SELECT DISTINCT cause FROM transfers WHERE kind IN ('usage_charge', 'sandbox_charge')"

@@ -389,7 +389,7 @@ async fn a_client_that_hangs_up_before_the_answer_still_pays_what_the_provider_b
 
 #[tokio::test]
 async fn two_tenants_sending_the_same_x_request_id_are_both_charged_and_recorded() {
-    let s = TestServer::start_with(|c| c.webhook_allow_private_urls = Some(true)).await;
+    let s = TestServer::start_with(|c| c.webhook_allow_private_urls = true).await;
     let mut seen = Vec::new();
     for _ in 0..2 {
         let (user, session, key) = s.developer("test").await;

@@ -813,7 +813,7 @@ async fn apps_crud_shows_the_secret_once_and_settings_exactly() {
 }
 
 #[tokio::test]
-async fn deleting_an_app_ends_its_tokens_and_a_margin_change_applies_at_once() {
+async fn deleting_an_app_ends_its_tokens_and_a_raised_margin_waits_for_consent() {
     let (s, fake) = proxied().await;
     fake.script(Script::Complete { prompt: 1000, cached: 0, completion: 500, text: "hi".into() });
     let app = s.app(json!({})).await;
@@ -822,7 +822,8 @@ async fn deleting_an_app_ends_its_tokens_and_a_margin_change_applies_at_once() {
     assert_eq!(v["quota"]["markup"], 0);
     s.app_settings(&app, json!({"profit_margin": 2})).await;
     let v: Value = s.chat(&access(&t), simple_chat(&common::prompt_of(1000), 600)).await.json().await.unwrap();
-    assert_eq!((v["quota"]["base_cost"].as_i64(), v["quota"]["markup"].as_i64()), (Some(450), Some(900)));
+    // SPEC §5: the user consented to 0%; the raise waits for their approval (tests/oauth_consent.rs).
+    assert_eq!((v["quota"]["base_cost"].as_i64(), v["quota"]["markup"].as_i64()), (Some(450), Some(0)));
     let r = s
         .send(reqwest::Method::DELETE, &format!("/developers/apps/{}", app.id), &app.developer_session, Value::Null)
         .await;
@@ -849,7 +850,8 @@ async fn the_id_token_verifies_against_the_jwks_and_userinfo_has_the_balance() {
         .await
         .unwrap();
     let disco = s.http.get(s.url("/.well-known/openid-configuration")).send().await.unwrap();
-    assert_eq!(disco.headers()["cache-control"], "public, max-age=3600");
+    // No public_url: the issuer comes from Host, so no shared cache may keep it (SPEC §5).
+    assert_eq!(disco.headers()["cache-control"], "no-store");
     let disco: Value = disco.json().await.unwrap();
     assert_eq!(disco["issuer"], s.base);
     assert_eq!(disco["code_challenge_methods_supported"], json!(["S256", "plain"]));
@@ -878,7 +880,8 @@ async fn the_id_token_verifies_against_the_jwks_and_userinfo_has_the_balance() {
         s.send(reqwest::Method::GET, "/oauth/userinfo", access(&t), Value::Null).await.json().await.unwrap();
     assert_eq!(info, json!({"sub": user, "email": "oidc@example.com", "email_verified": false, "balance": 1_000_000}));
     // The key is generated once and kept: a fresh process on the same database loads it.
-    let reloaded = quota_server::oauth::jwt::SigningKeys::default().get(&s.state.store, 0).await.unwrap();
+    let reloaded =
+        quota_server::oauth::jwt::SigningKeys::default().get(&s.state.store, &s.state.master_key, 0).await.unwrap();
     assert_eq!(Some(reloaded.kid.as_str()), jwk["kid"].as_str());
     assert_eq!(reloaded.jwk, *jwk);
     let stored: i64 =

@@ -186,7 +186,7 @@ async fn register_is_limited_to_3_and_login_to_5_per_minute_per_ip() {
 async fn forwarded_for_is_used_only_when_trusted() {
     let (s, _) = with_clock(|c| {
         c.register_rate_limit_per_minute = 1;
-        c.trust_forwarded_for = true;
+        c.trusted_proxies = vec!["127.0.0.1".into(), "10.0.0.0/8".into()];
     })
     .await;
     let register = |i: usize, ip: &str| {

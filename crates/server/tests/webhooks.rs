@@ -404,7 +404,7 @@ async fn a_patch_changes_only_what_it_names() {
 
 #[tokio::test]
 async fn bad_webhook_input_gets_clear_errors() {
-    let s = TestServer::start_with(|c| c.webhook_allow_private_urls = Some(false)).await;
+    let s = TestServer::start_with(|c| c.webhook_allow_private_urls = false).await;
     let (_, session, _) = s.developer("test").await;
     let post = |body: Value| {
         let s = &s;
@@ -686,7 +686,7 @@ async fn a_hostname_that_resolves_to_a_private_address_is_refused_at_delivery() 
     // instance (private URLs allowed); a production instance on the same database delivers.
     let dev = TestServer::start_with(|c| {
         c.webhook_poll_ms = 3_600_000;
-        c.webhook_allow_private_urls = Some(true);
+        c.webhook_allow_private_urls = true;
     })
     .await;
     let rx = Receiver::start(0).await;
@@ -699,7 +699,7 @@ async fn a_hostname_that_resolves_to_a_private_address_is_refused_at_delivery() 
 
     let prod = TestServer::start_sharing(&dev, |c| {
         c.webhook_poll_ms = 20;
-        c.webhook_allow_private_urls = Some(false);
+        c.webhook_allow_private_urls = false;
     })
     .await;
     wait_logged(&prod, &session, &id, 1).await;

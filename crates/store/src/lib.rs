@@ -8,6 +8,8 @@
 //! PostgreSQL (`ledger/postgres.rs`) — behind one API, with one planner (`ledger/plan.rs`) and
 //! one group-commit loop (`ledger/writer.rs`).
 
+pub mod account_limits;
+pub mod at_rest;
 pub mod clock;
 mod db;
 pub mod events;

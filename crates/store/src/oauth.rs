@@ -117,6 +117,9 @@ pub struct NewToken {
     pub token_hash: String,
     pub kind: TokenKind,
     pub expires_at: i64,
+    /// Narrower scopes than the grant's (a refresh that asked for less, RFC 6749 §6); `None`:
+    /// the grant's (or the rotated refresh token's).
+    pub scopes: Option<String>,
 }
 
 /// A stored token with its grant's state.
@@ -135,7 +138,9 @@ pub struct TokenRow {
     pub grant_auth_time: i64,
 }
 
-/// A live access token joined with what admission needs: the app's owner and markup.
+/// A live access token joined with what admission needs: the app's owner, and the markup the
+/// user pays — the app's, or the one they consented to if that is lower (SPEC §5: a raise
+/// waits for the user's approval, a lowering applies at once).
 #[derive(Debug, Clone)]
 pub struct AccessGrant {
     pub grant_id: String,
@@ -195,7 +200,7 @@ async fn insert_token(tx: &mut Tx, t: &NewToken, grant: &NewGrantRef<'_>, now: i
     .bind(grant.id)
     .bind(grant.app_id)
     .bind(grant.user_id)
-    .bind(grant.scopes)
+    .bind(t.scopes.as_deref().unwrap_or(grant.scopes))
     .bind(now)
     .bind(t.expires_at)
     .execute(&mut *conn)
@@ -341,7 +346,28 @@ impl Store {
             if res.rows_affected() == 0 {
                 return Err(StoreError::NotFound);
             }
+            // A lower margin applies to every connection at once and becomes what they
+            // consented to, so raising it again needs each user's approval (SPEC §5).
+            sqlx::query("UPDATE connections SET profit_margin_bps = $1 WHERE app_id = $2 AND profit_margin_bps > $1")
+                .bind(i64::from(app.profit_margin_bps))
+                .bind(&app.id)
+                .execute(p)
+                .await?;
             Ok(())
+        })
+    }
+
+    /// The markup (basis points) the user last consented to for an app, if connected.
+    pub async fn consented_margin(&self, user_id: &str, app_id: &str) -> Result<Option<u32>, StoreError> {
+        on_pool!(self.pool(), |p| {
+            let bps: Option<Option<i64>> = sqlx::query_scalar(
+                "SELECT profit_margin_bps FROM connections WHERE user_id = $1 AND app_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(user_id)
+            .bind(app_id)
+            .fetch_optional(p)
+            .await?;
+            Ok(bps.flatten().and_then(|b| u32::try_from(b).ok()))
         })
     }
 
@@ -417,11 +443,13 @@ impl Store {
     /// Record consent: create (or re-activate) the user × app connection with these scopes.
     /// When the connection is new or was revoked, `event` (`user.connected`) is written in the
     /// same transaction and `true` is returned.
+    #[allow(clippy::too_many_arguments)]
     pub async fn connect(
         &self,
         user_id: &str,
         app_id: &str,
         scopes: &str,
+        consented_margin_bps: u32,
         now: i64,
         event: OutboxEvent,
     ) -> Result<bool, StoreError> {
@@ -429,8 +457,10 @@ impl Store {
         let active = connection_active(&mut tx, user_id, app_id).await?;
         on_tx!(&mut tx, |c| {
             sqlx::query(
-            "INSERT INTO connections (user_id, app_id, scopes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO connections (user_id, app_id, scopes, created_at, updated_at, profit_margin_bps) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (user_id, app_id) DO UPDATE SET scopes = excluded.scopes, updated_at = excluded.updated_at, \
+             profit_margin_bps = excluded.profit_margin_bps, \
              created_at = CASE WHEN connections.revoked_at IS NULL THEN connections.created_at ELSE excluded.created_at END, \
              revoked_at = NULL",
         )
@@ -439,6 +469,7 @@ impl Store {
         .bind(scopes)
         .bind(now)
         .bind(now)
+        .bind(i64::from(consented_margin_bps))
         .execute(&mut *c).await?.rows_affected()
         });
         if !active {
@@ -652,7 +683,9 @@ impl Store {
     pub async fn live_access_token(&self, token_hash: &str, now: i64) -> Result<Option<AccessGrant>, StoreError> {
         on_pool!(self.pool(), |p| {
             let row = sqlx::query(
-                "SELECT t.grant_id, t.app_id, a.developer_id, t.user_id, t.scopes, t.expires_at, a.profit_margin_bps \
+                "SELECT t.grant_id, t.app_id, a.developer_id, t.user_id, t.scopes, t.expires_at, \
+                 CASE WHEN c.profit_margin_bps IS NOT NULL AND c.profit_margin_bps < a.profit_margin_bps \
+                   THEN c.profit_margin_bps ELSE a.profit_margin_bps END AS profit_margin_bps \
                  FROM oauth_tokens t JOIN oauth_grants g ON g.id = t.grant_id JOIN apps a ON a.id = t.app_id \
                  JOIN connections c ON c.user_id = t.user_id AND c.app_id = t.app_id \
                  WHERE t.token_hash = $1 AND t.kind = 'access' AND t.revoked_at IS NULL AND g.revoked_at IS NULL \

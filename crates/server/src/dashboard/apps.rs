@@ -243,10 +243,13 @@ async fn render_detail(
     let rows: Vec<String> = users
         .iter()
         .map(|u| {
+            // Only what the user granted (SPEC §5): the email with `email`, the balance with
+            // `credits.read`; otherwise the user's id and "—".
+            let (email, balance) = api::visible(u);
             format!(
                 "<tr>{}{}{}{}{}</tr>",
-                td(&u.email),
-                td_num(&usd(u.balance)),
+                td(email.unwrap_or(&u.user_id)),
+                td_num(&balance.map(usd).unwrap_or_else(|| "—".into())),
                 td_num(&usd(u.spend)),
                 td(&u.scopes),
                 td(&when(u.connected_at))

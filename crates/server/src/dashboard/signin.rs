@@ -118,25 +118,9 @@ async fn submit(state: SharedState, peer: SocketAddr, req: Request, kind: Kind) 
     let result: Result<quota_store::User, ApiError> = async {
         let ip = accounts::client_ip(&state, &peer, &headers);
         match kind {
-            Kind::SignIn => {
-                crate::limit::check_one(
-                    &state.limiter,
-                    format!("ip:login:{ip}"),
-                    state.config.login_rate_limit_per_minute,
-                )
-                .await?;
-                accounts::authenticate(&state, &email, password).await
-            }
+            Kind::SignIn => accounts::sign_in(&state, ip, &email, password).await,
             Kind::SignUp => {
-                crate::limit::check_one(
-                    &state.limiter,
-                    format!("ip:register:{ip}"),
-                    state.config.register_rate_limit_per_minute,
-                )
-                .await?;
-                let email = accounts::parse_email(&email)?;
-                accounts::check_password(password)?;
-                let user = accounts::create_account(&state, &email, password).await?;
+                let user = accounts::sign_up(&state, ip, &email, password).await?;
                 tracing::info!(user = %user.id, "account registered (dashboard)");
                 Ok(user)
             }
@@ -145,7 +129,10 @@ async fn submit(state: SharedState, peer: SocketAddr, req: Request, kind: Kind) 
     .await;
     let user = match result {
         Ok(u) => u,
-        Err(e) => return form_page(&state, &headers, kind, e.status, Some(Flash::from_api(&e)), &email, &next),
+        Err(e) => {
+            let page = form_page(&state, &headers, kind, e.status, Some(Flash::from_api(&e)), &email, &next);
+            return e.with_retry_after(page);
+        }
     };
     match accounts::new_session(&state, &user).await {
         Ok((_, _, set_cookie)) => {

@@ -4,7 +4,9 @@
 //! instance (one atomic script per decision); if Redis cannot be reached the limiter falls back
 //! to per-instance state, logs it once, counts it in a metric, and keeps serving.
 
+mod bounded;
 pub mod gcra;
+pub mod lockout;
 mod redis_store;
 
 use crate::clock::Clock;
@@ -23,35 +25,53 @@ pub struct Limit {
     pub quota: Quota,
 }
 
-/// Per-instance limiter state, bounded: entries whose allowance is full again are dropped when
-/// the table grows past `LOCAL_ENTRIES_SOFT_MAX`.
+/// Per-instance limiter state, bounded (SPEC §7): an entry whose allowance is full again
+/// (TAT ≤ now) means nothing and is dropped, and past `LOCAL_ENTRIES_MAX` entries the oldest
+/// go too ([`bounded::make_room`]). Keys are built only from server-issued or verified values
+/// (key ids, app ids, client IPs), never from raw request input.
 #[derive(Default)]
 struct LocalStore {
     tats: Mutex<HashMap<String, gcra::State>>,
 }
 
-const LOCAL_ENTRIES_SOFT_MAX: usize = 100_000;
+/// Hard cap on per-instance limiter entries (~100 bytes each).
+const LOCAL_ENTRIES_MAX: usize = 100_000;
+
+/// Whether a check counts the request or only asks whether it would be allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Yes,
+    /// A dry run: nothing is stored (used to refuse a secret guess before it is made).
+    No,
+}
 
 impl LocalStore {
-    fn check(&self, limits: &[Limit], now: Micros) -> Vec<Decision> {
+    fn check(&self, limits: &[Limit], now: Micros, count: Count) -> Vec<Decision> {
         let mut tats = self.tats.lock();
-        if tats.len() > LOCAL_ENTRIES_SOFT_MAX {
-            tats.retain(|_, (tat, _)| *tat > now);
-        }
         let checks: Vec<(Quota, Option<gcra::State>)> =
             limits.iter().map(|l| (l.quota, tats.get(&l.key).copied())).collect();
         let (decisions, new_tats) = gcra::check_all(&checks, now);
-        if let Some(new_tats) = new_tats {
+        if let (Some(new_tats), Count::Yes) = (new_tats, count) {
             for (l, t) in limits.iter().zip(new_tats) {
+                if !tats.contains_key(&l.key) {
+                    // TAT ≤ now: the allowance is full again; the TAT itself says how old.
+                    bounded::make_room(&mut tats, LOCAL_ENTRIES_MAX, |(tat, _)| *tat <= now, |(tat, _)| *tat);
+                }
                 tats.insert(l.key.clone(), (t, l.quota.emission_interval()));
             }
         }
         decisions
     }
+
+    fn len(&self) -> usize {
+        self.tats.lock().len()
+    }
 }
 
 pub struct RateLimiter {
     local: LocalStore,
+    /// Per-account sign-in lockout (SPEC §1), per instance; Redis when configured.
+    lockouts: lockout::LocalLockouts,
     redis: Option<redis_store::RedisStore>,
     clock: Arc<Clock>,
     /// Whether the last Redis call failed (to log the change once, not per request).
@@ -67,6 +87,7 @@ impl RateLimiter {
     pub fn local(clock: Arc<Clock>) -> RateLimiter {
         RateLimiter {
             local: LocalStore::default(),
+            lockouts: lockout::LocalLockouts::default(),
             redis: None,
             clock,
             redis_failing: AtomicBool::new(false),
@@ -84,36 +105,73 @@ impl RateLimiter {
 
     /// Check `limits` together; all count or none does.
     pub async fn check(&self, limits: &[Limit]) -> Vec<Decision> {
+        self.check_counting(limits, Count::Yes).await
+    }
+
+    /// Check `limits` together, counting the request or not (`Count::No`: a dry run).
+    pub async fn check_counting(&self, limits: &[Limit], count: Count) -> Vec<Decision> {
         let now = self.clock.now_us();
-        if let Some(redis) = &self.redis {
-            if now >= self.redis_retry_at.load(Ordering::Relaxed) {
-                match redis.check(limits).await {
-                    Ok(d) => {
-                        if self.redis_failing.swap(false, Ordering::Relaxed) {
-                            tracing::warn!(
-                                "rate limiter: Redis is reachable again; limits are shared across instances"
-                            );
-                        }
-                        return d;
-                    }
-                    Err(e) => {
-                        self.redis_retry_at.store(now + REDIS_RETRY_AFTER_US, Ordering::Relaxed);
-                        if !self.redis_failing.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(error = %e, "rate limiter: Redis unreachable; using per-instance limits until it is back");
-                        }
-                    }
-                }
+        if let Some(redis) = self.shared(now) {
+            if let Some(d) = self.settle(now, redis.check(limits, count).await) {
+                return d;
             }
-            metrics::counter!("quota_ratelimit_redis_fallback_total").increment(1);
         }
-        self.local.check(limits, now)
+        self.local.check(limits, now, count)
+    }
+
+    /// Redis, unless it failed less than a second ago (then per-instance state is used, and
+    /// counted as a fallback).
+    fn shared(&self, now: Micros) -> Option<&redis_store::RedisStore> {
+        let redis = self.redis.as_ref()?;
+        if now >= self.redis_retry_at.load(Ordering::Relaxed) {
+            return Some(redis);
+        }
+        metrics::counter!("quota_ratelimit_redis_fallback_total").increment(1);
+        None
+    }
+
+    /// What a Redis call answered: `Some` (and a log line if Redis just came back), or `None`
+    /// after a failure (logged once, counted, and Redis left alone for a second): the caller
+    /// then uses per-instance state.
+    fn settle<T>(&self, now: Micros, answer: Result<T, String>) -> Option<T> {
+        match answer {
+            Ok(value) => {
+                if self.redis_failing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("rate limiter: Redis is reachable again; limits are shared across instances");
+                }
+                Some(value)
+            }
+            Err(e) => {
+                self.redis_retry_at.store(now + REDIS_RETRY_AFTER_US, Ordering::Relaxed);
+                if !self.redis_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "rate limiter: Redis unreachable; using per-instance limits until it is back");
+                }
+                metrics::counter!("quota_ratelimit_redis_fallback_total").increment(1);
+                None
+            }
+        }
+    }
+
+    /// How many limiter entries this instance holds in memory (rate limits and lockouts).
+    pub fn local_entries(&self) -> usize {
+        self.local.len() + self.lockouts.tracked()
     }
 }
 
 /// Check one limit outside `/v1` (per IP on register and login, per client on the token
 /// endpoint): 429 `rate_limit_exceeded` with the headers when refused.
 pub async fn check_one(limiter: &RateLimiter, key: String, per_minute: u32) -> Result<(), ApiError> {
-    let decisions = limiter.check(&[Limit { key, quota: Quota::per_minute(per_minute) }]).await;
+    check_one_counting(limiter, key, per_minute, Count::Yes).await
+}
+
+/// As [`check_one`], counting the request or not.
+pub async fn check_one_counting(
+    limiter: &RateLimiter,
+    key: String,
+    per_minute: u32,
+    count: Count,
+) -> Result<(), ApiError> {
+    let decisions = limiter.check_counting(&[Limit { key, quota: Quota::per_minute(per_minute) }], count).await;
     match decisions.first() {
         Some(d) if !d.allowed => {
             let mut e = refusal(d);
@@ -180,6 +238,38 @@ mod tests {
         assert!(!limiter.check(&limit).await[0].allowed);
         clock.advance(std::time::Duration::from_micros(1));
         assert!(limiter.check(&limit).await[0].allowed);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_distinct_keys_stays_under_the_hard_cap() {
+        let clock = Arc::new(Clock::manual(1_000_000_000));
+        let limiter = RateLimiter::local(clock.clone());
+        // Every entry still refilling (none has expired): only the cap bounds the table.
+        for i in 0..(LOCAL_ENTRIES_MAX * 2 + 7) {
+            let limit = [Limit {
+                key: format!("ip:login:10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                quota: Quota::per_minute(5),
+            }];
+            assert!(limiter.check(&limit).await[0].allowed);
+        }
+        assert!(limiter.local_entries() <= LOCAL_ENTRIES_MAX, "{} entries", limiter.local_entries());
+        // The newest keys are kept (the oldest went): the last one is still counted.
+        let last = LOCAL_ENTRIES_MAX * 2 + 6;
+        let key = format!("ip:login:10.{}.{}.{}", last >> 16, (last >> 8) & 255, last & 255);
+        let limit = [Limit { key, quota: Quota::per_minute(1) }];
+        assert!(!limiter.check(&limit).await[0].allowed, "its state survived the evictions");
+    }
+
+    #[tokio::test]
+    async fn entries_whose_allowance_is_full_again_are_dropped_first() {
+        let clock = Arc::new(Clock::manual(1_000_000_000));
+        let limiter = RateLimiter::local(clock.clone());
+        for i in 0..LOCAL_ENTRIES_MAX {
+            limiter.check(&[Limit { key: format!("old{i}"), quota: Quota::per_minute(60) }]).await;
+        }
+        clock.advance(std::time::Duration::from_secs(2));
+        limiter.check(&[Limit { key: "new".into(), quota: Quota::per_minute(60) }]).await;
+        assert_eq!(limiter.local_entries(), 1, "every refilled entry went at once");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! generates the key and exposes its public modulus and exponent for the JWKS document.
 
 use crate::error::{internal, ApiError};
+use crate::secrets::at_rest::{MasterKey, Purpose, SEALED_BYTES_PREFIX};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -64,10 +65,11 @@ pub struct SigningKeys {
 }
 
 impl SigningKeys {
-    pub async fn get(&self, store: &Store, now_ms: i64) -> Result<Arc<SigningKey>, ApiError> {
+    /// The key, read (and opened with `master`) or generated (and stored sealed with it).
+    pub async fn get(&self, store: &Store, master: &MasterKey, now_ms: i64) -> Result<Arc<SigningKey>, ApiError> {
         self.key
             .get_or_try_init(|| async {
-                let (kid, der) = match store.signing_key().await.map_err(internal("read signing key"))? {
+                let (kid, stored) = match store.signing_key().await.map_err(internal("read signing key"))? {
                     Some(k) => k,
                     None => {
                         let (kid, der) = tokio::task::spawn_blocking(generate)
@@ -75,8 +77,16 @@ impl SigningKeys {
                             .map_err(internal("keygen task"))?
                             .map_err(internal("generate signing key"))?;
                         tracing::info!(kid = %kid, "generated the id_token signing key");
-                        store.store_signing_key(&kid, &der, now_ms).await.map_err(internal("store signing key"))?
+                        let sealed = master.seal(Purpose::SigningKey, &der);
+                        store.store_signing_key(&kid, &sealed, now_ms).await.map_err(internal("store signing key"))?
                     }
+                };
+                // Sealed since issue 14; a clear key (written by an older instance during a
+                // rolling upgrade) is read as it is and sealed at the next start.
+                let der = if stored.starts_with(SEALED_BYTES_PREFIX) {
+                    master.open(Purpose::SigningKey, &stored).map_err(internal("open signing key"))?
+                } else {
+                    stored
                 };
                 SigningKey::from_der(kid, &der).map(Arc::new).map_err(internal("load signing key"))
             })

@@ -83,6 +83,8 @@ pub fn sign_in(app_name: &str, hidden: &str, csrf: &str, error: Option<&str>, em
 /// What the consent page shows about money.
 pub struct PriceView<'a> {
     pub margin: Margin,
+    /// The margin the user consented to before, when `margin` is a raise over it.
+    pub previous_margin: Option<Margin>,
     pub balance: Credits,
     pub models: Vec<&'a Model>,
 }
@@ -109,7 +111,15 @@ pub fn consent(
             format!("<tr><td>{}</td>{}{}</tr>", escape(&m.id), cell(m.price.base.input), cell(m.price.base.output))
         })
         .collect();
-    let markup = if price.margin.bps() == 0 {
+    let markup = if let Some(old) = price.previous_margin {
+        format!(
+            "This app has raised its markup: <strong>{} → {}</strong> of the base price of each request. \
+             Until you approve, you keep paying {}; the markup goes to the app's developer.",
+            percent(old),
+            percent(price.margin),
+            percent(old)
+        )
+    } else if price.margin.bps() == 0 {
         "This app adds no markup: you pay the base price.".to_string()
     } else {
         format!(

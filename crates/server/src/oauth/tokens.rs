@@ -31,11 +31,13 @@ pub struct OAuthError {
     pub status: StatusCode,
     pub error: &'static str,
     pub description: String,
+    /// Quota's own 429 (`rate_limit_exceeded`, SPEC §13 shape with `Retry-After`), answered as is.
+    pub refusal: Option<Box<crate::error::ApiError>>,
 }
 
 impl OAuthError {
     fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> OAuthError {
-        OAuthError { status, error, description: description.into() }
+        OAuthError { status, error, description: description.into(), refusal: None }
     }
     pub fn invalid_request(d: impl Into<String>) -> OAuthError {
         OAuthError::new(StatusCode::BAD_REQUEST, "invalid_request", d)
@@ -62,6 +64,11 @@ impl From<crate::error::ApiError> for OAuthError {
         if e.status.is_server_error() {
             return OAuthError::server_error();
         }
+        if e.status == StatusCode::TOO_MANY_REQUESTS {
+            let mut refused = OAuthError::new(e.status, "rate_limit_exceeded", e.message.clone());
+            refused.refusal = Some(Box::new(e));
+            return refused;
+        }
         OAuthError::invalid_request(e.message)
     }
 }
@@ -82,11 +89,15 @@ pub fn no_store(mut resp: Response) -> Response {
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
+        if let Some(refusal) = self.refusal {
+            return no_store(refusal.into_response());
+        }
         let mut resp =
             (self.status, Json(json!({"error": self.error, "error_description": self.description}))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"quota\""));
         }
+
         no_store(resp)
     }
 }
@@ -186,14 +197,37 @@ fn field<'a>(form: &'a Form, name: &str) -> Option<&'a str> {
     form.get(name).map(String::as_str).filter(|v| !v.is_empty())
 }
 
-/// Client authentication at the token and revocation endpoints: `client_secret_post` (or
-/// HTTP Basic, which many libraries default to) for confidential clients, `none` for public
-/// ones. Secrets are compared by hash in constant time.
-pub async fn authenticate_client(state: &SharedState, form: &Form, headers: &HeaderMap) -> Result<App, OAuthError> {
-    let basic = headers
+/// Longest `client_id` looked up (Quota's own are ~40 characters): anything longer is refused
+/// before the database or the limiter sees it (SPEC §5).
+pub const CLIENT_ID_MAX_LEN: usize = 64;
+
+/// Failed client-secret guesses allowed per minute per (client, client IP) at `/oauth/token`
+/// and `/oauth/revoke`; past it, that address gets 429 for that client (others are unaffected).
+pub const SECRET_GUESSES_PER_MINUTE: u32 = 10;
+
+/// The client credentials a request presents: (client_id, secret), from HTTP Basic or the form.
+fn presented_credentials<'a>(
+    form: &'a Form,
+    basic: &'a Option<(String, String)>,
+) -> Result<(&'a str, Option<&'a str>), OAuthError> {
+    match (basic, field(form, "client_id")) {
+        (Some((id, secret)), form_id) => {
+            if form_id.is_some_and(|f| f != id) || form.contains_key("client_secret") {
+                return Err(OAuthError::invalid_request("use one client authentication method"));
+            }
+            Ok((id.as_str(), Some(secret.as_str())))
+        }
+        (None, Some(id)) => Ok((id, field(form, "client_secret"))),
+        (None, None) => Err(OAuthError::invalid_client("client_id is required")),
+    }
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+        .filter(|b| b.len() <= 4 * 1024)
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| {
@@ -201,31 +235,53 @@ pub async fn authenticate_client(state: &SharedState, form: &Form, headers: &Hea
             let decode =
                 |x: &str| url::form_urlencoded::parse(format!("x={x}").as_bytes()).next().map(|(_, v)| v.to_string());
             Some((decode(id)?, decode(secret)?))
-        });
-    let (client_id, secret) = match (&basic, field(form, "client_id")) {
-        (Some((id, secret)), form_id) => {
-            if form_id.is_some_and(|f| f != id) || form.contains_key("client_secret") {
-                return Err(OAuthError::invalid_request("use one client authentication method"));
-            }
-            (id.as_str(), Some(secret.as_str()))
-        }
-        (None, Some(id)) => (id, field(form, "client_secret")),
-        (None, None) => return Err(OAuthError::invalid_client("client_id is required")),
-    };
+        })
+}
+
+/// Client authentication at the token and revocation endpoints (SPEC §5): `client_secret_post`
+/// (or HTTP Basic, which many libraries default to) for confidential clients, `none` for public
+/// ones; secrets are compared by hash in constant time.
+///
+/// Nothing is remembered about a request before its client is known: an over-long or unknown
+/// `client_id` is `invalid_client` with no limiter state created. Then the endpoint's limit
+/// counts per (client, client IP), and failed secret guesses per (client, client IP) too, so
+/// spending a client's budget from one address never locks it out at another.
+pub async fn authenticate_client(
+    state: &SharedState,
+    form: &Form,
+    headers: &HeaderMap,
+    ip: std::net::IpAddr,
+) -> Result<App, OAuthError> {
+    let basic = basic_credentials(headers);
+    let (client_id, secret) = presented_credentials(form, &basic)?;
+    if client_id.len() > CLIENT_ID_MAX_LEN {
+        return Err(OAuthError::invalid_client("unknown client"));
+    }
     let app = state
         .store
         .app_by_client_id(client_id)
         .await
         .map_err(store_error("client lookup"))?
         .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
+    // Keys are built from the app's id and the client IP only: values the server verified.
+    let per_minute = state.config.token_rate_limit_per_minute;
+    let ip = crate::client_ip::limit_bucket(ip);
+    crate::limit::check_one(&state.limiter, format!("token:{}:{ip}", app.id), per_minute).await?;
+    let guesses = format!("token-secret:{}:{ip}", app.id);
     match (&app.client_secret_hash, secret) {
         (None, None) => Ok(app),
         (None, Some(_)) => Err(OAuthError::invalid_client("this client is public: it authenticates with no secret")),
         (Some(_), None) => Err(OAuthError::invalid_client("client_secret is required for this client")),
         (Some(stored), Some(given)) => {
+            // Refuse before verifying once this address has used up its guesses.
+            let limiter = &state.limiter;
+            use crate::limit::Count;
+            crate::limit::check_one_counting(limiter, guesses.clone(), SECRET_GUESSES_PER_MINUTE, Count::No).await?;
             if bool::from(hash_token(given).as_bytes().ct_eq(stored.as_bytes())) {
                 Ok(app)
             } else {
+                tracing::info!(app = %app.id, %ip, "client authentication failed at the token endpoint");
+                crate::limit::check_one(limiter, guesses, SECRET_GUESSES_PER_MINUTE).await?;
                 Err(OAuthError::invalid_client("client authentication failed"))
             }
         }
@@ -238,7 +294,9 @@ struct Minted {
     rows: [NewToken; 2],
 }
 
-fn mint(now: i64) -> Minted {
+/// New access and refresh tokens; the access token with `access_scopes` when narrower than the
+/// grant's (the refresh token keeps its own, RFC 6749 §6).
+fn mint(now: i64, access_scopes: Option<String>) -> Minted {
     let access = quota_core::ids::new_secret(crate::auth::USER_TOKEN_PREFIX);
     let refresh = quota_core::ids::new_secret(super::REFRESH_TOKEN_PREFIX);
     let rows = [
@@ -246,11 +304,13 @@ fn mint(now: i64) -> Minted {
             token_hash: hash_token(&access),
             kind: TokenKind::Access,
             expires_at: now + super::ACCESS_TOKEN_TTL_MS,
+            scopes: access_scopes,
         },
         NewToken {
             token_hash: hash_token(&refresh),
             kind: TokenKind::Refresh,
             expires_at: now + super::REFRESH_TOKEN_TTL_MS,
+            scopes: None,
         },
     ];
     Minted { access, refresh, rows }
@@ -302,7 +362,7 @@ async fn token_response(
             .await
             .map_err(store_error("id_token user"))?
             .ok_or_else(OAuthError::server_error)?;
-        let key = state.oauth.signing.get(&state.store, now).await?;
+        let key = state.oauth.signing.get(&state.store, &state.master_key, now).await?;
         let (email, email_verified, name) = identity_claims(scopes, &user.email);
         let claims = IdTokenClaims {
             iss: issuer,
@@ -403,7 +463,7 @@ pub async fn exchange_code(
         nonce: row.nonce.clone(),
         auth_time: row.auth_time,
     };
-    let minted = mint(now);
+    let minted = mint(now, None);
     match state.store.exchange_code(&code_hash, &grant, &minted.rows, now).await.map_err(store_error("exchange"))? {
         Ok(()) => {}
         Err(ExchangeError::AlreadyUsed) => {
@@ -443,14 +503,19 @@ pub async fn refresh(state: &SharedState, app: &App, form: &Form, issuer: &str) 
     if row.expires_at <= now {
         return Err(OAuthError::invalid_grant("refresh token expired"));
     }
-    let scopes = Scopes::parse(&row.scopes).map_err(|_| OAuthError::server_error())?;
-    if let Some(asked) = field(form, "scope") {
-        let asked = Scopes::parse(asked).map_err(OAuthError::invalid_scope)?;
-        if !asked.is_subset_of(scopes) {
-            return Err(OAuthError::invalid_scope("a refresh cannot add scopes to the grant"));
+    let granted = Scopes::parse(&row.scopes).map_err(|_| OAuthError::server_error())?;
+    // A narrower `scope` gets tokens with just that scope (RFC 6749 §6); omitted: the grant's.
+    let scopes = match field(form, "scope") {
+        Some(asked) => {
+            let asked = Scopes::parse(asked).map_err(OAuthError::invalid_scope)?;
+            if asked.is_empty() || !asked.is_subset_of(granted) {
+                return Err(OAuthError::invalid_scope("a refresh can narrow the grant's scopes, not add to them"));
+            }
+            asked
         }
-    }
-    let minted = mint(now);
+        None => granted,
+    };
+    let minted = mint(now, (scopes != granted).then(|| scopes.to_string()));
     match state
         .store
         .rotate_refresh_token(&hash, &row.grant_id, &minted.rows, now)

@@ -16,7 +16,7 @@ use quota_core::{AccountId, Credits, Transfer};
 use quota_store::{clock::rfc3339, now_ms, StoreError, User};
 use serde::Deserialize;
 use serde_json::json;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Longest password accepted (bounds the hashing work an attacker can ask for).
 const PASSWORD_MAX_CHARS: usize = 1024;
@@ -119,15 +119,43 @@ async fn session_response(state: &SharedState, user: &User, status: StatusCode) 
     Ok(resp)
 }
 
-/// The client's IP: the TCP peer, or the first `X-Forwarded-For` address behind a trusted proxy.
-pub(crate) fn client_ip(state: &SharedState, peer: &SocketAddr, headers: &HeaderMap) -> String {
-    if state.config.trust_forwarded_for {
-        let first = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next());
-        if let Some(ip) = first.and_then(|f| f.trim().parse::<std::net::IpAddr>().ok()) {
-            return ip.to_string();
+/// The client's IP (SPEC §7): the TCP peer, or behind `trusted_proxies` the first untrusted
+/// `X-Forwarded-For` address from the right.
+pub(crate) fn client_ip(state: &SharedState, peer: &SocketAddr, headers: &HeaderMap) -> IpAddr {
+    state.proxies.client(peer, headers)
+}
+
+/// A password sign-in by any way in (`/auth/login`, the `/oauth/authorize` and dashboard
+/// forms): the per-IP login limit, then the per-account lockout, then the password. A failure
+/// counts toward the email's lockout (whether or not the account exists); a success clears it.
+pub async fn sign_in(state: &SharedState, ip: IpAddr, email: &str, password: &str) -> Result<User, ApiError> {
+    crate::limit::check_one(&state.limiter, format!("ip:login:{ip}"), state.config.login_rate_limit_per_minute).await?;
+    let normalized = email.trim().to_lowercase();
+    state.limiter.lockout_check(&normalized).await?;
+    match authenticate(state, &normalized, password).await {
+        Ok(user) => {
+            state.limiter.lockout_cleared(&normalized).await;
+            Ok(user)
+        }
+        Err(e) => {
+            if e.code == "invalid_credentials" {
+                let window_us = (state.config.lockout_window_secs as i64).saturating_mul(1_000_000);
+                state.limiter.lockout_failed(&normalized, state.config.lockout_failures, window_us).await;
+            }
+            Err(e)
         }
     }
-    peer.ip().to_string()
+}
+
+/// A sign-up by any way in (`/auth/register`, the `/oauth/authorize` and dashboard forms):
+/// the per-IP register limit, then the account with its welcome credits.
+pub async fn sign_up(state: &SharedState, ip: IpAddr, email: &str, password: &str) -> Result<User, ApiError> {
+    let bucket = crate::client_ip::limit_bucket(ip);
+    let per_minute = state.config.register_rate_limit_per_minute;
+    crate::limit::check_one(&state.limiter, format!("ip:register:{bucket}"), per_minute).await?;
+    let email = parse_email(email)?;
+    check_password(password)?;
+    create_account(state, &email, password).await
 }
 
 /// Check an email and password (401 `invalid_credentials` alike for an unknown email and a
@@ -157,11 +185,7 @@ pub async fn register(
     JsonBody(c): JsonBody<Credentials>,
 ) -> Result<Response, ApiError> {
     let ip = client_ip(&state, &peer, &headers);
-    crate::limit::check_one(&state.limiter, format!("ip:register:{ip}"), state.config.register_rate_limit_per_minute)
-        .await?;
-    let email = parse_email(&c.email)?;
-    check_password(&c.password)?;
-    let user = create_account(&state, &email, &c.password).await?;
+    let user = sign_up(&state, ip, &c.email, &c.password).await?;
     tracing::info!(user = %user.id, "account registered");
     session_response(&state, &user, StatusCode::CREATED).await
 }
@@ -173,8 +197,7 @@ pub async fn login(
     JsonBody(c): JsonBody<Credentials>,
 ) -> Result<Response, ApiError> {
     let ip = client_ip(&state, &peer, &headers);
-    crate::limit::check_one(&state.limiter, format!("ip:login:{ip}"), state.config.login_rate_limit_per_minute).await?;
-    let user = authenticate(&state, &c.email, &c.password).await?;
+    let user = sign_in(&state, ip, &c.email, &c.password).await?;
     session_response(&state, &user, StatusCode::OK).await
 }
 

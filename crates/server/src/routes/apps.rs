@@ -6,7 +6,7 @@ use crate::app::SharedState;
 use crate::auth::SessionUser;
 use crate::body::JsonBody;
 use crate::error::{internal, ApiError};
-use crate::oauth::{redirect, tokens::connection_event, Scopes, CLIENT_ID_PREFIX, CLIENT_SECRET_PREFIX};
+use crate::oauth::{redirect, tokens::connection_event, Scope, Scopes, CLIENT_ID_PREFIX, CLIENT_SECRET_PREFIX};
 use crate::routes::keys::check_name;
 use crate::routes::PageQuery;
 use crate::secrets::hash_token;
@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use quota_core::Margin;
 use quota_store::clock::rfc3339;
-use quota_store::oauth::App;
+use quota_store::oauth::{App, AppUser};
 use quota_store::StoreError;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -132,6 +132,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = check_name(&body.name)?;
     let redirect_uris = check_redirect_uris(body.redirect_uris)?;
+    crate::account_caps::ensure_room(&state, crate::account_caps::Capped::Apps, &session.user.id).await?;
     let allowed_scopes = match &body.allowed_scopes {
         Some(s) => check_scopes(s)?,
         None => DEFAULT_SCOPES.to_string(),
@@ -243,15 +244,27 @@ pub async fn users(
     let app = owned_app(&state, &session, &id).await?;
     let users = state.store.app_users(&app.id).await.map_err(internal("app users"))?;
     page.json(users, |u| {
+        let (email, balance) = visible(u);
         json!({
             "user_id": u.user_id,
-            "email": u.email,
-            "balance": u.balance,
+            "email": email,
+            "balance": balance,
             "spend": u.spend,
             "scopes": scope_list(&u.scopes),
             "connected_at": rfc3339(u.connected_at),
         })
     })
+}
+
+/// What an app's owner sees of a connected user (SPEC §5): the email only if the user granted
+/// `email`, the balance only with `credits.read` (else `None`); spend through the app always.
+/// The JSON list and the dashboard both show this.
+pub fn visible(u: &AppUser) -> (Option<&str>, Option<i64>) {
+    let scopes = Scopes::parse(&u.scopes).unwrap_or_default();
+    (
+        scopes.contains(Scope::Email).then_some(u.email.as_str()),
+        scopes.contains(Scope::CreditsRead).then_some(u.balance),
+    )
 }
 
 pub async fn delete(

@@ -92,6 +92,7 @@ pub async fn create(
                 .id,
         ),
     };
+    crate::account_caps::ensure_room(&state, crate::account_caps::Capped::ApiKeys, &session.user.id).await?;
     let (secret, prefix, key_hash) = new_secret();
     let key = state
         .store

@@ -14,13 +14,14 @@ use crate::oauth::tokens::{self, authenticate_client, no_store, parse_form, Form
 use crate::oauth::{issuer, pages, pkce, redirect, Scope, Scopes};
 use crate::routes::accounts;
 use crate::secrets::hash_token;
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use quota_core::{AccountId, Margin};
 use quota_store::oauth::{App, AuthCode};
 use serde_json::json;
+use std::net::SocketAddr;
 
 /// The pre-session cookie the sign-in form's CSRF token is bound to.
 const CSRF_COOKIE: &str = "quota_csrf";
@@ -29,7 +30,8 @@ const CONSENT_MODELS: [&str; 3] = ["gpt-4o-mini", "gpt-4o", "gpt-4.1"];
 
 // ---- discovery -----------------------------------------------------------------------------
 
-/// `GET /.well-known/openid-configuration`, cacheable for an hour.
+/// `GET /.well-known/openid-configuration`: cacheable for an hour when the issuer is
+/// `public_url`, `no-store` otherwise.
 pub async fn discovery(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let iss = issuer(&state.config, &headers);
     let doc = json!({
@@ -51,13 +53,19 @@ pub async fn discovery(State(state): State<SharedState>, headers: HeaderMap) -> 
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "email", "email_verified", "name", "balance"],
     });
     let mut resp = Json(doc).into_response();
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    // Without public_url the URLs come from the request's Host: no shared cache may keep them.
+    let cache = if state.config.public_url.as_deref().is_some_and(|u| !u.is_empty()) {
+        "public, max-age=3600"
+    } else {
+        "no-store"
+    };
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     resp
 }
 
 /// `GET /.well-known/jwks.json`: the id_token signing key.
 pub async fn jwks(State(state): State<SharedState>) -> Result<Response, ApiError> {
-    let key = state.oauth.signing.get(&state.store, state.clock.now_ms()).await?;
+    let key = state.oauth.signing.get(&state.store, &state.master_key, state.clock.now_ms()).await?;
     let mut resp = Json(json!({"keys": [key.jwk]})).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
     Ok(resp)
@@ -280,14 +288,35 @@ async fn consent_page(state: &SharedState, session: &SessionUser, v: &Validated,
         Ok(b) => b,
         Err(e) => return Refusal::from(crate::error::internal("consent balance")(e)).into_response(),
     };
+    // What the user consented to before, when the app has raised its margin since: the page
+    // shows old → new, and approving it is what makes the new margin apply (SPEC §5).
+    let previous = match state.store.consented_margin(&session.user.id, &v.app.id).await {
+        Ok(p) => p.filter(|bps| *bps < v.app.profit_margin_bps).and_then(|bps| Margin::from_bps(bps).ok()),
+        Err(e) => return Refusal::from(crate::error::internal("consented margin")(e)).into_response(),
+    };
     let price = pages::PriceView {
         margin: Margin::from_bps(v.app.profit_margin_bps).unwrap_or(Margin::ZERO),
+        previous_margin: previous,
         balance,
         models: CONSENT_MODELS.iter().filter_map(|id| state.catalog.get(id).map(|m| m.as_ref())).collect(),
     };
-    let csrf = state.oauth.csrf.token("consent", &session.token_hash);
-    let hidden = pages::hidden_fields(&req.pairs());
+    // The token commits to the margin shown, so an approval consents to exactly that margin
+    // (and a developer's change after the page was shown makes it stale).
+    let shown = price.margin.bps();
+    let csrf = state.oauth.csrf.token(&consent_purpose(shown), &session.token_hash);
+    let mut pairs = req.pairs();
+    let shown_text = shown.to_string();
+    pairs.push((SHOWN_MARGIN_FIELD, &shown_text));
+    let hidden = pages::hidden_fields(&pairs);
     html(StatusCode::OK, pages::consent(&v.app.name, &session.user.email, v.scopes, &price, &hidden, &csrf), None)
+}
+
+/// The consent form's field carrying the margin (basis points) its page showed.
+const SHOWN_MARGIN_FIELD: &str = "shown_margin_bps";
+
+/// The consent form's CSRF purpose: bound to the margin shown.
+fn consent_purpose(margin_bps: u32) -> String {
+    format!("consent:{margin_bps}")
 }
 
 /// Parse (a query string or a form body) and validate an authorization request.
@@ -315,104 +344,131 @@ pub async fn authorize_get(
     }
 }
 
+/// One submitted authorization form: its request, validated, and the form's fields.
+struct Submitted {
+    form: Form,
+    req: AuthorizeRequest,
+    v: Validated,
+}
+
+impl Submitted {
+    fn field(&self, name: &str) -> &str {
+        self.form.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
 /// `POST /oauth/authorize`: the sign-in, sign-up and consent forms.
-pub async fn authorize_post(State(state): State<SharedState>, headers: HeaderMap, RawBody(body): RawBody) -> Response {
+pub async fn authorize_post(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
     let (form, req, v) = match read_request(&state, &body).await {
         Ok(r) => r,
         Err(refusal) => return refusal.into_response(),
     };
-    let submitted_csrf = form.get("csrf_token").map(String::as_str).unwrap_or("");
-    let action = form.get("action").map(String::as_str).unwrap_or("");
-    match action {
-        "login" | "signup" => {
-            let fresh =
-                cookie(&headers, CSRF_COOKIE).is_some_and(|c| state.oauth.csrf.verify("sign-in", c, submitted_csrf));
-            if !fresh {
-                return sign_in_page(
-                    &state,
-                    &headers,
-                    &req,
-                    &v.app,
-                    StatusCode::FORBIDDEN,
-                    Some("This form expired or did not come from Quota. Please sign in again."),
-                    "",
-                );
-            }
-            let email = form.get("email").map(String::as_str).unwrap_or("");
-            let password = form.get("password").map(String::as_str).unwrap_or("");
-            let user = if action == "login" {
-                accounts::authenticate(&state, email, password).await
-            } else {
-                sign_up(&state, email, password).await
-            };
-            match user {
-                Ok(user) => match accounts::new_session(&state, &user).await {
-                    Ok((_, _, set_cookie)) => {
-                        let mut resp = see_other(&format!("/oauth/authorize?{}", req.query()));
-                        if let Ok(c) = HeaderValue::from_str(&set_cookie) {
-                            resp.headers_mut().append(header::SET_COOKIE, c);
-                        }
-                        resp
-                    }
-                    Err(e) => Refusal::from(e).into_response(),
-                },
-                Err(e) if e.status.is_server_error() => Refusal::from(e).into_response(),
-                Err(e) => sign_in_page(&state, &headers, &req, &v.app, e.status, Some(&e.message), email),
-            }
-        }
-        "approve" | "deny" => {
-            let session = match browser_session(&state, &headers).await {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    return sign_in_page(
-                        &state,
-                        &headers,
-                        &req,
-                        &v.app,
-                        StatusCode::UNAUTHORIZED,
-                        Some("Please sign in first."),
-                        "",
-                    )
-                }
-                Err(e) => return Refusal::from(e).into_response(),
-            };
-            if !state.oauth.csrf.verify("consent", &session.token_hash, submitted_csrf) {
-                return Refusal::Page(
-                    StatusCode::FORBIDDEN,
-                    "This form expired or did not come from Quota; nothing was approved. Go back and try again.".into(),
-                )
-                .into_response();
-            }
-            if action == "deny" {
-                tracing::info!(app = %v.app.id, user = %session.user.id, "consent denied");
-                return v.redirect(&[("error", "access_denied"), ("error_description", "the user denied the request")]);
-            }
-            match approve(&state, &session, &v).await {
-                Ok(code) => v.redirect(&[("code", &code)]),
-                Err(e) => Refusal::from(e).into_response(),
-            }
-        }
+    let sub = Submitted { form, req, v };
+    match sub.field("action") {
+        "login" => sign_in_form(&state, &peer, &headers, &sub, false).await,
+        "signup" => sign_in_form(&state, &peer, &headers, &sub, true).await,
+        "approve" => consent_form(&state, &headers, &sub, true).await,
+        "deny" => consent_form(&state, &headers, &sub, false).await,
         _ => Refusal::Page(StatusCode::BAD_REQUEST, "unknown form action".into()).into_response(),
     }
 }
 
-async fn sign_up(state: &SharedState, email: &str, password: &str) -> Result<quota_store::User, ApiError> {
-    let email = accounts::parse_email(email)?;
-    accounts::check_password(password)?;
-    accounts::create_account(state, &email, password).await
+/// The sign-in (or sign-up) form: the same functions, and so the same per-IP budgets and
+/// lockout, as `/auth/login` and `/auth/register` (SPEC §1); then back to the consent page.
+async fn sign_in_form(
+    state: &SharedState,
+    peer: &SocketAddr,
+    headers: &HeaderMap,
+    sub: &Submitted,
+    signup: bool,
+) -> Response {
+    let (req, app) = (&sub.req, &sub.v.app);
+    let fresh =
+        cookie(headers, CSRF_COOKIE).is_some_and(|c| state.oauth.csrf.verify("sign-in", c, sub.field("csrf_token")));
+    if !fresh {
+        let message = "This form expired or did not come from Quota. Please sign in again.";
+        return sign_in_page(state, headers, req, app, StatusCode::FORBIDDEN, Some(message), "");
+    }
+    let (email, password) = (sub.field("email"), sub.field("password"));
+    let ip = accounts::client_ip(state, peer, headers);
+    let user = if signup {
+        accounts::sign_up(state, ip, email, password).await
+    } else {
+        accounts::sign_in(state, ip, email, password).await
+    };
+    match user {
+        Ok(user) => match accounts::new_session(state, &user).await {
+            Ok((_, _, set_cookie)) => {
+                let mut resp = see_other(&format!("/oauth/authorize?{}", req.query()));
+                if let Ok(c) = HeaderValue::from_str(&set_cookie) {
+                    resp.headers_mut().append(header::SET_COOKIE, c);
+                }
+                resp
+            }
+            Err(e) => Refusal::from(e).into_response(),
+        },
+        Err(e) if e.status.is_server_error() => Refusal::from(e).into_response(),
+        Err(e) => e.with_retry_after(sign_in_page(state, headers, req, app, e.status, Some(&e.message), email)),
+    }
+}
+
+/// The consent form: approve (consenting to the margin its page showed) or deny.
+async fn consent_form(state: &SharedState, headers: &HeaderMap, sub: &Submitted, approved: bool) -> Response {
+    let (req, v) = (&sub.req, &sub.v);
+    let session = match browser_session(state, headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            let message = Some("Please sign in first.");
+            return sign_in_page(state, headers, req, &v.app, StatusCode::UNAUTHORIZED, message, "");
+        }
+        Err(e) => return Refusal::from(e).into_response(),
+    };
+    let shown =
+        sub.field(SHOWN_MARGIN_FIELD).parse::<u32>().ok().filter(|bps| {
+            state.oauth.csrf.verify(&consent_purpose(*bps), &session.token_hash, sub.field("csrf_token"))
+        });
+    let Some(shown) = shown else {
+        let message = "This form expired or did not come from Quota; nothing was approved. Go back and try again.";
+        return Refusal::Page(StatusCode::FORBIDDEN, message.into()).into_response();
+    };
+    if !approved {
+        tracing::info!(app = %v.app.id, user = %session.user.id, "consent denied");
+        return v.redirect(&[("error", "access_denied"), ("error_description", "the user denied the request")]);
+    }
+    if shown != v.app.profit_margin_bps {
+        // The developer changed the markup after the page was shown: show the new one.
+        return consent_page(state, &session, v, req).await;
+    }
+    match approve(state, &session, v, shown).await {
+        Ok(code) => v.redirect(&[("code", &code)]),
+        Err(e) => Refusal::from(e).into_response(),
+    }
 }
 
 /// Consent given: connect (with `user.connected` the first time) and grant the app's welcome
 /// credits (once per user ever), then a single-use code for the app.
-async fn approve(state: &SharedState, session: &SessionUser, v: &Validated) -> Result<String, ApiError> {
+async fn approve(
+    state: &SharedState,
+    session: &SessionUser,
+    v: &Validated,
+    shown_margin_bps: u32,
+) -> Result<String, ApiError> {
     let now = state.clock.now_ms();
     let user_id = &session.user.id;
     let event = tokens::connection_event("user.connected", &v.app, user_id, now);
     let newly = state
         .store
-        .connect(user_id, &v.app.id, &v.scopes.to_string(), now, event)
+        .connect(user_id, &v.app.id, &v.scopes.to_string(), shown_margin_bps, now, event)
         .await
         .map_err(crate::error::internal("connect"))?;
+    // The connection's margin may have risen (a re-approval): cached tokens carry the old one.
+    state.oauth.tokens.evict_connection(user_id, &v.app.id);
+    crate::changes::announce(state, &crate::changes::connection(user_id, &v.app.id)).await;
     if newly {
         tracing::info!(app = %v.app.id, user = %user_id, "user connected");
     }
@@ -445,19 +501,29 @@ async fn approve(state: &SharedState, session: &SessionUser, v: &Validated) -> R
 
 // ---- token, userinfo, revoke ---------------------------------------------------------------
 
+/// A token or revocation request's form and the client it authenticated as (SPEC §5: client
+/// authentication comes before anything else is remembered about the request).
+async fn client_request(
+    state: &SharedState,
+    peer: &SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Form, App), OAuthError> {
+    let form = parse_form(body).map_err(OAuthError::invalid_request)?;
+    let ip = accounts::client_ip(state, peer, headers);
+    let app = authenticate_client(state, &form, headers, ip).await?;
+    Ok((form, app))
+}
+
 /// `POST /oauth/token`: `authorization_code` and `refresh_token` grants.
-pub async fn token(State(state): State<SharedState>, headers: HeaderMap, RawBody(body): RawBody) -> Response {
-    // SPEC §7: 60 requests a minute per client, counted before the client is authenticated so
-    // guessing a secret is limited too.
-    if let Some(client) = parse_form(&body).ok().and_then(|f| f.get("client_id").cloned()) {
-        let key = format!("client:{client}");
-        if let Err(e) = crate::limit::check_one(&state.limiter, key, state.config.token_rate_limit_per_minute).await {
-            return e.into_response();
-        }
-    }
+pub async fn token(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
     let result = async {
-        let form = parse_form(&body).map_err(OAuthError::invalid_request)?;
-        let app = authenticate_client(&state, &form, &headers).await?;
+        let (form, app) = client_request(&state, &peer, &headers, &body).await?;
         let iss = issuer(&state.config, &headers);
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => tokens::exchange_code(&state, &app, &form, &iss).await,
@@ -526,10 +592,14 @@ pub async fn userinfo(State(state): State<SharedState>, headers: HeaderMap) -> R
 }
 
 /// `POST /oauth/revoke` (RFC 7009): 200 whether or not the token was known.
-pub async fn revoke(State(state): State<SharedState>, headers: HeaderMap, RawBody(body): RawBody) -> Response {
+pub async fn revoke(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
     let result = async {
-        let form = parse_form(&body).map_err(OAuthError::invalid_request)?;
-        let app = authenticate_client(&state, &form, &headers).await?;
+        let (form, app) = client_request(&state, &peer, &headers, &body).await?;
         tokens::revoke(&state, &app, &form).await
     }
     .await;

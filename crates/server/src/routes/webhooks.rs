@@ -6,6 +6,7 @@ use crate::app::SharedState;
 use crate::auth::SessionUser;
 use crate::error::{internal, ApiError};
 use crate::routes::PageQuery;
+use crate::secrets::at_rest::Purpose;
 use crate::webhooks::{new_secret, parse_events, validate_url, DESCRIPTION_MAX_CHARS};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -95,13 +96,34 @@ async fn owned(state: &SharedState, s: &SessionUser, id: &str) -> Result<Webhook
 }
 
 /// `POST /v1/webhooks` → the endpoint and its `secret` (the only time it is shown).
+/// A new endpoint URL, checked (SPEC §8): its form, a literal address, and — unless private
+/// URLs are allowed — what its hostname resolves to now. A name that does not resolve yet is
+/// accepted; every delivery checks again.
+async fn checked_url(state: &SharedState, raw: &str) -> Result<String, ApiError> {
+    let allow_private = state.config.webhook_allow_private_urls;
+    let url = validate_url(raw, allow_private)?;
+    if allow_private {
+        return Ok(url);
+    }
+    if let Some(host) = url::Url::parse(&url).ok().and_then(|u| u.domain().map(str::to_string)) {
+        if let Err(e) = crate::webhooks::ssrf::resolve_checked(state.webhook_resolver.as_ref(), &host, false).await {
+            if e.starts_with("refused") {
+                return Err(ApiError::bad_request(format!("url `{raw}`: {e}"))
+                    .with_hint("use an https:// URL on a public host"));
+            }
+        }
+    }
+    Ok(url)
+}
+
 pub async fn create(
     State(state): State<SharedState>,
     s: SessionUser,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: CreateEndpoint = parse_body(&body)?;
-    let url = validate_url(&req.url, state.config.webhook_private_urls_allowed())?;
+    let url = checked_url(&state, &req.url).await?;
+    crate::account_caps::ensure_room(&state, crate::account_caps::Capped::WebhookEndpoints, &s.user.id).await?;
     let now = state.clock.now_ms();
     let endpoint = WebhookEndpoint {
         id: quota_core::ids::new_id("whk_"),
@@ -110,17 +132,20 @@ pub async fn create(
         description: description(req.description)?.unwrap_or_default(),
         events: parse_events(&req.events.unwrap_or_default())?,
         low_balance_threshold: threshold(req.low_balance_threshold)?,
-        secret: new_secret(),
+        secret: String::new(),
         created_at: now,
         updated_at: now,
         failing_since: None,
         disabled_at: None,
         disabled_reason: None,
     };
-    state.store.create_webhook_endpoint(&endpoint).await.map_err(internal("create webhook"))?;
+    // Stored sealed with the master key (SPEC §12); shown in clear this once.
+    let secret = new_secret();
+    let stored = WebhookEndpoint { secret: state.master_key.seal_text(Purpose::WebhookSecret, &secret), ..endpoint };
+    state.store.create_webhook_endpoint(&stored).await.map_err(internal("create webhook"))?;
     reload(&state).await?;
-    let mut out = endpoint_json(&endpoint);
-    out["secret"] = Value::String(endpoint.secret);
+    let mut out = endpoint_json(&stored);
+    out["secret"] = Value::String(secret);
     Ok((StatusCode::CREATED, Json(out)))
 }
 
@@ -149,7 +174,10 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let req: UpdateEndpoint = parse_body(&body)?;
     let patch = EndpointPatch {
-        url: req.url.map(|u| validate_url(&u, state.config.webhook_private_urls_allowed())).transpose()?,
+        url: match req.url {
+            Some(u) => Some(checked_url(&state, &u).await?),
+            None => None,
+        },
         description: description(req.description)?,
         events: req.events.map(|e| parse_events(&e)).transpose()?,
         low_balance_threshold: req.low_balance_threshold.map(threshold).transpose()?,
@@ -186,8 +214,9 @@ pub async fn rotate_secret(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let secret = new_secret();
+    let sealed = state.master_key.seal_text(Purpose::WebhookSecret, &secret);
     let now = state.clock.now_ms();
-    if !state.store.rotate_webhook_secret(&s.user.id, &id, &secret, now).await.map_err(internal("rotate secret"))? {
+    if !state.store.rotate_webhook_secret(&s.user.id, &id, &sealed, now).await.map_err(internal("rotate secret"))? {
         return Err(ApiError::not_found("webhook endpoint"));
     }
     let mut out = endpoint_json(&owned(&state, &s, &id).await?);

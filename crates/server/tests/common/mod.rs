@@ -19,6 +19,45 @@ use quota_server::{build_router, AppState, Config, SharedState};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 
+/// The tests' DNS for webhook hosts: never the network. `localhost` is 127.0.0.1; a name
+/// given a script answers its next scripted answer (the last one again once the script runs
+/// out); anything else does not resolve. Counts lookups per name.
+#[derive(Default)]
+pub struct TestResolver {
+    scripts: parking_lot::Mutex<std::collections::HashMap<String, Script>>,
+}
+
+/// A name's scripted answers and how many lookups it had.
+type Script = (Vec<Vec<std::net::IpAddr>>, usize);
+
+impl TestResolver {
+    /// `host` answers `answers[0]`, then `answers[1]`, … (the last one for ever after).
+    pub fn script(&self, host: &str, answers: &[&[&str]]) {
+        let answers = answers.iter().map(|a| a.iter().map(|ip| ip.parse().unwrap()).collect()).collect();
+        self.scripts.lock().insert(host.to_string(), (answers, 0));
+    }
+
+    /// How many times `host` was looked up.
+    pub fn lookups(&self, host: &str) -> usize {
+        self.scripts.lock().get(host).map_or(0, |(_, n)| *n)
+    }
+}
+
+impl quota_server::webhooks::ssrf::Resolve for TestResolver {
+    fn lookup(&self, host: String) -> futures::future::BoxFuture<'static, std::io::Result<Vec<std::net::IpAddr>>> {
+        let answer = match self.scripts.lock().get_mut(&host) {
+            Some((answers, n)) => {
+                let a = answers.get(*n).or(answers.last()).cloned().unwrap_or_default();
+                *n += 1;
+                Ok(a)
+            }
+            None if host == "localhost" => Ok(vec![std::net::IpAddr::from([127, 0, 0, 1])]),
+            None => Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no such host (test DNS)"))),
+        };
+        Box::pin(async move { answer })
+    }
+}
+
 pub struct TestServer {
     pub base: String,
     pub state: SharedState,
@@ -66,6 +105,11 @@ pub fn test_config(database_url: String) -> Config {
         register_rate_limit_per_minute: 10_000,
         login_rate_limit_per_minute: 10_000,
         rate_limit_per_minute: 100_000,
+        // Tests deliver webhooks to listeners on 127.0.0.1; the SSRF tests turn this off.
+        webhook_allow_private_urls: true,
+        // On SQLite the master key file beside each test database is used (and tested); on
+        // PostgreSQL every instance needs it in the configuration.
+        secret_key: on_postgres().then(|| "7e".repeat(32)),
         database_url,
         ..Default::default()
     }
@@ -96,10 +140,27 @@ impl TestServer {
         configure: impl FnOnce(&mut Config),
         clock: std::sync::Arc<quota_server::clock::Clock>,
     ) -> TestServer {
+        TestServer::start_with_parts(configure, clock, std::sync::Arc::new(TestResolver::default())).await
+    }
+
+    /// A server whose webhook deliveries look hosts up with `resolver`.
+    pub async fn start_with_resolver(
+        configure: impl FnOnce(&mut Config),
+        resolver: std::sync::Arc<TestResolver>,
+    ) -> TestServer {
+        let clock = std::sync::Arc::new(quota_server::clock::Clock::system());
+        TestServer::start_with_parts(configure, clock, resolver).await
+    }
+
+    pub async fn start_with_parts(
+        configure: impl FnOnce(&mut Config),
+        clock: std::sync::Arc<quota_server::clock::Clock>,
+        resolver: std::sync::Arc<TestResolver>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(fresh_database_url(&dir).await);
         configure(&mut config);
-        let state = AppState::start_with_clock(config, clock).await.unwrap();
+        let state = AppState::start_with_parts(config, clock, resolver).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let app = build_router(state.clone());

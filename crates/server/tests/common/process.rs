@@ -51,6 +51,7 @@ pub fn spawn(db: &Db, extra_env: &[(&str, &str)]) -> Proc {
         // Load from one key far beyond the default 100/min; limits have their own tests.
         .env("QUOTA_RATE_LIMIT_PER_MINUTE", "10000000")
         .env_remove("OPENAI_API_KEY")
+        .envs(postgres_secret_key())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     for (k, v) in extra_env {
@@ -69,7 +70,23 @@ pub fn spawn(db: &Db, extra_env: &[(&str, &str)]) -> Proc {
 }
 
 pub fn cli(db: &Db, args: &[&str]) -> std::process::Output {
-    Command::new(QUOTA).args(args).current_dir(db.dir.path()).env("QUOTA_DATABASE_URL", &db.url).output().unwrap()
+    Command::new(QUOTA)
+        .args(args)
+        .current_dir(db.dir.path())
+        .env("QUOTA_DATABASE_URL", &db.url)
+        .envs(postgres_secret_key())
+        .output()
+        .unwrap()
+}
+
+/// On PostgreSQL every instance needs the master key in its configuration (SPEC §12); on
+/// SQLite the key file beside the database is used.
+fn postgres_secret_key() -> Vec<(&'static str, String)> {
+    if super::on_postgres() {
+        vec![("QUOTA_SECRET_KEY", "7e".repeat(32))]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Register `crash@example.com` with a `test` key; returns (user id, session, key).

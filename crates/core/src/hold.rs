@@ -144,11 +144,7 @@ impl HoldBound {
     /// The bound of a request on `model` whose prompt is bounded by `prompt`, asking for
     /// `requested_max` output tokens per choice (`None`: the model's maximum), `choices` times.
     pub fn new(model: &Model, prompt: &PromptBound, requested_max: Option<u64>, choices: u64) -> HoldBound {
-        HoldBound {
-            prompt_tokens_max: prompt.tokens_max(model),
-            output_tokens_max: output_tokens_to_reserve(model, requested_max).saturating_mul(choices.max(1)),
-            choices: choices.max(1),
-        }
+        HoldBound::counted(model, prompt.tokens_max(model), requested_max, choices)
     }
 
     /// The same prompt with a known exact count (the sandbox counts its own tokens).

@@ -27,10 +27,9 @@ pub struct VerifyReport {
     /// Σ of the cached balances; must be 0.
     pub sum_of_stored_balances: i128,
     pub mismatches: Vec<Mismatch>,
-    /// Wallets whose recomputed balance is negative. None may be (see the module doc): each is
-    /// also in `invalid_negative_accounts`.
+    /// Wallets whose recomputed balance is negative. None may be (see the module doc).
     pub negative_accounts: Vec<(String, i64)>,
-    /// Accounts that may not go negative but are.
+    /// Other accounts that may not go negative (earnings, reserves) but are.
     pub invalid_negative_accounts: Vec<(String, i64)>,
     /// PostgreSQL: accounts whose `held` differs from the sum of their open holds (`stored` is
     /// `held`, `recomputed` the sum).
@@ -42,6 +41,7 @@ impl VerifyReport {
         self.sum_of_balances == 0
             && self.sum_of_stored_balances == 0
             && self.mismatches.is_empty()
+            && self.negative_accounts.is_empty()
             && self.invalid_negative_accounts.is_empty()
             && self.held_mismatches.is_empty()
     }
@@ -100,10 +100,7 @@ impl Store {
             if r < 0 {
                 match account.parse::<AccountId>() {
                     Ok(a) if a.may_go_negative() => {}
-                    Ok(a) if a.is_wallet() => {
-                        negative_accounts.push((account.clone(), r64));
-                        invalid_negative_accounts.push((account.clone(), r64));
-                    }
+                    Ok(a) if a.is_wallet() => negative_accounts.push((account.clone(), r64)),
                     _ => invalid_negative_accounts.push((account.clone(), r64)),
                 }
             }

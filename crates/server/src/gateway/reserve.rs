@@ -26,9 +26,9 @@ pub async fn reserve(
     if principal.sandbox() {
         if let Some(user) = &principal.user_id {
             let wallet = AccountId::wallet(user);
-            let balance = state.ledger.balance(&wallet).await.map_err(internal("reserve"))?;
-            let available = state.ledger.available(&wallet).await.map_err(internal("reserve"))?;
-            if !can_hold(balance, Credits(balance.0 - available.0), held.total()) {
+            let (balance, on_hold) = state.ledger.balance_and_held(&wallet).await.map_err(internal("reserve"))?;
+            let available = Credits(balance.0 - on_hold.0);
+            if !can_hold(balance, on_hold, held.total()) {
                 return Err(refusal(state, model, bound, principal, available, held.total(), Charge::total)
                     .with_hint("the user's wallet could not pay for this request in production (sandbox check)"));
             }

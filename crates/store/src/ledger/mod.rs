@@ -239,6 +239,18 @@ impl Ledger {
         }
     }
 
+    /// The balance and what is held on it (every instance's holds, on PostgreSQL), read once.
+    pub async fn balance_and_held(&self, account: &AccountId) -> Result<(Credits, Credits), LedgerError> {
+        match &self.engine {
+            Engine::Local(l) => {
+                let balance = l.balance(account).await?;
+                let available = l.available(account).await?;
+                Ok((balance, Credits(balance.0 - available.0)))
+            }
+            Engine::Shared(s) => Ok(s.balance_and_held(account).await?),
+        }
+    }
+
     /// Balance minus open holds (every instance's, on PostgreSQL).
     pub async fn available(&self, account: &AccountId) -> Result<Credits, LedgerError> {
         match &self.engine {

@@ -552,3 +552,25 @@ async fn a_client_hanging_up_while_its_idempotent_request_settles_gets_the_first
 async fn a_client_hanging_up_while_its_idempotent_stream_settles_gets_the_first_answer_on_retry() {
     hang_up_during_settlement_then_retry(true).await;
 }
+
+#[tokio::test]
+async fn a_402_names_the_max_tokens_that_fits_and_that_request_is_then_held() {
+    // Issue 21's example (SPEC §4.3(2)): Claude Sonnet without max_tokens from a $0.50 wallet.
+    let (s, up) = gateway().await;
+    let (user, _, key) = s.developer("developer").await;
+    s.drain(&user, 500_000).await;
+    let body = json!({"model": "anthropic/claude-sonnet-4.5", "messages": [{"role": "user", "content": "hi there"}]});
+    let r = s.chat(&key, body.clone()).await;
+    let v = common::expect_error(r, 402, "insufficient_credits").await;
+    let fits = v["error"]["max_affordable_tokens"].as_u64().expect("max_affordable_tokens");
+    assert!(v["error"]["hint"].as_str().unwrap().contains(&fits.to_string()));
+    assert_eq!(v["error"]["available"], 500_000);
+    assert!(v["error"]["required"].as_i64().unwrap() > 500_000);
+    // One token more does not fit; exactly that many does, and reaches the provider.
+    let r = s.chat(&key, common::with(body.clone(), json!({"max_tokens": fits + 1}))).await;
+    common::expect_error(r, 402, "insufficient_credits").await;
+    assert_eq!(up.calls(), 0);
+    assert_eq!(s.chat(&key, common::with(body, json!({"max_tokens": fits}))).await.status(), 200);
+    assert_eq!(up.anthropic.calls(), 1);
+    s.assert_ledger_ok().await;
+}

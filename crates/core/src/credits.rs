@@ -11,12 +11,19 @@ pub const CREDITS_PER_USD: i64 = 1_000_000;
 /// double-entry ledger carry negative balances and a wallet may overshoot once (SPEC §4.3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Credits(pub i64);
+pub struct Credits(pub(crate) i64);
 
 impl Credits {
     pub const ZERO: Credits = Credits(0);
 
-    pub fn get(self) -> i64 {
+    /// An amount of `credits` (micro-dollars). The one way in from a raw integer: rows read
+    /// from the database, amounts parsed from requests, test fixtures.
+    pub const fn new(credits: i64) -> Credits {
+        Credits(credits)
+    }
+
+    /// The raw integer, for storage and wire formats.
+    pub const fn get(self) -> i64 {
         self.0
     }
 
@@ -72,6 +79,13 @@ impl fmt::Display for Credits {
     }
 }
 
+/// A price in US cents for people (`1234` → `$12.34`): top-up packages are priced in cents.
+pub fn cents_to_usd(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let abs = cents.unsigned_abs();
+    format!("{sign}${}.{:02}", abs / 100, abs % 100)
+}
+
 /// `ceil(numerator / denominator)` for non-negative 128-bit values.
 pub fn div_ceil_u128(numerator: u128, denominator: u128) -> u128 {
     assert!(denominator > 0, "division by zero in money arithmetic");
@@ -91,6 +105,13 @@ mod tests {
         assert!(Credits::parse_positive("99999999999999999999999", max).is_err());
         assert!(Credits::parse_positive("1000000001", max).is_err());
         assert_eq!(Credits::parse_positive(" 42 ", max), Ok(Credits(42)));
+    }
+
+    #[test]
+    fn cents_read_as_dollars() {
+        assert_eq!(cents_to_usd(1234), "$12.34");
+        assert_eq!(cents_to_usd(5), "$0.05");
+        assert_eq!(cents_to_usd(-250), "-$2.50");
     }
 
     #[test]

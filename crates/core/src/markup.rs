@@ -53,11 +53,16 @@ impl Margin {
 
     /// The margin as a percentage for people (`0.25` → `25%`, `0.105` → `10.5%`).
     pub fn to_percent_string(self) -> String {
+        format!("{}%", self.to_percent_number())
+    }
+
+    /// The percentage without its sign (`0.105` → `10.5`), for a form field people edit.
+    pub fn to_percent_number(self) -> String {
         let (int, frac) = (self.0 / 100, self.0 % 100);
         if frac == 0 {
-            format!("{int}%")
+            int.to_string()
         } else {
-            format!("{int}.{}%", format!("{frac:02}").trim_end_matches('0'))
+            format!("{int}.{}", format!("{frac:02}").trim_end_matches('0'))
         }
     }
 

@@ -122,6 +122,21 @@ fn transfer(
     Transfer { id, from, to, amount, kind, cause: cause.to_string(), created_at_ms }
 }
 
+/// A transfer as it was stored: any accounts, any kind. For reading the ledger back (the
+/// transfer history) and for tests of the ledger's own mechanics; code that moves money uses
+/// the named constructors below, which decide accounts and kind themselves.
+pub fn restored(
+    id: String,
+    from: AccountId,
+    to: AccountId,
+    amount: Credits,
+    kind: TransferKind,
+    cause: String,
+    created_at_ms: i64,
+) -> Transfer {
+    Transfer { id, from, to, amount, kind, cause, created_at_ms }
+}
+
 /// Welcome credits on registration (promotions → wallet), once per account: the id is the
 /// account's.
 pub fn welcome(user_id: &str, amount: Credits, now_ms: i64) -> Transfer {

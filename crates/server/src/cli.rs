@@ -13,7 +13,7 @@ use quota_store::{clock::rfc3339, now_ms, Store, StoreConfig, StoreError};
 use std::path::PathBuf;
 
 /// Largest single admin credit: $1,000,000,000.
-pub const ADMIN_CREDIT_MAX: Credits = Credits(1_000_000_000_000_000);
+pub const ADMIN_CREDIT_MAX: Credits = Credits::new(1_000_000_000_000_000);
 
 #[derive(Parser, Debug)]
 #[command(name = "quota", version, about = "Quota: an AI API gateway with billing built in")]

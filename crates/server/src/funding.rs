@@ -62,7 +62,7 @@ pub async fn grant_app_welcome(state: &SharedState, app: &App, user_id: &str) {
         Funding {
             developer_id: &app.developer_id,
             user_id,
-            amount: Credits(app.welcome_credits),
+            amount: Credits::new(app.welcome_credits),
             kind: TransferKind::AppWelcome,
             transfer_id: format!("ledg_appwelcome_{}_{}", app.id, user_id),
             cause: app.id.clone(),

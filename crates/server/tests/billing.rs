@@ -21,7 +21,7 @@ fn cost_gpt4o_mini(prompt: u64, output: u64) -> i64 {
         Margin::ZERO,
     )
     .total()
-    .0
+    .get()
 }
 
 #[tokio::test]
@@ -248,7 +248,7 @@ async fn without_max_tokens_the_reservation_covers_the_models_maximum_output() {
         Margin::ZERO,
     )
     .total()
-    .0;
+    .get();
     s.credit(&user, needed - 1).await;
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
     expect_error(s.chat(&key, body.clone()).await, 402, "insufficient_credits").await;
@@ -366,7 +366,7 @@ async fn two_hundred_parallel_requests_against_a_wallet_that_affords_fifty() {
     let per_request = cost_gpt4o_mini(HI_PROMPT_TOKENS, 10);
     let model = Catalog::builtin().get("gpt-4o-mini").unwrap().clone();
     assert_eq!(
-        hold_amount(&model, &HoldBound::counted(&model, HI_PROMPT_TOKENS, Some(10), 1), Margin::ZERO).total().0,
+        hold_amount(&model, &HoldBound::counted(&model, HI_PROMPT_TOKENS, Some(10), 1), Margin::ZERO).total().get(),
         per_request,
         "hold = charge, so 'affordable' is exact"
     );
@@ -429,15 +429,15 @@ async fn a_key_whose_charged_response_was_lost_in_a_crash_is_refused_not_charged
             let digest = sha2::Sha256::digest(format!("{scope}\u{0}{idem}").as_bytes());
             s.state
                 .ledger
-                .transfer(quota_core::Transfer {
-                    id: format!("ledg_idem_{}_base", &hex::encode(digest)[..32]),
-                    from: quota_core::AccountId::wallet(&user),
-                    to: quota_core::AccountId::Platform(quota_core::PlatformAccount::SandboxRevenue),
-                    amount: quota_core::Credits(8),
-                    kind: quota_core::TransferKind::SandboxCharge,
-                    cause: "req_before_crash".into(),
-                    created_at_ms: stale,
-                })
+                .transfer(quota_core::transfers::restored(
+                    format!("ledg_idem_{}_base", &hex::encode(digest)[..32]),
+                    quota_core::AccountId::wallet(&user),
+                    quota_core::AccountId::Platform(quota_core::PlatformAccount::SandboxRevenue),
+                    quota_core::Credits::new(8),
+                    quota_core::TransferKind::SandboxCharge,
+                    "req_before_crash".into(),
+                    stale,
+                ))
                 .await
                 .unwrap();
         }

@@ -448,12 +448,12 @@ async fn every_page_with_its_assets_is_under_100_kb() {
     let usage = b.page("/dashboard/usage").await;
     assert!(usage.contains("rel=\"next\""), "60 requests make two pages of 50");
     let balance = s.state.ledger.balance(&AccountId::wallet(&user_id)).await.unwrap();
-    assert!(b.page("/dashboard").await.contains(&format!("id=\"balance\">{}", usd_text(balance.0))));
+    assert!(b.page("/dashboard").await.contains(&format!("id=\"balance\">{}", usd_text(balance.get()))));
 }
 
 /// Dollars as the dashboard writes them.
 fn usd_text(credits: i64) -> String {
-    let s = quota_core::Credits(credits).to_usd_string();
+    let s = quota_core::Credits::new(credits).to_usd_string();
     let (int, frac) = s.split_once('.').unwrap();
     format!("{int}.{:0<2}", frac.trim_end_matches('0'))
 }

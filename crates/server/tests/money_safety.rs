@@ -158,7 +158,7 @@ fn video_hold(margin: Margin) -> i64 {
     let m = gemini_flash();
     hold_amount(&m, &HoldBound { prompt_tokens_max: m.context_window, output_tokens_max: 100, choices: 1 }, margin)
         .total()
-        .0
+        .get()
 }
 
 /// Fire `n` copies of [`video_by_url`] at once against a paused upstream, spread over

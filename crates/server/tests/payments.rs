@@ -6,7 +6,7 @@ mod common;
 
 use common::fake_stripe::{self, session_event, signature, FakeStripe, ObjectsHandle, Script, WEBHOOK_SECRET};
 use common::{expect_error, TestServer};
-use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
+use quota_core::{AccountId, Credits, PlatformAccount, TransferKind};
 use quota_server::clock::Clock;
 use quota_server::payments::payouts;
 use serde_json::{json, Value};
@@ -61,7 +61,7 @@ fn now_secs(s: &TestServer) -> i64 {
 }
 
 async fn clearing(s: &TestServer) -> i64 {
-    s.state.ledger.balance(&AccountId::Platform(PlatformAccount::PaymentsClearing)).await.unwrap().0
+    s.state.ledger.balance(&AccountId::Platform(PlatformAccount::PaymentsClearing)).await.unwrap().get()
 }
 
 #[tokio::test]
@@ -252,15 +252,15 @@ async fn onboarded(s: &TestServer, fake: &FakeStripe) -> (String, String, String
 async fn markup(s: &TestServer, payer: &str, dev: &str, amount: i64) {
     s.state
         .ledger
-        .transfer(Transfer {
-            id: quota_core::ids::new_id("ledg_test_markup_"),
-            from: AccountId::wallet(payer),
-            to: AccountId::EarningsPending(dev.into()),
-            amount: Credits(amount),
-            kind: TransferKind::Markup,
-            cause: "req_test".into(),
-            created_at_ms: s.state.clock.now_ms(),
-        })
+        .transfer(quota_core::transfers::restored(
+            quota_core::ids::new_id("ledg_test_markup_"),
+            AccountId::wallet(payer),
+            AccountId::EarningsPending(dev.into()),
+            Credits::new(amount),
+            TransferKind::Markup,
+            "req_test".into(),
+            s.state.clock.now_ms(),
+        ))
         .await
         .unwrap();
 }
@@ -354,7 +354,7 @@ async fn payout_arithmetic_across_the_7_day_and_90_day_boundaries() {
     assert_eq!(accounts(&earnings(&s, &session).await), [0, 5_555, 900_000, 0, 28_100_000]);
     // The platform's payouts clearing account holds exactly what was paid out.
     let cleared = s.state.ledger.balance(&AccountId::Platform(PlatformAccount::PayoutsClearing)).await.unwrap();
-    assert_eq!(cleared.0, 28_100_000);
+    assert_eq!(cleared.get(), 28_100_000);
     s.assert_ledger_ok().await;
 }
 

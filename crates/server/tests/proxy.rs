@@ -11,7 +11,7 @@ use quota_core::{Catalog, Margin, Usage};
 use serde_json::{json, Value};
 
 fn cost(model: &str, usage: Usage) -> i64 {
-    Charge::for_usage(Catalog::builtin().get(model).unwrap(), &usage, Margin::ZERO).total().0
+    Charge::for_usage(Catalog::builtin().get(model).unwrap(), &usage, Margin::ZERO).total().get()
 }
 
 #[tokio::test]
@@ -121,15 +121,15 @@ async fn an_over_reporting_upstream_is_charged_the_hold_and_the_excess_is_the_pl
     let drain = s.balance(&user).await - held;
     s.state
         .ledger
-        .transfer(quota_core::Transfer {
-            id: "drain".into(),
-            from: quota_core::AccountId::wallet(&user),
-            to: quota_core::AccountId::Platform(quota_core::PlatformAccount::Adjustments),
-            amount: quota_core::Credits(drain),
-            kind: quota_core::TransferKind::AdminCredit,
-            cause: "test".into(),
-            created_at_ms: 0,
-        })
+        .transfer(quota_core::transfers::restored(
+            "drain".into(),
+            quota_core::AccountId::wallet(&user),
+            quota_core::AccountId::Platform(quota_core::PlatformAccount::Adjustments),
+            quota_core::Credits::new(drain),
+            quota_core::TransferKind::AdminCredit,
+            "test".into(),
+            0,
+        ))
         .await
         .unwrap();
     assert_eq!(s.balance(&user).await, held);

@@ -474,7 +474,7 @@ impl Store {
                     .bind(&t.id)
                     .bind(t.from.to_string())
                     .bind(t.to.to_string())
-                    .bind(t.amount.0)
+                    .bind(t.amount.get())
                     .bind(t.kind.as_str())
                     .bind(&t.cause)
                     .bind(t.created_at_ms)
@@ -484,8 +484,8 @@ impl Store {
                     .rows_affected();
                 if inserted == 1 {
                     new += 1;
-                    *deltas.entry(t.from.to_string()).or_default() -= t.amount.0;
-                    *deltas.entry(t.to.to_string()).or_default() += t.amount.0;
+                    *deltas.entry(t.from.to_string()).or_default() -= t.amount.get();
+                    *deltas.entry(t.to.to_string()).or_default() += t.amount.get();
                 }
             }
             for (account, delta) in deltas.iter().filter(|(_, d)| **d != 0) {

@@ -308,15 +308,15 @@ impl crate::Store {
             rows.iter()
                 .map(|r| {
                     let corrupt = crate::StoreError::Corrupt;
-                    Ok(quota_core::Transfer {
-                        id: r.get("id"),
-                        from: r.get::<String>("from_account").parse().map_err(corrupt)?,
-                        to: r.get::<String>("to_account").parse().map_err(corrupt)?,
-                        amount: quota_core::Credits(r.get("amount")),
-                        kind: r.get::<String>("kind").parse().map_err(corrupt)?,
-                        cause: r.get("cause"),
-                        created_at_ms: r.get("created_at"),
-                    })
+                    Ok(quota_core::transfers::restored(
+                        r.get("id"),
+                        r.get::<String>("from_account").parse().map_err(corrupt)?,
+                        r.get::<String>("to_account").parse().map_err(corrupt)?,
+                        quota_core::Credits::new(r.get("amount")),
+                        r.get::<String>("kind").parse().map_err(corrupt)?,
+                        r.get("cause"),
+                        r.get("created_at"),
+                    ))
                 })
                 .collect()
         })

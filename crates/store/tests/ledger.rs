@@ -15,7 +15,7 @@ async fn open_at(url: &str) -> Store {
 }
 
 fn t(id: &str, from: AccountId, to: AccountId, amount: i64, kind: TransferKind) -> Transfer {
-    Transfer { id: id.into(), from, to, amount: Credits(amount), kind, cause: "test".into(), created_at_ms: 0 }
+    quota_core::transfers::restored(id.into(), from, to, Credits::new(amount), kind, "test".into(), 0)
 }
 
 fn promo() -> AccountId {
@@ -32,9 +32,9 @@ async fn hold_then_settle_charges_exactly_and_frees_the_rest() {
     let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_a");
     ledger.transfer(t("w1", promo(), w.clone(), 1000, TransferKind::Welcome)).await.unwrap();
-    let hold = ledger.hold(&w, Credits(600)).await.unwrap();
-    assert_eq!(ledger.available(&w).await.unwrap(), Credits(400));
-    assert!(matches!(ledger.hold(&w, Credits(401)).await, Err(LedgerError::Insufficient { .. })));
+    let hold = ledger.hold(&w, Credits::new(600)).await.unwrap();
+    assert_eq!(ledger.available(&w).await.unwrap(), Credits::new(400));
+    assert!(matches!(ledger.hold(&w, Credits::new(401)).await, Err(LedgerError::Insufficient { .. })));
     let c = ledger
         .settle(
             hold,
@@ -45,8 +45,8 @@ async fn hold_then_settle_charges_exactly_and_frees_the_rest() {
         )
         .await
         .unwrap();
-    assert_eq!(c.balance_of(&w), Some(Credits(750)));
-    assert_eq!(ledger.available(&w).await.unwrap(), Credits(750));
+    assert_eq!(c.balance_of(&w), Some(Credits::new(750)));
+    assert_eq!(ledger.available(&w).await.unwrap(), Credits::new(750));
     assert_eq!(ledger.open_holds(), 0);
     assert_eq!(store.balance(&w).await.unwrap(), 750);
     assert_eq!(store.balance(&revenue()).await.unwrap(), 250);
@@ -59,12 +59,12 @@ async fn dropping_a_hold_releases_it() {
     let ledger = Ledger::start(open(&dir).await, LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_b");
     ledger.transfer(t("w1", promo(), w.clone(), 100, TransferKind::Welcome)).await.unwrap();
-    let hold = ledger.hold(&w, Credits(100)).await.unwrap();
-    assert_eq!(ledger.available(&w).await.unwrap(), Credits(0));
+    let hold = ledger.hold(&w, Credits::new(100)).await.unwrap();
+    assert_eq!(ledger.available(&w).await.unwrap(), Credits::new(0));
     drop(hold);
     // On PostgreSQL the release is queued to the writer; a flush waits for it.
     ledger.flush().await.unwrap();
-    assert_eq!(ledger.available(&w).await.unwrap(), Credits(100));
+    assert_eq!(ledger.available(&w).await.unwrap(), Credits::new(100));
 }
 
 #[tokio::test]
@@ -77,7 +77,7 @@ async fn the_same_transfer_id_is_written_once() {
     let again = ledger.transfer(t("same", promo(), w.clone(), 500, TransferKind::Welcome)).await.unwrap();
     assert_eq!(first.duplicates, 0);
     assert_eq!(again.duplicates, 1);
-    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(500));
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits::new(500));
     assert_eq!(store.balance(&w).await.unwrap(), 500);
     let report = store.verify_ledger().await.unwrap();
     assert_eq!(report.transfers, 1);
@@ -148,7 +148,7 @@ async fn concurrent_holds_never_overspend() {
     for i in 0..200 {
         let (ledger, w, wins) = (ledger.clone(), w.clone(), wins.clone());
         tasks.push(tokio::spawn(async move {
-            if let Ok(hold) = ledger.hold(&w, Credits(7)).await {
+            if let Ok(hold) = ledger.hold(&w, Credits::new(7)).await {
                 tokio::task::yield_now().await;
                 ledger
                     .settle(
@@ -181,7 +181,7 @@ async fn another_process_credit_reaches_the_cached_balance() {
     let store = open_at(&url).await;
     let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_g");
-    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(0));
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits::new(0));
     // The admin CLI writes directly, as another process would.
     let other = open_at(&url).await;
     other
@@ -193,10 +193,10 @@ async fn another_process_credit_reaches_the_cached_balance() {
         .unwrap();
     // The next batch the writer runs catches up first; a flush forces one.
     ledger.flush().await.unwrap();
-    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(999));
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits::new(999));
     // And the cached balance is not counted twice by later loads.
     ledger.transfer(t("w2", promo(), w.clone(), 1, TransferKind::Welcome)).await.unwrap();
-    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(1000));
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits::new(1000));
     assert_eq!(store.balance(&w).await.unwrap(), 1000);
 }
 
@@ -209,7 +209,7 @@ async fn a_settlement_above_its_hold_is_refused_and_a_negative_wallet_fails_veri
     let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_h");
     ledger.transfer(t("w1", promo(), w.clone(), 10, TransferKind::Welcome)).await.unwrap();
-    let hold = ledger.hold(&w, Credits(10)).await.unwrap();
+    let hold = ledger.hold(&w, Credits::new(10)).await.unwrap();
     let settled = ledger
         .settle(
             hold,
@@ -222,8 +222,8 @@ async fn a_settlement_above_its_hold_is_refused_and_a_negative_wallet_fails_veri
     assert!(matches!(settled, Err(LedgerError::AboveHold { .. })), "{settled:?}");
     // On PostgreSQL the release is queued to the writer; a flush waits for it.
     ledger.flush().await.unwrap();
-    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(10));
-    assert_eq!(ledger.held(&w).await.unwrap(), Credits(0), "the refused settlement's hold is released");
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits::new(10));
+    assert_eq!(ledger.held(&w).await.unwrap(), Credits::new(0), "the refused settlement's hold is released");
     let report = store.verify_ledger().await.unwrap();
     assert!(report.ok());
     assert_eq!(report.transfers, 1);
@@ -251,15 +251,15 @@ async fn a_hold_is_refused_only_when_the_available_balance_is_short_or_the_balan
     let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_rule");
     // An empty wallet may still start a free request (the old rule refused any hold at 0).
-    drop(ledger.hold(&w, Credits(0)).await.unwrap());
-    assert!(matches!(ledger.hold(&w, Credits(1)).await, Err(LedgerError::Insufficient { .. })));
+    drop(ledger.hold(&w, Credits::new(0)).await.unwrap());
+    assert!(matches!(ledger.hold(&w, Credits::new(1)).await, Err(LedgerError::Insufficient { .. })));
     ledger.transfer(t("w1", promo(), w.clone(), 10, TransferKind::Welcome)).await.unwrap();
     // The whole available balance can be held, and not a credit more.
-    let first = ledger.hold(&w, Credits(6)).await.unwrap();
-    let second = ledger.hold(&w, Credits(4)).await.unwrap();
-    match ledger.hold(&w, Credits(1)).await {
+    let first = ledger.hold(&w, Credits::new(6)).await.unwrap();
+    let second = ledger.hold(&w, Credits::new(4)).await.unwrap();
+    match ledger.hold(&w, Credits::new(1)).await {
         Err(LedgerError::Insufficient { available, needed }) => {
-            assert_eq!((available, needed), (Credits(0), Credits(1)))
+            assert_eq!((available, needed), (Credits::new(0), Credits::new(1)))
         }
         other => panic!("expected Insufficient, got {:?}", other.map(|h| h.amount())),
     }
@@ -272,8 +272,8 @@ async fn a_hold_is_refused_only_when_the_available_balance_is_short_or_the_balan
         t("rev1", w.clone(), AccountId::Platform(PlatformAccount::PaymentsClearing), 15, TransferKind::Topup);
     other.commit_direct(&[reversal], "cli").await.unwrap();
     ledger.flush().await.unwrap();
-    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(-5));
-    assert!(matches!(ledger.hold(&w, Credits(0)).await, Err(LedgerError::Insufficient { .. })));
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits::new(-5));
+    assert!(matches!(ledger.hold(&w, Credits::new(0)).await, Err(LedgerError::Insufficient { .. })));
 }
 
 #[tokio::test]
@@ -290,8 +290,8 @@ async fn a_hold_never_settled_expires_and_frees_its_credits() {
     let w = AccountId::wallet("usr_stuck");
     ledger.transfer(t("w1", promo(), w.clone(), 100, TransferKind::Welcome)).await.unwrap();
     // A request stuck past every timeout: its hold is neither settled nor dropped.
-    std::mem::forget(ledger.hold(&w, Credits(100)).await.unwrap());
-    assert_eq!(ledger.available(&w).await.unwrap(), Credits(0));
+    std::mem::forget(ledger.hold(&w, Credits::new(100)).await.unwrap());
+    assert_eq!(ledger.available(&w).await.unwrap(), Credits::new(0));
     // The writer's tick frees it; poll for that, bounded.
     let mut freed = false;
     for _ in 0..1_000 {
@@ -302,8 +302,8 @@ async fn a_hold_never_settled_expires_and_frees_its_credits() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert!(freed, "the expired hold was not released");
-    assert_eq!(ledger.available(&w).await.unwrap(), Credits(100));
-    assert_eq!(ledger.balance(&w).await.unwrap(), Credits(100), "expiry charges nothing");
+    assert_eq!(ledger.available(&w).await.unwrap(), Credits::new(100));
+    assert_eq!(ledger.balance(&w).await.unwrap(), Credits::new(100), "expiry charges nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,7 +392,7 @@ async fn the_wal_starts_over_under_continuous_writes() {
         }
         n += 1;
     }
-    assert_eq!(ledger.available(&w).await.unwrap(), Credits(n * 20));
+    assert_eq!(ledger.available(&w).await.unwrap(), Credits::new(n * 20));
 }
 
 #[tokio::test]
@@ -407,7 +407,7 @@ async fn the_ledger_runs_on_an_in_memory_database() {
     let ledger = Ledger::start(store.clone(), LedgerConfig::default()).await.unwrap();
     let w = AccountId::wallet("usr_mem");
     ledger.transfer(t("w1", promo(), w.clone(), 100, TransferKind::Welcome)).await.unwrap();
-    let hold = ledger.hold(&w, Credits(40)).await.unwrap();
+    let hold = ledger.hold(&w, Credits::new(40)).await.unwrap();
     let settlement = Settlement {
         transfers: vec![t("c1", w.clone(), revenue(), 30, TransferKind::UsageCharge)],
         ..Default::default()

@@ -160,7 +160,7 @@ mod tests {
             let rates = model.price.rates_for(u64::MAX);
             let dearest = rates.input.max(rates.cached_input).max(rates.cache_write).max(model.price.base.input.max(model.price.base.cache_write));
             let ceiling = (u128::from(model.context_window) * u128::from(dearest) + u128::from(model.max_output_tokens) * u128::from(rates.output.max(model.price.base.output))).div_ceil(1_000_000);
-            prop_assert!(hold.base.0 as u128 <= ceiling);
+            prop_assert!(hold.base.get() as u128 <= ceiling);
         }
 
         /// Arbitrary JSON in a content part is either refused by the parser or bounded: never a

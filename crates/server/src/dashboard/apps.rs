@@ -199,7 +199,10 @@ fn example(state: &SharedState, margin: Margin) -> String {
             base,
         ));
     }
-    lines.push(("Requests worth $1.00 at the base price".to_string(), Credits(quota_core::credits::CREDITS_PER_USD)));
+    lines.push((
+        "Requests worth $1.00 at the base price".to_string(),
+        Credits::new(quota_core::credits::CREDITS_PER_USD),
+    ));
     let items: String = lines
         .iter()
         .enumerate()
@@ -207,10 +210,10 @@ fn example(state: &SharedState, margin: Margin) -> String {
             format!(
                 "<li data-base-credits=\"{b}\" data-total-id=\"example-total-{i}\">{what}: base {base_usd}, \
                  your user pays <strong id=\"example-total-{i}\">{total}</strong></li>",
-                b = base.0,
+                b = base.get(),
                 what = escape(what),
-                base_usd = usd(base.0),
-                total = usd(with_markup(*base, margin).0),
+                base_usd = usd(base.get()),
+                total = usd(with_markup(*base, margin).get()),
             )
         })
         .collect();
@@ -258,14 +261,7 @@ async fn render_detail(
         .collect();
     let scopes: Vec<String> =
         Scopes::parse(&app.allowed_scopes).unwrap_or_default().iter().map(|s| s.as_str().to_string()).collect();
-    let markup_value = markup_draft.unwrap_or_else(|| {
-        let bps = margin.bps();
-        if bps.is_multiple_of(100) {
-            (bps / 100).to_string()
-        } else {
-            format!("{}.{:02}", bps / 100, bps % 100)
-        }
-    });
+    let markup_value = markup_draft.unwrap_or_else(|| margin.to_percent_number());
     let body = format!(
         "<h1>{name}</h1><p>Client id <code>{client_id}</code> · {kind} · created {created}</p>\
          <div class=\"grid2\"><section><h2>Markup</h2>{example}\
@@ -378,7 +374,7 @@ mod tests {
     #[test]
     fn the_example_uses_the_money_core() {
         let m = Margin::from_bps(2500).unwrap();
-        assert_eq!(with_markup(Credits(450), m), Credits(563));
-        assert_eq!(with_markup(Credits(1_000_000), m), Credits(1_250_000));
+        assert_eq!(with_markup(Credits::new(450), m), Credits::new(563));
+        assert_eq!(with_markup(Credits::new(1_000_000), m), Credits::new(1_250_000));
     }
 }

@@ -12,7 +12,7 @@ pub use crate::oauth::pages::{escape, percent};
 
 /// Dollars for people (`$0.15`, `$0.000450`), negative amounts with a minus sign.
 pub fn usd(credits: i64) -> String {
-    Credits(credits).to_usd_display()
+    Credits::new(credits).to_usd_display()
 }
 
 /// A Unix-ms time as `2026-01-31 14:05 UTC`.

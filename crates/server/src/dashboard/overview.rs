@@ -95,7 +95,7 @@ pub async fn page(State(state): State<SharedState>, dash: Dash, RawQuery(q): Raw
         "<h1>Overview</h1><div class=\"cards\">{}{}{}</div>\
          <section><h2>Spend, last {CHART_DAYS} days</h2>{}</section>\
          <h2>Recent requests</h2>{}<p><a href=\"/dashboard/usage\">All usage</a> · <a href=\"/dashboard/keys\">API keys</a></p>",
-        card("Balance", usd(balance.0), "balance"),
+        card("Balance", usd(balance.get()), "balance"),
         card("Spend today", usd(spend_today), "spend-today"),
         card("Spend this month", usd(month), "spend-month"),
         chart::daily_bars("spend-chart", "Spend", first, &series),

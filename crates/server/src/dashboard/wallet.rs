@@ -45,15 +45,14 @@ async fn render(state: &SharedState, dash: &Dash, status: StatusCode, flash: Opt
             .iter()
             .map(|p| {
                 format!(
-                    "<div class=\"card\"><p class=\"label\">{name}</p><p class=\"value\">${d}.{c:02}</p>\
+                    "<div class=\"card\"><p class=\"label\">{name}</p><p class=\"value\">{price}</p>\
                      <p class=\"muted\">{credit} of credit</p>\
                      <form method=\"post\" action=\"/dashboard/wallet/checkout\">{csrf}\
                      <input type=\"hidden\" name=\"package_id\" value=\"{id}\">\
-                     <button type=\"submit\" aria-label=\"Buy {name} for ${d}.{c:02}\">Buy</button></form></div>",
+                     <button type=\"submit\" aria-label=\"Buy {name} for {price}\">Buy</button></form></div>",
                     name = escape(&p.name),
                     id = escape(&p.id),
-                    d = p.price_cents / 100,
-                    c = p.price_cents % 100,
+                    price = quota_core::credits::cents_to_usd(p.price_cents),
                     credit = usd(p.credits),
                     csrf = super::layout::csrf_field(dash),
                 )
@@ -65,7 +64,7 @@ async fn render(state: &SharedState, dash: &Dash, status: StatusCode, flash: Opt
         "<h1>Wallet</h1><div class=\"cards\"><div class=\"card\"><p class=\"label\">Balance</p>\
          <p class=\"value\" id=\"wallet-balance\">{}</p><p class=\"muted\">One wallet for your own keys and every app you connect.</p></div></div>\
          <section><h2>Top up</h2>{packages}</section><h2>Connected apps</h2>{}",
-        usd(balance.0),
+        usd(balance.get()),
         table(
             "Connected apps",
             &["App", "Spent through it", "Permissions", "Connected", ""],

@@ -27,7 +27,7 @@ pub async fn reserve(
         if let Some(user) = &principal.user_id {
             let wallet = AccountId::wallet(user);
             let (balance, on_hold) = state.ledger.balance_and_held(&wallet).await.map_err(internal("reserve"))?;
-            let available = Credits(balance.0 - on_hold.0);
+            let available = Credits::new(balance.get() - on_hold.get());
             if !can_hold(balance, on_hold, held.total()) {
                 return Err(refusal(state, model, bound, principal, available, held.total(), Charge::total)
                     .with_hint("the user's wallet could not pay for this request in production (sandbox check)"));
@@ -59,9 +59,9 @@ fn refusal(
     needed: Credits,
     amount_of: impl Fn(&Charge) -> Credits,
 ) -> ApiError {
-    let available = Credits(available.0.max(0));
+    let available = Credits::new(available.get().max(0));
     let topup = format!("{}/dashboard/wallet", state.config.public_url.as_deref().unwrap_or("").trim_end_matches('/'));
-    let error = ApiError::insufficient_credits(available.0, needed.0);
+    let error = ApiError::insufficient_credits(available.get(), needed.get());
     match max_affordable_output_tokens(
         model,
         bound.prompt_tokens_max,

@@ -79,9 +79,9 @@ impl Billing {
             cached_tokens: usage.cached_tokens as i64,
             cache_write_tokens: usage.cache_write_tokens as i64,
             output_tokens: usage.output_tokens as i64,
-            base_cost: charge.base.0,
-            markup: charge.markup.0,
-            total: charge.total().0,
+            base_cost: charge.base.get(),
+            markup: charge.markup.get(),
+            total: charge.total().get(),
             status: status.to_string(),
             latency_ms: self.started.elapsed().as_millis() as i64,
             pending_event: None,
@@ -100,12 +100,12 @@ impl Billing {
         );
         if settled.lost() {
             tracing::error!(
-                request_id = %self.request_id, model = %self.model.id, held = hold.amount().0,
-                metered = settled.metered.total().0, loss = settled.loss.0,
+                request_id = %self.request_id, model = %self.model.id, held = hold.amount().get(),
+                metered = settled.metered.total().get(), loss = settled.loss.get(),
                 "the provider billed more than the hold: the payer pays the hold, the excess is booked to platform:losses"
             );
             metrics::counter!("quota_hold_overruns_total", "provider" => self.model.provider.as_str()).increment(1);
-            metrics::counter!("quota_losses_credits_total").increment(settled.loss.0.unsigned_abs());
+            metrics::counter!("quota_losses_credits_total").increment(settled.loss.get().unsigned_abs());
         }
         settled
     }
@@ -141,13 +141,13 @@ impl Billing {
         })?;
         let user_mode = self.principal.user_id.is_some();
         let mut quota = QuotaObject {
-            credits_used: settled.paid.total().0,
-            balance_before: balance_before.0,
-            balance_after: balance_before.0 - settled.paid.total().0,
+            credits_used: settled.paid.total().get(),
+            balance_before: balance_before.get(),
+            balance_after: balance_before.get() - settled.paid.total().get(),
             billing_mode: self.principal.mode,
             request_id: self.request_id.clone(),
-            base_cost: user_mode.then_some(shown.base.0),
-            markup: user_mode.then_some(shown.markup.0),
+            base_cost: user_mode.then_some(shown.base.get()),
+            markup: user_mode.then_some(shown.markup.get()),
             sandbox: self.principal.sandbox().then_some(true),
         };
         if committed.duplicates > 0 {
@@ -157,8 +157,8 @@ impl Billing {
             let balance = self.state.ledger.balance(&self.principal.payer).await.unwrap_or(balance_before);
             quota = QuotaObject {
                 credits_used: 0,
-                balance_before: balance.0,
-                balance_after: balance.0,
+                balance_before: balance.get(),
+                balance_after: balance.get(),
                 base_cost: None,
                 markup: None,
                 ..quota
@@ -166,9 +166,9 @@ impl Billing {
             return Ok(quota);
         }
         if let Some(after) = committed.balance_of(&self.principal.payer) {
-            quota.balance_after = after.0;
+            quota.balance_after = after.get();
         } else if let Ok(after) = self.state.ledger.balance(&self.principal.payer).await {
-            quota.balance_after = after.0;
+            quota.balance_after = after.get();
         }
         Ok(quota)
     }

@@ -104,8 +104,8 @@ pub fn consent(
         .iter()
         .map(|m| {
             let cell = |base: u64| {
-                let base = Credits(i64::try_from(base).unwrap_or(i64::MAX));
-                let total = Credits(base.0.saturating_add(price.margin.markup_on(base).0));
+                let base = Credits::new(i64::try_from(base).unwrap_or(i64::MAX));
+                let total = Credits::new(base.get().saturating_add(price.margin.markup_on(base).get()));
                 format!("<td>{}</td><td>{}</td>", usd(base), usd(total))
             };
             format!("<tr><td>{}</td>{}{}</tr>", escape(&m.id), cell(m.price.base.input), cell(m.price.base.output))
@@ -177,10 +177,10 @@ mod tests {
 
     #[test]
     fn money_and_percent_read_well() {
-        assert_eq!(usd(Credits(150_000)), "$0.15");
-        assert_eq!(usd(Credits(187_500)), "$0.1875");
-        assert_eq!(usd(Credits(1_000_000)), "$1.00");
-        assert_eq!(usd(Credits(1)), "$0.000001");
+        assert_eq!(usd(Credits::new(150_000)), "$0.15");
+        assert_eq!(usd(Credits::new(187_500)), "$0.1875");
+        assert_eq!(usd(Credits::new(1_000_000)), "$1.00");
+        assert_eq!(usd(Credits::new(1)), "$0.000001");
         assert_eq!(percent(Margin::from_bps(2500).unwrap()), "25%");
         assert_eq!(percent(Margin::from_bps(1).unwrap()), "0.01%");
         assert_eq!(percent(Margin::from_bps(1050).unwrap()), "10.5%");

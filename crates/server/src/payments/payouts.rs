@@ -117,7 +117,7 @@ pub async fn run(state: &SharedState, as_of_ms: i64) -> anyhow::Result<BatchRepo
 /// Commit one batch step. `Ok(amount moved)`; 0 when another run made this step already (same
 /// id) or moved the money first (the account can no longer cover it).
 async fn step(state: &SharedState, transfer: Transfer) -> anyhow::Result<i64> {
-    let amount = transfer.amount.0;
+    let amount = transfer.amount.get();
     // Catch up with transfers other instances (or `quota payouts run`) committed, so the hold
     // below sees the account as the database has it.
     state.ledger.flush().await?;
@@ -146,7 +146,7 @@ async fn settle_developer(
     let eligible = store.sum_transfers_to(TransferKind::Markup, &pending, as_of - EARNINGS_HOLD_MS).await?;
     let released = store.sum_transfers_from(TransferKind::EarningsRelease, &pending).await?;
     if eligible > released {
-        let t = payout::earnings_release(dev, released, Credits(eligible - released), &cause, as_of);
+        let t = payout::earnings_release(dev, released, Credits::new(eligible - released), &cause, as_of);
         report.released += step(state, t).await?;
     }
 
@@ -156,7 +156,7 @@ async fn settle_developer(
     let held = store.sum_transfers_to(TransferKind::ReserveHold, &reserve, i64::MAX).await?;
     let target = reserve_for(released);
     if target > held {
-        let t = payout::reserve_hold(dev, held, Credits(target - held), &cause, as_of);
+        let t = payout::reserve_hold(dev, held, Credits::new(target - held), &cause, as_of);
         report.reserved += step(state, t).await?;
     }
 
@@ -164,7 +164,7 @@ async fn settle_developer(
     let due = store.sum_transfers_to(TransferKind::ReserveHold, &reserve, as_of - RESERVE_HOLD_MS).await?;
     let returned = store.sum_transfers_from(TransferKind::ReserveRelease, &reserve).await?;
     if due > returned {
-        let t = payout::reserve_release(dev, returned, Credits(due - returned), &cause, as_of);
+        let t = payout::reserve_release(dev, returned, Credits::new(due - returned), &cause, as_of);
         report.reserve_released += step(state, t).await?;
     }
 
@@ -183,13 +183,13 @@ async fn settle_developer(
 
     // 6. A new payout of the available balance, in whole cents, if it reaches the minimum.
     state.ledger.flush().await?;
-    let balance = Credits(store.balance(&available).await?);
+    let balance = Credits::new(store.balance(&available).await?);
     let Some((cents, credits)) = payout_for(balance) else {
         report.below_minimum += 1;
         return Ok(());
     };
     let covered_from = store.sum_transfers_from(TransferKind::PayoutSent, &available).await?;
-    let covered_to = covered_from + credits.0;
+    let covered_to = covered_from + credits.get();
     let now = state.clock.now_ms();
     let claimed = store
         .claim_payout(&Payout {
@@ -197,7 +197,7 @@ async fn settle_developer(
             developer_id: dev.to_string(),
             idempotency_key: format!("quota-payout-{dev}-{covered_from}-{covered_to}"),
             stripe_account_id: account,
-            amount_credits: credits.0,
+            amount_credits: credits.get(),
             amount_cents: cents,
             covered_from,
             covered_to,
@@ -227,7 +227,7 @@ async fn attempt(
 ) -> anyhow::Result<bool> {
     let dev = &p.developer_id;
     let now = state.clock.now_ms();
-    let sent = payout::sent(dev, p.covered_from, Credits(p.amount_credits), &p.id, now);
+    let sent = payout::sent(dev, p.covered_from, Credits::new(p.amount_credits), &p.id, now);
     state.ledger.flush().await?;
     if !state.store.transfer_exists(&sent.id).await? {
         match state.ledger.transfer(sent).await {
@@ -260,7 +260,7 @@ async fn attempt(
     };
     match answer {
         Ok(transfer_id) => {
-            let paid = payout::paid(dev, p.covered_from, Credits(p.amount_credits), &p.id, now);
+            let paid = payout::paid(dev, p.covered_from, Credits::new(p.amount_credits), &p.id, now);
             let event = OutboxEvent::new("payout.paid", dev, data(json!({"stripe_transfer_id": transfer_id})), now);
             state.ledger.flush().await?;
             if !state.store.transfer_exists(&paid.id).await? {

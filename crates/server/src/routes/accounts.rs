@@ -88,7 +88,7 @@ pub async fn create_account(state: &SharedState, email: &str, password: &str) ->
 }
 
 pub fn welcome_transfer(user_id: &str, amount: i64) -> Transfer {
-    quota_core::transfers::welcome(user_id, Credits(amount), now_ms())
+    quota_core::transfers::welcome(user_id, Credits::new(amount), now_ms())
 }
 
 /// A new session for `user`: (token, expiry, the `quota_session` Set-Cookie value).

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 /// Largest single funding: $1,000,000.
-const FUNDING_MAX: Credits = Credits(1_000_000_000_000);
+const FUNDING_MAX: Credits = Credits::new(1_000_000_000_000);
 const DESCRIPTION_MAX_CHARS: usize = 500;
 
 #[derive(Deserialize)]
@@ -43,10 +43,10 @@ pub async fn fund_oauth_user(
     }
     let req: FundUser = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(quota_providers::openai::describe_json_error(&e)))?;
-    if req.amount <= 0 || req.amount > FUNDING_MAX.0 {
+    if req.amount <= 0 || req.amount > FUNDING_MAX.get() {
         return Err(ApiError::bad_request(format!(
             "amount must be a whole number of credits from 1 to {}",
-            FUNDING_MAX.0
+            FUNDING_MAX.get()
         )));
     }
     if req.description.as_ref().is_some_and(|d| d.chars().count() > DESCRIPTION_MAX_CHARS) {
@@ -79,7 +79,7 @@ pub async fn fund_oauth_user(
     let funding = Funding {
         developer_id: &developer,
         user_id: &req.user_id,
-        amount: Credits(req.amount),
+        amount: Credits::new(req.amount),
         kind: TransferKind::Funding,
         transfer_id: transfer_id.clone(),
         cause: request_id,
@@ -93,7 +93,7 @@ pub async fn fund_oauth_user(
             }
             return Err(match e {
                 LedgerError::Insufficient { available, needed } => {
-                    ApiError::insufficient_credits(available.0, needed.0).with_hint("top up your wallet first")
+                    ApiError::insufficient_credits(available.get(), needed.get()).with_hint("top up your wallet first")
                 }
                 other => internal("funding")(other),
             });

@@ -208,7 +208,7 @@ async fn credit_session(state: &SharedState, object: &Value, event_id: &str) -> 
         session_id,
         user_id: &user_id,
         package_id: &package_id,
-        credits: Credits(credits),
+        credits: Credits::new(credits),
         cause: event_id,
     };
     apply_topup(state, topup).await.map_err(internal("topup"))
@@ -220,12 +220,11 @@ pub async fn dev_checkout_page(State(state): State<SharedState>, Path(id): Path<
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
          <title>Quota dev checkout</title></head><body><h1>Dev checkout</h1>\
-         <p>Package <b>{}</b>: pay ${}.{:02} for {} credits. No money moves: this is the <code>dev</code> provider.</p>\
+         <p>Package <b>{}</b>: pay {} for {} credits. No money moves: this is the <code>dev</code> provider.</p>\
          <form method=\"post\"><button type=\"submit\">Pay now</button></form>\
          <p><a href=\"{}\">Cancel</a></p></body></html>",
         escape(&session.package_id),
-        session.price_cents / 100,
-        session.price_cents % 100,
+        quota_core::credits::cents_to_usd(session.price_cents),
         session.credits,
         escape(&session.cancel_url),
     );
@@ -240,7 +239,7 @@ pub async fn dev_checkout_pay(State(state): State<SharedState>, Path(id): Path<S
         session_id: &s.id,
         user_id: &s.user_id,
         package_id: &s.package_id,
-        credits: Credits(s.credits),
+        credits: Credits::new(s.credits),
         cause: &format!("dev_checkout:{}", s.id),
     };
     apply_topup(&state, topup).await.map_err(internal("dev topup"))?;
@@ -322,7 +321,7 @@ pub async fn earnings(State(state): State<SharedState>, user: SessionUser) -> Re
     let dev = user.user.id;
     let balance = |a: AccountId| {
         let ledger = state.ledger.clone();
-        async move { ledger.balance(&a).await.map(|c| c.0).map_err(internal("earnings balance")) }
+        async move { ledger.balance(&a).await.map(|c| c.get()).map_err(internal("earnings balance")) }
     };
     let pending = AccountId::EarningsPending(dev.clone());
     let now = state.clock.now_ms();

@@ -212,7 +212,7 @@ pub async fn ledger(
                 "object": "ledger_entry",
                 "from": from,
                 "to": t.to.to_string(),
-                "amount": t.amount.0,
+                "amount": t.amount.get(),
                 "direction": direction,
                 "kind": t.kind.as_str(),
                 "cause": t.cause,

@@ -14,7 +14,7 @@ pub mod fake_stripe;
 pub mod oauth;
 pub mod process;
 
-use quota_core::{AccountId, Credits, PlatformAccount, Transfer, TransferKind};
+use quota_core::{AccountId, Credits};
 use quota_server::{build_router, AppState, Config, SharedState};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -271,21 +271,13 @@ impl TestServer {
     pub async fn credit(&self, user_id: &str, amount: i64) {
         self.state
             .ledger
-            .transfer(Transfer {
-                id: quota_core::ids::new_id("ledg_test_"),
-                from: AccountId::Platform(PlatformAccount::Adjustments),
-                to: AccountId::wallet(user_id),
-                amount: Credits(amount),
-                kind: TransferKind::AdminCredit,
-                cause: "test".into(),
-                created_at_ms: 0,
-            })
+            .transfer(quota_core::transfers::admin_credit(user_id, Credits::new(amount), 0))
             .await
             .unwrap();
     }
 
     pub async fn balance(&self, user_id: &str) -> i64 {
-        self.state.ledger.balance(&AccountId::wallet(user_id)).await.unwrap().0
+        self.state.ledger.balance(&AccountId::wallet(user_id)).await.unwrap().get()
     }
 
     /// The wallet's balance as stored (what survives a restart).
@@ -366,7 +358,7 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> V
 /// The base cost of `usage` on `model` at its catalog price (SPEC §4.1).
 pub fn cost(model: &str, usage: quota_core::Usage) -> i64 {
     let catalog = quota_core::Catalog::builtin();
-    quota_core::billing::Charge::for_usage(catalog.get(model).unwrap(), &usage, quota_core::Margin::ZERO).total().0
+    quota_core::billing::Charge::for_usage(catalog.get(model).unwrap(), &usage, quota_core::Margin::ZERO).total().get()
 }
 
 /// The hold the gateway takes for a chat completions `body` on a provider's route (SPEC §4.3(1)):
@@ -377,7 +369,7 @@ pub fn chat_hold(body: &Value, margin: quota_core::Margin) -> i64 {
     let model = catalog.get(&request.model).unwrap();
     let bound =
         quota_core::hold::HoldBound::new(model, &request.prompt_bound(), request.max_output(), request.choices());
-    quota_core::hold::hold_amount(model, &bound, margin).total().0
+    quota_core::hold::hold_amount(model, &bound, margin).total().get()
 }
 
 /// A prompt of at least `bytes` bytes: its hold bound covers a fake upstream reporting up to

@@ -220,15 +220,15 @@ impl TestServer {
         let amount = self.balance(user_id).await - leave;
         self.state
             .ledger
-            .transfer(quota_core::Transfer {
-                id: quota_core::ids::new_id("ledg_test_drain_"),
-                from: quota_core::AccountId::wallet(user_id),
-                to: quota_core::AccountId::Platform(quota_core::PlatformAccount::Adjustments),
-                amount: quota_core::Credits(amount),
-                kind: quota_core::TransferKind::AdminCredit,
-                cause: "test".into(),
-                created_at_ms: 0,
-            })
+            .transfer(quota_core::transfers::restored(
+                quota_core::ids::new_id("ledg_test_drain_"),
+                quota_core::AccountId::wallet(user_id),
+                quota_core::AccountId::Platform(quota_core::PlatformAccount::Adjustments),
+                quota_core::Credits::new(amount),
+                quota_core::TransferKind::AdminCredit,
+                "test".into(),
+                0,
+            ))
             .await
             .unwrap();
     }

@@ -127,9 +127,9 @@ impl LowBalanceWatch {
             .iter()
             .map(|t| {
                 if t.from == self.account {
-                    -t.amount.0
+                    -t.amount.get()
                 } else if t.to == self.account {
-                    t.amount.0
+                    t.amount.get()
                 } else {
                     0
                 }
@@ -245,7 +245,7 @@ impl Ledger {
             Engine::Local(l) => {
                 let balance = l.balance(account).await?;
                 let available = l.available(account).await?;
-                Ok((balance, Credits(balance.0 - available.0)))
+                Ok((balance, Credits::new(balance.get() - available.get())))
             }
             Engine::Shared(s) => Ok(s.balance_and_held(account).await?),
         }
@@ -257,7 +257,7 @@ impl Ledger {
             Engine::Local(l) => l.available(account).await,
             Engine::Shared(s) => {
                 let (balance, held) = s.balance_and_held(account).await?;
-                Ok(Credits(balance.0 - held.0))
+                Ok(Credits::new(balance.get() - held.get()))
             }
         }
     }
@@ -268,7 +268,7 @@ impl Ledger {
     /// PostgreSQL the hold is committed in the database, visible to every instance, before
     /// this returns.
     pub async fn hold(&self, account: &AccountId, amount: Credits) -> Result<Hold, LedgerError> {
-        assert!(amount.0 >= 0, "hold of a negative amount");
+        assert!(amount.get() >= 0, "hold of a negative amount");
         match &self.engine {
             Engine::Local(l) => l.hold(account, amount).await,
             Engine::Shared(s) => s.hold(account, amount).await,
@@ -285,16 +285,16 @@ impl Ledger {
             t.validate()?;
         }
         let debited = plan::debit(&settlement.transfers, &hold.account);
-        if debited > i128::from(hold.amount.0) {
+        if debited > i128::from(hold.amount.get()) {
             return Err(LedgerError::AboveHold {
                 account: hold.account.clone(),
-                debited: Credits(i64::try_from(debited).unwrap_or(i64::MAX)),
+                debited: Credits::new(i64::try_from(debited).unwrap_or(i64::MAX)),
                 held: hold.amount,
             });
         }
         // From here the engine owns the hold: it frees it when it applies the commit.
         hold.owner = None;
-        let ends = HoldRef { id: hold.id, account: hold.account.clone(), amount: hold.amount.0 };
+        let ends = HoldRef { id: hold.id, account: hold.account.clone(), amount: hold.amount.get() };
         self.commit(Some(ends), settlement).await
     }
 

@@ -163,8 +163,8 @@ fn plan_job(entry: &Entry<'_>, unclaimed: &mut HashSet<&str>) -> Result<JobPlan,
             job.duplicates += 1;
             continue;
         }
-        job.deltas.push((t.from.clone(), -t.amount.0));
-        job.deltas.push((t.to.clone(), t.amount.0));
+        job.deltas.push((t.from.clone(), -t.amount.get()));
+        job.deltas.push((t.to.clone(), t.amount.get()));
         new.push(t);
     }
     if let Some(h) = entry.hold {
@@ -182,7 +182,7 @@ fn plan_job(entry: &Entry<'_>, unclaimed: &mut HashSet<&str>) -> Result<JobPlan,
 
 /// What `transfers` take from `account` (SPEC §4.3(3): a settlement's, at most its hold).
 pub(crate) fn debit<'t>(transfers: impl IntoIterator<Item = &'t Transfer>, account: &AccountId) -> i128 {
-    transfers.into_iter().filter(|t| t.from == *account).map(|t| i128::from(t.amount.0)).sum()
+    transfers.into_iter().filter(|t| t.from == *account).map(|t| i128::from(t.amount.get())).sum()
 }
 
 impl Plan<'_> {
@@ -210,8 +210,8 @@ impl Plan<'_> {
                 let b = running.get_mut(account).expect("every delta's account is in the plan");
                 *b += delta;
                 match touched.iter_mut().find(|(a, _)| a == account) {
-                    Some((_, c)) => *c = Credits(*b),
-                    None => touched.push((account.clone(), Credits(*b))),
+                    Some((_, c)) => *c = Credits::new(*b),
+                    None => touched.push((account.clone(), Credits::new(*b))),
                 }
             }
             if let Some((hold, before)) = held_before {

@@ -123,13 +123,13 @@ impl Shared {
             .await
             .map_err(StoreError::from)?;
         let (balance, held) = row.unwrap_or((0, 0));
-        Ok((Credits(balance), Credits(held)))
+        Ok((Credits::new(balance), Credits::new(held)))
     }
 
     pub(crate) async fn hold(self: &Arc<Self>, account: &AccountId, amount: Credits) -> Result<Hold, LedgerError> {
         let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
-        let request = HoldRequest { id, account: account.to_string(), amount: amount.0, reply };
+        let request = HoldRequest { id, account: account.to_string(), amount: amount.get(), reply };
         self.holds.send(request).await.map_err(|_| LedgerError::Stopped)?;
         // If this future is dropped while waiting, the holder cannot answer and releases the
         // hold itself; once the answer is here, nothing awaits before the `Hold` owns it.
@@ -138,11 +138,11 @@ impl Shared {
                 id,
                 account: account.clone(),
                 amount,
-                balance_at_hold: Credits(balance),
+                balance_at_hold: Credits::new(balance),
                 owner: Some(Owner::Shared(self.clone())),
             }),
             Grant::Refused { available } => {
-                Err(LedgerError::Insufficient { available: Credits(available.max(0)), needed: amount })
+                Err(LedgerError::Insufficient { available: Credits::new(available.max(0)), needed: amount })
             }
         }
     }
@@ -314,7 +314,7 @@ impl<'a> TransferColumns<'a> {
         self.id.push(&t.id);
         self.from.push(t.from.to_string());
         self.to.push(t.to.to_string());
-        self.amount.push(t.amount.0);
+        self.amount.push(t.amount.get());
         self.kind.push(t.kind.as_str());
         self.cause.push(&t.cause);
         self.created_at.push(t.created_at_ms);

@@ -150,7 +150,7 @@ impl Local {
     }
 
     pub(super) fn held(&self, account: &AccountId) -> Credits {
-        Credits(self.inner.state.lock().accounts.get(account).map(|a| a.held).unwrap_or(0))
+        Credits::new(self.inner.state.lock().accounts.get(account).map(|a| a.held).unwrap_or(0))
     }
 
     async fn send(&self, job: Job) -> Result<(), LedgerError> {
@@ -173,13 +173,13 @@ impl Local {
     pub(super) async fn balance(&self, account: &AccountId) -> Result<Credits, LedgerError> {
         self.ensure_loaded(&[account]).await?;
         let st = self.inner.state.lock();
-        Ok(Credits(st.accounts.get(account).map(|a| a.balance).unwrap_or(0)))
+        Ok(Credits::new(st.accounts.get(account).map(|a| a.balance).unwrap_or(0)))
     }
 
     pub(super) async fn available(&self, account: &AccountId) -> Result<Credits, LedgerError> {
         self.ensure_loaded(&[account]).await?;
         let st = self.inner.state.lock();
-        Ok(Credits(st.accounts.get(account).map(|a| a.balance - a.held).unwrap_or(0)))
+        Ok(Credits::new(st.accounts.get(account).map(|a| a.balance - a.held).unwrap_or(0)))
     }
 
     pub(super) async fn hold(&self, account: &AccountId, amount: Credits) -> Result<Hold, LedgerError> {
@@ -188,17 +188,20 @@ impl Local {
                 let mut st = self.inner.state.lock();
                 if let Some(acct) = st.accounts.get_mut(account) {
                     let available = acct.balance - acct.held;
-                    if !quota_core::hold::can_hold(Credits(acct.balance), Credits(acct.held), amount) {
-                        return Err(LedgerError::Insufficient { available: Credits(available.max(0)), needed: amount });
+                    if !quota_core::hold::can_hold(Credits::new(acct.balance), Credits::new(acct.held), amount) {
+                        return Err(LedgerError::Insufficient {
+                            available: Credits::new(available.max(0)),
+                            needed: amount,
+                        });
                     }
-                    acct.held += amount.0;
-                    let balance_at_hold = Credits(acct.balance);
+                    acct.held += amount.get();
+                    let balance_at_hold = Credits::new(acct.balance);
                     let id = self.inner.next_hold.fetch_add(1, Ordering::Relaxed);
                     st.holds.insert(
                         id,
                         HoldState {
                             account: account.clone(),
-                            amount: amount.0,
+                            amount: amount.get(),
                             expires_at: Instant::now() + self.inner.config.hold_ttl,
                         },
                     );
@@ -424,7 +427,7 @@ impl Engine for SqliteEngine {
                     t.id,
                     t.from.to_string(),
                     t.to.to_string(),
-                    t.amount.0,
+                    t.amount.get(),
                     t.kind.as_str(),
                     t.cause,
                     t.created_at_ms,

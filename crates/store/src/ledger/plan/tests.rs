@@ -17,15 +17,8 @@ fn promo() -> AccountId {
 }
 
 fn t(id: &str, from: AccountId, to: AccountId, amount: i64) -> Transfer {
-    Transfer {
-        id: id.into(),
-        from,
-        to,
-        amount: Credits(amount),
-        kind: TransferKind::UsageCharge,
-        cause: "t".into(),
-        created_at_ms: 0,
-    }
+    let kind = TransferKind::UsageCharge;
+    quota_core::transfers::restored(id.into(), from, to, Credits::new(amount), kind, "test".into(), 0)
 }
 
 fn settlement(transfers: Vec<Transfer>) -> Settlement {
@@ -80,8 +73,8 @@ fn a_batch_moves_each_account_by_its_new_transfers_and_answers_each_job_in_order
     assert_eq!(p.accounts[&revenue()], Movement { balance: 10, held: 0 });
     let start = HashMap::from([(wallet(1), Movement { balance: 100, held: 20 })]);
     let o = p.outcome(&after(&p, &start)).unwrap();
-    assert_eq!(o.balances_after[0], vec![(wallet(1), Credits(93)), (revenue(), Credits(7))]);
-    assert_eq!(o.balances_after[1], vec![(wallet(1), Credits(90)), (revenue(), Credits(10))]);
+    assert_eq!(o.balances_after[0], vec![(wallet(1), Credits::new(93)), (revenue(), Credits::new(7))]);
+    assert_eq!(o.balances_after[1], vec![(wallet(1), Credits::new(90)), (revenue(), Credits::new(10))]);
 }
 
 #[test]
@@ -112,8 +105,8 @@ fn the_excess_over_a_hold_booked_to_losses_is_allowed_and_losses_may_go_negative
     let p = plan(entries(&jobs), &["a", "b"].map(String::from).into(), &[(wallet(1), 10)]).unwrap();
     let start = HashMap::from([(wallet(1), Movement { balance: 10, held: 10 })]);
     let o = p.outcome(&after(&p, &start)).unwrap();
-    assert_eq!(o.balances_after[0][0], (wallet(1), Credits(0)));
-    assert!(o.balances_after[0].contains(&(losses, Credits(-5))));
+    assert_eq!(o.balances_after[0][0], (wallet(1), Credits::new(0)));
+    assert!(o.balances_after[0].contains(&(losses, Credits::new(-5))));
 }
 
 #[test]
@@ -161,7 +154,7 @@ fn jobs_that_are_not_commits_plan_to_nothing() {
     let p = plan(e, &["a".to_string()].into(), &[]).unwrap();
     assert_eq!(p.jobs[0], JobPlan::default());
     let o = p.outcome(&after(&p, &HashMap::new())).unwrap();
-    assert_eq!(o.balances_after, vec![vec![], vec![(promo(), Credits(-5)), (wallet(2), Credits(5))]]);
+    assert_eq!(o.balances_after, vec![vec![], vec![(promo(), Credits::new(-5)), (wallet(2), Credits::new(5))]]);
 }
 
 /// A random job: the wallet it holds on, the hold, transfers (payer, payee, amount, id), and a
@@ -254,15 +247,15 @@ proptest! {
             let mut duplicates = 0;
             for tr in &s.transfers {
                 if seen.insert(tr.id.clone()) {
-                    *balance.entry(tr.from.clone()).or_default() -= tr.amount.0;
-                    *balance.entry(tr.to.clone()).or_default() += tr.amount.0;
+                    *balance.entry(tr.from.clone()).or_default() -= tr.amount.get();
+                    *balance.entry(tr.to.clone()).or_default() += tr.amount.get();
                 } else {
                     duplicates += 1;
                 }
             }
             prop_assert_eq!(p.jobs[j].duplicates, duplicates);
             for (a, c) in &o.balances_after[j] {
-                prop_assert_eq!(balance[a], c.0, "job {}'s balance of {}", j, a);
+                prop_assert_eq!(balance[a], c.get(), "job {}'s balance of {}", j, a);
             }
             if duplicates == 0 {
                 for w in &s.low_balance {

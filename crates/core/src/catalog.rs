@@ -35,6 +35,15 @@ impl Provider {
         }
     }
 
+    /// A 1-hour cache write's price when the catalog row does not give one: Anthropic bills
+    /// every model's 1-hour writes at 2× input; the others have no such class.
+    pub fn default_cache_write_1h(self, input: u64) -> u64 {
+        match self {
+            Provider::Anthropic => input.saturating_mul(2),
+            Provider::Openai | Provider::Google => 0,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Openai => "openai",
@@ -48,6 +57,16 @@ impl fmt::Display for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// What a model does: generate text (the chat, messages, Gemini and Responses routes) or embed
+/// it (`/v1/embeddings`, `:embedContent`). A model is served only on its kind's routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    #[default]
+    Chat,
+    Embedding,
 }
 
 /// One model as Quota sells it.
@@ -66,6 +85,14 @@ pub struct Model {
     pub image_part_tokens_max: u64,
     /// When the price last changed, Unix seconds (`created` in `/v1/models`).
     pub price_changed_at: i64,
+    /// Where the price was read (a URL or document), for whoever checks it next.
+    pub source: String,
+    /// An o-series or GPT-5-family model (SPEC §3.1b): `max_tokens` goes upstream as
+    /// `max_completion_tokens`, and sampling parameters it refuses are dropped.
+    pub reasoning: bool,
+    pub kind: ModelKind,
+    /// An embedding model's output dimension (0 for chat models).
+    pub dimensions: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,11 +112,19 @@ struct ModelRow {
     cached_input: u64,
     #[serde(default)]
     cache_write: u64,
+    cache_write_1h: Option<u64>,
     output: u64,
     context_window: u64,
     max_output_tokens: u64,
     image_part_tokens_max: Option<u64>,
     price_date: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    reasoning: bool,
+    #[serde(default)]
+    kind: ModelKind,
+    dimensions: Option<u64>,
     long_context: Option<TierRow>,
 }
 
@@ -101,6 +136,7 @@ struct TierRow {
     cached_input: u64,
     #[serde(default)]
     cache_write: u64,
+    cache_write_1h: Option<u64>,
     output: u64,
 }
 
@@ -190,11 +226,24 @@ fn row_to_model(row: ModelRow) -> Result<Model, String> {
     let price_changed_at = crate::calendar::parse_date(&row.price_date)
         .map(|days| days * 86_400)
         .ok_or_else(|| bad("price_date must be YYYY-MM-DD"))?;
-    let base =
-        Rates { input: row.input, cached_input: row.cached_input, cache_write: row.cache_write, output: row.output };
+    let dimensions = match (row.kind, row.dimensions) {
+        (ModelKind::Embedding, Some(d)) if d > 0 => d,
+        (ModelKind::Embedding, _) => return Err(bad("embedding models need a positive `dimensions`")),
+        (ModelKind::Chat, None) => 0,
+        (ModelKind::Chat, Some(_)) => return Err(bad("`dimensions` is for embedding models")),
+    };
+    let provider = row.provider;
+    let rates = |input: u64, cached_input: u64, cache_write: u64, cache_write_1h: Option<u64>, output: u64| Rates {
+        input,
+        cached_input,
+        cache_write,
+        cache_write_1h: cache_write_1h.unwrap_or_else(|| provider.default_cache_write_1h(input)),
+        output,
+    };
+    let base = rates(row.input, row.cached_input, row.cache_write, row.cache_write_1h, row.output);
     let long_context = row.long_context.map(|t| LongContextTier {
         threshold_tokens: t.threshold_tokens,
-        rates: Rates { input: t.input, cached_input: t.cached_input, cache_write: t.cache_write, output: t.output },
+        rates: rates(t.input, t.cached_input, t.cache_write, t.cache_write_1h, t.output),
     });
     Ok(Model {
         id: row.id,
@@ -205,6 +254,10 @@ fn row_to_model(row: ModelRow) -> Result<Model, String> {
         max_output_tokens: row.max_output_tokens,
         image_part_tokens_max: row.image_part_tokens_max.unwrap_or(row.provider.image_part_tokens_max()),
         price_changed_at,
+        source: row.source,
+        reasoning: row.reasoning,
+        kind: row.kind,
+        dimensions,
     })
 }
 
@@ -225,6 +278,51 @@ mod tests {
         assert_eq!(mini.context_window, 128_000);
         let sonnet = c.get("anthropic/claude-sonnet-4.5").unwrap();
         assert_eq!(sonnet.price.long_context.unwrap().rates.output, 22_500_000);
+    }
+
+    #[test]
+    fn every_builtin_row_names_its_source_and_the_current_models_are_there() {
+        let c = Catalog::builtin();
+        for m in c.iter() {
+            assert!(!m.source.is_empty(), "{} has no source", m.id);
+        }
+        for id in [
+            "anthropic/claude-opus-4.6",
+            "anthropic/claude-opus-4.5",
+            "anthropic/claude-sonnet-4.6",
+            "google/gemini-3-pro-preview",
+            "google/gemini-3-flash-preview",
+            "gpt-5.1",
+            "gpt-5.2",
+        ] {
+            assert!(c.get(id).is_some(), "{id} missing");
+        }
+        let pro = c.get("google/gemini-3-pro-preview").unwrap();
+        assert_eq!(pro.price.long_context.unwrap().threshold_tokens, 200_000);
+        assert_eq!(pro.price.long_context.unwrap().rates.input, 4_000_000);
+    }
+
+    #[test]
+    fn anthropic_one_hour_writes_cost_twice_the_input_unless_the_row_says_otherwise() {
+        let c = Catalog::builtin();
+        let haiku = c.get("anthropic/claude-haiku-4.5").unwrap();
+        assert_eq!(haiku.price.base.cache_write_1h, 2_000_000);
+        let opus = c.get("anthropic/claude-opus-4.1").unwrap();
+        assert_eq!(opus.price.base.cache_write_1h, 30_000_000);
+        assert_eq!(c.get("gpt-4o").unwrap().price.base.cache_write_1h, 0);
+    }
+
+    #[test]
+    fn reasoning_and_embedding_models_are_marked() {
+        let c = Catalog::builtin();
+        for id in ["o3", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5.1", "gpt-5.2"] {
+            assert!(c.get(id).unwrap().reasoning, "{id}");
+        }
+        assert!(!c.get("gpt-4o").unwrap().reasoning);
+        let small = c.get("text-embedding-3-small").unwrap();
+        assert_eq!((small.kind, small.dimensions), (ModelKind::Embedding, 1536));
+        assert_eq!(c.get("google/gemini-embedding-001").unwrap().dimensions, 3072);
+        assert_eq!(c.get("gpt-4o").unwrap().kind, ModelKind::Chat);
     }
 
     #[test]

@@ -173,9 +173,9 @@ pub fn hold_amount(model: &Model, bound: &HoldBound, margin: Margin) -> Charge {
     let prompt = bound.prompt_tokens_max.min(model.context_window);
     let mut price = model.price;
     // Price the whole prompt at the dearest input rate of whichever tier applies.
-    price.base.input = price.base.input.max(price.base.cached_input).max(price.base.cache_write);
+    price.base.input = price.base.prompt_rate_max();
     if let Some(tier) = price.long_context.as_mut() {
-        tier.rates.input = tier.rates.input.max(tier.rates.cached_input).max(tier.rates.cache_write);
+        tier.rates.input = tier.rates.prompt_rate_max();
     }
     let usage = Usage { input_tokens: prompt, output_tokens: bound.output_tokens_max, ..Default::default() };
     let base = price.cost(&usage);
@@ -333,7 +333,8 @@ mod tests {
         #[test]
         fn any_usage_within_bounds_fits_the_hold(
             model_idx in 0usize..64, prompt_max in 0u64..2_000_000, out_max in 0u64..200_000,
-            cached_frac in 0u64..=100, write_frac in 0u64..=100, out_frac in 0u64..=100, bps in 0u32..=100_000,
+            cached_frac in 0u64..=100, write_frac in 0u64..=100, write_1h_frac in 0u64..=100,
+            out_frac in 0u64..=100, bps in 0u32..=100_000,
         ) {
             let c = Catalog::builtin();
             let m = c.iter().nth(model_idx % c.len()).unwrap().clone();
@@ -343,9 +344,10 @@ mod tests {
             let prompt = bound.prompt_tokens_max;
             let cached = prompt * cached_frac / 100;
             let write = (prompt - cached) * write_frac / 100;
+            let write_1h = (prompt - cached - write) * write_1h_frac / 100;
             let usage = Usage {
-                input_tokens: prompt - cached - write, cached_tokens: cached, cache_write_tokens: write,
-                output_tokens: bound.output_tokens_max * out_frac / 100,
+                input_tokens: prompt - cached - write - write_1h, cached_tokens: cached, cache_write_tokens: write,
+                cache_write_1h_tokens: write_1h, output_tokens: bound.output_tokens_max * out_frac / 100,
             };
             let charged = Charge::for_usage(&m, &usage, margin);
             prop_assert!(charged.total() <= held.total(), "charged {:?} held {:?}", charged, held);

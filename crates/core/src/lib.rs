@@ -18,7 +18,7 @@ pub mod tokens;
 pub mod transfers;
 
 pub use billing::BillingMode;
-pub use catalog::{Catalog, Model, Provider};
+pub use catalog::{Catalog, Model, ModelKind, Provider};
 pub use credits::Credits;
 pub use ledger::{AccountId, PlatformAccount, Transfer, TransferKind};
 pub use markup::Margin;

@@ -143,9 +143,24 @@ mod tests {
     #[test]
     fn a_prompt_side_report_replaces_the_estimate_but_not_the_counted_output() {
         let m = Meter::new(12);
-        m.report_prompt(Usage { input_tokens: 3, cached_tokens: 100, cache_write_tokens: 7, output_tokens: 1 });
+        m.report_prompt(Usage {
+            input_tokens: 3,
+            cached_tokens: 100,
+            cache_write_tokens: 7,
+            output_tokens: 1,
+            ..Default::default()
+        });
         m.count_output("Hello world again");
-        assert_eq!(m.usage(), Usage { input_tokens: 3, cached_tokens: 100, cache_write_tokens: 7, output_tokens: 3 });
+        assert_eq!(
+            m.usage(),
+            Usage {
+                input_tokens: 3,
+                cached_tokens: 100,
+                cache_write_tokens: 7,
+                output_tokens: 3,
+                ..Default::default()
+            }
+        );
         assert!(m.reported().is_none(), "a prompt-side report alone does not say the stream produced anything");
     }
 

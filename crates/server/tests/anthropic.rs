@@ -69,7 +69,13 @@ async fn native_messages_are_forwarded_and_charged_by_anthropics_usage_classes()
     // 100 × 3 + 2000 × 0.3 + 500 × 3.75 + 40 × 15 = 300 + 600 + 1875 + 600.
     let expected = cost(
         "anthropic/claude-sonnet-4.5",
-        Usage { input_tokens: 100, cached_tokens: 2000, cache_write_tokens: 500, output_tokens: 40 },
+        Usage {
+            input_tokens: 100,
+            cached_tokens: 2000,
+            cache_write_tokens: 500,
+            output_tokens: 40,
+            ..Default::default()
+        },
     );
     assert_eq!(expected, 3375);
     assert_eq!(v["quota"]["credits_used"], expected);

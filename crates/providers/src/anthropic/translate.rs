@@ -448,7 +448,16 @@ mod tests {
             "usage": {"input_tokens": 10, "cache_creation_input_tokens": 20, "cache_read_input_tokens": 30, "output_tokens": 40}});
         let (out, usage) =
             completion_from_message(body.to_string().as_bytes(), "anthropic/claude-sonnet-4.5", 7, 0).unwrap();
-        assert_eq!(usage, Usage { input_tokens: 10, cached_tokens: 30, cache_write_tokens: 20, output_tokens: 40 });
+        assert_eq!(
+            usage,
+            Usage {
+                input_tokens: 10,
+                cached_tokens: 30,
+                cache_write_tokens: 20,
+                output_tokens: 40,
+                ..Default::default()
+            }
+        );
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "Let me check.");
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
@@ -489,7 +498,13 @@ mod tests {
         assert!(meter.finished());
         assert_eq!(
             meter.usage(),
-            Usage { input_tokens: 11, cached_tokens: 100, cache_write_tokens: 0, output_tokens: 17 }
+            Usage {
+                input_tokens: 11,
+                cached_tokens: 100,
+                cache_write_tokens: 0,
+                output_tokens: 17,
+                ..Default::default()
+            }
         );
     }
 

@@ -164,16 +164,37 @@ pub struct UsageWire {
     pub output_tokens: Option<u64>,
     pub cache_creation_input_tokens: Option<u64>,
     pub cache_read_input_tokens: Option<u64>,
+    /// The cache writes split by lifetime (5 minutes, 1 hour), which are priced differently.
+    pub cache_creation: Option<CacheCreationWire>,
+}
+
+/// `usage.cache_creation`: `cache_creation_input_tokens` split by the cache's lifetime.
+#[derive(Debug, Deserialize, Clone, Copy, Default)]
+pub struct CacheCreationWire {
+    pub ephemeral_5m_input_tokens: Option<u64>,
+    pub ephemeral_1h_input_tokens: Option<u64>,
 }
 
 impl UsageWire {
     /// `input_tokens` already excludes cache reads and writes (reference/prices.md): each class
-    /// maps to its own Quota class.
+    /// maps to its own Quota class. Cache writes are 5-minute ones unless `cache_creation`
+    /// says how many were 1-hour; a total larger than the split is billed at the 5-minute
+    /// rate, and a split larger than the total counts as reported (never fewer tokens).
     pub fn to_usage(self) -> Usage {
+        let total = self.cache_creation_input_tokens.unwrap_or(0);
+        let (write_5m, write_1h) = match self.cache_creation {
+            Some(c) => {
+                let write_1h = c.ephemeral_1h_input_tokens.unwrap_or(0);
+                let write_5m = c.ephemeral_5m_input_tokens.unwrap_or(0).max(total.saturating_sub(write_1h));
+                (write_5m, write_1h)
+            }
+            None => (total, 0),
+        };
         Usage {
             input_tokens: self.input_tokens.unwrap_or(0),
             cached_tokens: self.cache_read_input_tokens.unwrap_or(0),
-            cache_write_tokens: self.cache_creation_input_tokens.unwrap_or(0),
+            cache_write_tokens: write_5m,
+            cache_write_1h_tokens: write_1h,
             output_tokens: self.output_tokens.unwrap_or(0),
         }
     }
@@ -185,6 +206,7 @@ impl UsageWire {
             output_tokens: later.output_tokens.or(self.output_tokens),
             cache_creation_input_tokens: later.cache_creation_input_tokens.or(self.cache_creation_input_tokens),
             cache_read_input_tokens: later.cache_read_input_tokens.or(self.cache_read_input_tokens),
+            cache_creation: later.cache_creation.or(self.cache_creation),
         }
     }
 }
@@ -254,6 +276,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_hour_cache_writes_are_their_own_class() {
+        let u: UsageWire = serde_json::from_str(
+            r#"{"input_tokens":10,"cache_creation_input_tokens":1500,"cache_read_input_tokens":0,"output_tokens":5,
+                "cache_creation":{"ephemeral_5m_input_tokens":500,"ephemeral_1h_input_tokens":1000}}"#,
+        )
+        .unwrap();
+        let usage = u.to_usage();
+        assert_eq!((usage.cache_write_tokens, usage.cache_write_1h_tokens), (500, 1000));
+        assert_eq!(usage.cache_writes_total(), 1500);
+        // A message_delta without the split keeps the start's split.
+        let later: UsageWire = serde_json::from_str(r#"{"output_tokens":40}"#).unwrap();
+        assert_eq!(u.updated(later).to_usage().cache_write_1h_tokens, 1000);
+    }
+
+    #[test]
     fn usage_maps_each_cache_class_to_its_own_price_class() {
         let u: UsageWire = serde_json::from_str(
             r#"{"input_tokens":12,"cache_creation_input_tokens":300,"cache_read_input_tokens":4000,"output_tokens":55}"#,
@@ -261,7 +298,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             u.to_usage(),
-            Usage { input_tokens: 12, cached_tokens: 4000, cache_write_tokens: 300, output_tokens: 55 }
+            Usage {
+                input_tokens: 12,
+                cached_tokens: 4000,
+                cache_write_tokens: 300,
+                output_tokens: 55,
+                ..Default::default()
+            }
         );
         let later: UsageWire = serde_json::from_str(r#"{"output_tokens":99}"#).unwrap();
         assert_eq!(u.updated(later).to_usage().output_tokens, 99);

@@ -176,6 +176,7 @@ impl UsageWire {
             cached_tokens: cached,
             cache_write_tokens: 0,
             output_tokens: self.candidates_token_count.saturating_add(self.thoughts_token_count),
+            ..Default::default()
         }
     }
 }
@@ -257,7 +258,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             u.to_usage(),
-            Usage { input_tokens: 400, cached_tokens: 600, cache_write_tokens: 0, output_tokens: 250 }
+            Usage {
+                input_tokens: 400,
+                cached_tokens: 600,
+                cache_write_tokens: 0,
+                output_tokens: 250,
+                ..Default::default()
+            }
         );
     }
 

@@ -37,7 +37,7 @@ impl ChatProvider for OpenAiAdapter {
     async fn chat(&self, call: ChatCall<'_>) -> Result<ChatResponse, UpstreamError> {
         let key = self.upstream.key()?;
         let stream = call.request.stream();
-        let body = forward_body(call.raw, &call.model.upstream_id, stream)
+        let body = forward_body(call.raw, call.model, call.request)
             .map_err(|m| UpstreamError::Status { status: 400, message: m })?;
         let authorization = format!("Bearer {key}");
         let answer = self.upstream.post_json(&self.url, &[("authorization", &authorization)], body, stream).await?;

@@ -158,7 +158,7 @@ mod tests {
             }
             let hold = quota_core::hold::hold_amount(&model, &quota_core::hold::HoldBound::new(&model, &req.prompt_bound(), None, 1), quota_core::Margin::ZERO);
             let rates = model.price.rates_for(u64::MAX);
-            let dearest = rates.input.max(rates.cached_input).max(rates.cache_write).max(model.price.base.input.max(model.price.base.cache_write));
+            let dearest = rates.prompt_rate_max().max(model.price.base.prompt_rate_max());
             let ceiling = (u128::from(model.context_window) * u128::from(dearest) + u128::from(model.max_output_tokens) * u128::from(rates.output.max(model.price.base.output))).div_ceil(1_000_000);
             prop_assert!(hold.base.get() as u128 <= ceiling);
         }

@@ -25,7 +25,19 @@ pub const FORWARDED_FIELDS: &[&str] = &[
     "frequency_penalty",
     "logit_bias",
     "user",
+    "logprobs",
+    "top_logprobs",
+    "prompt_cache_key",
+    "verbosity",
+    "metadata",
+    "store",
+    "prediction",
 ];
+
+/// Sampling parameters that reasoning models (o-series, GPT-5 family) refuse with a 400 unless
+/// they hold their defaults (SPEC §3.1b): dropped for those models rather than forwarded.
+pub const REASONING_REFUSED_FIELDS: &[&str] =
+    &["temperature", "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs"];
 
 /// Most choices a request may ask for (OpenAI's own limit).
 pub const N_MAX: u64 = 128;
@@ -54,6 +66,13 @@ pub struct ChatRequest {
     pub reasoning_effort: Option<String>,
     pub logit_bias: Option<BTreeMap<String, f64>>,
     pub stream_options: Option<serde_json::Map<String, serde_json::Value>>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
+    pub prompt_cache_key: Option<String>,
+    pub verbosity: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub store: Option<bool>,
+    pub prediction: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,9 +203,24 @@ pub fn describe_json_error(e: &serde_json::Error) -> String {
 
 /// The upstream body: the forwarded fields as the client wrote them, the upstream model id, and
 /// for streams `stream_options.include_usage` forced on (SPEC §3.1).
-pub fn forward_body(raw: &[u8], upstream_model: &str, stream: bool) -> Result<Vec<u8>, String> {
-    let tail: &[u8] = if stream { b",\"stream\":true,\"stream_options\":{\"include_usage\":true}" } else { b"" };
-    crate::json::forward_fields(raw, Some(upstream_model), FORWARDED_FIELDS, tail)
+pub fn forward_body(raw: &[u8], model: &quota_core::Model, request: &ChatRequest) -> Result<Vec<u8>, String> {
+    let mut tail = Vec::new();
+    if request.stream() {
+        tail.extend_from_slice(b",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
+    }
+    if !model.reasoning {
+        return crate::json::forward_fields(raw, Some(&model.upstream_id), FORWARDED_FIELDS, &tail);
+    }
+    // A reasoning model takes `max_completion_tokens` only; the client's `max_tokens` becomes it.
+    if let (Some(max), None) = (request.max_tokens, request.max_completion_tokens) {
+        tail.extend_from_slice(format!(",\"max_completion_tokens\":{max}").as_bytes());
+    }
+    let allowed: Vec<&str> = FORWARDED_FIELDS
+        .iter()
+        .copied()
+        .filter(|f| *f != "max_tokens" && !REASONING_REFUSED_FIELDS.contains(f))
+        .collect();
+    crate::json::forward_fields(raw, Some(&model.upstream_id), &allowed, &tail)
 }
 
 /// OpenAI's `usage` object.
@@ -214,6 +248,7 @@ impl UsageWire {
             cached_tokens: cached,
             cache_write_tokens: 0,
             output_tokens: self.completion_tokens,
+            ..Default::default()
         }
     }
 }
@@ -322,9 +357,11 @@ mod tests {
     #[test]
     fn forwards_only_allowed_fields_with_the_upstream_model() {
         let raw = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"service_tier":"priority","temperature":0.5,"stream":true}"#;
-        let out = forward_body(raw, "gpt-4o-mini-2024", true).unwrap();
+        let catalog = quota_core::Catalog::builtin();
+        let model = catalog.get("gpt-4o-mini").unwrap();
+        let out = forward_body(raw, model, &ChatRequest::parse(raw).unwrap()).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["model"], "gpt-4o-mini-2024");
+        assert_eq!(v["model"], "gpt-4o-mini");
         assert_eq!(v["temperature"], 0.5);
         assert!(v.get("service_tier").is_none());
         assert_eq!(v["stream_options"]["include_usage"], true);
@@ -332,11 +369,45 @@ mod tests {
     }
 
     #[test]
+    fn reasoning_models_get_max_completion_tokens_and_no_refused_sampling_parameters() {
+        let raw = br#"{"model":"gpt-5","messages":[{"role":"user","content":"hi"}],"max_tokens":300,"temperature":0.2,"top_p":0.9,"presence_penalty":0.1,"logprobs":true,"seed":7,"reasoning_effort":"low","verbosity":"low","prompt_cache_key":"k1"}"#;
+        let catalog = quota_core::Catalog::builtin();
+        let out = forward_body(raw, catalog.get("gpt-5").unwrap(), &ChatRequest::parse(raw).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["max_completion_tokens"], 300);
+        for dropped in ["max_tokens", "temperature", "top_p", "presence_penalty", "logprobs"] {
+            assert!(v.get(dropped).is_none(), "{dropped} forwarded: {v}");
+        }
+        assert_eq!((v["seed"].clone(), v["reasoning_effort"].clone()), (7.into(), "low".into()));
+        assert_eq!((v["verbosity"].clone(), v["prompt_cache_key"].clone()), ("low".into(), "k1".into()));
+        // The client's own max_completion_tokens wins, and is not duplicated.
+        let raw =
+            br#"{"model":"o3","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"max_completion_tokens":900}"#;
+        let out = forward_body(raw, catalog.get("o3").unwrap(), &ChatRequest::parse(raw).unwrap()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("max_completion_tokens").count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["max_completion_tokens"], 900);
+        // Others keep their sampling parameters and max_tokens as written.
+        let raw = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"temperature":0.3,"logprobs":true,"top_logprobs":2}"#;
+        let out = forward_body(raw, catalog.get("gpt-4o").unwrap(), &ChatRequest::parse(raw).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!((v["max_tokens"].clone(), v["temperature"].clone()), (5.into(), 0.3.into()));
+        assert_eq!((v["logprobs"].clone(), v["top_logprobs"].clone()), (true.into(), 2.into()));
+    }
+
+    #[test]
     fn usage_excludes_cached_from_input() {
         let u: UsageWire = serde_json::from_str(r#"{"prompt_tokens":100,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":30},"completion_tokens_details":{"reasoning_tokens":5}}"#).unwrap();
         assert_eq!(
             u.to_usage(),
-            Usage { input_tokens: 70, cached_tokens: 30, cache_write_tokens: 0, output_tokens: 20 }
+            Usage {
+                input_tokens: 70,
+                cached_tokens: 30,
+                cache_write_tokens: 0,
+                output_tokens: 20,
+                ..Default::default()
+            }
         );
     }
 

@@ -34,7 +34,7 @@ use crate::app::SharedState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use axum::http::HeaderMap;
-use quota_core::{Model, Provider};
+use quota_core::{Model, ModelKind, Provider};
 use quota_providers::Fault;
 use std::sync::Arc;
 
@@ -106,6 +106,19 @@ pub fn native_model(state: &SharedState, provider: Provider, model_id: &str) -> 
         )
         .with_hint("GET /v1/models lists the models this key may use")
     })
+}
+
+/// `model` if it is of `kind` (a chat model on a generation route, an embedding model on an
+/// embedding route), else 400 naming the route that serves it.
+pub fn of_kind(model: Arc<Model>, kind: ModelKind) -> Result<Arc<Model>, ApiError> {
+    if model.kind == kind {
+        return Ok(model);
+    }
+    let message = match model.kind {
+        ModelKind::Embedding => format!("`{}` is an embedding model: use POST /v1/embeddings", model.id),
+        ModelKind::Chat => format!("`{}` is not an embedding model", model.id),
+    };
+    Err(ApiError::bad_request(message))
 }
 
 /// `X-Quota-Sandbox-Fault` (SPEC §4.4), read for sandbox principals only (ignored otherwise).

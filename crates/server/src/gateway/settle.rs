@@ -77,7 +77,7 @@ impl Billing {
             provider: self.model.provider.as_str().to_string(),
             input_tokens: usage.input_tokens as i64,
             cached_tokens: usage.cached_tokens as i64,
-            cache_write_tokens: usage.cache_write_tokens as i64,
+            cache_write_tokens: usage.cache_writes_total() as i64,
             output_tokens: usage.output_tokens as i64,
             base_cost: charge.base.get(),
             markup: charge.markup.get(),

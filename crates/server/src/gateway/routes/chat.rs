@@ -12,7 +12,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use quota_core::hold::HoldBound;
-use quota_core::{Model, Usage};
+use quota_core::{Model, ModelKind, Usage};
 use quota_providers::openai::{openai_usage, ChatRequest};
 use quota_providers::{ChatCall, ChatProvider, ChatResponse, Meter, UpstreamError};
 use serde_json::json;
@@ -43,7 +43,7 @@ impl Route for Chat {
         principal: &Principal,
         request: &ChatRequest,
     ) -> Result<(Arc<Model>, Arc<dyn ChatProvider>), ApiError> {
-        let model = crate::gateway::model(&inbound.state, &request.model)?;
+        let model = crate::gateway::of_kind(crate::gateway::model(&inbound.state, &request.model)?, ModelKind::Chat)?;
         let adapter = inbound.state.chat_provider(&model, principal.sandbox());
         Ok((model, adapter))
     }

@@ -85,6 +85,7 @@ impl Route for Gemini {
         call: &GeminiCall,
     ) -> Result<(Arc<Model>, Arc<Self::Adapter>), ApiError> {
         let model = crate::gateway::native_model(&inbound.state, Provider::Google, &call.model_id)?;
+        let model = crate::gateway::of_kind(model, quota_core::ModelKind::Chat)?;
         Ok((model, inbound.state.gemini_provider(principal.sandbox())))
     }
 

@@ -71,6 +71,7 @@ impl Route for Messages {
         call: &MessagesCall,
     ) -> Result<(Arc<Model>, Arc<Self::Adapter>), ApiError> {
         let model = crate::gateway::native_model(&inbound.state, Provider::Anthropic, &call.request.model)?;
+        let model = crate::gateway::of_kind(model, quota_core::ModelKind::Chat)?;
         Ok((model, inbound.state.messages_provider(principal.sandbox())))
     }
 

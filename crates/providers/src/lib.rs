@@ -114,6 +114,8 @@ pub struct NativeCall<'a, R> {
     pub raw: &'a Bytes,
     /// The API version the client asked for, passed through (Anthropic's `anthropic-version`).
     pub version: Option<&'a str>,
+    /// Beta features the client asked for, passed through (Anthropic's `anthropic-beta`).
+    pub beta: Option<&'a str>,
     pub fault: Option<Fault>,
 }
 

@@ -46,7 +46,7 @@ fn events(text: &str) -> Vec<(String, Value)> {
 #[tokio::test]
 async fn native_messages_are_forwarded_and_charged_by_anthropics_usage_classes() {
     let (s, up, user, key, before) = proxied_developer().await;
-    let usage = AnthropicUsage { input: 100, cache_read: 2000, cache_write: 500, output: 40 };
+    let usage = AnthropicUsage { input: 100, cache_read: 2000, cache_write: 500, output: 40, cache_write_1h: 0 };
     up.script(Script::Answer { content: vec![text("Bonjour.")], stop_reason: "end_turn", usage });
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 300, "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
         "messages": [{"role": "user", "content": "Hello"}], "temperature": 0.3, "top_k": 5, "stop_sequences": ["X"],
@@ -101,7 +101,7 @@ async fn native_messages_are_forwarded_and_charged_by_anthropics_usage_classes()
 #[tokio::test]
 async fn a_native_stream_is_anthropics_events_then_quota_usage() {
     let (s, up, user, key, before) = proxied_developer().await;
-    let usage = AnthropicUsage { input: 12, cache_read: 300, cache_write: 0, output: 25 };
+    let usage = AnthropicUsage { input: 12, cache_read: 300, cache_write: 0, output: 25, cache_write_1h: 0 };
     up.script(Script::Answer {
         content: vec![text("Let me look."), tool_use("toolu_1", "get_weather", json!({"city": "Paris"}))],
         stop_reason: "tool_use",
@@ -130,7 +130,9 @@ async fn a_native_stream_is_anthropics_events_then_quota_usage() {
 #[tokio::test]
 async fn a_native_stream_is_forwarded_event_by_event_not_buffered() {
     let (s, up, _, key, _) = proxied_developer().await;
-    up.script(Script::GatedStream { usage: AnthropicUsage { input: 5, cache_read: 0, cache_write: 0, output: 3 } });
+    up.script(Script::GatedStream {
+        usage: AnthropicUsage { input: 5, cache_read: 0, cache_write: 0, output: 3, cache_write_1h: 0 },
+    });
     let gate = up.gate();
     let body = json!({"model": "claude-haiku-4-5", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
     let mut stream = messages(&s, &key, &body, None).await.bytes_stream();
@@ -154,7 +156,7 @@ async fn chat_completions_translate_a_tool_conversation_to_the_exact_messages_bo
     up.script(Script::Answer {
         content: vec![text("Checking."), tool_use("toolu_9", "get_weather", json!({"city": "Rome"}))],
         stop_reason: "tool_use",
-        usage: AnthropicUsage { input: 50, cache_read: 0, cache_write: 10, output: 20 },
+        usage: AnthropicUsage { input: 50, cache_read: 0, cache_write: 10, output: 20, cache_write_1h: 0 },
     });
     let body = with(
         weather_conversation("anthropic/claude-sonnet-4.5", "toolu_1"),
@@ -203,7 +205,7 @@ async fn a_translated_stream_is_openai_chunks_ending_with_usage_quota_and_done()
     up.script(Script::Answer {
         content: vec![text("Hello there.")],
         stop_reason: "max_tokens",
-        usage: AnthropicUsage { input: 30, cache_read: 70, cache_write: 0, output: 8 },
+        usage: AnthropicUsage { input: 30, cache_read: 70, cache_write: 0, output: 8, cache_write_1h: 0 },
     });
     let body = json!({"model": "anthropic/claude-haiku-4.5", "stream": true, "max_tokens": 8,
         "messages": [{"role": "user", "content": common::prompt_of(100)}]});
@@ -387,4 +389,53 @@ async fn sandbox_faults_work_on_the_messages_route() {
     let charged = before - s.stored_balance(&user).await;
     assert!(charged > 0, "what was produced before the break is charged");
     s.assert_ledger_ok().await;
+}
+
+/// Golden cost of a Sonnet 4.5 request with 1-hour cache writes (SPEC §4.1): 20 input × $3 +
+/// 1,000 5-minute writes × $3.75 + 4,000 1-hour writes × $6 + 30 output × $15 per 1M
+/// = 60 + 3,750 + 24,000 + 450 = 28,260 credits, streamed or not.
+#[tokio::test]
+async fn one_hour_cache_writes_cost_twice_the_input_streamed_or_not() {
+    let (s, up, user, key, before) = proxied_developer().await;
+    let usage = AnthropicUsage { input: 20, cache_read: 0, cache_write: 1_000, output: 30, cache_write_1h: 4_000 };
+    // A prompt whose bound (one token per byte) covers the 5,020 prompt tokens the fake reports.
+    let prompt = "cached context ".repeat(400);
+    let body =
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": prompt}]});
+    up.script(Script::Answer { content: vec![text("Hello.")], stop_reason: "end_turn", usage });
+    let v: Value = messages(&s, &key, &body, None).await.json().await.unwrap();
+    assert_eq!(v["quota"]["credits_used"], 28_260);
+    assert_eq!(s.stored_balance(&user).await, before - 28_260);
+    up.script(Script::Answer { content: vec![text("Hello.")], stop_reason: "end_turn", usage });
+    let text = messages(&s, &key, &with(body, json!({"stream": true})), None).await.text().await.unwrap();
+    let quota = events(&text).into_iter().find(|(name, _)| name == "quota_usage").expect("a quota_usage event").1;
+    assert_eq!(quota["credits_used"], 28_260);
+    assert_eq!(s.stored_balance(&user).await, before - 2 * 28_260);
+    s.assert_ledger_ok().await;
+}
+
+#[tokio::test]
+async fn anthropic_beta_is_passed_through_and_an_unpriced_beta_is_refused_before_anything_is_held() {
+    let (s, up, user, key, before) = proxied_developer().await;
+    up.script(Script::Answer {
+        content: vec![text("ok")],
+        stop_reason: "end_turn",
+        usage: AnthropicUsage { input: 5, cache_read: 0, cache_write: 0, output: 1, cache_write_1h: 0 },
+    });
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
+    let send = |beta: &'static str| {
+        s.http.post(s.url("/v1/messages")).header("x-api-key", &key).header("anthropic-beta", beta).json(&body).send()
+    };
+    assert_eq!(send("context-1m-2025-08-07, interleaved-thinking-2025-05-14").await.unwrap().status(), 200);
+    assert_eq!(up.last_request().0["anthropic-beta"], "context-1m-2025-08-07, interleaved-thinking-2025-05-14");
+    let spent = s.stored_balance(&user).await;
+    assert!(spent < before);
+    for refused in ["fast-mode-2025-11", "a b", "x;y"] {
+        let r = send(refused).await.unwrap();
+        assert_eq!(r.status(), 400, "{refused}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "bad_request");
+    }
+    assert_eq!(up.calls(), 1, "refused requests never reach the provider");
+    assert_eq!(s.stored_balance(&user).await, spent);
 }

@@ -467,7 +467,7 @@ async fn the_same_request_streamed_and_not_is_charged_the_same_on_every_route() 
     up.anthropic.script(AnthropicScript::Answer {
         content: vec![json!({"type": "text", "text": "Hi there you"})],
         stop_reason: "end_turn",
-        usage: AnthropicUsage { input: 9, cache_read: 0, cache_write: 0, output: 4 },
+        usage: AnthropicUsage { input: 9, cache_read: 0, cache_write: 0, output: 4, cache_write_1h: 0 },
     });
     up.gemini.script(GeminiScript::Answer {
         parts: vec![json!({"text": "Hi "}), json!({"text": "there you"})],

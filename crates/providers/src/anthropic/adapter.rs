@@ -31,9 +31,21 @@ impl AnthropicAdapter {
         Ok(AnthropicAdapter { upstream, url })
     }
 
-    async fn post(&self, body: Vec<u8>, version: &str, stream: bool) -> Result<crate::http::Answer, UpstreamError> {
+    async fn post(
+        &self,
+        body: Vec<u8>,
+        version: &str,
+        beta: Option<&str>,
+        stream: bool,
+    ) -> Result<crate::http::Answer, UpstreamError> {
         let key = self.upstream.key()?;
-        self.upstream.post_json(&self.url, &[("x-api-key", key), ("anthropic-version", version)], body, stream).await
+        let (auth, version) = (("x-api-key", key), ("anthropic-version", version));
+        match beta {
+            Some(beta) => {
+                self.upstream.post_json(&self.url, &[auth, version, ("anthropic-beta", beta)], body, stream).await
+            }
+            None => self.upstream.post_json(&self.url, &[auth, version], body, stream).await,
+        }
     }
 }
 
@@ -56,7 +68,7 @@ impl NativeProvider<MessagesRequest> for AnthropicAdapter {
         self.upstream.key()?;
         let body = forward_body(call.raw, &call.model.upstream_id).map_err(UpstreamError::InvalidRequest)?;
         let stream = call.request.stream();
-        let answer = self.post(body, call.version.unwrap_or(DEFAULT_VERSION), stream).await?;
+        let answer = self.post(body, call.version.unwrap_or(DEFAULT_VERSION), call.beta, stream).await?;
         let estimate = prompt_estimate(call.raw, call.model);
         if !stream {
             let body = answer.body().await?;
@@ -86,7 +98,7 @@ impl ChatProvider for AnthropicAdapter {
         self.upstream.key()?;
         let stream = call.request.stream();
         let body = serde_json::to_vec(&translated).map_err(|e| UpstreamError::InvalidRequest(e.to_string()))?;
-        let answer = self.post(body, DEFAULT_VERSION, stream).await?;
+        let answer = self.post(body, DEFAULT_VERSION, None, stream).await?;
         let estimate = prompt_estimate(call.raw, call.model);
         let created = now_secs();
         if !stream {

@@ -193,7 +193,7 @@ mod tests {
         let req = MessagesRequest::parse(&raw).unwrap();
         let catalog = Catalog::builtin();
         let model = catalog.get("anthropic/claude-haiku-4.5").unwrap().clone();
-        let call = NativeCall { model: &model, request: &req, raw: &raw, version: None, fault: None };
+        let call = NativeCall { model: &model, request: &req, raw: &raw, version: None, beta: None, fault: None };
         let max = NativeProvider::<MessagesRequest>::prompt_tokens_max(&Sandbox, &call);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         (rt.block_on(Sandbox.call(call)).unwrap(), max)

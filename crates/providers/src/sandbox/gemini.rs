@@ -211,7 +211,7 @@ mod tests {
         let req = GenerateRequest::parse(&raw, stream).unwrap();
         let catalog = Catalog::builtin();
         let model = catalog.get("google/gemini-2.5-flash").unwrap().clone();
-        let call = NativeCall { model: &model, request: &req, raw: &raw, version: None, fault: None };
+        let call = NativeCall { model: &model, request: &req, raw: &raw, version: None, beta: None, fault: None };
         let max = NativeProvider::<GenerateRequest>::prompt_tokens_max(&Sandbox, &call);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         (rt.block_on(Sandbox.call(call)).unwrap(), max)

@@ -21,8 +21,11 @@ use tokio::sync::mpsc;
 pub struct AnthropicUsage {
     pub input: u64,
     pub cache_read: u64,
+    /// 5-minute cache writes.
     pub cache_write: u64,
     pub output: u64,
+    /// 1-hour cache writes (sent in `usage.cache_creation` when non-zero).
+    pub cache_write_1h: u64,
 }
 
 #[derive(Clone)]
@@ -56,8 +59,13 @@ pub fn tool_use(id: &str, name: &str, input: Value) -> Value {
 }
 
 fn usage_json(u: &AnthropicUsage) -> Value {
-    json!({"input_tokens": u.input, "cache_creation_input_tokens": u.cache_write,
-        "cache_read_input_tokens": u.cache_read, "output_tokens": u.output})
+    let mut v = json!({"input_tokens": u.input, "cache_creation_input_tokens": u.cache_write + u.cache_write_1h,
+        "cache_read_input_tokens": u.cache_read, "output_tokens": u.output});
+    if u.cache_write_1h > 0 {
+        v["cache_creation"] =
+            json!({"ephemeral_5m_input_tokens": u.cache_write, "ephemeral_1h_input_tokens": u.cache_write_1h});
+    }
+    v
 }
 
 pub fn event(v: Value) -> Bytes {
@@ -115,7 +123,7 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
     let script = fake.script_or(Script::Answer {
         content: vec![text("Hello from Claude.")],
         stop_reason: "end_turn",
-        usage: AnthropicUsage { input: 10, cache_read: 0, cache_write: 0, output: 5 },
+        usage: AnthropicUsage { input: 10, cache_read: 0, cache_write: 0, output: 5, cache_write_1h: 0 },
     });
     let stream = v["stream"] == json!(true);
     let model = v["model"].clone();
@@ -131,7 +139,10 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
         }
         Script::Answer { content, stop_reason, usage } => sse(answer_events(&model, &content, stop_reason, &usage)),
         Script::StreamThenError { kind, message } => sse(vec![
-            start_event(&model, &AnthropicUsage { input: 10, cache_read: 0, cache_write: 0, output: 1 }),
+            start_event(
+                &model,
+                &AnthropicUsage { input: 10, cache_read: 0, cache_write: 0, output: 1, cache_write_1h: 0 },
+            ),
             event(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
             event(
                 json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Partial"}}),

@@ -51,7 +51,14 @@ pub struct GeminiCall {
 }
 
 fn native_call<'a>(call: Call<'a, Gemini>) -> NativeCall<'a, GenerateRequest> {
-    NativeCall { model: call.model, request: &call.request.request, raw: call.raw, version: None, fault: call.fault }
+    NativeCall {
+        model: call.model,
+        request: &call.request.request,
+        raw: call.raw,
+        version: None,
+        beta: None,
+        fault: call.fault,
+    }
 }
 
 impl Route for Gemini {

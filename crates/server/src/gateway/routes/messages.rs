@@ -20,6 +20,31 @@ use std::sync::Arc;
 
 /// Longest `anthropic-version` passed through.
 const VERSION_MAX_LEN: usize = 64;
+/// Longest `anthropic-beta` passed through (a comma-separated list of feature names).
+const BETA_MAX_LEN: usize = 512;
+/// Beta features that change what a request costs beyond the catalog's prices: refused rather
+/// than billed at the wrong price (DESIGN §4: no charge Quota cannot price).
+const UNPRICED_BETAS: &[&str] = &["fast-mode"];
+
+/// `anthropic-beta`, passed through when it is a list of feature names Quota can price.
+fn anthropic_beta(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("anthropic-beta") else { return Ok(None) };
+    let bad = || ApiError::bad_request("`anthropic-beta` must be a comma-separated list of beta feature names");
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    let names_ok = text
+        .split(',')
+        .map(str::trim)
+        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'));
+    if text.len() > BETA_MAX_LEN || !names_ok {
+        return Err(bad());
+    }
+    if let Some(n) = text.split(',').map(str::trim).find(|n| UNPRICED_BETAS.iter().any(|u| n.starts_with(u))) {
+        return Err(ApiError::bad_request(format!(
+            "the beta feature `{n}` is billed at prices this gateway does not know, so it is not forwarded"
+        )));
+    }
+    Ok(Some(text.to_string()))
+}
 
 pub async fn messages(inbound: Inbound) -> Response {
     serve(Messages, inbound).await
@@ -32,6 +57,7 @@ pub struct Messages;
 pub struct MessagesCall {
     request: MessagesRequest,
     version: Option<String>,
+    beta: Option<String>,
 }
 
 fn native_call<'a>(call: Call<'a, Messages>) -> NativeCall<'a, MessagesRequest> {
@@ -40,6 +66,7 @@ fn native_call<'a>(call: Call<'a, Messages>) -> NativeCall<'a, MessagesRequest> 
         request: &call.request.request,
         raw: call.raw,
         version: call.request.version.as_deref(),
+        beta: call.request.beta.as_deref(),
         fault: call.fault,
     }
 }
@@ -61,7 +88,8 @@ impl Route for Messages {
                     .to_string(),
             ),
         };
-        Ok(MessagesCall { request, version })
+        let beta = anthropic_beta(&inbound.headers)?;
+        Ok(MessagesCall { request, version, beta })
     }
 
     fn route(

@@ -11,6 +11,7 @@ use quota_core::{Catalog, Model, Provider};
 use quota_providers::anthropic::{AnthropicAdapter, MessagesRequest};
 use quota_providers::google::{GenerateRequest, GoogleAdapter};
 use quota_providers::http::UpstreamConfig;
+use quota_providers::openai::responses::ResponsesRequest;
 use quota_providers::openai::OpenAiAdapter;
 use quota_providers::sandbox::Sandbox;
 use quota_providers::{ChatProvider, NativeProvider};
@@ -160,6 +161,15 @@ impl AppState {
         }
     }
 
+    /// The adapter behind `POST /v1/responses`: OpenAI, or the sandbox.
+    pub fn responses_provider(&self, sandbox: bool) -> Arc<dyn NativeProvider<ResponsesRequest>> {
+        if sandbox {
+            self.sandbox.clone()
+        } else {
+            self.openai.clone()
+        }
+    }
+
     /// The adapter behind `POST /v1beta/models/{model}:generateContent`: Google, or the sandbox.
     pub fn gemini_provider(&self, sandbox: bool) -> Arc<dyn NativeProvider<GenerateRequest>> {
         if sandbox {
@@ -192,6 +202,7 @@ pub fn build_router(state: SharedState) -> Router {
         .merge(routes::payments_router())
         .merge(crate::dashboard::router())
         .route("/v1/messages", post(crate::gateway::routes::messages::messages))
+        .route("/v1/responses", post(crate::gateway::routes::responses::responses))
         // Gemini's API version is v1beta; the Google GenAI SDK's default is v1: both work.
         .route("/v1beta/models/{*model_action}", post(crate::gateway::routes::gemini::generate_content))
         .route("/v1/models/{*model_action}", post(crate::gateway::routes::gemini::generate_content))

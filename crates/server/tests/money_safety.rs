@@ -62,9 +62,13 @@ enum Route {
     Messages,
     GeminiGenerate,
     GeminiStream,
+    Responses,
 }
 
-const ROUTES: [Route; 4] = [Route::Chat, Route::Messages, Route::GeminiGenerate, Route::GeminiStream];
+const ROUTES: [Route; 5] = [Route::Chat, Route::Messages, Route::GeminiGenerate, Route::GeminiStream, Route::Responses];
+
+/// The routes that stream or not as the body says.
+const BODY_ROUTES: [Route; 4] = [Route::Chat, Route::Messages, Route::GeminiGenerate, Route::Responses];
 
 /// A small request on `route`: its path and body.
 fn request(route: Route, stream: bool) -> (String, Value) {
@@ -72,6 +76,10 @@ fn request(route: Route, stream: bool) -> (String, Value) {
         Route::Chat => (
             "/v1/chat/completions".to_string(),
             json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 20, "stream": stream}),
+        ),
+        Route::Responses => (
+            "/v1/responses".to_string(),
+            json!({"model": "gpt-4o-mini", "input": "hi there", "max_output_tokens": 20, "stream": stream}),
         ),
         Route::Messages => (
             "/v1/messages".to_string(),
@@ -306,7 +314,7 @@ async fn in_user_mode_markup_is_earned_only_on_what_the_user_paid() {
 /// The calls a route's fake provider received.
 fn calls_of(up: &Upstreams, route: Route) -> usize {
     match route {
-        Route::Chat => up.openai.calls(),
+        Route::Chat | Route::Responses => up.openai.calls(),
         Route::Messages => up.anthropic.calls(),
         Route::GeminiGenerate | Route::GeminiStream => up.gemini.calls(),
     }
@@ -314,8 +322,8 @@ fn calls_of(up: &Upstreams, route: Route) -> usize {
 
 fn pause(up: &Upstreams, route: Route, paused: bool) {
     match (route, paused) {
-        (Route::Chat, true) => up.openai.pause(),
-        (Route::Chat, false) => up.openai.resume(),
+        (Route::Chat | Route::Responses, true) => up.openai.pause(),
+        (Route::Chat | Route::Responses, false) => up.openai.resume(),
         (Route::Messages, true) => up.anthropic.pause(),
         (Route::Messages, false) => up.anthropic.resume(),
         (_, true) => up.gemini.pause(),
@@ -359,7 +367,7 @@ async fn record_of(s: &TestServer, user: &str) -> Option<(String, i64)> {
 #[tokio::test]
 async fn a_client_that_hangs_up_before_the_answer_still_pays_what_the_provider_billed_on_every_route() {
     let (s, up) = gateway().await;
-    for route in [Route::Chat, Route::Messages, Route::GeminiGenerate] {
+    for route in BODY_ROUTES {
         for stream in [false, true] {
             let (user, _, key) = s.developer("developer").await;
             let before = s.balance(&user).await;
@@ -373,7 +381,7 @@ async fn a_client_that_hangs_up_before_the_answer_still_pays_what_the_provider_b
             if !stream {
                 // The whole answer was read: its reported usage (10 in, 5 out) is the charge.
                 let model = match route {
-                    Route::Chat => "gpt-4o-mini",
+                    Route::Chat | Route::Responses => "gpt-4o-mini",
                     Route::Messages => "anthropic/claude-haiku-4.5",
                     _ => "google/gemini-2.5-flash",
                 };
@@ -454,7 +462,10 @@ async fn credits_of(s: &TestServer, route: Route, key: &str, stream: bool) -> i6
         .flat_map(|e| e.lines())
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v.get("quota").cloned().or_else(|| (v["type"] == "quota_usage").then_some(v)))
+        .filter_map(|v| {
+            let quota = v.get("quota").or_else(|| v.get("response").and_then(|r| r.get("quota"))).cloned();
+            quota.or_else(|| (v["type"] == "quota_usage").then_some(v))
+        })
         .filter_map(|q| q["credits_used"].as_i64())
         .last()
         .unwrap_or_else(|| panic!("no quota object in the {route:?} stream: {text}"))
@@ -477,7 +488,7 @@ async fn the_same_request_streamed_and_not_is_charged_the_same_on_every_route() 
     let (_, _, developer_key) = s.developer("developer").await;
     let (_, _, test_key) = s.developer("test").await;
     for key in [&developer_key, &test_key] {
-        for route in [Route::Chat, Route::Messages, Route::GeminiGenerate] {
+        for route in BODY_ROUTES {
             let plain = credits_of(&s, route, key, false).await;
             let streamed = credits_of(&s, route, key, true).await;
             assert!(plain > 0);
@@ -502,7 +513,7 @@ async fn completed_claims(s: &TestServer) -> i64 {
 async fn hang_up_during_settlement_then_retry(stream: bool) {
     let (s, up) = gateway().await;
     let gate = s.state.test_hooks.gate_settlements();
-    for (i, route) in [Route::Chat, Route::Messages, Route::GeminiGenerate].into_iter().enumerate() {
+    for (i, route) in BODY_ROUTES.into_iter().enumerate() {
         let (user, _, key) = s.developer("developer").await;
         let (path, body) = request(route, stream);
         let send = || {

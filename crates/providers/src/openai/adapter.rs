@@ -2,10 +2,13 @@
 //! and SSE streams (forwarded event by event as each completes), usage read from the body or
 //! the stream's usage chunk, errors mapped per SPEC §3.6.
 
+use super::responses::{self, ResponsesEvents, ResponsesRequest};
 use super::wire::{forward_body, ChunkPeek, CompletionPeek};
 use crate::http::{Upstream, UpstreamConfig};
 use crate::sse::{event_stream, parse_event, EventTranslator};
-use crate::{scrub_credentials, ChatCall, ChatProvider, ChatResponse, Meter, UpstreamError};
+use crate::{
+    scrub_credentials, ChatCall, ChatProvider, ChatResponse, Meter, NativeCall, NativeProvider, UpstreamError,
+};
 use bytes::Bytes;
 use quota_core::Usage;
 use std::sync::Arc;
@@ -18,13 +21,44 @@ pub type OpenAiConfig = UpstreamConfig;
 pub struct OpenAiAdapter {
     upstream: Upstream,
     url: String,
+    responses_url: String,
 }
 
 impl OpenAiAdapter {
     pub fn new(config: OpenAiConfig) -> Result<OpenAiAdapter, String> {
         let upstream = Upstream::new("openai", config)?;
         let url = upstream.url("/chat/completions");
-        Ok(OpenAiAdapter { upstream, url })
+        let responses_url = upstream.url("/responses");
+        Ok(OpenAiAdapter { upstream, url, responses_url })
+    }
+}
+
+/// `POST /v1/responses`, forwarded: the body as the client wrote it (allowed fields), the answer
+/// unchanged; a stream's events forwarded as they arrive (see [`ResponsesEvents`]).
+#[async_trait::async_trait]
+impl NativeProvider<ResponsesRequest> for OpenAiAdapter {
+    fn prompt_tokens_max(&self, call: &NativeCall<'_, ResponsesRequest>) -> u64 {
+        call.request.prompt_bound().tokens_max(call.model)
+    }
+
+    async fn call(&self, call: NativeCall<'_, ResponsesRequest>) -> Result<ChatResponse, UpstreamError> {
+        let key = self.upstream.key()?;
+        let stream = call.request.stream();
+        let body =
+            responses::forward_body(call.raw, call.model, call.request).map_err(UpstreamError::InvalidRequest)?;
+        let authorization = format!("Bearer {key}");
+        let answer =
+            self.upstream.post_json(&self.responses_url, &[("authorization", &authorization)], body, stream).await?;
+        let prompt_estimate = estimate_prompt_tokens(call.raw).min(call.model.context_window);
+        if !stream {
+            let body = answer.body().await?;
+            let usage = responses::usage_of_response(&body, prompt_estimate)?;
+            return Ok(ChatResponse::Complete { body, usage });
+        }
+        let meter = Arc::new(Meter::new(prompt_estimate));
+        let (bytes, deadline) = answer.byte_stream();
+        let events = event_stream(bytes, meter.clone(), deadline, ResponsesEvents);
+        Ok(ChatResponse::Stream { events, meter })
     }
 }
 

@@ -7,6 +7,7 @@
 mod anthropic;
 mod gemini;
 mod openai;
+mod responses;
 mod synth;
 
 pub use synth::{plan, Plan, PlannedOutput};

@@ -4,3 +4,4 @@
 pub mod chat;
 pub mod gemini;
 pub mod messages;
+pub mod responses;

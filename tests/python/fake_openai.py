@@ -8,6 +8,16 @@ It speaks OpenAI's published Chat Completions wire format on 127.0.0.1 (port pic
   a role chunk, one chunk per content piece, a finish chunk, then (only when the request asked
   ``stream_options.include_usage``) a usage chunk with ``choices: []``, then ``data: [DONE]``.
   As OpenAI does, every chunk carries ``"usage": null`` when usage was requested.
+* ``POST /v1/responses`` answers a Responses API ``response`` object (usage as
+  ``input_tokens`` with ``input_tokens_details.cached_tokens`` and ``output_tokens`` with
+  ``output_tokens_details.reasoning_tokens``), or, streaming, OpenAI's typed events with
+  ``event:`` names and ``sequence_number``s: ``response.created``, ``response.in_progress``,
+  ``response.output_item.added``, ``response.content_part.added``, one
+  ``response.output_text.delta`` per piece, ``response.output_text.done``,
+  ``response.content_part.done``, ``response.output_item.done``, ``response.completed``.
+* ``POST /v1/embeddings`` answers ``{"object": "list", "data": [{"object": "embedding", "index",
+  "embedding"}], "model", "usage": {"prompt_tokens", "total_tokens"}}``; the vectors are floats, or
+  base64 of little-endian float32s when the request says ``encoding_format: "base64"``.
 * Errors are OpenAI error objects: ``{"error": {"message", "type", "param", "code"}}``.
 
 Every request is recorded (method, path, headers, raw body, parsed JSON) before it is answered, so
@@ -224,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         body = self._read_body()
         self.owner._record(Recorded("POST", self.path, _lower(self.headers), body))
-        if self.path != "/v1/chat/completions":
+        if self.path not in ("/v1/chat/completions", "/v1/responses", "/v1/embeddings"):
             self._send_json(404, _error_body("Unknown route", "invalid_request_error", None))
             return
         reply = self.owner._next_reply()
@@ -243,6 +253,15 @@ class _Handler(BaseHTTPRequestHandler):
         model = reply.model or request.get("model", "gpt-4o-mini")
         cid = self.owner.next_completion_id()
         created = int(time.time())
+        if self.path == "/v1/embeddings":
+            self._send_json(200, _embeddings(request, reply, model))
+            return
+        if self.path == "/v1/responses":
+            if request.get("stream"):
+                self._stream_response(reply, cid, created, model)
+            else:
+                self._send_json(200, _response(reply, cid, created, model, "completed"))
+            return
         if request.get("stream"):
             try:
                 self._stream(request, reply, cid, created, model)
@@ -303,6 +322,36 @@ class _Handler(BaseHTTPRequestHandler):
         self._sse("[DONE]")
         self._send_chunk(b"")  # the chunked-encoding terminator
 
+    def _stream_response(self, reply: Reply, cid: str, created: int, model: str) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        seq = 0
+
+        def event(kind: str, data: dict) -> None:
+            nonlocal seq
+            data = {"type": kind, "sequence_number": seq, **data}
+            seq += 1
+            self._send_chunk(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
+
+        pending = _response(reply, cid, created, model, "in_progress")
+        item = pending["output"][0]
+        pending["output"] = []  # as OpenAI's: items arrive with response.output_item.added
+        at = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+        event("response.created", {"response": pending})
+        event("response.in_progress", {"response": pending})
+        event("response.output_item.added", {"output_index": 0, "item": {**item, "content": [], "status": "in_progress"}})
+        event("response.content_part.added", {**at, "part": {"type": "output_text", "text": "", "annotations": []}})
+        for piece in reply.pieces:
+            event("response.output_text.delta", {**at, "delta": piece, "logprobs": []})
+        event("response.output_text.done", {**at, "text": reply.text, "logprobs": []})
+        done = _response(reply, cid, created, model, "completed")
+        event("response.content_part.done", {**at, "part": done["output"][0]["content"][0]})
+        event("response.output_item.done", {"output_index": 0, "item": done["output"][0]})
+        event("response.completed", {"response": done})
+        self._send_chunk(b"")
+
     def _drop(self) -> None:
         """Close the connection abruptly, in the middle of the chunked body."""
         self.close_connection = True
@@ -344,3 +393,60 @@ def _completion(reply: Reply, cid: str, created: int, model: str) -> dict:
         "service_tier": "default",
         "system_fingerprint": "fp_fake",
     }
+
+
+def _response(reply: Reply, cid: str, created: int, model: str, status: str) -> dict:
+    u = reply.usage
+    done = status == "completed"
+    return {
+        "id": "resp_" + cid.removeprefix("chatcmpl-"),
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_" + cid.removeprefix("chatcmpl-"),
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": reply.text, "annotations": []}] if done else [],
+            }
+        ],
+        "usage": {
+            "input_tokens": u.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": u.cached_tokens},
+            "output_tokens": u.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+        }
+        if done
+        else None,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "metadata": {},
+        "text": {"format": {"type": "text"}},
+    }
+
+
+def _embeddings(request: dict, reply: Reply, model: str) -> dict:
+    import base64
+    import struct
+
+    inputs = request.get("input")
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    dims = int(request.get("dimensions") or 8)
+    data = []
+    for i, _ in enumerate(inputs):
+        vec = [((i + 1) * (j + 1)) % 7 / 7.0 for j in range(dims)]
+        if request.get("encoding_format") == "base64":
+            emb: Any = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
+        else:
+            emb = vec
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    n = reply.usage.prompt_tokens
+    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": n, "total_tokens": n}}

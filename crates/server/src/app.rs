@@ -9,6 +9,7 @@ use axum::routing::{get, patch, post};
 use axum::Router;
 use quota_core::{Catalog, Model, Provider};
 use quota_providers::anthropic::{AnthropicAdapter, MessagesRequest};
+use quota_providers::embeddings::EmbedRequest;
 use quota_providers::google::{GenerateRequest, GoogleAdapter};
 use quota_providers::http::UpstreamConfig;
 use quota_providers::openai::responses::ResponsesRequest;
@@ -161,6 +162,15 @@ impl AppState {
         }
     }
 
+    /// The adapter behind the embeddings routes: the model's provider, or the sandbox.
+    pub fn embeddings_provider(&self, model: &Model, sandbox: bool) -> Arc<dyn NativeProvider<EmbedRequest>> {
+        match (sandbox, model.provider) {
+            (true, _) => self.sandbox.clone(),
+            (false, Provider::Google) => self.google.clone(),
+            (false, _) => self.openai.clone(),
+        }
+    }
+
     /// The adapter behind `POST /v1/responses`: OpenAI, or the sandbox.
     pub fn responses_provider(&self, sandbox: bool) -> Arc<dyn NativeProvider<ResponsesRequest>> {
         if sandbox {
@@ -203,6 +213,7 @@ pub fn build_router(state: SharedState) -> Router {
         .merge(crate::dashboard::router())
         .route("/v1/messages", post(crate::gateway::routes::messages::messages))
         .route("/v1/responses", post(crate::gateway::routes::responses::responses))
+        .route("/v1/embeddings", post(crate::gateway::routes::embeddings::embeddings))
         // Gemini's API version is v1beta; the Google GenAI SDK's default is v1: both work.
         .route("/v1beta/models/{*model_action}", post(crate::gateway::routes::gemini::generate_content))
         .route("/v1/models/{*model_action}", post(crate::gateway::routes::gemini::generate_content))

@@ -9,6 +9,7 @@
 
 use super::translate::{completion_from_response, observe_chunk, peek_chunk, request_from_openai, ChunkTranslator};
 use super::wire::{forward_body, GenerateRequest, ResponsePeek};
+use crate::embeddings::{EmbedRequest, EmbedShape};
 use crate::http::{Upstream, UpstreamConfig};
 use crate::openai::estimate_prompt_tokens;
 use crate::sse::{event_stream, EventTranslator};
@@ -34,6 +35,38 @@ impl GoogleAdapter {
         let action = if stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
         let url = self.upstream.url(&format!("/v1beta/models/{}:{action}", model.upstream_id));
         self.upstream.post_json(&url, &[("x-goog-api-key", key)], body, stream).await
+    }
+}
+
+/// `:embedContent` / `:batchEmbedContents`, forwarded (a batch's per-request `model` set to the
+/// upstream model, as the API requires). Gemini reports no usage for embeddings: the gateway's
+/// own count of the inputs is billed (never above the hold's byte-per-token bound).
+#[async_trait::async_trait]
+impl NativeProvider<EmbedRequest> for GoogleAdapter {
+    fn prompt_tokens_max(&self, call: &NativeCall<'_, EmbedRequest>) -> u64 {
+        call.request.tokens_max(call.model)
+    }
+
+    async fn call(&self, call: NativeCall<'_, EmbedRequest>) -> Result<ChatResponse, UpstreamError> {
+        let key = self.upstream.key()?;
+        let mut body: serde_json::Value =
+            serde_json::from_slice(call.raw).map_err(|e| UpstreamError::InvalidRequest(e.to_string()))?;
+        let model_name = format!("models/{}", call.model.upstream_id);
+        let action = match call.request.shape {
+            EmbedShape::GeminiBatch => {
+                for r in body["requests"].as_array_mut().into_iter().flatten() {
+                    r["model"] = serde_json::Value::String(model_name.clone());
+                }
+                "batchEmbedContents"
+            }
+            _ => "embedContent",
+        };
+        let url = self.upstream.url(&format!("/v1beta/{model_name}:{action}"));
+        let body = serde_json::to_vec(&body).map_err(|e| UpstreamError::InvalidRequest(e.to_string()))?;
+        let answer = self.upstream.post_json(&url, &[("x-goog-api-key", key)], body, false).await?;
+        let body = answer.body().await?;
+        let usage = Usage { input_tokens: call.request.tokens_counted(), ..Default::default() };
+        Ok(ChatResponse::Complete { body, usage })
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::responses::{self, ResponsesEvents, ResponsesRequest};
 use super::wire::{forward_body, ChunkPeek, CompletionPeek};
+use crate::embeddings::EmbedRequest;
 use crate::http::{Upstream, UpstreamConfig};
 use crate::sse::{event_stream, parse_event, EventTranslator};
 use crate::{
@@ -22,6 +23,7 @@ pub struct OpenAiAdapter {
     upstream: Upstream,
     url: String,
     responses_url: String,
+    embeddings_url: String,
 }
 
 impl OpenAiAdapter {
@@ -29,7 +31,8 @@ impl OpenAiAdapter {
         let upstream = Upstream::new("openai", config)?;
         let url = upstream.url("/chat/completions");
         let responses_url = upstream.url("/responses");
-        Ok(OpenAiAdapter { upstream, url, responses_url })
+        let embeddings_url = upstream.url("/embeddings");
+        Ok(OpenAiAdapter { upstream, url, responses_url, embeddings_url })
     }
 }
 
@@ -87,6 +90,28 @@ impl ChatProvider for OpenAiAdapter {
         let (bytes, deadline) = answer.byte_stream();
         let events = openai_event_stream(bytes, meter.clone(), deadline);
         Ok(ChatResponse::Stream { events, meter })
+    }
+}
+
+/// `POST /v1/embeddings`, forwarded: the allowed fields as written, the answer unchanged, the
+/// provider's `usage.prompt_tokens` billed.
+#[async_trait::async_trait]
+impl NativeProvider<EmbedRequest> for OpenAiAdapter {
+    fn prompt_tokens_max(&self, call: &NativeCall<'_, EmbedRequest>) -> u64 {
+        call.request.tokens_max(call.model)
+    }
+
+    async fn call(&self, call: NativeCall<'_, EmbedRequest>) -> Result<ChatResponse, UpstreamError> {
+        let key = self.upstream.key()?;
+        let fields = ["input", "dimensions", "encoding_format", "user"];
+        let body = crate::json::forward_fields(call.raw, Some(&call.model.upstream_id), &fields, b"")
+            .map_err(UpstreamError::InvalidRequest)?;
+        let authorization = format!("Bearer {key}");
+        let answer =
+            self.upstream.post_json(&self.embeddings_url, &[("authorization", &authorization)], body, false).await?;
+        let body = answer.body().await?;
+        let input_tokens = crate::embeddings::openai_usage(&body)?;
+        Ok(ChatResponse::Complete { body, usage: Usage { input_tokens, ..Default::default() } })
     }
 }
 

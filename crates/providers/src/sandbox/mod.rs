@@ -5,12 +5,13 @@
 //! Metering, reservation and the ledger treat it exactly like a real upstream.
 
 mod anthropic;
+mod embeddings;
 mod gemini;
 mod openai;
 mod responses;
 mod synth;
 
-pub use synth::{plan, Plan, PlannedOutput};
+pub use synth::{fnv1a, plan, Plan, PlannedOutput};
 
 use crate::{Fault, Meter, UpstreamError};
 use bytes::Bytes;

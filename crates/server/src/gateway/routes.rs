@@ -2,6 +2,7 @@
 //! routed, bounded and called, and how its streams end — served by the one pipeline.
 
 pub mod chat;
+pub mod embeddings;
 pub mod gemini;
 pub mod messages;
 pub mod responses;

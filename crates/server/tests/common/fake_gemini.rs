@@ -72,6 +72,28 @@ fn chunk(parts: Vec<Value>, finish: Option<&str>, usage: Value) -> Bytes {
     Bytes::from(format!("data: {c}\r\n\r\n"))
 }
 
+/// The answers of Gemini's other methods, as the API reference gives them: `embedContent`
+/// (`{"embedding": {"values"}}`, no usage), `batchEmbedContents` (one embedding per request)
+/// and `countTokens` (`{"totalTokens"}`: the scripted prompt count).
+fn other_method(model_action: &str, request: &Value, script: &Script) -> Option<Value> {
+    let vector = json!({"values": [0.6, 0.8, 0.0]});
+    match model_action.rsplit_once(':')?.1 {
+        "embedContent" => Some(json!({"embedding": vector})),
+        "batchEmbedContents" => {
+            let n = request["requests"].as_array().map(Vec::len).unwrap_or(0);
+            Some(json!({"embeddings": vec![vector; n]}))
+        }
+        "countTokens" => {
+            let total = match script {
+                Script::Answer { usage, .. } => usage.prompt,
+                _ => 0,
+            };
+            Some(json!({"totalTokens": total}))
+        }
+        _ => None,
+    }
+}
+
 async fn handle(
     State(fake): State<Arc<Fake>>,
     Path(model_action): Path<String>,
@@ -81,13 +103,16 @@ async fn handle(
 ) -> Response {
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = format!("/v1beta/models/{model_action}");
-    fake.record(Recorded { path, query: query.clone(), headers, body: v });
+    fake.record(Recorded { path, query: query.clone(), headers, body: v.clone() });
     fake.wait_while_paused().await;
     let script = fake.script_or(Script::Answer {
         parts: vec![json!({"text": "Hello from Gemini."})],
         finish: "STOP",
         usage: GeminiUsage { prompt: 10, cached: 0, candidates: 5, thoughts: 0 },
     });
+    if let Some(body) = other_method(&model_action, &v, &script) {
+        return ([("content-type", "application/json")], body.to_string()).into_response();
+    }
     let stream = model_action.ends_with(":streamGenerateContent");
     let prompt_only = |u: &GeminiUsage| json!({"promptTokenCount": u.prompt, "totalTokenCount": u.prompt});
     match script {

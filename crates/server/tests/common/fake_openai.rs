@@ -37,6 +37,7 @@ impl FakeUpstream {
                 Router::new()
                     .route("/v1/chat/completions", post(handle))
                     .route("/v1/responses", post(handle_responses))
+                    .route("/v1/embeddings", post(handle_embeddings))
                     .with_state(fake)
             },
             "/v1",
@@ -178,4 +179,28 @@ async fn handle_responses(State(fake): State<Arc<Fake>>, headers: HeaderMap, bod
             ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
         }
     }
+}
+
+/// `POST /v1/embeddings`: one 3-dimensional vector per input (floats, or base64 of
+/// little-endian float32s), `usage.prompt_tokens` from the script's prompt count.
+async fn handle_embeddings(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (v, script) = receive(&fake, headers, &body).await;
+    let prompt = match script {
+        Script::Error { status, message } => return error_reply(status, &message),
+        Script::Complete { prompt, .. } | Script::GatedStream { prompt, .. } => prompt,
+    };
+    let n = v["input"].as_array().map(Vec::len).unwrap_or(1);
+    let vector = [0.6f32, 0.8, 0.0];
+    let embedding = if v["encoding_format"] == "base64" {
+        use base64::Engine;
+        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+    } else {
+        json!(vector)
+    };
+    let data: Vec<Value> =
+        (0..n).map(|i| json!({"object": "embedding", "index": i, "embedding": embedding.clone()})).collect();
+    let body = json!({"object": "list", "data": data, "model": v["model"],
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt}});
+    ([("content-type", "application/json")], body.to_string()).into_response()
 }

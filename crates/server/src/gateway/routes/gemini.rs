@@ -34,6 +34,15 @@ pub async fn generate_content(
     Query(query): Query<GeminiQuery>,
     inbound: Inbound,
 ) -> Response {
+    // One URL pattern serves every Gemini method: embeddings go to their own route.
+    if let Some((model_id, action)) = model_action.rsplit_once(':') {
+        let model_id = model_id.strip_prefix("models/").unwrap_or(model_id).to_string();
+        match action {
+            "embedContent" => return super::embeddings::gemini_embed(model_id, false, query.key, inbound).await,
+            "batchEmbedContents" => return super::embeddings::gemini_embed(model_id, true, query.key, inbound).await,
+            _ => {}
+        }
+    }
     serve(Gemini { model_action, query }, inbound).await
 }
 

@@ -7,7 +7,8 @@ use super::{html, see_other, Dash, DashForm, Flash, PageResult};
 use crate::app::SharedState;
 use crate::body::JsonBody;
 use crate::error::{internal, ApiError};
-use crate::routes::{connections, payments};
+use crate::routes::payments;
+use crate::services::apps;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -17,7 +18,7 @@ use serde_json::json;
 async fn render(state: &SharedState, dash: &Dash, status: StatusCode, flash: Option<Flash>) -> PageResult {
     let me = dash.user_id();
     let balance = state.ledger.balance(&AccountId::wallet(me)).await.map_err(internal("dashboard wallet"))?;
-    let connections = state.store.connections_of(me).await.map_err(internal("dashboard connections"))?;
+    let connections = apps::connections(state, me).await?;
     let rows: Vec<String> = connections
         .iter()
         .map(|c| {
@@ -111,7 +112,7 @@ pub async fn checkout(State(state): State<SharedState>, f: DashForm) -> PageResu
 
 /// `POST /dashboard/wallet/connections/:app_id/disconnect`.
 pub async fn disconnect(State(state): State<SharedState>, Path(app_id): Path<String>, f: DashForm) -> PageResult {
-    match connections::disconnect(State(state.clone()), f.dash.session(), Path(app_id)).await {
+    match apps::disconnect(&state, f.dash.user_id(), &app_id).await {
         Ok(_) => Ok(see_other("/dashboard/wallet?done=disconnected").into_response()),
         Err(e) => render(&state, &f.dash, e.status, Some(Flash::from_api(&e))).await,
     }

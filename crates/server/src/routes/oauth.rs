@@ -460,7 +460,7 @@ async fn approve(
 ) -> Result<String, ApiError> {
     let now = state.clock.now_ms();
     let user_id = &session.user.id;
-    let event = tokens::connection_event("user.connected", &v.app, user_id, now);
+    let event = tokens::connection_event(crate::webhooks::EventKind::UserConnected, &v.app, user_id, now);
     let newly = state
         .store
         .connect(user_id, &v.app.id, &v.scopes.to_string(), shown_margin_bps, now, event)
@@ -475,7 +475,7 @@ async fn approve(
     // Tried on every approval, not only the first: the transfer id makes it once per user and
     // app, and a grant lost to a crash (or skipped while the developer's wallet was empty) is
     // made up the next time the user approves.
-    crate::funding::grant_app_welcome(state, &v.app, user_id).await;
+    crate::services::funding::grant_app_welcome(state, &v.app, user_id).await;
     let code = quota_core::ids::new_secret(crate::oauth::CODE_PREFIX);
     state
         .store

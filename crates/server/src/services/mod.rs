@@ -15,7 +15,7 @@
 pub mod apps;
 pub mod funding;
 pub mod keys;
-// pub mod payments;
+pub mod payments;
 // pub mod usage;
 pub mod webhooks;
 

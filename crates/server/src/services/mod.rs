@@ -16,7 +16,7 @@ pub mod apps;
 pub mod funding;
 pub mod keys;
 pub mod payments;
-// pub mod usage;
+pub mod usage;
 pub mod webhooks;
 
 use crate::error::ApiError;

@@ -12,8 +12,8 @@ use crate::body::RawBody;
 use crate::error::ApiError;
 use crate::oauth::tokens::{self, authenticate_client, no_store, parse_form, Form, OAuthError};
 use crate::oauth::{issuer, pages, pkce, redirect, Scope, Scopes};
-use crate::routes::accounts;
 use crate::secrets::hash_token;
+use crate::services::accounts;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -395,7 +395,7 @@ async fn sign_in_form(
         return sign_in_page(state, headers, req, app, StatusCode::FORBIDDEN, Some(message), "");
     }
     let (email, password) = (sub.field("email"), sub.field("password"));
-    let ip = accounts::client_ip(state, peer, headers);
+    let ip = state.proxies.client(peer, headers);
     let user = if signup {
         accounts::sign_up(state, ip, email, password).await
     } else {
@@ -403,9 +403,9 @@ async fn sign_in_form(
     };
     match user {
         Ok(user) => match accounts::new_session(state, &user).await {
-            Ok((_, _, set_cookie)) => {
+            Ok(session) => {
                 let mut resp = see_other(&format!("/oauth/authorize?{}", req.query()));
-                if let Ok(c) = HeaderValue::from_str(&set_cookie) {
+                if let Ok(c) = HeaderValue::from_str(&session.set_cookie) {
                     resp.headers_mut().append(header::SET_COOKIE, c);
                 }
                 resp
@@ -510,7 +510,7 @@ async fn client_request(
     body: &[u8],
 ) -> Result<(Form, App), OAuthError> {
     let form = parse_form(body).map_err(OAuthError::invalid_request)?;
-    let ip = accounts::client_ip(state, peer, headers);
+    let ip = state.proxies.client(peer, headers);
     let app = authenticate_client(state, &form, headers, ip).await?;
     Ok((form, app))
 }

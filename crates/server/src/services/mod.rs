@@ -11,7 +11,7 @@
 //! Not here: HTTP extraction, JSON and HTML, the money rules (`quota-core`), the rows
 //! (`quota-store`).
 
-// pub mod accounts;
+pub mod accounts;
 pub mod apps;
 pub mod funding;
 pub mod keys;

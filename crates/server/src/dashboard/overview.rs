@@ -8,8 +8,7 @@
 use super::layout::{frame, mode_label, table, td, td_num, usd, when};
 use super::{chart, html, Dash, Flash, PageError, PageResult};
 use crate::app::SharedState;
-use crate::error::internal;
-use crate::services::{usage, Paging};
+use crate::services::{accounts, usage, Paging};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use quota_core::AccountId;
@@ -66,7 +65,7 @@ pub const USAGE_HEAD: &[&str] = &["Time", "Model", "Mode", "Tokens in / out", "C
 pub async fn page(State(state): State<SharedState>, dash: Dash, RawQuery(q): RawQuery) -> PageResult {
     let me = dash.user_id().to_string();
     let wallet = AccountId::wallet(&me);
-    let balance = state.ledger.balance(&wallet).await.map_err(internal("dashboard balance"))?;
+    let balance = accounts::balance(&state, &me).await?;
     let today = state.clock.now_ms().div_euclid(DAY_MS);
     let first = (today - CHART_DAYS + 1) * DAY_MS;
     let own = wallet.to_string();

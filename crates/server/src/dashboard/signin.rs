@@ -166,8 +166,8 @@ pub async fn signup(
 
 /// `POST /dashboard/signout`: the session ends everywhere (API too), the cookie is cleared.
 pub async fn signout(State(state): State<SharedState>, f: DashForm) -> Response {
-    if let Err(e) = state.store.revoke_session(&f.dash.session.token_hash).await {
-        return super::PageError(crate::error::internal("dashboard sign-out")(e)).into_response();
+    if let Err(e) = accounts::end_session(&state, &f.dash.session.token_hash).await {
+        return super::PageError(e).into_response();
     }
     let mut resp = see_other("/dashboard/signin?done=signed_out");
     resp.headers_mut().append(

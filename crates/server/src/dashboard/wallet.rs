@@ -5,17 +5,15 @@
 use super::layout::{button_form, escape, frame, table, td, td_num, usd, when};
 use super::{html, see_other, Dash, DashForm, Flash, PageResult};
 use crate::app::SharedState;
-use crate::error::internal;
-use crate::services::apps;
 use crate::services::payments::{self, CheckoutStart};
+use crate::services::{accounts, apps};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use quota_core::AccountId;
 
 async fn render(state: &SharedState, dash: &Dash, status: StatusCode, flash: Option<Flash>) -> PageResult {
     let me = dash.user_id();
-    let balance = state.ledger.balance(&AccountId::wallet(me)).await.map_err(internal("dashboard wallet"))?;
+    let balance = accounts::balance(state, me).await?;
     let connections = apps::connections(state, me).await?;
     let rows: Vec<String> = connections
         .iter()

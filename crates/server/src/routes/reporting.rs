@@ -9,6 +9,7 @@ use crate::error::ApiError;
 use crate::routes::PageQuery;
 use crate::services::usage::{self as service, bucket_start, group_key, parse_time, Choice, Totals};
 use crate::services::usage::{GroupBy, Interval, LedgerEntry, Metric};
+use crate::services::Paging;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -92,7 +93,7 @@ fn csv_row(r: &UsageRecord) -> String {
 }
 
 /// Rows per database read while streaming CSV.
-const CSV_CHUNK_ROWS: i64 = 1000;
+const CSV_CHUNK_ROWS: usize = 1000;
 
 /// `GET /v1/usage`.
 pub async fn usage(
@@ -128,24 +129,21 @@ pub async fn usage(
 
 /// Every matching record as CSV, read and sent a chunk at a time (never all in memory).
 fn csv_stream(state: SharedState, filter: UsageFilter) -> Response {
-    let chunks = futures::stream::unfold(Some(0i64), move |offset| {
+    let chunks = futures::stream::unfold(Some(0usize), move |offset| {
         let state = state.clone();
         let filter = filter.clone();
         async move {
             let offset = offset?;
             let mut out = if offset == 0 { CSV_HEADER.to_string() } else { String::new() };
-            match state.store.usage_records(&filter, offset, CSV_CHUNK_ROWS).await {
-                Ok(rows) => {
-                    for r in &rows {
+            match service::records(&state, &filter, Paging { offset, limit: CSV_CHUNK_ROWS }).await {
+                Ok(page) => {
+                    for r in &page.items {
                         out.push_str(&csv_row(r));
                     }
-                    let next = (rows.len() as i64 == CSV_CHUNK_ROWS).then_some(offset + CSV_CHUNK_ROWS);
+                    let next = page.next_cursor.is_some().then_some(offset + CSV_CHUNK_ROWS);
                     Some((Ok::<_, std::io::Error>(bytes::Bytes::from(out)), next))
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "usage CSV read failed");
-                    Some((Err(std::io::Error::other("usage read failed")), None))
-                }
+                Err(_) => Some((Err(std::io::Error::other("usage read failed")), None)),
             }
         }
     });

@@ -1,15 +1,15 @@
 //! The `quota` command line: `serve`, `migrate`, `admin …`, `ledger verify`, `payouts run`.
 //!
-//! Admin commands write to the database directly (no server needed, and safe while one runs:
-//! a running server picks up their transfers within its ledger tick).
+//! Admin commands write to the database directly through [`crate::services::accounts`]' operator
+//! functions (no server needed, and safe while one runs: a running server picks up their
+//! transfers within its ledger tick).
 
 use crate::app::{build_router, AppState};
 use crate::config::Config;
-use crate::routes::accounts::{parse_email, welcome_transfer};
-use crate::secrets::hash_password;
+use crate::services::accounts::{self, Email, Password};
 use clap::{Parser, Subcommand};
-use quota_core::{AccountId, Credits};
-use quota_store::{clock::rfc3339, now_ms, Store, StoreConfig, StoreError};
+use quota_core::Credits;
+use quota_store::{clock::rfc3339, Store, StoreConfig};
 use std::path::PathBuf;
 
 /// Largest single admin credit: $1,000,000,000.
@@ -206,22 +206,17 @@ async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<i32> {
     let store = open_store(config).await?;
     match command {
         AdminCommand::CreateAccount { email, password } => {
-            let email = parse_email(&email).map_err(|e| anyhow::anyhow!(e.message))?;
+            let email = Email::parse(&email).map_err(|e| anyhow::anyhow!(e.message))?;
             let generated = password.is_none();
             let password = password.unwrap_or_else(|| quota_core::ids::new_secret(""));
-            if password.chars().count() < 8 {
-                anyhow::bail!("password must be at least 8 characters");
-            }
-            let hash = hash_password(&password).map_err(anyhow::Error::msg)?;
-            let id = quota_core::ids::new_id("usr_");
-            match store.create_user(&id, &email, &hash).await {
-                Err(StoreError::Conflict) => anyhow::bail!("an account with email {email} exists"),
-                other => other?,
-            };
-            if config.welcome_credits > 0 {
-                store.commit_direct(&[welcome_transfer(&id, config.welcome_credits)], "cli").await?;
-            }
-            println!("created account {id} ({email}) with {} welcome credits", config.welcome_credits);
+            let parsed = Password::parse(&password).map_err(|e| anyhow::anyhow!(e.message))?;
+            let user = accounts::create_offline(&store, &email, &parsed, config.welcome_credits).await?;
+            println!(
+                "created account {} ({}) with {} welcome credits",
+                user.id,
+                email.as_str(),
+                config.welcome_credits
+            );
             if generated {
                 println!("password: {password}");
             }
@@ -229,18 +224,14 @@ async fn admin(config: &Config, command: AdminCommand) -> anyhow::Result<i32> {
         }
         AdminCommand::Credit { email, credits } => {
             let amount = Credits::parse_positive(&credits, ADMIN_CREDIT_MAX).map_err(anyhow::Error::msg)?;
+            let balance = accounts::admin_credit(&store, &email, amount).await?;
             let email = email.trim().to_lowercase();
-            let user =
-                store.user_by_email(&email).await?.ok_or_else(|| anyhow::anyhow!("no account with email {email}"))?;
-            let transfer = quota_core::transfers::admin_credit(&user.id, amount, now_ms());
-            store.commit_direct(&[transfer], "cli").await?;
-            let balance = store.balance(&AccountId::wallet(&user.id)).await?;
             println!("credited {amount} credits ({}) to {email}; balance {balance}", amount.to_usd_string());
             Ok(0)
         }
         AdminCommand::ListAccounts => {
             println!("{:<28} {:<40} {:>18} created", "id", "email", "balance");
-            for (user, balance) in store.list_users_with_balances().await? {
+            for (user, balance) in accounts::list_with_balances(&store).await? {
                 println!("{:<28} {:<40} {:>18} {}", user.id, user.email, balance, rfc3339(user.created_at));
             }
             Ok(0)

@@ -14,7 +14,6 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod files;
-pub mod funding;
 pub mod gateway;
 pub mod limit;
 pub mod metrics;
@@ -23,6 +22,7 @@ pub mod payments;
 pub mod request_id;
 pub mod routes;
 pub mod secrets;
+pub mod services;
 pub mod test_hooks;
 pub mod webhooks;
 

@@ -1,22 +1,20 @@
 //! OAuth apps (SPEC §5, §11): create (client secret shown once), redirect URIs, scopes, the
 //! markup (`profit_margin`) with an example of what a user pays — computed here with the money
 //! core's own `Price::cost` and `Margin::markup_on`, updated live by the page script as the
-//! markup is typed — welcome credits, and the connected users. Writes call
-//! `crate::routes::apps`' handlers.
+//! markup is typed — welcome credits, and the connected users. Reads and writes call
+//! [`crate::services::apps`], as the JSON API does.
 
 use super::layout::{csrf_field, escape, frame, percent, secret_box, table, td, td_num, usd, when};
 use super::webhooks::parse_dollars;
 use super::{html, see_other, status_of, Dash, DashForm, Flash, PageResult};
 use crate::app::SharedState;
-use crate::body::JsonBody;
-use crate::error::{internal, ApiError};
+use crate::error::ApiError;
 use crate::oauth::{Scope, Scopes};
-use crate::routes::apps as api;
+use crate::services::apps::{self, AllowedScopes, AppPatch, AppSettings, NewApp, RedirectUris, WelcomeCredits};
+use crate::services::Name;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::IntoResponse;
 use quota_core::{Credits, Margin};
-use quota_store::oauth::App;
-use serde_json::json;
 
 /// The scopes a new app's form starts with (the API's default set).
 const DEFAULT_SCOPES: &[&str] = &["openid", "profile", "email", "credits.read", "credits.spend"];
@@ -79,7 +77,7 @@ async fn render_list(
     reveal: Option<(String, Option<String>)>,
     draft: Option<Draft>,
 ) -> PageResult {
-    let apps = state.store.apps_of(dash.user_id()).await.map_err(internal("dashboard apps"))?;
+    let apps = apps::list(state, dash.user_id()).await?;
     let rows: Vec<String> = apps
         .iter()
         .map(|a| {
@@ -155,24 +153,22 @@ pub async fn create(State(state): State<SharedState>, f: DashForm) -> PageResult
     };
     let result = async {
         let margin = if draft.markup.is_empty() { Margin::ZERO } else { percent_to_margin(&draft.markup)? };
-        let body = json!({
-            "name": draft.name,
-            "redirect_uris": uri_lines(&draft.uris),
-            "allowed_scopes": draft.scopes,
-            "profit_margin": margin.to_decimal_string(),
-            "token_endpoint_auth_method": if draft.public { "none" } else { "client_secret_post" },
-        });
-        let req = serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let (_, axum::Json(v)) = api::create(State(state.clone()), f.dash.session(), JsonBody(req)).await?;
-        Ok::<_, ApiError>(v)
+        let new = NewApp {
+            name: Name::parse(&draft.name)?,
+            redirect_uris: RedirectUris::parse(uri_lines(&draft.uris))?,
+            allowed_scopes: Some(AllowedScopes::parse(&draft.scopes)?),
+            public: draft.public,
+            margin,
+            welcome_credits: WelcomeCredits::parse(0)?,
+        };
+        apps::create(&state, f.dash.user_id(), new).await
     }
     .await;
     match result {
-        Ok(v) => {
-            let client_id = v["client_id"].as_str().unwrap_or_default().to_string();
-            let secret = v["client_secret"].as_str().map(str::to_string);
-            let flash = Flash::ok(format!("App {} created.", v["name"].as_str().unwrap_or_default()));
-            render_list(&state, &f.dash, Some(flash), None, Some((client_id, secret)), None).await
+        Ok(created) => {
+            let flash = Flash::ok(format!("App {} created.", created.app.name));
+            let reveal = (created.app.client_id, created.client_secret);
+            render_list(&state, &f.dash, Some(flash), None, Some(reveal), None).await
         }
         Err(e) => render_list(&state, &f.dash, None, Some(e), None, Some(draft)).await,
     }
@@ -223,15 +219,6 @@ fn example(state: &SharedState, margin: Margin) -> String {
     )
 }
 
-async fn owned(state: &SharedState, dash: &Dash, id: &str) -> Result<App, ApiError> {
-    state
-        .store
-        .app_of(dash.user_id(), id)
-        .await
-        .map_err(internal("dashboard app"))?
-        .ok_or_else(|| ApiError::not_found("app"))
-}
-
 async fn render_detail(
     state: &SharedState,
     dash: &Dash,
@@ -240,15 +227,15 @@ async fn render_detail(
     err: Option<ApiError>,
     markup_draft: Option<String>,
 ) -> PageResult {
-    let app = owned(state, dash, id).await?;
+    let app = apps::get(state, dash.user_id(), id).await?;
     let margin = Margin::from_bps(app.profit_margin_bps).unwrap_or(Margin::ZERO);
-    let users = state.store.app_users(&app.id).await.map_err(internal("dashboard app users"))?;
+    let users = apps::users(state, dash.user_id(), &app.id).await?;
     let rows: Vec<String> = users
         .iter()
         .map(|u| {
             // Only what the user granted (SPEC §5): the email with `email`, the balance with
             // `credits.read`; otherwise the user's id and "—".
-            let (email, balance) = api::visible(u);
+            let (email, balance) = apps::visible(u);
             format!(
                 "<tr>{}{}{}{}{}</tr>",
                 td(email.unwrap_or(&u.user_id)),
@@ -313,14 +300,14 @@ pub async fn detail(
 
 /// `POST /dashboard/apps/:id`: name, redirect URIs, scopes.
 pub async fn update(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
-    let body = json!({
-        "name": f.form.get("name"),
-        "redirect_uris": uri_lines(f.form.get("redirect_uris")),
-        "allowed_scopes": f.form.all("scopes"),
-    });
     let result = async {
-        let req = serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        api::update(State(state.clone()), f.dash.session(), Path(id.clone()), JsonBody(req)).await
+        let scopes: Vec<String> = f.form.all("scopes").into_iter().map(str::to_string).collect();
+        let patch = AppPatch {
+            name: Some(Name::parse(f.form.get("name"))?),
+            redirect_uris: Some(RedirectUris::parse(uri_lines(f.form.get("redirect_uris")))?),
+            allowed_scopes: Some(AllowedScopes::parse(&scopes)?),
+        };
+        apps::update(&state, f.dash.user_id(), &id, patch).await
     }
     .await;
     match result {
@@ -333,13 +320,14 @@ pub async fn update(State(state): State<SharedState>, Path(id): Path<String>, f:
 pub async fn settings(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
     let markup = f.form.get("markup_percent").to_string();
     let result = async {
-        let mut body = json!({"profit_margin": percent_to_margin(&markup)?.to_decimal_string()});
+        let margin = percent_to_margin(&markup)?;
         let welcome = f.form.get("welcome_credits");
-        if !welcome.is_empty() {
-            body["welcome_credits"] = json!(parse_dollars("welcome credits", welcome)?);
-        }
-        let req = serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        api::settings(State(state.clone()), f.dash.session(), Path(id.clone()), JsonBody(req)).await
+        let welcome_credits = if welcome.is_empty() {
+            None
+        } else {
+            Some(WelcomeCredits::parse(parse_dollars("welcome credits", welcome)?)?)
+        };
+        apps::settings(&state, f.dash.user_id(), &id, AppSettings { margin: Some(margin), welcome_credits }).await
     }
     .await;
     match result {
@@ -350,7 +338,7 @@ pub async fn settings(State(state): State<SharedState>, Path(id): Path<String>, 
 
 /// `POST /dashboard/apps/:id/delete`.
 pub async fn delete(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
-    match api::delete(State(state.clone()), f.dash.session(), Path(id.clone())).await {
+    match apps::delete(&state, f.dash.user_id(), &id).await {
         Ok(_) => Ok(see_other("/dashboard/apps?done=app_deleted").into_response()),
         Err(e) => render_detail(&state, &f.dash, &id, None, Some(e), None).await,
     }

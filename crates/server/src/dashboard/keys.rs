@@ -1,16 +1,15 @@
 //! API keys (SPEC §2, §11): create with a billing mode (`test` is **Sandbox**), the secret
-//! shown once with a copy button, the per-key rate-limit override, rotate, revoke. Writes call
-//! `crate::routes::keys`' handlers, so the rules are the API's.
+//! shown once with a copy button, the per-key rate-limit override, rotate, revoke. Reads and
+//! writes call [`crate::services::keys`], as the JSON API does, so the rules are the API's.
 
 use super::layout::{button_form, csrf_field, escape, frame, mode_label, secret_box, table, td, when};
 use super::{html, see_other, status_of, Dash, DashForm, Flash, PageResult};
 use crate::app::SharedState;
-use crate::body::JsonBody;
-use crate::error::{internal, ApiError};
-use crate::routes::keys as api;
+use crate::error::ApiError;
+use crate::services::keys::{self, KeyPatch, NewKey, RateLimit};
+use crate::services::{apps, Name};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::IntoResponse;
-use serde_json::{json, Map, Value};
 
 /// What the create form last held (re-shown after an error).
 #[derive(Default)]
@@ -29,9 +28,9 @@ async fn render(
     reveal: Option<String>,
     draft: Draft,
 ) -> PageResult {
-    let keys = state.store.list_keys(dash.user_id()).await.map_err(internal("dashboard keys"))?;
+    let keys = keys::list(state, dash.user_id()).await?;
     let default_limit = state.config.rate_limit_per_minute;
-    let apps = state.store.apps_of(dash.user_id()).await.map_err(internal("dashboard key apps"))?;
+    let apps = apps::list(state, dash.user_id()).await?;
     let app_options: String = apps
         .iter()
         .map(|a| {
@@ -141,20 +140,18 @@ pub async fn create(State(state): State<SharedState>, f: DashForm) -> PageResult
         app_id: f.form.get("app_id").to_string(),
     };
     let result = async {
-        let mut body = json!({"name": draft.name, "billing_mode": draft.mode});
-        if !draft.app_id.is_empty() {
-            body["app_id"] = json!(draft.app_id);
-        }
-        if let Some(l) = parse_limit(&draft.limit)? {
-            body["rate_limit_per_minute"] = json!(l);
-        }
-        let req = serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let (_, axum::Json(created)) = api::create(State(state.clone()), f.dash.session(), JsonBody(req)).await?;
-        Ok::<_, ApiError>(created["key"].as_str().unwrap_or_default().to_string())
+        let limit = parse_limit(&draft.limit)?;
+        let new = NewKey {
+            name: Name::parse(&draft.name)?,
+            billing_mode: keys::parse_mode(Some(&draft.mode))?,
+            rate_limit: limit.map(RateLimit::parse).transpose()?,
+            app_id: (!draft.app_id.is_empty()).then(|| draft.app_id.clone()),
+        };
+        keys::create(&state, f.dash.user_id(), new).await
     }
     .await;
     match result {
-        Ok(secret) => render(&state, &f.dash, None, None, Some(secret), Draft::default()).await,
+        Ok(issued) => render(&state, &f.dash, None, None, Some(issued.secret), Draft::default()).await,
         Err(e) => render(&state, &f.dash, None, Some(e), None, draft).await,
     }
 }
@@ -162,10 +159,8 @@ pub async fn create(State(state): State<SharedState>, f: DashForm) -> PageResult
 /// `POST /dashboard/keys/:id/limit`: set (or clear, when empty) the per-key override.
 pub async fn set_limit(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
     let result = async {
-        let limit = parse_limit(f.form.get("rate_limit_per_minute"))?;
-        let mut body = Map::new();
-        body.insert("rate_limit_per_minute".into(), limit.map(Value::from).unwrap_or(Value::Null));
-        api::update(State(state.clone()), f.dash.session(), Path(id), JsonBody(body)).await
+        let limit = parse_limit(f.form.get("rate_limit_per_minute"))?.map(RateLimit::parse).transpose()?;
+        keys::update(&state, f.dash.user_id(), &id, KeyPatch { name: None, rate_limit: Some(limit) }).await
     }
     .await;
     match result {
@@ -176,15 +171,14 @@ pub async fn set_limit(State(state): State<SharedState>, Path(id): Path<String>,
 
 /// `POST /dashboard/keys/:id/rotate`: a new secret (shown once); the old one stops working.
 pub async fn rotate(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
-    match api::rotate(State(state.clone()), f.dash.session(), Path(id)).await {
-        Ok((_, axum::Json(v))) => {
-            let secret = v["key"].as_str().unwrap_or_default().to_string();
+    match keys::rotate(&state, f.dash.user_id(), &id).await {
+        Ok(issued) => {
             render(
                 &state,
                 &f.dash,
                 Some(Flash::ok("Key rotated: the old secret no longer works.")),
                 None,
-                Some(secret),
+                Some(issued.secret),
                 Draft::default(),
             )
             .await
@@ -195,7 +189,7 @@ pub async fn rotate(State(state): State<SharedState>, Path(id): Path<String>, f:
 
 /// `POST /dashboard/keys/:id/revoke`.
 pub async fn revoke(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
-    match api::revoke(State(state.clone()), f.dash.session(), Path(id)).await {
+    match keys::revoke(&state, f.dash.user_id(), &id).await {
         Ok(_) => Ok(see_other("/dashboard/keys?done=key_revoked").into_response()),
         Err(e) => render(&state, &f.dash, None, Some(e), None, Draft::default()).await,
     }

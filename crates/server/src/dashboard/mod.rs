@@ -3,9 +3,9 @@
 //!
 //! Every page works without JavaScript: plain forms, POST-redirect-GET, messages on the page.
 //! One small same-origin script (`/dashboard/static/app.js`) adds copy buttons, the chart's
-//! hover readout and the live markup example. Writes go through the same handlers the JSON API
-//! uses (`crate::routes::*`), so validation, events and ledger effects are the API's; reads call
-//! the same store functions. Nothing here holds business rules.
+//! hover readout and the live markup example. Reads and writes call the same services the JSON
+//! API calls (`crate::services::*`), with typed inputs parsed from the forms and typed results,
+//! so validation, events and ledger effects are the API's. Nothing here holds business rules.
 //!
 //! Every form carries a CSRF token (an HMAC of the session, [`crate::oauth::csrf::Csrf`]),
 //! checked by the [`DashForm`] extractor before a handler runs; sign-in and sign-up bind theirs

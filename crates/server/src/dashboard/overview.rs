@@ -8,7 +8,7 @@
 use super::layout::{frame, mode_label, table, td, td_num, usd, when};
 use super::{chart, html, Dash, Flash, PageError, PageResult};
 use crate::app::SharedState;
-use crate::error::internal;
+use crate::services::{accounts, usage, Paging};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use quota_core::AccountId;
@@ -18,7 +18,7 @@ use quota_store::usage::{UsageAggregate, UsageFilter, UsageRecord, DAY_MS};
 /// Days the overview chart covers (today included).
 pub const CHART_DAYS: i64 = 30;
 /// Requests listed under "Recent requests".
-const RECENT_ROWS: i64 = 10;
+const RECENT_ROWS: usize = 10;
 
 /// Sum `value(row)` per UTC day over `[first_day_ms, first_day_ms + days)` for rows `keep` accepts.
 pub async fn daily_series(
@@ -30,8 +30,7 @@ pub async fn daily_series(
     value: impl Fn(&UsageAggregate) -> i64,
 ) -> Result<Vec<i64>, PageError> {
     let end = first_day_ms + days * DAY_MS;
-    let rows =
-        state.store.usage_aggregates(developer_id, first_day_ms, end).await.map_err(internal("dashboard chart"))?;
+    let rows = usage::aggregates(state, developer_id, first_day_ms, end).await?;
     let mut series = vec![0i64; days.max(0) as usize];
     for r in rows.iter().filter(|r| keep(r)) {
         let i = (r.at - first_day_ms).div_euclid(DAY_MS);
@@ -66,7 +65,7 @@ pub const USAGE_HEAD: &[&str] = &["Time", "Model", "Mode", "Tokens in / out", "C
 pub async fn page(State(state): State<SharedState>, dash: Dash, RawQuery(q): RawQuery) -> PageResult {
     let me = dash.user_id().to_string();
     let wallet = AccountId::wallet(&me);
-    let balance = state.ledger.balance(&wallet).await.map_err(internal("dashboard balance"))?;
+    let balance = accounts::balance(&state, &me).await?;
     let today = state.clock.now_ms().div_euclid(DAY_MS);
     let first = (today - CHART_DAYS + 1) * DAY_MS;
     let own = wallet.to_string();
@@ -86,8 +85,8 @@ pub async fn page(State(state): State<SharedState>, dash: Dash, RawQuery(q): Raw
     .iter()
     .sum::<i64>();
     let filter = UsageFilter { developer_id: me.clone(), ..Default::default() };
-    let recent = state.store.usage_records(&filter, 0, RECENT_ROWS).await.map_err(internal("dashboard recent"))?;
-    let rows: Vec<String> = recent.iter().map(usage_row).collect();
+    let recent = usage::records(&state, &filter, Paging { offset: 0, limit: RECENT_ROWS }).await?;
+    let rows: Vec<String> = recent.items.iter().map(usage_row).collect();
     let card = |label: &str, value: String, id: &str| {
         format!("<div class=\"card\"><p class=\"label\">{label}</p><p class=\"value\" id=\"{id}\">{value}</p></div>")
     };

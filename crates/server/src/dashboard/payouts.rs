@@ -1,49 +1,43 @@
 //! Earnings and payouts (SPEC §10.2, §10.3, §11): pending, eligible, available, reserve, in
 //! transit, paid, the payout history, and the Stripe Connect onboarding button. The figures are
-//! `GET /developers/earnings`' and `GET /developers/payouts`' (their handlers are called).
+//! `GET /developers/earnings`' and `GET /developers/payouts`' ([`crate::services::payments`]).
 
-use super::layout::{button_form, escape, frame, rfc_when, table, td, td_num, usd};
+use super::layout::{button_form, escape, frame, table, td, td_num, usd, when};
 use super::{html, see_other, Dash, DashForm, Flash, PageResult};
 use crate::app::SharedState;
-use crate::routes::payments as api;
-use crate::routes::PageQuery;
-use axum::extract::{Query, RawQuery, State};
+use crate::services::payments;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde_json::Value;
 
 /// Payouts listed.
 const PAYOUT_ROWS: usize = 100;
 
 /// `GET /dashboard/payouts`.
 pub async fn page(State(state): State<SharedState>, dash: Dash, RawQuery(q): RawQuery) -> PageResult {
-    let axum::Json(e) = api::earnings(State(state.clone()), dash.session()).await?;
-    let page_q = PageQuery { limit: Some(PAYOUT_ROWS.to_string()), cursor: None };
-    let axum::Json(p) = api::payouts(State(state.clone()), dash.session(), Query(page_q)).await?;
-    let n = |k: &str| e[k].as_i64().unwrap_or(0);
+    let e = payments::earnings(&state, dash.user_id()).await?;
+    let payouts = payments::payouts(&state, dash.user_id()).await?;
     let card = |label: &str, value: i64, note: &str| {
         format!(
             "<div class=\"card\"><p class=\"label\">{label}</p><p class=\"value\">{}</p><p class=\"muted\">{note}</p></div>",
             usd(value)
         )
     };
-    let rows: Vec<String> = p["data"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<String> = payouts
         .iter()
-        .map(|po: &Value| {
+        .take(PAYOUT_ROWS)
+        .map(|po| {
             format!(
                 "<tr>{}{}{}{}{}</tr>",
-                td(&rfc_when(po["created_at"].as_str().unwrap_or(""))),
-                td(po["status"].as_str().unwrap_or("")),
-                td_num(&usd(po["amount"].as_i64().unwrap_or(0))),
-                td(&po["paid_at"].as_str().map(rfc_when).unwrap_or_default()),
-                td(po["failure_message"].as_str().or(po["stripe_transfer_id"].as_str()).unwrap_or("")),
+                td(&when(po.created_at)),
+                td(&po.status),
+                td_num(&usd(po.amount_credits)),
+                td(&po.paid_at.map(when).unwrap_or_default()),
+                td(po.failure_message.as_deref().or(po.stripe_transfer_id.as_deref()).unwrap_or("")),
             )
         })
         .collect();
-    let onboarded = e["stripe_account_id"].as_str();
+    let onboarded = e.stripe_account_id.as_deref();
     let connect = match (&state.payments, onboarded) {
         (None, _) => {
             "<p class=\"muted\">Payouts are not configured on this Quota server (no payment provider).</p>".to_string()
@@ -71,24 +65,23 @@ pub async fn page(State(state): State<SharedState>, dash: Dash, RawQuery(q): Raw
          nothing under {min} is paid (it carries over).</p>\
          <div class=\"cards\">{}{}{}{}{}{}</div><section><h2>Payout account</h2>{connect}</section>\
          <h2>Payout history</h2>{}",
-        card("Pending", n("pending"), "Earned, not yet eligible"),
-        card("Eligible now", n("pending_eligible"), "Pending older than 7 days"),
-        card("Available", n("available"), "Paid out in the next batch"),
-        card("Reserve", n("reserve"), "Released after 90 days"),
-        card("In transit", n("in_transit"), "Sent to Stripe"),
-        card("Paid", n("paid"), "All time"),
+        card("Pending", e.pending, "Earned, not yet eligible"),
+        card("Eligible now", e.pending_eligible, "Pending older than 7 days"),
+        card("Available", e.available, "Paid out in the next batch"),
+        card("Reserve", e.reserve, "Released after 90 days"),
+        card("In transit", e.in_transit, "Sent to Stripe"),
+        card("Paid", e.paid, "All time"),
         table("Payouts", &["Created", "Status", "Amount", "Paid", "Reference"], &rows, "No payouts yet."),
-        min = usd(n("minimum_payout")),
+        min = usd(e.minimum_payout.get()),
     );
     Ok(html(StatusCode::OK, super::layout::frame("Earnings", "payouts", Some(&dash), flash.as_ref(), &body)))
 }
 
 /// `POST /dashboard/payouts/onboard`: to Stripe's onboarding (or the dev provider's return).
 pub async fn onboard(State(state): State<SharedState>, f: DashForm) -> PageResult {
-    match api::connect_onboard(State(state.clone()), f.headers.clone(), f.dash.session()).await {
-        Ok(axum::Json(v)) => {
-            Ok(see_other(v["onboarding_url"].as_str().unwrap_or("/dashboard/payouts")).into_response())
-        }
+    let base_url = crate::oauth::issuer(&state.config, &f.headers);
+    match payments::connect_onboard(&state, f.dash.user_id(), &f.dash.session.user.email, &base_url).await {
+        Ok(onboarding) => Ok(see_other(&onboarding.url).into_response()),
         Err(e) => {
             let body = "<h1>Earnings and payouts</h1><p><a href=\"/dashboard/payouts\">Back to earnings</a></p>";
             Ok(html(e.status, frame("Earnings", "payouts", Some(&f.dash), Some(&Flash::from_api(&e)), body)))

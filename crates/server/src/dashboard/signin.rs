@@ -7,7 +7,7 @@ use super::{html, read_form, safe_next, see_other, DashForm, Flash, FormData};
 use crate::app::SharedState;
 use crate::auth::{browser_session, cookie};
 use crate::error::ApiError;
-use crate::routes::accounts;
+use crate::services::accounts;
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -116,7 +116,7 @@ async fn submit(state: SharedState, peer: SocketAddr, req: Request, kind: Kind) 
     }
     let password = form.0.iter().find(|(k, _)| k == "password").map(|(_, v)| v.as_str()).unwrap_or("");
     let result: Result<quota_store::User, ApiError> = async {
-        let ip = accounts::client_ip(&state, &peer, &headers);
+        let ip = state.proxies.client(&peer, &headers);
         match kind {
             Kind::SignIn => accounts::sign_in(&state, ip, &email, password).await,
             Kind::SignUp => {
@@ -135,9 +135,9 @@ async fn submit(state: SharedState, peer: SocketAddr, req: Request, kind: Kind) 
         }
     };
     match accounts::new_session(&state, &user).await {
-        Ok((_, _, set_cookie)) => {
+        Ok(session) => {
             let mut resp = see_other(safe_next(&next).unwrap_or("/dashboard"));
-            if let Ok(c) = HeaderValue::from_str(&set_cookie) {
+            if let Ok(c) = HeaderValue::from_str(&session.set_cookie) {
                 resp.headers_mut().append(header::SET_COOKIE, c);
             }
             resp
@@ -166,8 +166,8 @@ pub async fn signup(
 
 /// `POST /dashboard/signout`: the session ends everywhere (API too), the cookie is cleared.
 pub async fn signout(State(state): State<SharedState>, f: DashForm) -> Response {
-    if let Err(e) = state.store.revoke_session(&f.dash.session.token_hash).await {
-        return super::PageError(crate::error::internal("dashboard sign-out")(e)).into_response();
+    if let Err(e) = accounts::end_session(&state, &f.dash.session.token_hash).await {
+        return super::PageError(e).into_response();
     }
     let mut resp = see_other("/dashboard/signin?done=signed_out");
     resp.headers_mut().append(

@@ -1,15 +1,16 @@
 //! Usage and ledger (SPEC §9, §11). Usage: filters (dates, key, model, mode), a daily chart, a
 //! paginated table and a CSV link to `GET /v1/usage?format=csv` (which takes the same session
 //! cookie). Ledger: the transfers that touched the wallet and earnings, as `GET /v1/ledger`
-//! shows them (its handler builds the rows).
+//! shows them. Both read [`crate::services::usage`].
 
-use super::layout::{escape, frame, mode_label, rfc_when, table, td, td_num, usd};
+use super::layout::{escape, frame, mode_label, table, td, td_num, usd, when};
 use super::overview::{daily_series, usage_row, USAGE_HEAD};
 use super::{chart, html, status_of, Dash, Flash, PageResult};
 use crate::app::SharedState;
-use crate::error::{internal, ApiError};
-use crate::routes::reporting::{self, parse_time};
-use crate::routes::{cursor_at, PageQuery};
+use crate::error::ApiError;
+use crate::routes::PageQuery;
+use crate::services::usage::{self, parse_time, Direction};
+use crate::services::{cursor_at, keys, Paging};
 use axum::extract::{Query, State};
 use quota_core::AccountId;
 use quota_store::usage::{UsageFilter, DAY_MS};
@@ -105,22 +106,19 @@ fn encode(params: &[(&str, String)]) -> String {
 /// `GET /dashboard/usage`.
 pub async fn usage_page(State(state): State<SharedState>, dash: Dash, Query(form): Query<UsageForm>) -> PageResult {
     let me = dash.user_id().to_string();
-    let keys = state.store.list_keys(&me).await.map_err(internal("dashboard usage keys"))?;
+    let keys = keys::list(&state, &me).await?;
     let parsed = form.api_params().and_then(|(f, p)| {
         let page = PageQuery { limit: Some(PAGE_ROWS.to_string()), cursor: form.cursor.clone() };
-        Ok((f, p, page.parse()?))
+        Ok((f, p, page.paging()?))
     });
     let (content, err) = match parsed {
         Err(e) => (String::new(), Some(e)),
-        Ok((mut filter, params, (offset, limit))) => {
+        Ok((mut filter, params, paging)) => {
             filter.developer_id = me.clone();
-            let rows = state
-                .store
-                .usage_records(&filter, offset as i64, limit as i64 + 1)
-                .await
-                .map_err(internal("dashboard usage"))?;
-            let more = rows.len() > limit;
-            let rows: Vec<String> = rows.iter().take(limit).map(usage_row).collect();
+            let Paging { offset, limit } = paging;
+            let records = usage::records(&state, &filter, paging).await?;
+            let more = records.next_cursor.is_some();
+            let rows: Vec<String> = records.items.iter().map(usage_row).collect();
             // The chart: the filtered period (default the last 30 days), per day.
             let today_end = (state.clock.now_ms().div_euclid(DAY_MS) + 1) * DAY_MS;
             let end = filter.to.map(|t| (t + DAY_MS - 1).div_euclid(DAY_MS) * DAY_MS).unwrap_or(today_end);
@@ -231,30 +229,29 @@ pub async fn ledger_page(State(state): State<SharedState>, dash: Dash, Query(q):
     let page_q = PageQuery { limit: Some(PAGE_ROWS.to_string()), cursor: q.cursor.clone() };
     let offset = page_q.parse().map(|(o, _)| o).unwrap_or(0);
     let me = dash.user_id().to_string();
-    let result = reporting::ledger(State(state.clone()), dash.session(), Query(page_q)).await;
+    let result = match page_q.paging() {
+        Ok(paging) => usage::ledger(&state, &me, paging).await,
+        Err(e) => Err(e),
+    };
     let (content, err) = match result {
         Err(e) => (String::new(), Some(e)),
-        Ok(axum::Json(v)) => {
-            let rows: Vec<String> = v["data"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
+        Ok(entries) => {
+            let rows: Vec<String> = entries
+                .items
                 .iter()
-                .map(|t| {
-                    let amount = t["amount"].as_i64().unwrap_or(0);
-                    let signed = match t["direction"].as_str() {
-                        Some("debit") => -amount,
-                        _ => amount,
-                    };
+                .map(|e| {
+                    let t = &e.transfer;
+                    let amount = t.amount.get();
+                    let signed = if e.direction == Direction::Debit { -amount } else { amount };
                     format!(
                         "<tr>{}{}{}{}{}{}{}</tr>",
-                        td(&rfc_when(t["created_at"].as_str().unwrap_or(""))),
-                        td(t["kind"].as_str().unwrap_or("")),
+                        td(&when(t.created_at_ms)),
+                        td(t.kind.as_str()),
                         td_num(&if signed > 0 { format!("+{}", usd(signed)) } else { usd(signed) }),
-                        td(&account_label(t["from"].as_str().unwrap_or(""), &me)),
-                        td(&account_label(t["to"].as_str().unwrap_or(""), &me)),
-                        td(t["cause"].as_str().unwrap_or("")),
-                        td(t["id"].as_str().unwrap_or("")),
+                        td(&account_label(&t.from.to_string(), &me)),
+                        td(&account_label(&t.to.to_string(), &me)),
+                        td(&t.cause),
+                        td(&t.id),
                     )
                 })
                 .collect();
@@ -265,7 +262,7 @@ pub async fn ledger_page(State(state): State<SharedState>, dash: Dash, Query(q):
                     cursor_at(offset.saturating_sub(PAGE_ROWS))
                 ));
             }
-            if let Some(next) = v["next_cursor"].as_str() {
+            if let Some(next) = &entries.next_cursor {
                 pager.push_str(&format!(
                     "<a href=\"/dashboard/ledger?cursor={}\" rel=\"next\">Older →</a>",
                     escape(next)

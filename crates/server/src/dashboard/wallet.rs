@@ -1,23 +1,20 @@
 //! The wallet holder's view (SPEC §6, §10.1, §11): balance, top-up packages (to checkout), and
 //! the apps connected to this wallet with what was spent through each, and disconnect. Calls
-//! `crate::routes::payments::checkout` and `crate::routes::connections::disconnect`.
+//! [`crate::services::payments::checkout`] and [`crate::services::apps::disconnect`].
 
 use super::layout::{button_form, escape, frame, table, td, td_num, usd, when};
 use super::{html, see_other, Dash, DashForm, Flash, PageResult};
 use crate::app::SharedState;
-use crate::body::JsonBody;
-use crate::error::{internal, ApiError};
-use crate::routes::{connections, payments};
+use crate::services::payments::{self, CheckoutStart};
+use crate::services::{accounts, apps};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use quota_core::AccountId;
-use serde_json::json;
 
 async fn render(state: &SharedState, dash: &Dash, status: StatusCode, flash: Option<Flash>) -> PageResult {
     let me = dash.user_id();
-    let balance = state.ledger.balance(&AccountId::wallet(me)).await.map_err(internal("dashboard wallet"))?;
-    let connections = state.store.connections_of(me).await.map_err(internal("dashboard connections"))?;
+    let balance = accounts::balance(state, me).await?;
+    let connections = apps::connections(state, me).await?;
     let rows: Vec<String> = connections
         .iter()
         .map(|c| {
@@ -90,19 +87,16 @@ pub async fn page_handler(State(state): State<SharedState>, dash: Dash, RawQuery
 /// `POST /dashboard/wallet/checkout`: a checkout session, then off to pay.
 pub async fn checkout(State(state): State<SharedState>, f: DashForm) -> PageResult {
     let base = crate::oauth::issuer(&state.config, &f.headers);
-    let result = async {
-        let body = json!({
-            "package_id": f.form.get("package_id"),
-            "success_url": format!("{base}/dashboard/wallet?topup=success"),
-            "cancel_url": format!("{base}/dashboard/wallet?topup=cancelled"),
-        });
-        let req = serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let resp = payments::checkout(State(state.clone()), f.headers.clone(), JsonBody(req)).await?;
-        let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.map_err(internal("checkout body"))?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(internal("checkout body"))?;
-        Ok::<_, ApiError>(v["checkout_url"].as_str().unwrap_or("/dashboard/wallet").to_string())
-    }
-    .await;
+    let success_url = format!("{base}/dashboard/wallet?topup=success");
+    let cancel_url = format!("{base}/dashboard/wallet?topup=cancelled");
+    let start = CheckoutStart {
+        user_id: f.dash.user_id(),
+        package_id: f.form.get("package_id"),
+        success_url: &success_url,
+        cancel_url: &cancel_url,
+        base_url: &base,
+    };
+    let result = payments::checkout(&state, start).await.map(|c| c.checkout_url);
     match result {
         Ok(url) => Ok(see_other(&url).into_response()),
         Err(e) => render(&state, &f.dash, e.status, Some(Flash::from_api(&e))).await,
@@ -111,7 +105,7 @@ pub async fn checkout(State(state): State<SharedState>, f: DashForm) -> PageResu
 
 /// `POST /dashboard/wallet/connections/:app_id/disconnect`.
 pub async fn disconnect(State(state): State<SharedState>, Path(app_id): Path<String>, f: DashForm) -> PageResult {
-    match connections::disconnect(State(state.clone()), f.dash.session(), Path(app_id)).await {
+    match apps::disconnect(&state, f.dash.user_id(), &app_id).await {
         Ok(_) => Ok(see_other("/dashboard/wallet?done=disconnected").into_response()),
         Err(e) => render(&state, &f.dash, e.status, Some(Flash::from_api(&e))).await,
     }

@@ -1,17 +1,17 @@
 //! Webhooks (SPEC §8, §11): endpoints, create (the signing secret shown once), an endpoint's
-//! deliveries with their status, replay, a test event, delete. Writes call
-//! `crate::routes::webhooks`' handlers.
+//! deliveries with their status, replay, a test event, delete. Reads and writes call
+//! [`crate::services::webhooks`], as the JSON API does.
 
-use super::layout::{button_form, csrf_field, escape, frame, rfc_when, secret_box, table, td, td_num, usd, when};
+use super::layout::{button_form, csrf_field, escape, frame, secret_box, table, td, td_num, usd, when};
 use super::{html, see_other, status_of, Dash, DashForm, Flash, PageResult};
 use crate::app::SharedState;
-use crate::error::{internal, ApiError};
-use crate::routes::webhooks as api;
-use crate::routes::PageQuery;
-use crate::webhooks::EVENT_TYPES;
-use axum::extract::{Path, Query, RawQuery, State};
+use crate::error::ApiError;
+use crate::services::webhooks::{self as service, parse_description, EndpointChanges, EndpointUrl, NewEndpoint};
+use crate::services::Paging;
+use crate::webhooks::events::{parse_subscription, subscribable_names};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::IntoResponse;
-use serde_json::{json, Value};
+use quota_store::webhooks::DeliveryView;
 
 /// Deliveries listed on an endpoint's page.
 const DELIVERY_ROWS: usize = 50;
@@ -50,7 +50,7 @@ async fn render(
     reveal: Option<String>,
     draft: Draft,
 ) -> PageResult {
-    let endpoints = state.store.webhook_endpoints(dash.user_id()).await.map_err(internal("dashboard webhooks"))?;
+    let endpoints = service::list(state, dash.user_id()).await?;
     let rows: Vec<String> = endpoints
         .iter()
         .map(|e| {
@@ -70,8 +70,8 @@ async fn render(
             )
         })
         .collect();
-    let checks: String = EVENT_TYPES
-        .iter()
+    let checks: String = subscribable_names()
+        .into_iter()
         .map(|t| {
             let checked = if draft.events.iter().any(|e| e == t) { " checked" } else { "" };
             format!("<label><input type=\"checkbox\" name=\"events\" value=\"{t}\"{checked}> {t}</label>")
@@ -122,23 +122,23 @@ pub async fn create(State(state): State<SharedState>, f: DashForm) -> PageResult
         events: f.form.all("events").into_iter().map(str::to_string).collect(),
     };
     let result = async {
-        let mut body = json!({"url": draft.url, "description": draft.description});
-        if !draft.events.is_empty() {
-            body["events"] = json!(draft.events);
-        }
-        if !draft.threshold.is_empty() {
-            body["low_balance_threshold"] = json!(parse_dollars("the low-balance threshold", &draft.threshold)?);
-        }
-        let bytes = axum::body::Bytes::from(body.to_string());
-        let (_, axum::Json(v)) = api::create(State(state.clone()), f.dash.session(), bytes).await?;
-        Ok::<_, ApiError>(v)
+        let threshold = match draft.threshold.as_str() {
+            "" => None,
+            t => Some(parse_dollars("the low-balance threshold", t)?),
+        };
+        let new = NewEndpoint {
+            url: EndpointUrl::parse(&draft.url, state.config.webhook_allow_private_urls)?,
+            description: parse_description(Some(draft.description.clone()))?.unwrap_or_default(),
+            events: parse_subscription(&draft.events)?,
+            low_balance_threshold: service::parse_threshold(threshold)?,
+        };
+        service::create(&state, f.dash.user_id(), new).await
     }
     .await;
     match result {
-        Ok(v) => {
-            let secret = v["secret"].as_str().unwrap_or_default().to_string();
-            let flash = Flash::ok(format!("Endpoint {} added.", v["url"].as_str().unwrap_or_default()));
-            render(&state, &f.dash, Some(flash), None, Some(secret), Draft::default()).await
+        Ok(issued) => {
+            let flash = Flash::ok(format!("Endpoint {} added.", issued.endpoint.url));
+            render(&state, &f.dash, Some(flash), None, Some(issued.secret), Draft::default()).await
         }
         Err(e) => render(&state, &f.dash, None, Some(e), None, draft).await,
     }
@@ -161,23 +161,13 @@ async fn render_detail(
     flash: Option<Flash>,
     reveal: Option<String>,
 ) -> PageResult {
-    let endpoint = match api::get(State(state.clone()), dash.session(), Path(id.clone())).await {
-        Ok(axum::Json(v)) => v,
-        Err(e) => return Err(e.into()),
-    };
-    let page_q = PageQuery { limit: Some(DELIVERY_ROWS.to_string()), cursor: None };
-    let axum::Json(deliveries) =
-        api::deliveries(State(state.clone()), dash.session(), Path(id.clone()), Query(page_q)).await?;
-    let rows: Vec<String> = deliveries["data"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|d| delivery_row(dash, &id, d))
-        .collect();
-    let threshold = endpoint["low_balance_threshold"].as_i64().map(usd).unwrap_or_else(|| "none".into());
-    let events: Vec<&str> =
-        endpoint["events"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let endpoint = service::get(state, dash.user_id(), &id).await?;
+    let paging = Paging { offset: 0, limit: DELIVERY_ROWS };
+    let deliveries = service::deliveries(state, dash.user_id(), &id, paging).await?;
+    let rows: Vec<String> = deliveries.items.iter().map(|d| delivery_row(dash, &id, d)).collect();
+    let threshold = endpoint.low_balance_threshold.map(usd).unwrap_or_else(|| "none".into());
+    let events = service::subscribed(&endpoint);
+    let disabled = endpoint.disabled_at.is_some();
     let body = format!(
         "<h1>Webhook endpoint</h1><section><p><strong>{url}</strong></p>\
          <p class=\"muted\">{desc}</p><p>Status: {status} · Events: {events} · Low-balance alert: {threshold}</p>\
@@ -194,13 +184,13 @@ async fn render_detail(
                 )
             })
             .unwrap_or_default(),
-        url = escape(endpoint["url"].as_str().unwrap_or("")),
-        desc = escape(endpoint["description"].as_str().unwrap_or("")),
-        status = escape(endpoint["status"].as_str().unwrap_or("")),
+        url = escape(&endpoint.url),
+        desc = escape(&endpoint.description),
+        status = if disabled { "disabled" } else { "enabled" },
         events = escape(&events.join(", ")),
         threshold = escape(&threshold),
         test = button_form(dash, &format!("/dashboard/webhooks/{id}/test"), "Send test event", ""),
-        toggle = if endpoint["status"].as_str() == Some("disabled") {
+        toggle = if disabled {
             button_form(dash, &format!("/dashboard/webhooks/{id}/enable"), "Enable", "secondary")
         } else {
             button_form(dash, &format!("/dashboard/webhooks/{id}/disable"), "Disable", "secondary")
@@ -218,34 +208,31 @@ async fn render_detail(
     Ok(html(axum::http::StatusCode::OK, frame("Webhook endpoint", "webhooks", Some(dash), flash.as_ref(), &body)))
 }
 
-fn delivery_row(dash: &Dash, endpoint_id: &str, d: &Value) -> String {
-    let status = d["status"].as_str().unwrap_or("");
-    let badge = match status {
+fn delivery_row(dash: &Dash, endpoint_id: &str, d: &DeliveryView) -> String {
+    let badge = match d.state.as_str() {
         "succeeded" | "delivered" => "ok",
         "failed" | "abandoned" => "bad",
         _ => "",
     };
-    let last = d["log"].as_array().and_then(|l| l.last());
-    let last_text = match last {
-        Some(a) => match (a["status_code"].as_i64(), a["error"].as_str()) {
-            (Some(code), _) => format!("HTTP {code} in {} ms", a["latency_ms"].as_i64().unwrap_or(0)),
-            (None, Some(e)) => e.to_string(),
+    let last_text = match d.log.last() {
+        Some(a) => match (a.status_code, &a.error) {
+            (Some(code), _) => format!("HTTP {code} in {} ms", a.latency_ms),
+            (None, Some(e)) => e.clone(),
             _ => String::new(),
         },
         None => "not attempted yet".into(),
     };
-    let delivery_id = d["id"].as_str().unwrap_or("");
     format!(
         "<tr>{}<td><code>{}</code></td><td><span class=\"badge {badge}\">{}</span></td>{}{}{}<td>{}</td></tr>",
-        td(&rfc_when(d["created_at"].as_str().unwrap_or(""))),
-        escape(d["event_type"].as_str().unwrap_or("")),
-        escape(status),
-        td_num(&d["attempts"].as_i64().unwrap_or(0).to_string()),
+        td(&when(d.created_at)),
+        escape(&d.event_type),
+        escape(&d.state),
+        td_num(&d.attempts.to_string()),
         td(&last_text),
-        td(&d["next_attempt_at"].as_str().map(rfc_when).unwrap_or_default()),
+        td(&d.next_attempt_at.map(when).unwrap_or_default()),
         button_form(
             dash,
-            &format!("/dashboard/webhooks/{endpoint_id}/deliveries/{delivery_id}/replay"),
+            &format!("/dashboard/webhooks/{endpoint_id}/deliveries/{}/replay", d.id),
             "Replay",
             "secondary"
         ),
@@ -254,7 +241,7 @@ fn delivery_row(dash: &Dash, endpoint_id: &str, d: &Value) -> String {
 
 /// `POST /dashboard/webhooks/:id/test`.
 pub async fn send_test(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
-    let _accepted = api::test(State(state.clone()), f.dash.session(), Path(id.clone())).await?;
+    service::send_test(&state, f.dash.user_id(), &id).await?;
     Ok(see_other(&format!("/dashboard/webhooks/{id}?done=webhook_test")).into_response())
 }
 
@@ -264,21 +251,20 @@ pub async fn replay(
     Path((id, delivery_id)): Path<(String, String)>,
     f: DashForm,
 ) -> PageResult {
-    let _accepted = api::replay(State(state.clone()), f.dash.session(), Path((id.clone(), delivery_id))).await?;
+    service::replay(&state, f.dash.user_id(), &id, &delivery_id).await?;
     Ok(see_other(&format!("/dashboard/webhooks/{id}?done=webhook_replay")).into_response())
 }
 
 /// `POST /dashboard/webhooks/:id/rotate-secret`: a new secret, shown once.
 pub async fn rotate_secret(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
-    let axum::Json(v) = api::rotate_secret(State(state.clone()), f.dash.session(), Path(id.clone())).await?;
-    let secret = v["secret"].as_str().unwrap_or_default().to_string();
-    render_detail(&state, &f.dash, id, Some(Flash::ok("Secret rotated.")), Some(secret)).await
+    let issued = service::rotate_secret(&state, f.dash.user_id(), &id).await?;
+    render_detail(&state, &f.dash, id, Some(Flash::ok("Secret rotated.")), Some(issued.secret)).await
 }
 
 /// `POST /dashboard/webhooks/:id/enable` and `/disable`.
 async fn set_enabled(state: SharedState, id: String, f: DashForm, enabled: bool) -> PageResult {
-    let body = axum::body::Bytes::from(json!({ "enabled": enabled }).to_string());
-    let _endpoint = api::update(State(state.clone()), f.dash.session(), Path(id.clone()), body).await?;
+    let changes = EndpointChanges { enabled: Some(enabled), ..Default::default() };
+    service::update(&state, f.dash.user_id(), &id, changes).await?;
     let done = if enabled { "webhook_enabled" } else { "webhook_disabled" };
     Ok(see_other(&format!("/dashboard/webhooks/{id}?done={done}")).into_response())
 }
@@ -293,7 +279,7 @@ pub async fn disable(State(state): State<SharedState>, Path(id): Path<String>, f
 
 /// `POST /dashboard/webhooks/:id/delete`.
 pub async fn delete(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
-    let _accepted = api::delete(State(state.clone()), f.dash.session(), Path(id)).await?;
+    service::delete(&state, f.dash.user_id(), &id).await?;
     Ok(see_other("/dashboard/webhooks?done=webhook_deleted").into_response())
 }
 

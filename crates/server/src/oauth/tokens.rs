@@ -10,6 +10,7 @@
 use super::{pkce, Scope, Scopes};
 use crate::app::SharedState;
 use crate::secrets::hash_token;
+use crate::webhooks::EventKind;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -535,15 +536,15 @@ pub async fn refresh(state: &SharedState, app: &App, form: &Form, issuer: &str) 
 }
 
 /// The `user.connected` / `user.disconnected` outbox event for a connection.
-pub fn connection_event(kind: &str, app: &App, user_id: &str, now: i64) -> OutboxEvent {
-    OutboxEvent::new(kind, &app.developer_id, json!({"app_id": app.id, "user_id": user_id}), now)
+pub fn connection_event(kind: EventKind, app: &App, user_id: &str, now: i64) -> OutboxEvent {
+    OutboxEvent::new(kind.as_str(), &app.developer_id, json!({"app_id": app.id, "user_id": user_id}), now)
 }
 
 /// End a user's connection to an app: its tokens stop working at once (on this instance: the
 /// cache is evicted after the commit). `false` if it was not connected.
 pub async fn disconnect(state: &SharedState, app: &App, user_id: &str) -> Result<bool, StoreError> {
     let now = state.clock.now_ms();
-    let event = connection_event("user.disconnected", app, user_id, now);
+    let event = connection_event(EventKind::UserDisconnected, app, user_id, now);
     let ended = state.store.disconnect(user_id, &app.id, now, event).await?;
     state.oauth.tokens.evict_connection(user_id, &app.id);
     crate::changes::announce(state, &crate::changes::connection(user_id, &app.id)).await;

@@ -17,6 +17,7 @@ pub mod stripe;
 use crate::app::SharedState;
 use crate::config::{Config, PackageConfig};
 use crate::error::ApiError;
+use crate::webhooks::EventKind;
 use axum::http::StatusCode;
 use quota_core::Credits;
 use quota_store::payments::CheckoutSession;
@@ -100,7 +101,7 @@ pub async fn apply_topup(state: &SharedState, t: ConfirmedTopup<'_>) -> Result<b
     let now = state.clock.now_ms();
     let transfer_id = format!("ledg_topup_{}", t.session_id);
     let event = OutboxEvent::new(
-        "topup.succeeded",
+        EventKind::TopupSucceeded.as_str(),
         t.user_id,
         json!({
             "session_id": t.session_id,

@@ -26,6 +26,7 @@
 
 use super::Provider;
 use crate::app::SharedState;
+use crate::webhooks::EventKind;
 use quota_core::transfers::payout;
 pub use quota_core::transfers::payout::{payout_for, reserve_for, PAYOUT_MINIMUM};
 use quota_core::{AccountId, Credits, Transfer, TransferKind};
@@ -261,7 +262,12 @@ async fn attempt(
     match answer {
         Ok(transfer_id) => {
             let paid = payout::paid(dev, p.covered_from, Credits::new(p.amount_credits), &p.id, now);
-            let event = OutboxEvent::new("payout.paid", dev, data(json!({"stripe_transfer_id": transfer_id})), now);
+            let event = OutboxEvent::new(
+                EventKind::PayoutPaid.as_str(),
+                dev,
+                data(json!({"stripe_transfer_id": transfer_id})),
+                now,
+            );
             state.ledger.flush().await?;
             if !state.store.transfer_exists(&paid.id).await? {
                 match state.ledger.transfer_with_events(paid, vec![event]).await {
@@ -279,7 +285,8 @@ async fn attempt(
         Err(e) => {
             let message = e.to_string();
             tracing::warn!(payout = %p.id, developer = %dev, error = %message, "payout transfer failed; retried by the next batch");
-            let event = OutboxEvent::new("payout.failed", dev, data(json!({"failure_message": message})), now);
+            let event =
+                OutboxEvent::new(EventKind::PayoutFailed.as_str(), dev, data(json!({"failure_message": message})), now);
             state.store.mark_payout_failed(&p.id, &message, now, &event).await?;
             report.failed.push(p.id.clone());
             Ok(false)

@@ -1,11 +1,13 @@
 //! SPEC §5: an end user's connected apps (`/account/connections`): what each may do, what the
-//! user spent through it, and disconnecting it (its tokens stop working at once).
+//! user spent through it, and disconnecting it (its tokens stop working at once). Thin: the
+//! session's user, then [`crate::services::apps`].
 
 use crate::app::SharedState;
 use crate::auth::SessionUser;
-use crate::error::{internal, ApiError};
+use crate::error::ApiError;
 use crate::routes::apps::scope_list;
 use crate::routes::PageQuery;
+use crate::services::apps;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use quota_store::clock::rfc3339;
@@ -16,7 +18,7 @@ pub async fn list(
     session: SessionUser,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let connections = state.store.connections_of(&session.user.id).await.map_err(internal("list connections"))?;
+    let connections = apps::connections(&state, &session.user.id).await?;
     page.json(connections, |c| {
         json!({
             "app_id": c.app_id,
@@ -33,16 +35,6 @@ pub async fn disconnect(
     session: SessionUser,
     Path(app_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let app = state
-        .store
-        .app(&app_id)
-        .await
-        .map_err(internal("read app"))?
-        .ok_or_else(|| ApiError::not_found("connection"))?;
-    let ended =
-        crate::oauth::tokens::disconnect(&state, &app, &session.user.id).await.map_err(internal("disconnect"))?;
-    if !ended {
-        return Err(ApiError::not_found("connection"));
-    }
-    Ok(Json(json!({"success": true, "app_id": app.id})))
+    let app_id = apps::disconnect(&state, &session.user.id, &app_id).await?;
+    Ok(Json(json!({"success": true, "app_id": app_id})))
 }

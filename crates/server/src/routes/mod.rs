@@ -1,4 +1,5 @@
-//! HTTP handlers, thin: parse, call the domain, shape the answer.
+//! HTTP handlers, thin: extract the caller, parse the body into a service's typed input,
+//! call the service (`crate::services`), shape the JSON answer.
 
 pub mod accounts;
 pub mod apps;
@@ -50,11 +51,7 @@ pub fn reporting_router() -> Router<SharedState> {
         .route("/developers/analytics/breakdown", get(reporting::breakdown))
 }
 
-/// The opaque cursor of the page that starts at `offset`.
-pub fn cursor_at(offset: usize) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{offset}"))
-}
+pub use crate::services::cursor_at;
 
 /// Payments and payouts (SPEC §10).
 pub fn payments_router() -> Router<SharedState> {
@@ -99,6 +96,12 @@ impl PageQuery {
                 .ok_or_else(|| crate::error::ApiError::bad_request("invalid cursor"))?,
         };
         Ok((offset, limit))
+    }
+
+    /// The validated page as the services take it.
+    pub fn paging(&self) -> Result<crate::services::Paging, crate::error::ApiError> {
+        let (offset, limit) = self.parse()?;
+        Ok(crate::services::Paging { offset, limit })
     }
 
     /// A page of `items` as `{"data": [...], "next_cursor": ...}` (SPEC §0).

@@ -12,8 +12,8 @@ use crate::body::RawBody;
 use crate::error::ApiError;
 use crate::oauth::tokens::{self, authenticate_client, no_store, parse_form, Form, OAuthError};
 use crate::oauth::{issuer, pages, pkce, redirect, Scope, Scopes};
-use crate::routes::accounts;
 use crate::secrets::hash_token;
+use crate::services::accounts;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -395,7 +395,7 @@ async fn sign_in_form(
         return sign_in_page(state, headers, req, app, StatusCode::FORBIDDEN, Some(message), "");
     }
     let (email, password) = (sub.field("email"), sub.field("password"));
-    let ip = accounts::client_ip(state, peer, headers);
+    let ip = state.proxies.client(peer, headers);
     let user = if signup {
         accounts::sign_up(state, ip, email, password).await
     } else {
@@ -403,9 +403,9 @@ async fn sign_in_form(
     };
     match user {
         Ok(user) => match accounts::new_session(state, &user).await {
-            Ok((_, _, set_cookie)) => {
+            Ok(session) => {
                 let mut resp = see_other(&format!("/oauth/authorize?{}", req.query()));
-                if let Ok(c) = HeaderValue::from_str(&set_cookie) {
+                if let Ok(c) = HeaderValue::from_str(&session.set_cookie) {
                     resp.headers_mut().append(header::SET_COOKIE, c);
                 }
                 resp
@@ -460,7 +460,7 @@ async fn approve(
 ) -> Result<String, ApiError> {
     let now = state.clock.now_ms();
     let user_id = &session.user.id;
-    let event = tokens::connection_event("user.connected", &v.app, user_id, now);
+    let event = tokens::connection_event(crate::webhooks::EventKind::UserConnected, &v.app, user_id, now);
     let newly = state
         .store
         .connect(user_id, &v.app.id, &v.scopes.to_string(), shown_margin_bps, now, event)
@@ -475,7 +475,7 @@ async fn approve(
     // Tried on every approval, not only the first: the transfer id makes it once per user and
     // app, and a grant lost to a crash (or skipped while the developer's wallet was empty) is
     // made up the next time the user approves.
-    crate::funding::grant_app_welcome(state, &v.app, user_id).await;
+    crate::services::funding::grant_app_welcome(state, &v.app, user_id).await;
     let code = quota_core::ids::new_secret(crate::oauth::CODE_PREFIX);
     state
         .store
@@ -510,7 +510,7 @@ async fn client_request(
     body: &[u8],
 ) -> Result<(Form, App), OAuthError> {
     let form = parse_form(body).map_err(OAuthError::invalid_request)?;
-    let ip = accounts::client_ip(state, peer, headers);
+    let ip = state.proxies.client(peer, headers);
     let app = authenticate_client(state, &form, headers, ip).await?;
     Ok((form, app))
 }

@@ -1,22 +1,23 @@
 //! Usage, ledger and analytics (SPEC §9): `GET /v1/usage` (session or key; JSON or streamed
 //! CSV), `GET /v1/ledger` (session), `/developers/analytics/summary|timeseries|breakdown`
-//! (session). Analytics come from the usage records written with each charge (the same commit
-//! as its transfers) and the daily aggregates retention keeps, bucketed in UTC.
+//! (session). Thin: the caller, the query parsed into typed values, then
+//! [`crate::services::usage`]; the JSON (or CSV) is shaped here.
 
 use crate::app::SharedState;
 use crate::auth::SessionUser;
-use crate::error::{internal, ApiError};
+use crate::error::ApiError;
 use crate::routes::PageQuery;
+use crate::services::usage::{self as service, bucket_start, group_key, parse_time, Choice, Totals};
+use crate::services::usage::{GroupBy, Interval, LedgerEntry, Metric};
+use crate::services::Paging;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use quota_core::AccountId;
-use quota_store::clock::{civil_from_days, days_from_civil, rfc3339};
-use quota_store::usage::{UsageAggregate, UsageFilter, UsageRecord, DAY_MS};
+use quota_store::clock::rfc3339;
+use quota_store::usage::{UsageFilter, UsageRecord, DAY_MS};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashSet};
 
 #[derive(Debug, Deserialize)]
 pub struct UsageQuery {
@@ -29,26 +30,6 @@ pub struct UsageQuery {
     pub format: Option<String>,
     pub limit: Option<String>,
     pub cursor: Option<String>,
-}
-
-/// `YYYY-MM-DD` (UTC midnight) or RFC 3339 → Unix ms.
-pub fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
-    let bad = || ApiError::bad_request(format!("{name} must be a date (YYYY-MM-DD) or an RFC 3339 time"));
-    let date = |d: &str| quota_core::calendar::parse_date(d).map(|days| days * DAY_MS);
-    if s.len() == 10 {
-        return date(s).ok_or_else(bad);
-    }
-    let (d, t) = s.split_once('T').ok_or_else(bad)?;
-    let day = date(d).ok_or_else(bad)?;
-    let t = t.strip_suffix('Z').ok_or_else(bad)?;
-    let mut parts = t.split(':');
-    let h: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let m: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let sec: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    if !(0..24).contains(&h) || !(0..60).contains(&m) || !(0.0..61.0).contains(&sec) {
-        return Err(bad());
-    }
-    Ok(day + (h * 3600 + m * 60) * 1000 + (sec * 1000.0).round() as i64)
 }
 
 /// The developer behind a session or an API key (for `GET /v1/usage`).
@@ -112,7 +93,7 @@ fn csv_row(r: &UsageRecord) -> String {
 }
 
 /// Rows per database read while streaming CSV.
-const CSV_CHUNK_ROWS: i64 = 1000;
+const CSV_CHUNK_ROWS: usize = 1000;
 
 /// `GET /v1/usage`.
 pub async fn usage(
@@ -141,33 +122,28 @@ pub async fn usage(
         Some(f) => return Err(ApiError::bad_request(format!("format `{f}` is not json or csv"))),
     }
     let page = PageQuery { limit: q.limit, cursor: q.cursor };
-    let (offset, limit) = page.parse()?;
-    let rows = state.store.usage_records(&filter, offset as i64, limit as i64 + 1).await.map_err(internal("usage"))?;
-    let next = (rows.len() > limit).then(|| crate::routes::cursor_at(offset + limit));
-    let data: Vec<Value> = rows.iter().take(limit).map(usage_json).collect();
-    Ok(Json(json!({"data": data, "next_cursor": next})).into_response())
+    let records = service::records(&state, &filter, page.paging()?).await?;
+    let data: Vec<Value> = records.items.iter().map(usage_json).collect();
+    Ok(Json(json!({"data": data, "next_cursor": records.next_cursor})).into_response())
 }
 
 /// Every matching record as CSV, read and sent a chunk at a time (never all in memory).
 fn csv_stream(state: SharedState, filter: UsageFilter) -> Response {
-    let chunks = futures::stream::unfold(Some(0i64), move |offset| {
+    let chunks = futures::stream::unfold(Some(0usize), move |offset| {
         let state = state.clone();
         let filter = filter.clone();
         async move {
             let offset = offset?;
             let mut out = if offset == 0 { CSV_HEADER.to_string() } else { String::new() };
-            match state.store.usage_records(&filter, offset, CSV_CHUNK_ROWS).await {
-                Ok(rows) => {
-                    for r in &rows {
+            match service::records(&state, &filter, Paging { offset, limit: CSV_CHUNK_ROWS }).await {
+                Ok(page) => {
+                    for r in &page.items {
                         out.push_str(&csv_row(r));
                     }
-                    let next = (rows.len() as i64 == CSV_CHUNK_ROWS).then_some(offset + CSV_CHUNK_ROWS);
+                    let next = page.next_cursor.is_some().then_some(offset + CSV_CHUNK_ROWS);
                     Some((Ok::<_, std::io::Error>(bytes::Bytes::from(out)), next))
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "usage CSV read failed");
-                    Some((Err(std::io::Error::other("usage read failed")), None))
-                }
+                Err(_) => Some((Err(std::io::Error::other("usage read failed")), None)),
             }
         }
     });
@@ -181,46 +157,30 @@ fn csv_stream(state: SharedState, filter: UsageFilter) -> Response {
         .into_response()
 }
 
+fn ledger_json(e: &LedgerEntry) -> Value {
+    let t = &e.transfer;
+    json!({
+        "id": t.id,
+        "object": "ledger_entry",
+        "from": t.from.to_string(),
+        "to": t.to.to_string(),
+        "amount": t.amount.get(),
+        "direction": e.direction.as_str(),
+        "kind": t.kind.as_str(),
+        "cause": t.cause,
+        "created_at": rfc3339(t.created_at_ms),
+    })
+}
+
 /// `GET /v1/ledger`: transfers touching the caller's wallet and earnings, newest first.
 pub async fn ledger(
     State(state): State<SharedState>,
     s: SessionUser,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (offset, limit) = page.parse()?;
-    let accounts = vec![
-        AccountId::wallet(&s.user.id).to_string(),
-        AccountId::EarningsPending(s.user.id.clone()).to_string(),
-        AccountId::EarningsAvailable(s.user.id.clone()).to_string(),
-    ];
-    let rows =
-        state.store.transfers_touching(&accounts, offset as i64, limit as i64 + 1).await.map_err(internal("ledger"))?;
-    let next = (rows.len() > limit).then(|| crate::routes::cursor_at(offset + limit));
-    let data: Vec<Value> = rows
-        .iter()
-        .take(limit)
-        .map(|t| {
-            let from = t.from.to_string();
-            let ours = |a: &String| accounts.contains(a);
-            let direction = match (ours(&from), ours(&t.to.to_string())) {
-                (true, true) => "internal",
-                (true, false) => "debit",
-                _ => "credit",
-            };
-            json!({
-                "id": t.id,
-                "object": "ledger_entry",
-                "from": from,
-                "to": t.to.to_string(),
-                "amount": t.amount.get(),
-                "direction": direction,
-                "kind": t.kind.as_str(),
-                "cause": t.cause,
-                "created_at": rfc3339(t.created_at_ms),
-            })
-        })
-        .collect();
-    Ok(Json(json!({"data": data, "next_cursor": next})))
+    let entries = service::ledger(&state, &s.user.id, page.paging()?).await?;
+    let data: Vec<Value> = entries.items.iter().map(ledger_json).collect();
+    Ok(Json(json!({"data": data, "next_cursor": entries.next_cursor})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,55 +193,15 @@ pub struct AnalyticsQuery {
     pub metric: Option<String>,
 }
 
-const METRICS: &[&str] = &["revenue", "cost", "profit", "users", "requests", "tokens"];
-
-/// Sums over some usage rows, from the developer's side: `revenue` is the markup credited to
-/// their earnings, `cost` what their own wallet paid (sandbox included), `profit` the
-/// difference, `users` distinct end-user wallets that paid, `requests`, `tokens` (in + out).
-#[derive(Default)]
-struct Totals {
-    revenue: i64,
-    cost: i64,
-    users: HashSet<String>,
-    requests: i64,
-    tokens: i64,
-}
-
-impl Totals {
-    fn add(&mut self, r: &UsageAggregate, own_wallet: &str) {
-        if !r.sandbox {
-            self.revenue += r.markup;
-        }
-        if r.payer_account == own_wallet {
-            self.cost += r.total;
-        } else {
-            self.users.insert(r.payer_account.clone());
-        }
-        self.requests += r.requests;
-        self.tokens += r.tokens;
-    }
-
-    fn json(&self) -> Value {
-        json!({
-            "revenue": self.revenue,
-            "cost": self.cost,
-            "profit": self.revenue - self.cost,
-            "users": self.users.len(),
-            "requests": self.requests,
-            "tokens": self.tokens,
-        })
-    }
-
-    fn metric(&self, m: &str) -> i64 {
-        match m {
-            "cost" => self.cost,
-            "profit" => self.revenue - self.cost,
-            "users" => self.users.len() as i64,
-            "requests" => self.requests,
-            "tokens" => self.tokens,
-            _ => self.revenue,
-        }
-    }
+fn totals_json(t: &Totals) -> Value {
+    json!({
+        "revenue": t.revenue,
+        "cost": t.cost,
+        "profit": t.revenue - t.cost,
+        "users": t.users.len(),
+        "requests": t.requests,
+        "tokens": t.tokens,
+    })
 }
 
 /// `[start, end)` in ms from `startDate`/`endDate` (dates inclusive; default the last 30 days).
@@ -302,29 +222,14 @@ fn period(state: &SharedState, q: &AnalyticsQuery) -> Result<(i64, i64), ApiErro
     Ok((start, end))
 }
 
-/// Parameter `name`'s value, `default` when absent; refused unless one of `allowed`.
-fn choice(value: &Option<String>, name: &str, default: &str, allowed: &[&str]) -> Result<String, ApiError> {
-    let v = value.clone().unwrap_or_else(|| default.into());
-    if !allowed.contains(&v.as_str()) {
-        return Err(ApiError::bad_request(format!("{name} must be one of {}", allowed.join(", "))));
+/// Parameter `name`'s value, `default` when absent; refused unless one of `C`'s names.
+fn choice<C: Choice>(value: &Option<String>, name: &str, default: C) -> Result<C, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) => {
+            C::parse(v).ok_or_else(|| ApiError::bad_request(format!("{name} must be one of {}", C::names().join(", "))))
+        }
     }
-    Ok(v)
-}
-
-/// The caller's usage in `[start, end)` summed into groups named by `group`.
-async fn grouped<K: Ord>(
-    state: &SharedState,
-    developer: &str,
-    (start, end): (i64, i64),
-    group: impl Fn(&UsageAggregate) -> K,
-) -> Result<BTreeMap<K, Totals>, ApiError> {
-    let rows = state.store.usage_aggregates(developer, start, end).await.map_err(internal("analytics"))?;
-    let own = AccountId::wallet(developer).to_string();
-    let mut groups: BTreeMap<K, Totals> = BTreeMap::new();
-    for r in rows {
-        groups.entry(group(&r)).or_default().add(&r, &own);
-    }
-    Ok(groups)
 }
 
 fn period_json(start: i64, end: i64) -> Value {
@@ -338,23 +243,8 @@ pub async fn summary(
     Query(q): Query<AnalyticsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (start, end) = period(&state, &q)?;
-    let t = grouped(&state, &s.user.id, (start, end), |_| ()).await?.remove(&()).unwrap_or_default();
-    Ok(Json(json!({"summary": t.json(), "period": period_json(start, end)})))
-}
-
-/// The start (ms) of the UTC `interval` bucket holding `at`; weeks start on Monday.
-pub fn bucket_start(at: i64, interval: &str) -> i64 {
-    let day = at.div_euclid(DAY_MS);
-    match interval {
-        "hour" => at.div_euclid(3_600_000) * 3_600_000,
-        // 1970-01-01 was a Thursday: day 4 of a Monday-based week (0 = Monday).
-        "week" => (day - (day + 3).rem_euclid(7)) * DAY_MS,
-        "month" => {
-            let (y, m, _) = civil_from_days(day);
-            days_from_civil(y, m, 1) * DAY_MS
-        }
-        _ => day * DAY_MS,
-    }
+    let t = service::grouped(&state, &s.user.id, (start, end), |_| ()).await?.remove(&()).unwrap_or_default();
+    Ok(Json(json!({"summary": totals_json(&t), "period": period_json(start, end)})))
 }
 
 /// `GET /developers/analytics/timeseries`: one bucket per interval that has usage.
@@ -364,19 +254,20 @@ pub async fn timeseries(
     Query(q): Query<AnalyticsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (start, end) = period(&state, &q)?;
-    let metric = choice(&q.metric, "metric", "revenue", METRICS)?;
-    let interval = choice(&q.interval, "interval", "day", &["hour", "day", "week", "month"])?;
-    let buckets = grouped(&state, &s.user.id, (start, end), |r| bucket_start(r.at, &interval)).await?;
+    let metric = choice(&q.metric, "metric", Metric::Revenue)?;
+    let interval = choice(&q.interval, "interval", Interval::Day)?;
+    let buckets = service::grouped(&state, &s.user.id, (start, end), |r| bucket_start(r.at, interval)).await?;
     let data: Vec<Value> = buckets
         .iter()
         .map(|(at, t)| {
-            let mut v = t.json();
+            let mut v = totals_json(t);
             v["start"] = Value::String(rfc3339(*at));
-            v["value"] = Value::from(t.metric(&metric));
+            v["value"] = Value::from(t.metric(metric));
             v
         })
         .collect();
-    Ok(Json(json!({"metric": metric, "interval": interval, "data": data, "period": period_json(start, end)})))
+    let period = period_json(start, end);
+    Ok(Json(json!({"metric": metric.as_str(), "interval": interval.as_str(), "data": data, "period": period})))
 }
 
 /// `GET /developers/analytics/breakdown`: rows by model, user (paying wallet), app or key,
@@ -387,45 +278,27 @@ pub async fn breakdown(
     Query(q): Query<AnalyticsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (start, end) = period(&state, &q)?;
-    let metric = choice(&q.metric, "metric", "revenue", METRICS)?;
-    let group_by = choice(&q.group_by, "groupBy", "model", &["model", "user", "app", "key"])?;
-    let key = |r: &UsageAggregate| -> String {
-        match group_by.as_str() {
-            "user" => r.payer_account.strip_prefix("wallet:").unwrap_or(&r.payer_account).to_string(),
-            "app" => r.app_id.clone(),
-            "key" => r.key_id.clone(),
-            _ => r.model.clone(),
-        }
-    };
-    let groups = grouped(&state, &s.user.id, (start, end), key).await?;
+    let metric = choice(&q.metric, "metric", Metric::Revenue)?;
+    let group_by = choice(&q.group_by, "groupBy", GroupBy::Model)?;
+    let groups = service::grouped(&state, &s.user.id, (start, end), |r| group_key(r, group_by)).await?;
     let mut data: Vec<(i64, Value)> = groups
         .iter()
         .map(|(k, t)| {
-            let mut v = t.json();
+            let mut v = totals_json(t);
             v["key"] = if k.is_empty() { Value::Null } else { Value::String(k.clone()) };
-            v["value"] = Value::from(t.metric(&metric));
-            (t.metric(&metric), v)
+            v["value"] = Value::from(t.metric(metric));
+            (t.metric(metric), v)
         })
         .collect();
     data.sort_by_key(|d| std::cmp::Reverse(d.0));
     let data: Vec<Value> = data.into_iter().map(|(_, v)| v).collect();
-    Ok(Json(json!({"metric": metric, "groupBy": group_by, "data": data, "period": period_json(start, end)})))
+    let period = period_json(start, end);
+    Ok(Json(json!({"metric": metric.as_str(), "groupBy": group_by.as_str(), "data": data, "period": period})))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_fall_on_utc_boundaries() {
-        let t = parse_time("t", "2024-03-03T23:59:59Z").unwrap(); // a Sunday
-        assert_eq!(rfc3339(bucket_start(t, "day")), "2024-03-03T00:00:00.000Z");
-        assert_eq!(rfc3339(bucket_start(t, "week")), "2024-02-26T00:00:00.000Z");
-        assert_eq!(rfc3339(bucket_start(t, "month")), "2024-03-01T00:00:00.000Z");
-        assert_eq!(rfc3339(bucket_start(t, "hour")), "2024-03-03T23:00:00.000Z");
-        let monday = parse_time("t", "2024-03-04").unwrap();
-        assert_eq!(bucket_start(monday, "week"), monday);
-    }
 
     #[test]
     fn csv_fields_are_quoted_and_defused() {

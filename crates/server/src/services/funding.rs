@@ -4,6 +4,7 @@
 //! `balance.updated` event committed in the same transaction.
 
 use crate::app::SharedState;
+use crate::webhooks::EventKind;
 use quota_core::{Credits, TransferKind};
 use quota_store::ledger::Committed;
 use quota_store::oauth::App;
@@ -27,7 +28,7 @@ pub struct Funding<'a> {
 pub async fn fund_user(state: &SharedState, f: Funding<'_>) -> Result<Committed, LedgerError> {
     let now = state.clock.now_ms();
     let event = OutboxEvent::new(
-        "balance.updated",
+        EventKind::BalanceUpdated.as_str(),
         f.developer_id,
         json!({
             "user_id": f.user_id,

@@ -1,0 +1,101 @@
+//! The in-memory directory of live webhook endpoints, by developer: what the request path
+//! consults to decide, without a database read, which events a charge adds to its settlement
+//! (DESIGN §1 *record*). Reloaded on every change made on this instance and every few seconds
+//! by the worker (other instances' changes). Not here: the endpoint rows
+//! (`quota_store::webhooks`), writing or sending events.
+
+use super::EventKind;
+use crate::auth::Principal;
+use parking_lot::RwLock;
+use quota_store::usage::UsageRecord;
+use quota_store::{LowBalanceWatch, OutboxEvent};
+use serde_json::json;
+use std::collections::HashMap;
+
+/// Which kinds an endpoint wants.
+#[derive(Debug, Clone)]
+enum Wants {
+    /// It subscribed to every kind (an empty stored list).
+    All,
+    /// Only these (a stored name this build does not know is left out).
+    Only(Vec<EventKind>),
+}
+
+/// What the request path needs to know about one endpoint.
+#[derive(Debug, Clone)]
+struct Subscription {
+    id: String,
+    wants: Wants,
+    low_balance_threshold: Option<i64>,
+}
+
+impl Subscription {
+    fn wants(&self, kind: EventKind) -> bool {
+        match &self.wants {
+            Wants::All => true,
+            Wants::Only(kinds) => kinds.contains(&kind),
+        }
+    }
+}
+
+/// Live endpoints by developer, in memory.
+#[derive(Default)]
+pub struct Directory {
+    by_developer: RwLock<HashMap<String, Vec<Subscription>>>,
+}
+
+impl Directory {
+    pub async fn reload(&self, store: &quota_store::Store) -> Result<(), quota_store::StoreError> {
+        let live = store.live_webhook_endpoints().await?;
+        let mut map: HashMap<String, Vec<Subscription>> = HashMap::new();
+        for e in live {
+            let wants = if e.events.is_empty() {
+                Wants::All
+            } else {
+                Wants::Only(e.events.iter().filter_map(|name| name.parse().ok()).collect())
+            };
+            map.entry(e.developer_id.clone()).or_default().push(Subscription {
+                id: e.id,
+                wants,
+                low_balance_threshold: e.low_balance_threshold,
+            });
+        }
+        *self.by_developer.write() = map;
+        Ok(())
+    }
+
+    /// What a charge adds to its settlement for the outbox (DESIGN §1 *record*): if any
+    /// endpoint wants `usage.completed`, the usage record is marked as owing that event (an id
+    /// in [`UsageRecord::pending_event`]: the worker writes the event, the record as its data,
+    /// off the request path); and a `balance.low` watch per endpoint with a threshold, on the
+    /// payer's wallet. Nothing when the developer has no endpoint.
+    pub fn settlement_events(&self, principal: &Principal, record: &mut UsageRecord) -> Vec<LowBalanceWatch> {
+        let dir = self.by_developer.read();
+        let Some(subs) = dir.get(&principal.developer_id) else {
+            return Vec::new();
+        };
+        let sandbox = principal.sandbox();
+        if subs.iter().any(|s| s.wants(EventKind::UsageCompleted)) {
+            record.pending_event = Some(OutboxEvent::new_id());
+        }
+        let mut watches = Vec::new();
+        for s in subs.iter().filter(|s| s.wants(EventKind::BalanceLow)) {
+            let Some(threshold) = s.low_balance_threshold else { continue };
+            let mut e = OutboxEvent::new(
+                EventKind::BalanceLow.as_str(),
+                &principal.developer_id,
+                json!({
+                    "account": principal.payer.to_string(),
+                    "user_id": principal.user_id.clone().unwrap_or_else(|| principal.developer_id.clone()),
+                    "app_id": principal.app_id,
+                    "request_id": record.id,
+                }),
+                record.created_at,
+            );
+            e.sandbox = sandbox;
+            e.endpoint_id = Some(s.id.clone());
+            watches.push(LowBalanceWatch { account: principal.payer.clone(), threshold, event: e });
+        }
+        watches
+    }
+}

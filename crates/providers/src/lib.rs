@@ -10,6 +10,7 @@
 //! extraction, and the provider's errors mapped to [`UpstreamError`].
 
 pub mod anthropic;
+pub mod count_tokens;
 pub mod embeddings;
 pub mod google;
 pub mod http;

@@ -9,6 +9,7 @@ use axum::routing::{get, patch, post};
 use axum::Router;
 use quota_core::{Catalog, Model, Provider};
 use quota_providers::anthropic::{AnthropicAdapter, MessagesRequest};
+use quota_providers::count_tokens::TokenCounter;
 use quota_providers::embeddings::EmbedRequest;
 use quota_providers::google::{GenerateRequest, GoogleAdapter};
 use quota_providers::http::UpstreamConfig;
@@ -171,6 +172,24 @@ impl AppState {
         }
     }
 
+    /// Who counts `POST /v1/messages/count_tokens`: Anthropic, or the sandbox.
+    pub fn messages_counter(&self, sandbox: bool) -> Arc<dyn TokenCounter<MessagesRequest>> {
+        if sandbox {
+            self.sandbox.clone()
+        } else {
+            self.anthropic.clone()
+        }
+    }
+
+    /// Who counts Gemini's `:countTokens`: Google, or the sandbox.
+    pub fn gemini_counter(&self, sandbox: bool) -> Arc<dyn TokenCounter<GenerateRequest>> {
+        if sandbox {
+            self.sandbox.clone()
+        } else {
+            self.google.clone()
+        }
+    }
+
     /// The adapter behind `POST /v1/responses`: OpenAI, or the sandbox.
     pub fn responses_provider(&self, sandbox: bool) -> Arc<dyn NativeProvider<ResponsesRequest>> {
         if sandbox {
@@ -212,6 +231,7 @@ pub fn build_router(state: SharedState) -> Router {
         .merge(routes::payments_router())
         .merge(crate::dashboard::router())
         .route("/v1/messages", post(crate::gateway::routes::messages::messages))
+        .route("/v1/messages/count_tokens", post(crate::gateway::count_tokens::messages))
         .route("/v1/responses", post(crate::gateway::routes::responses::responses))
         .route("/v1/embeddings", post(crate::gateway::routes::embeddings::embeddings))
         // Gemini's API version is v1beta; the Google GenAI SDK's default is v1: both work.

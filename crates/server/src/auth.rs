@@ -139,6 +139,16 @@ pub async fn admit_with_scope(
     admit_request(state, headers, None, required).await
 }
 
+/// [`admit_with_scope`], also accepting the key as the `key` query parameter (Gemini's routes).
+pub async fn admit_with_key_param_and_scope(
+    state: &SharedState,
+    headers: &HeaderMap,
+    key_param: Option<&str>,
+    required: Scope,
+) -> Result<Principal, ApiError> {
+    admit_request(state, headers, key_param, required).await
+}
+
 fn invalid_token(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
 }

@@ -21,6 +21,7 @@ pub const DEFAULT_VERSION: &str = "2023-06-01";
 pub struct AnthropicAdapter {
     upstream: Upstream,
     url: String,
+    count_url: String,
 }
 
 impl AnthropicAdapter {
@@ -28,7 +29,8 @@ impl AnthropicAdapter {
     pub fn new(config: UpstreamConfig) -> Result<AnthropicAdapter, String> {
         let upstream = Upstream::new("anthropic", config)?;
         let url = upstream.url("/v1/messages");
-        Ok(AnthropicAdapter { upstream, url })
+        let count_url = upstream.url("/v1/messages/count_tokens");
+        Ok(AnthropicAdapter { upstream, url, count_url })
     }
 
     async fn post(
@@ -38,14 +40,36 @@ impl AnthropicAdapter {
         beta: Option<&str>,
         stream: bool,
     ) -> Result<crate::http::Answer, UpstreamError> {
+        self.post_to(&self.url, body, version, beta, stream).await
+    }
+
+    async fn post_to(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        version: &str,
+        beta: Option<&str>,
+        stream: bool,
+    ) -> Result<crate::http::Answer, UpstreamError> {
         let key = self.upstream.key()?;
         let (auth, version) = (("x-api-key", key), ("anthropic-version", version));
         match beta {
-            Some(beta) => {
-                self.upstream.post_json(&self.url, &[auth, version, ("anthropic-beta", beta)], body, stream).await
-            }
-            None => self.upstream.post_json(&self.url, &[auth, version], body, stream).await,
+            Some(beta) => self.upstream.post_json(url, &[auth, version, ("anthropic-beta", beta)], body, stream).await,
+            None => self.upstream.post_json(url, &[auth, version], body, stream).await,
         }
+    }
+}
+
+/// `POST /v1/messages/count_tokens`, forwarded (the fields a Messages request carries, as
+/// written; no `max_tokens`); Anthropic's `{"input_tokens"}` answer unchanged.
+#[async_trait::async_trait]
+impl crate::count_tokens::TokenCounter<MessagesRequest> for AnthropicAdapter {
+    async fn count_tokens(&self, call: NativeCall<'_, MessagesRequest>) -> Result<Bytes, UpstreamError> {
+        let fields = ["messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"];
+        let body = crate::json::forward_fields(call.raw, Some(&call.model.upstream_id), &fields, b"")
+            .map_err(UpstreamError::InvalidRequest)?;
+        let version = call.version.unwrap_or(DEFAULT_VERSION);
+        self.post_to(&self.count_url, body, version, call.beta, false).await?.body().await
     }
 }
 

@@ -70,6 +70,16 @@ impl NativeProvider<EmbedRequest> for GoogleAdapter {
     }
 }
 
+/// `:countTokens`, forwarded (the client's body unchanged); Google's `{"totalTokens"}` answer.
+#[async_trait::async_trait]
+impl crate::count_tokens::TokenCounter<GenerateRequest> for GoogleAdapter {
+    async fn count_tokens(&self, call: NativeCall<'_, GenerateRequest>) -> Result<Bytes, UpstreamError> {
+        let key = self.upstream.key()?;
+        let url = self.upstream.url(&format!("/v1beta/models/{}:countTokens", call.model.upstream_id));
+        self.upstream.post_json(&url, &[("x-goog-api-key", key)], call.raw.to_vec(), false).await?.body().await
+    }
+}
+
 fn prompt_estimate(raw: &[u8], model: &Model) -> u64 {
     estimate_prompt_tokens(raw).min(model.context_window)
 }

@@ -11,6 +11,8 @@ mod openai;
 mod responses;
 mod synth;
 
+pub use anthropic::prompt_tokens as anthropic_prompt_tokens;
+pub use gemini::prompt_tokens as gemini_prompt_tokens;
 pub use synth::{fnv1a, plan, Plan, PlannedOutput};
 
 use crate::{Fault, Meter, UpstreamError};

@@ -22,6 +22,7 @@
 //! headers applied — is in [`pipeline`] too. Streams run phases 8–10 from
 //! [`stream::billed_stream`], including when the client leaves.
 
+pub mod count_tokens;
 pub mod idempotency;
 pub mod inbound;
 pub mod pipeline;

@@ -46,7 +46,16 @@ pub type FakeAnthropic = FakeServer<Script, (HeaderMap, Value)>;
 
 impl FakeAnthropic {
     pub async fn start() -> FakeAnthropic {
-        FakeServer::serve(|fake| Router::new().route("/v1/messages", post(handle)).with_state(fake), "").await
+        FakeServer::serve(
+            |fake| {
+                Router::new()
+                    .route("/v1/messages", post(handle))
+                    .route("/v1/messages/count_tokens", post(count_tokens))
+                    .with_state(fake)
+            },
+            "",
+        )
+        .await
     }
 }
 
@@ -115,6 +124,21 @@ fn sse(events: Vec<Bytes>) -> Response {
     let s = futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>));
     ([("content-type", "text/event-stream; charset=utf-8")], Body::from_stream(s)).into_response()
 }
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens"}`, the scripted answer's input count.
+async fn count_tokens(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    fake.record((headers, v));
+    let input = match fake.script_or(Script::Answer { content: vec![], stop_reason: "end_turn", usage: DEFAULT_USAGE })
+    {
+        Script::Answer { usage, .. } | Script::GatedStream { usage } => usage.input,
+        _ => 0,
+    };
+    ([("content-type", "application/json")], json!({"input_tokens": input}).to_string()).into_response()
+}
+
+const DEFAULT_USAGE: AnthropicUsage =
+    AnthropicUsage { input: 10, cache_read: 0, cache_write: 0, output: 5, cache_write_1h: 0 };
 
 async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);

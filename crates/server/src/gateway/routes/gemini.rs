@@ -40,6 +40,7 @@ pub async fn generate_content(
         match action {
             "embedContent" => return super::embeddings::gemini_embed(model_id, false, query.key, inbound).await,
             "batchEmbedContents" => return super::embeddings::gemini_embed(model_id, true, query.key, inbound).await,
+            "countTokens" => return crate::gateway::count_tokens::gemini(model_id, query.key, inbound).await,
             _ => {}
         }
     }

@@ -355,3 +355,26 @@ async fn an_idempotency_key_names_the_model_in_the_path_too() {
     assert_eq!(up.calls(), 1);
     assert_eq!(s.stored_balance(&user).await, before - first["quota"]["credits_used"].as_i64().unwrap());
 }
+
+/// Golden cost of a Gemini 3 Pro request over the 200k long-context threshold (SPEC §4.1): the
+/// tier's prices ($4 in, $0.40 cached, $18 out per 1M) apply to the whole request.
+/// 210,000 in + 50,000 cached + 1,000 out (incl. 200 thinking) = 840,000 + 20,000 + 18,000.
+#[tokio::test]
+async fn a_gemini_3_pro_request_over_200k_is_charged_the_long_context_tier_on_everything() {
+    let (s, up, user, key, before) = proxied_developer().await;
+    s.credit(&user, 5_000_000).await;
+    let before = before + 5_000_000;
+    up.script(Script::Answer {
+        parts: vec![json!({"text": "Summary."})],
+        finish: "STOP",
+        usage: GeminiUsage { prompt: 260_000, cached: 50_000, candidates: 800, thoughts: 200 },
+    });
+    // A prompt whose bound (a byte per token) covers the 260,000 tokens reported.
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "long ".repeat(53_000)}]}],
+        "generationConfig": {"maxOutputTokens": 2000}});
+    let r = generate(&s, &key, "/v1beta/models/gemini-3-pro-preview:generateContent", &body).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["quota"]["credits_used"], 878_000);
+    assert_eq!(s.stored_balance(&user).await, before - 878_000);
+}

@@ -197,3 +197,27 @@ fn body_for_estimate() -> Value {
     body["stream"] = json!(true);
     body
 }
+
+/// A GPT-5 reasoning request (SPEC §3.1b, §4.1): the client's `max_tokens` goes upstream as
+/// `max_completion_tokens`, refused sampling parameters are dropped, and the reasoning tokens
+/// inside `completion_tokens` are billed as output: 800 in ($1.25) + 200 cached ($0.125) + 600
+/// out incl. 500 reasoning ($10) per 1M = 1,000 + 25 + 6,000 = 7,025 credits.
+#[tokio::test]
+async fn a_gpt_5_reasoning_request_is_translated_and_its_reasoning_tokens_billed_as_output() {
+    let (s, up) = proxied().await;
+    let (user, _, key) = s.developer("developer").await;
+    let before = s.balance(&user).await;
+    up.script(Script::Complete { prompt: 1000, cached: 200, completion: 600, text: "42".into() });
+    let mut body = simple_chat(&common::prompt_of(1000), 700);
+    body["model"] = json!("gpt-5");
+    body["temperature"] = json!(0.2);
+    body["top_p"] = json!(0.9);
+    body["reasoning_effort"] = json!("high");
+    let v: Value = s.chat(&key, body).await.json().await.unwrap();
+    let (_, sent) = up.last_request();
+    assert_eq!(sent["max_completion_tokens"], 700);
+    assert!(sent.get("max_tokens").is_none() && sent.get("temperature").is_none() && sent.get("top_p").is_none());
+    assert_eq!(sent["reasoning_effort"], "high");
+    assert_eq!(v["quota"]["credits_used"], 7_025);
+    assert_eq!(s.stored_balance(&user).await, before - 7_025);
+}

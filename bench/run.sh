@@ -255,6 +255,7 @@ printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say he
 # max_tokens covers the 64 streamed tokens, so the reservation is never overshot.
 printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":128,"stream":true,"stream_options":{"include_usage":true}}' >"$TMP/stream.json"
 printf '%s' '{"model":"anthropic/claude-haiku-4.5","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16}' >"$TMP/anthropic.json"
+printf '%s' '{"model":"gpt-4o-mini","input":[{"role":"user","content":"Say hello to the benchmark."}],"max_output_tokens":16}' >"$TMP/responses.json"
 printf '%s' '{"model":"anthropic/claude-haiku-4.5","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":128,"stream":true}' >"$TMP/stream-anthropic.json"
 
 # One request per mode before the load, so a broken mode fails here with its answer shown.
@@ -306,6 +307,10 @@ done
 after_sandbox="$(mock_completions)"
 for c in $CONNECTIONS; do
 	run_row anthropic "$c" "$DURATION" "$QUOTA/v1/chat/completions" "$TMP/anthropic.json" \
+		--header "Authorization: Bearer $DEV_KEY" "${WATCH[@]}"
+done
+for c in $CONNECTIONS; do
+	run_row responses "$c" "$DURATION" "$QUOTA/v1/responses" "$TMP/responses.json" \
 		--header "Authorization: Bearer $DEV_KEY" "${WATCH[@]}"
 done
 

@@ -116,6 +116,25 @@ impl SseFrames {
     }
 }
 
+/// The non-streaming Responses API `response` body (OpenAI's wire format), with the same text
+/// and usage as [`completion_body`].
+pub fn response_body() -> Bytes {
+    let body = json!({
+        "id": "resp_bench0000000000000000000001",
+        "object": "response",
+        "created_at": CREATED,
+        "status": "completed",
+        "model": MOCK_MODEL,
+        "output": [{"type": "message", "id": "msg_bench01", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "Hello! This is the Quota bench mock.", "annotations": []}]}],
+        "usage": {"input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens": COMPLETION_TOKENS, "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS},
+        "parallel_tool_calls": true, "tool_choice": "auto", "tools": [], "error": null
+    });
+    Bytes::from(body.to_string())
+}
+
 /// Anthropic's non-streaming `message` body (Messages API wire format).
 pub fn anthropic_message_body() -> Bytes {
     let body = json!({

@@ -64,6 +64,7 @@ fn load(spec: &str) -> Result<Row> {
         "proxy-pg",
         "sandbox",
         "anthropic",
+        "responses",
         "sandbox-webhooks",
         "stream-direct",
         "stream-proxy",
@@ -82,7 +83,7 @@ fn load(spec: &str) -> Result<Row> {
 
 fn baseline_kind(kind: &str) -> Option<&'static str> {
     match kind {
-        "proxy" | "proxy-pg" | "sandbox" | "anthropic" | "sandbox-webhooks" => Some("direct"),
+        "proxy" | "proxy-pg" | "sandbox" | "anthropic" | "responses" | "sandbox-webhooks" => Some("direct"),
         "stream-proxy" | "stream-anthropic" => Some("stream-direct"),
         _ => None,
     }

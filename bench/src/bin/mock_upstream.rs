@@ -6,6 +6,7 @@
 //! `stream_options.include_usage`, then `data: [DONE]`. Requests without an `Authorization` header
 //! get OpenAI's 401, so a gateway that forgets the provider key fails loudly. `GET /stats` returns
 //! how many completions were served (the bench uses it to prove proxy mode reached the upstream).
+//! `POST /v1/responses` answers a fixed Responses API `response` the same way (non-streaming).
 //! `POST /hook` is a webhook receiver: it reads the body, answers 200 and counts deliveries with
 //! the first and last arrival times (`hooks`, `hooks_first_us`, `hooks_last_us` in `/stats`).
 //!
@@ -31,7 +32,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use quota_bench::mock::{anthropic_message_body, completion_body, json_flag_is_true, SseFrames};
+use quota_bench::mock::{anthropic_message_body, completion_body, json_flag_is_true, response_body, SseFrames};
 use tokio::net::TcpListener;
 use tokio::time::Sleep;
 
@@ -60,6 +61,7 @@ struct Args {
 
 struct State {
     completion: Bytes,
+    response: Bytes,
     sse: Arc<SseFrames>,
     message: Bytes,
     anthropic_sse: Arc<SseFrames>,
@@ -92,6 +94,7 @@ async fn serve(args: Args) -> Result<()> {
     let port = listener.local_addr().context("local address")?.port();
     let state = Arc::new(State {
         completion: completion_body(),
+        response: response_body(),
         sse: Arc::new(SseFrames::new(args.chunks)),
         message: anthropic_message_body(),
         anthropic_sse: Arc::new(SseFrames::anthropic(args.chunks)),
@@ -147,6 +150,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     let response = match (req.method(), path) {
         (&Method::POST, "/v1/chat/completions") => chat_completions(&state, req).await,
         (&Method::POST, "/v1/messages") => messages(&state, req).await,
+        (&Method::POST, "/v1/responses") => responses(&state, req).await,
         (&Method::POST, "/hook") => hook(&state, req).await,
         (&Method::GET, "/stats") => json_response(
             StatusCode::OK,
@@ -170,6 +174,14 @@ async fn chat_completions(state: &State, req: Request<Incoming>) -> Response<Moc
         return openai_error(StatusCode::UNAUTHORIZED, "You didn't provide an API key.", "invalid_request_error");
     }
     answer(state, req, &state.completion, &state.sse).await
+}
+
+/// OpenAI's Responses API (non-streaming in the bench).
+async fn responses(state: &State, req: Request<Incoming>) -> Response<MockBody> {
+    if !req.headers().contains_key(AUTHORIZATION) {
+        return openai_error(StatusCode::UNAUTHORIZED, "You didn't provide an API key.", "invalid_request_error");
+    }
+    answer(state, req, &state.response, &state.sse).await
 }
 
 /// Anthropic's Messages API: the key comes in `x-api-key`.

@@ -150,7 +150,7 @@ async fn stream_generate_content_without_alt_sse_is_a_400() {
     let (s, up, _, key, _) = proxied_developer().await;
     let r = generate(&s, &key, "/v1beta/models/gemini-2.5-flash:streamGenerateContent", &hello()).await;
     expect_error(r, 400, "bad_request").await;
-    let r = generate(&s, &key, "/v1beta/models/gemini-2.5-flash:countTokens", &hello()).await;
+    let r = generate(&s, &key, "/v1beta/models/gemini-2.5-flash:predictLongRunning", &hello()).await;
     expect_error(r, 404, "not_found").await;
     assert_eq!(up.calls(), 0);
 }

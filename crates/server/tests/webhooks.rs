@@ -229,8 +229,11 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
         assert_eq!(s.chat(&key, simple_chat("hi", 4)).await.status(), 200);
         let n = rx.count();
         rx.wait_for(n + 1).await;
+        // Poll until every attempt received is recorded (bounded at 60 s, then a clear failure:
+        // never a guess that it probably happened).
         let mut status = Value::Null;
-        for _ in 0..500 {
+        let mut recorded_all = false;
+        for _ in 0..6_000 {
             let recorded: i64 = quota_store::on_pool!(s.state.store.pool(), |p| sqlx::query_scalar(
                 "SELECT COUNT(*) FROM webhook_attempts"
             )
@@ -239,10 +242,12 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
             .unwrap());
             status = s.get_json(&format!("/v1/webhooks/{id}"), &session).await["status"].clone();
             if recorded as usize >= rx.count() {
+                recorded_all = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert!(recorded_all, "the worker never recorded the attempts it made");
         if status == "disabled" {
             break;
         }

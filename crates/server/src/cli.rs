@@ -48,11 +48,23 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
-    /// Payout commands (SPEC §10.3).
+    /// Pay developers their earnings through Stripe Connect.
     Payouts {
         #[command(subcommand)]
         command: PayoutsCommand,
     },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (file, then QUOTA_* variables) as TOML, secrets masked.
+    /// Exit 1 when it is invalid (an unknown key, a bad value), with the reason.
+    Check,
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,8 +124,12 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 
 /// Run a parsed command line. Returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let command = match cli.command {
+        Command::Config { command: ConfigCommand::Check } => return Ok(config_check(cli.config.as_deref())),
+        other => other,
+    };
     let mut config = Config::load(cli.config.as_deref()).map_err(anyhow::Error::msg)?;
-    match cli.command {
+    match command {
         Command::Serve { port, bind } => {
             if let Some(p) = port {
                 config.port = p;
@@ -131,6 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Admin { command } => admin(&config, command).await,
+        Command::Config { .. } => Ok(config_check(cli.config.as_deref())),
         Command::Payouts { command: PayoutsCommand::Run { date } } => {
             init_tracing(&config);
             // This process runs one batch, not the schedule.
@@ -160,6 +177,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 eprintln!("ledger verification FAILED");
                 Ok(1)
             }
+        }
+    }
+}
+
+/// `quota config check`: the effective configuration, masked, on stdout; exit 0, or 1 with the
+/// reason on stderr.
+fn config_check(file: Option<&std::path::Path>) -> i32 {
+    match Config::load(file).and_then(|c| crate::config::masked_toml(&c)) {
+        Ok(text) => {
+            println!("# the effective configuration (secrets masked)\n{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("configuration invalid: {e}");
+            1
         }
     }
 }

@@ -93,8 +93,13 @@ pub enum AdminCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum LedgerCommand {
-    /// Recompute every balance from the transfers; check Σ = 0. Exit 1 on any mismatch.
-    Verify,
+    /// Recompute every balance from the transfers and check that they add up to zero, that no
+    /// wallet is negative and that every cached balance is right. Exit 1 on any mismatch.
+    Verify {
+        /// Print only the report as one JSON object (with `"ok": true|false`), for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_tracing(config: &Config) {
@@ -163,9 +168,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(if report.errors == 0 { 0 } else { 1 })
         }
-        Command::Ledger { command: LedgerCommand::Verify } => {
+        Command::Ledger { command: LedgerCommand::Verify { json } } => {
             let store = open_store(&config).await?;
             let report = store.verify_ledger().await?;
+            if json {
+                let mut out = serde_json::to_value(&report)?;
+                out["ok"] = serde_json::Value::Bool(report.ok());
+                println!("{out}");
+                return Ok(if report.ok() { 0 } else { 1 });
+            }
             println!("{}", serde_json::to_string_pretty(&report)?);
             if report.ok() {
                 println!(

@@ -80,3 +80,85 @@ async fn a_secret_from_a_file_is_the_one_the_server_uses() {
     assert_eq!(get("Bearer scrape-from-file-0123").await.unwrap().status(), 200, "the newline is trimmed");
     assert_eq!(get("Bearer wrong").await.unwrap().status(), 401);
 }
+
+#[tokio::test]
+async fn ledger_verify_json_is_one_object_with_the_same_exit_codes() {
+    let db = Db::fresh().await;
+    assert!(process::cli(&db, &["admin", "create-account", "a@example.com", "--password", "long enough"])
+        .status
+        .success());
+    let out = process::cli(&db, &["ledger", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["sum_of_balances"], 0);
+    assert!(report["transfers"].as_u64().unwrap() >= 1, "the welcome credit: {report}");
+    // A cached balance that disagrees with the transfers: exit 1, and the report says which.
+    let store = db.store().await;
+    quota_store::on_pool!(store.pool(), |p| {
+        sqlx::query("UPDATE accounts SET balance = balance + 7 WHERE id LIKE 'wallet:%'")
+            .execute(p)
+            .await
+            .unwrap()
+            .rows_affected()
+    });
+    let out = process::cli(&db, &["ledger", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["mismatches"].as_array().unwrap().len(), 1, "{report}");
+}
+
+/// The ids of one `/v1/usage` page and its `next_cursor`.
+async fn usage_page(s: &common::TestServer, session: &str, query: &str) -> (Vec<String>, Option<String>) {
+    let page = s.get_json(&format!("/v1/usage?{query}"), session).await;
+    let ids = page["data"].as_array().unwrap_or_else(|| panic!("{page}")).iter();
+    let ids = ids.map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    (ids, page["next_cursor"].as_str().map(str::to_string))
+}
+
+#[tokio::test]
+async fn usage_cursor_pages_do_not_shift_when_new_records_arrive() {
+    let s = common::TestServer::start().await;
+    let (_, session, key) = s.developer("test").await;
+    let chat = || s.chat(&key, common::simple_chat("hi", 5));
+    for _ in 0..5 {
+        assert_eq!(chat().await.status(), 200);
+    }
+    let (all, none) = usage_page(&s, &session, "limit=50").await;
+    assert_eq!((all.len(), none), (5, None));
+    let (first, cursor) = usage_page(&s, &session, "limit=2").await;
+    assert_eq!(first, all[..2]);
+    // Three newer records: an offset would now repeat all[1] and skip; a keyset page does not.
+    for _ in 0..3 {
+        assert_eq!(chat().await.status(), 200);
+    }
+    let (second, cursor) = usage_page(&s, &session, &format!("limit=2&cursor={}", cursor.unwrap())).await;
+    assert_eq!(second, all[2..4]);
+    let (third, cursor) = usage_page(&s, &session, &format!("limit=2&cursor={}", cursor.unwrap())).await;
+    assert_eq!((third.as_slice(), cursor), (&all[4..], None));
+    // An offset cursor from before keyset pages still works (`o:2`).
+    let (by_offset, _) = usage_page(&s, &session, "limit=2&cursor=bzoy").await;
+    assert_eq!(by_offset.len(), 2);
+    let bad = s.http.get(s.url("/v1/usage?cursor=%%%")).bearer_auth(&session).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn usage_time_filters_take_rfc3339_offsets() {
+    let s = common::TestServer::start().await;
+    let (_, session, key) = s.developer("test").await;
+    assert_eq!(s.chat(&key, common::simple_chat("hi", 5)).await.status(), 200);
+    let count = |query: &'static str| {
+        let s = &s;
+        let session = &session;
+        async move {
+            let page = s.get_json(&format!("/v1/usage?{query}"), session).await;
+            page["data"].as_array().unwrap_or_else(|| panic!("{query}: {page}")).len()
+        }
+    };
+    assert_eq!(count("from=2000-01-01T00:00:00%2B00:00").await, 1);
+    assert_eq!(count("from=2000-01-01T02:00:00%2B02:00").await, 1);
+    assert_eq!(count("to=2000-01-01T00:00:00-05:00").await, 0);
+    assert_eq!(count("from=2999-01-01T00:00:00%2B02:00").await, 0);
+}

@@ -38,17 +38,12 @@ pub fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
     if s.len() == 10 {
         return date(s).ok_or_else(bad);
     }
-    let (d, t) = s.split_once('T').ok_or_else(bad)?;
-    let day = date(d).ok_or_else(bad)?;
-    let t = t.strip_suffix('Z').ok_or_else(bad)?;
-    let mut parts = t.split(':');
-    let h: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let m: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let sec: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    if !(0..24).contains(&h) || !(0..60).contains(&m) || !(0.0..61.0).contains(&sec) {
-        return Err(bad());
-    }
-    Ok(day + (h * 3600 + m * 60) * 1000 + (sec * 1000.0).round() as i64)
+    // An unencoded `+` in a query string arrives as a space: `…T10:00:00 02:00` meant `+02:00`.
+    let s = match s.get(19..).and_then(|tail| tail.find(' ')) {
+        Some(i) => std::borrow::Cow::Owned(format!("{}+{}", &s[..19 + i], &s[19 + i + 1..])),
+        None => std::borrow::Cow::Borrowed(s),
+    };
+    quota_core::calendar::parse_rfc3339(&s).ok_or_else(bad)
 }
 
 /// The developer behind a session or an API key (for `GET /v1/usage`).
@@ -140,28 +135,43 @@ pub async fn usage(
         Some("csv") => return Ok(csv_stream(state, filter)),
         Some(f) => return Err(ApiError::bad_request(format!("format `{f}` is not json or csv"))),
     }
-    let page = PageQuery { limit: q.limit, cursor: q.cursor };
+    // Keyset pages (`next_cursor` names the last record shown); an offset cursor from an older
+    // `next_cursor` still works.
+    let keyset = q.cursor.as_deref().and_then(crate::routes::parse_keyset_cursor);
+    let page = PageQuery { limit: q.limit, cursor: if keyset.is_some() { None } else { q.cursor } };
     let (offset, limit) = page.parse()?;
-    let rows = state.store.usage_records(&filter, offset as i64, limit as i64 + 1).await.map_err(internal("usage"))?;
-    let next = (rows.len() > limit).then(|| crate::routes::cursor_at(offset + limit));
+    let rows = if offset > 0 {
+        state.store.usage_records(&filter, offset as i64, limit as i64 + 1).await
+    } else {
+        let after = keyset.as_ref().map(|(at, id)| (*at, id.as_str()));
+        state.store.usage_records_after(&filter, after, limit as i64 + 1).await
+    }
+    .map_err(internal("usage"))?;
+    let next =
+        (rows.len() > limit).then(|| crate::routes::keyset_cursor(rows[limit - 1].created_at, &rows[limit - 1].id));
     let data: Vec<Value> = rows.iter().take(limit).map(usage_json).collect();
     Ok(Json(json!({"data": data, "next_cursor": next})).into_response())
 }
 
 /// Every matching record as CSV, read and sent a chunk at a time (never all in memory).
 fn csv_stream(state: SharedState, filter: UsageFilter) -> Response {
-    let chunks = futures::stream::unfold(Some(0i64), move |offset| {
+    // Keyset chunks: each read starts after the last row sent (an offset would re-read them all).
+    let chunks = futures::stream::unfold(Some(None::<(i64, String)>), move |after| {
         let state = state.clone();
         let filter = filter.clone();
         async move {
-            let offset = offset?;
-            let mut out = if offset == 0 { CSV_HEADER.to_string() } else { String::new() };
-            match state.store.usage_records(&filter, offset, CSV_CHUNK_ROWS).await {
+            let after = after?;
+            let mut out = if after.is_none() { CSV_HEADER.to_string() } else { String::new() };
+            let position = after.as_ref().map(|(at, id)| (*at, id.as_str()));
+            match state.store.usage_records_after(&filter, position, CSV_CHUNK_ROWS).await {
                 Ok(rows) => {
                     for r in &rows {
                         out.push_str(&csv_row(r));
                     }
-                    let next = (rows.len() as i64 == CSV_CHUNK_ROWS).then_some(offset + CSV_CHUNK_ROWS);
+                    let next = rows
+                        .last()
+                        .filter(|_| rows.len() as i64 == CSV_CHUNK_ROWS)
+                        .map(|last| Some((last.created_at, last.id.clone())));
                     Some((Ok::<_, std::io::Error>(bytes::Bytes::from(out)), next))
                 }
                 Err(e) => {
@@ -425,6 +435,15 @@ mod tests {
         assert_eq!(rfc3339(bucket_start(t, "hour")), "2024-03-03T23:00:00.000Z");
         let monday = parse_time("t", "2024-03-04").unwrap();
         assert_eq!(bucket_start(monday, "week"), monday);
+    }
+
+    #[test]
+    fn times_take_rfc3339_offsets_even_with_the_plus_unencoded() {
+        let utc = parse_time("t", "2024-03-03T23:59:59Z").unwrap();
+        assert_eq!(parse_time("t", "2024-03-04T01:59:59+02:00").unwrap(), utc);
+        assert_eq!(parse_time("t", "2024-03-03T23:59:59+00:00").unwrap(), utc);
+        assert_eq!(parse_time("t", "2024-03-04T01:59:59 02:00").unwrap(), utc, "`+` decoded as a space");
+        assert!(parse_time("t", "2024-03-03T23:59:59").is_err());
     }
 
     #[test]

@@ -102,15 +102,8 @@ pub enum LedgerCommand {
     },
 }
 
-fn init_tracing(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("QUOTA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log_format == "json" {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
+fn init_tracing(config: &Config) -> anyhow::Result<crate::telemetry::Telemetry> {
+    crate::telemetry::init(config).map_err(anyhow::Error::msg)
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -142,8 +135,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(b) = bind {
                 config.bind = b;
             }
-            init_tracing(&config);
+            let telemetry = init_tracing(&config)?;
             serve(config).await?;
+            // The last spans are exported before the process exits.
+            tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
             Ok(0)
         }
         Command::Migrate => {
@@ -154,7 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Admin { command } => admin(&config, command).await,
         Command::Config { .. } => Ok(config_check(cli.config.as_deref())),
         Command::Payouts { command: PayoutsCommand::Run { date } } => {
-            init_tracing(&config);
+            let _telemetry = init_tracing(&config)?;
             // This process runs one batch, not the schedule.
             config.payouts_schedule = false;
             let state = AppState::start(config).await?;

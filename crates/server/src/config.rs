@@ -355,6 +355,12 @@ impl Config {
             return Err("upstream timeouts must be positive".into());
         }
         self.webhook_priority.parse::<crate::webhooks::Priority>()?;
+        if let Some(url) = self.otlp_endpoint.as_deref().filter(|u| !u.is_empty()) {
+            let parsed = url::Url::parse(url).map_err(|e| format!("otlp_endpoint `{url}`: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(format!("otlp_endpoint must be an http(s) URL (OTLP/HTTP), got `{url}`"));
+            }
+        }
         self.validate_payments()
     }
 

@@ -23,6 +23,7 @@ pub mod payments;
 pub mod request_id;
 pub mod routes;
 pub mod secrets;
+pub mod telemetry;
 pub mod test_hooks;
 pub mod webhooks;
 

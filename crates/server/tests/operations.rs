@@ -162,3 +162,185 @@ async fn usage_time_filters_take_rfc3339_offsets() {
     assert_eq!(count("to=2000-01-01T00:00:00-05:00").await, 0);
     assert_eq!(count("from=2999-01-01T00:00:00%2B02:00").await, 0);
 }
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_every_series_has_help_and_type() {
+    let s = common::TestServer::start().await;
+    let (_, _, key) = s.developer("test").await;
+    assert_eq!(s.chat(&key, common::simple_chat("hi", 5)).await.status(), 200);
+    let mut streamed = common::simple_chat("hi", 5);
+    streamed["stream"] = true.into();
+    let stream = s.chat(&key, streamed).await;
+    assert_eq!(stream.status(), 200);
+    assert!(stream.text().await.unwrap().contains("[DONE]"));
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert!(scrape.samples.len() > 10, "{text}");
+    for sample in &scrape.samples {
+        // A histogram's `_sum` and `_count` are described under its name.
+        let name = ["_sum", "_count"].iter().find_map(|s| sample.metric.strip_suffix(s)).unwrap_or(&sample.metric);
+        assert!(scrape.docs.contains_key(name), "no # HELP for {}:\n{text}", sample.metric);
+        let typed = |metric: &str| {
+            scrape.samples.iter().any(|x| x.metric == metric && !matches!(x.value, prometheus_parse::Value::Untyped(_)))
+        };
+        assert!(typed(&sample.metric) || typed(name), "no # TYPE for {}", sample.metric);
+    }
+    // Bounded cardinality: no label names a key, user, app or request.
+    let allowed =
+        ["route", "status", "outcome", "provider", "code", "model", "billing_mode", "direction", "allowed", "stage"];
+    for sample in &scrape.samples {
+        for (label, _) in sample.labels.iter() {
+            assert!(allowed.contains(&label.as_str()), "label {label} on {}", sample.metric);
+        }
+    }
+    let value = |metric: &str, labels: &[(&str, &str)]| {
+        let found = scrape
+            .samples
+            .iter()
+            .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)));
+        match found.map(|x| &x.value) {
+            Some(prometheus_parse::Value::Counter(v)) => *v,
+            Some(prometheus_parse::Value::Histogram(buckets)) => buckets.last().map(|b| b.count).unwrap_or(0.0),
+            other => panic!("{metric} {labels:?}: {other:?}\n{text}"),
+        }
+    };
+    let sandbox = [("model", "gpt-4o-mini"), ("billing_mode", "test")];
+    assert!(value("quota_tokens_total", &[sandbox[0], sandbox[1], ("direction", "input")]) > 0.0);
+    assert!(value("quota_tokens_total", &[sandbox[0], sandbox[1], ("direction", "output")]) > 0.0);
+    assert!(value("quota_credits_spent_total", &sandbox) > 0.0);
+    assert_eq!(value("quota_time_to_first_token_seconds", &[("provider", "openai")]), 1.0);
+    assert_eq!(value("quota_stream_duration_seconds", &[("provider", "openai")]), 1.0);
+    assert_eq!(value("quota_upstream_latency_seconds", &[("provider", "openai")]), 2.0);
+}
+
+/// Register a developer with a `test` key on a spawned server; returns (key id, key secret).
+async fn sandbox_key(http: &reqwest::Client, base: &str) -> (String, String) {
+    let (_, session, secret) = process::setup_developer(http, base).await;
+    let keys = process::send_json(http.get(format!("{base}/developers/keys")).bearer_auth(&session)).await;
+    (keys["data"][0]["id"].as_str().unwrap().to_string(), secret)
+}
+
+/// One sandbox chat completion; returns its `x-request-id` and its body.
+async fn one_chat(http: &reqwest::Client, base: &str, secret: &str) -> (String, serde_json::Value) {
+    let r = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(secret)
+        .json(&common::simple_chat("hi", 5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    (request_id, r.json().await.unwrap())
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn one_request_writes_one_access_log_line_with_every_field() {
+    let db = Db::fresh().await;
+    let server = process::spawn_logged(&db, &[("QUOTA_LOG_FORMAT", "json"), ("QUOTA_LOG", "info")]);
+    let http = reqwest::Client::new();
+    let (key_id, secret) = sandbox_key(&http, &server.base).await;
+    let (request_id, body) = one_chat(&http, &server.base, &secret).await;
+    let sent = serde_json::to_vec(&body).unwrap().len();
+    let log = server.stop();
+    assert!(!log.contains('\u{1b}'), "no colour codes when stderr is not a terminal:\n{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|l: &serde_json::Value| {
+            l["target"] == "quota::access" && l["fields"]["request_id"] == request_id.as_str()
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "one line for the request:\n{log}");
+    let f = &lines[0]["fields"];
+    assert_eq!(f["method"], "POST");
+    assert_eq!(f["route"], "/v1/chat/completions");
+    assert_eq!(f["status"], 200);
+    assert!(f["latency_ms"].as_f64().unwrap() > 0.0, "{f}");
+    // The body as sent: Quota's JSON, byte for byte (serde_json re-serializes it compactly).
+    assert!(f["bytes"].as_u64().unwrap() >= sent as u64 - 8, "{f} vs {sent}");
+    assert_eq!(f["key_id"], key_id.as_str());
+    assert_eq!(f["model"], "gpt-4o-mini");
+    assert_eq!(f["credits"], body["quota"]["credits_used"]);
+    assert!(f["credits"].as_i64().unwrap() > 0);
+    assert!(!log.contains(&secret), "the key's secret is never logged");
+}
+
+/// An OTLP/HTTP collector stand-in: decodes every export request it receives.
+async fn collector() -> (String, std::sync::Arc<parking_lot::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let spans: std::sync::Arc<parking_lot::Mutex<Vec<_>>> = Default::default();
+    let got = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: bytes::Bytes| {
+            let got = got.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export request");
+                for resource in request.resource_spans {
+                    for scope in resource.scope_spans {
+                        got.lock().extend(scope.spans);
+                    }
+                }
+                // An empty ExportTraceServiceResponse.
+                ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, spans)
+}
+
+fn attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let value = span.attributes.iter().find(|a| a.key == key)?.value.as_ref()?.value.as_ref()?;
+    Some(match value {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(i) => i.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_export_carries_the_phase_spans_of_one_request() {
+    let (endpoint, spans) = collector().await;
+    let db = Db::fresh().await;
+    let server = process::spawn_logged(
+        &db,
+        &[
+            ("QUOTA_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("QUOTA_LOG", "warn,opentelemetry=debug"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let (_, secret) = sandbox_key(&http, &server.base).await;
+    let (request_id, _) = one_chat(&http, &server.base, &secret).await;
+    // SIGTERM flushes the exporter; the collector runs on this test's runtime meanwhile.
+    let log = tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+    let spans = spans.lock().clone();
+    assert!(!spans.is_empty(), "nothing exported; the server's log:\n{log}");
+    let request = spans
+        .iter()
+        .find(|s| s.name == "request" && attribute(s, "request_id").as_deref() == Some(request_id.as_str()))
+        .unwrap_or_else(|| {
+            panic!("no request span for {request_id} in {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>())
+        });
+    assert_eq!(attribute(request, "route").as_deref(), Some("/v1/chat/completions"));
+    for phase in ["limit", "reserve", "upstream", "settle"] {
+        let span = spans
+            .iter()
+            .find(|s| s.name == phase && s.trace_id == request.trace_id)
+            .unwrap_or_else(|| panic!("no {phase} span in the request's trace"));
+        assert_eq!(span.parent_span_id, request.span_id, "{phase} is a child of the request");
+        assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+    }
+    let upstream = spans.iter().find(|s| s.name == "upstream" && s.trace_id == request.trace_id).unwrap();
+    assert_eq!(attribute(upstream, "provider").as_deref(), Some("openai"));
+    assert!(attribute(upstream, "time_to_first_byte_ms").is_some(), "{upstream:?}");
+}

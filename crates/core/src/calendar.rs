@@ -43,10 +43,88 @@ pub fn parse_date(s: &str) -> Option<i64> {
     (civil_from_days(days) == (y, m, d)).then_some(days)
 }
 
+/// An RFC 3339 date-time (`2024-03-03T23:59:59Z`, `2024-03-03T23:59:59.5+02:00`, lower-case `t`
+/// and `z` too) → Unix milliseconds. Fractions beyond milliseconds are truncated; a leap second
+/// (`:60`) counts as the next second's start, as Unix time does.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    const MINUTE_MS: i64 = 60_000;
+    let (date, rest) = (s.get(..10)?, s.get(10..)?);
+    let days = parse_date(date)?;
+    let rest = rest.strip_prefix(['T', 't'])?;
+    let two = |t: &str| -> Option<i64> { t.bytes().all(|b| b.is_ascii_digit()).then(|| t.parse().ok())? };
+    let (h, m, sec) = (two(rest.get(0..2)?)?, two(rest.get(3..5)?)?, two(rest.get(6..8)?)?);
+    if rest.get(2..3)? != ":" || rest.get(5..6)? != ":" || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &rest[8..];
+    let mut millis = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let ms: String = frac[..digits].chars().chain("00".chars()).take(3).collect();
+        millis = ms.parse::<i64>().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_minutes = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.get(..1)? {
+                "+" => 1,
+                "-" => -1,
+                _ => return None,
+            };
+            let (oh, om) = (two(rest.get(1..3)?)?, two(rest.get(4..6)?)?);
+            if rest.len() != 6 || rest.get(3..4)? != ":" || oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 60 + om)
+        }
+    };
+    let local_ms = days * 86_400_000 + (h * 3600 + m * 60 + sec) * 1000 + millis;
+    Some(local_ms - offset_minutes * MINUTE_MS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn rfc3339_accepts_z_and_numeric_offsets() {
+        let utc = 1_709_510_399_000; // 2024-03-03T23:59:59Z
+        assert_eq!(parse_rfc3339("2024-03-03T23:59:59Z"), Some(utc));
+        assert_eq!(parse_rfc3339("2024-03-03t23:59:59z"), Some(utc));
+        assert_eq!(parse_rfc3339("2024-03-03T23:59:59+00:00"), Some(utc));
+        assert_eq!(parse_rfc3339("2024-03-03T23:59:59-00:00"), Some(utc));
+        assert_eq!(parse_rfc3339("2024-03-04T01:59:59+02:00"), Some(utc));
+        assert_eq!(parse_rfc3339("2024-03-03T18:29:59-05:30"), Some(utc));
+        assert_eq!(parse_rfc3339("2024-03-03T23:59:59.5Z"), Some(utc + 500));
+        assert_eq!(parse_rfc3339("2024-03-03T23:59:59.123456+00:00"), Some(utc + 123));
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+    }
+
+    #[test]
+    fn rfc3339_refuses_what_is_not_rfc3339() {
+        for bad in [
+            "2024-03-03",
+            "2024-03-03T23:59:59",
+            "2024-03-03T23:59Z",
+            "2024-03-03T24:00:00Z",
+            "2024-03-03T23:60:00Z",
+            "2024-03-03T23:59:59.Z",
+            "2024-03-03T23:59:59+2:00",
+            "2024-03-03T23:59:59+02",
+            "2024-03-03T23:59:59+02:00:00",
+            "2024-03-03T23:59:59+24:00",
+            "2024-03-03T+1:59:59Z",
+            "2024-02-30T00:00:00Z",
+            "2024-03-03 23:59:59Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn parses_real_dates_only() {

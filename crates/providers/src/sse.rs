@@ -12,9 +12,19 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 /// Accumulates bytes and yields complete events (each ending in a blank line).
+///
+/// Linear in the bytes pushed: each byte is looked at a bounded number of times however the
+/// event is cut into chunks, because the search for the end of the current event resumes where
+/// the last one stopped (a 1 MiB event in 1 KiB chunks is not rescanned a thousand times).
 #[derive(Default)]
 pub struct SseSplitter {
     buf: BytesMut,
+    /// `buf[..searched]` holds no complete separator (except possibly one still missing its last
+    /// bytes, which is why the search backs up a little).
+    searched: usize,
+    /// Bytes examined by the separator search (the linearity test's work count).
+    #[cfg(test)]
+    work: usize,
 }
 
 /// Largest event accepted from an upstream before the stream is treated as broken.
@@ -25,9 +35,24 @@ impl SseSplitter {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, String> {
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some((end, sep_len)) = find_event_end(&self.buf) {
-            let event = self.buf.split_to(end + sep_len).freeze();
-            events.push(event);
+        loop {
+            // A separator is at most 4 bytes: one that began before `searched` lacked its tail.
+            let from = self.searched.saturating_sub(SEPARATOR_MAX_BYTES - 1);
+            let found = find_event_end(&self.buf, from);
+            #[cfg(test)]
+            {
+                self.work += found.map_or(self.buf.len(), |(end, sep_len)| end + sep_len) - from;
+            }
+            match found {
+                Some((end, sep_len)) => {
+                    events.push(self.buf.split_to(end + sep_len).freeze());
+                    self.searched = 0;
+                }
+                None => {
+                    self.searched = self.buf.len();
+                    break;
+                }
+            }
         }
         if self.buf.len() > SSE_EVENT_MAX_BYTES {
             return Err(format!("an upstream SSE event exceeded {SSE_EVENT_MAX_BYTES} bytes"));
@@ -37,6 +62,7 @@ impl SseSplitter {
 
     /// Whatever is left when the upstream closes (an unterminated last event).
     pub fn finish(&mut self) -> Option<Bytes> {
+        self.searched = 0;
         let rest = self.buf.split().freeze();
         if rest.iter().all(|b| b.is_ascii_whitespace()) {
             None
@@ -46,13 +72,22 @@ impl SseSplitter {
     }
 }
 
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| (i, 2));
-    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+/// The longest event separator, `\r\n\r\n`.
+const SEPARATOR_MAX_BYTES: usize = 4;
+
+/// The first blank line (`\n\n` or `\r\n\r\n`) starting at or after `from`: (its start, its
+/// length). One pass over the line feeds, stopping at the first separator, so the search never
+/// reads past the event it finds.
+fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    for i in memchr::memchr_iter(b'\n', &buf[from..]).map(|i| i + from) {
+        if buf.get(i + 1) == Some(&b'\n') {
+            return Some((i, 2));
+        }
+        if i >= 1 && buf[i - 1] == b'\r' && buf.get(i + 1..i + 3) == Some(b"\r\n") {
+            return Some((i - 1, 4));
+        }
     }
+    None
 }
 
 /// The concatenated `data:` lines of one event, and its `event:` name if any.
@@ -194,6 +229,48 @@ mod tests {
             assert_eq!(parse_event(&got[1]).1, "{\"b\":2}");
             assert_eq!(parse_event(&got[2]).1, "[DONE]");
             assert!(s.finish().is_none());
+        }
+    }
+
+    #[test]
+    fn a_1_mib_event_in_small_chunks_is_split_in_linear_work() {
+        let data = "x".repeat(1024 * 1024);
+        let stream = format!("data: {data}\n\ndata: [DONE]\r\n\r\n");
+        for chunk_len in [1024, 4096, 65_536] {
+            let mut s = SseSplitter::default();
+            let mut got = Vec::new();
+            for chunk in stream.as_bytes().chunks(chunk_len) {
+                got.extend(s.push(chunk).unwrap());
+            }
+            assert_eq!(got.len(), 2, "chunks of {chunk_len}");
+            assert_eq!(parse_event(&got[0]).1.len(), data.len());
+            assert_eq!(parse_event(&got[1]).1, "[DONE]");
+            // A rescan from the start at every chunk would be ~(events' bytes)² / 2 / chunk_len
+            // (512 MiB for 1 KiB chunks); linear is the bytes plus a few per chunk.
+            let bound = stream.len() + (stream.len() / chunk_len + 2) * SEPARATOR_MAX_BYTES;
+            assert!(s.work <= bound, "chunks of {chunk_len}: {} bytes examined for {}", s.work, stream.len());
+        }
+    }
+
+    #[test]
+    fn many_events_in_one_chunk_are_split_in_linear_work() {
+        let stream = "data: {\"a\":1}\n\n".repeat(100_000);
+        let mut s = SseSplitter::default();
+        assert_eq!(s.push(stream.as_bytes()).unwrap().len(), 100_000);
+        assert!(s.work <= stream.len() + SEPARATOR_MAX_BYTES, "{} for {}", s.work, stream.len());
+    }
+
+    #[test]
+    fn a_separator_split_across_chunks_is_found() {
+        for stream in [&b"data: 1\r\n\r\ndata: 2\n\n"[..], b"data: 1\n\ndata: 2\r\n\r\n"] {
+            for cut in 0..=stream.len() {
+                let mut s = SseSplitter::default();
+                let mut got = Vec::new();
+                for b in stream[..cut].iter().chain(&stream[cut..]) {
+                    got.extend(s.push(&[*b]).unwrap());
+                }
+                assert_eq!(got.iter().map(|e| parse_event(e).1).collect::<Vec<_>>(), ["1", "2"]);
+            }
         }
     }
 

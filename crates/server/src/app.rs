@@ -1,5 +1,5 @@
 //! The application: shared state and the router, with the cross-cutting layers (request id,
-//! body limit, tracing) composed once here.
+//! metrics, trace span and access log, body limit) composed once here.
 
 use crate::auth::KeyCache;
 use crate::config::Config;
@@ -240,6 +240,7 @@ pub fn build_router(state: SharedState) -> Router {
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(crate::telemetry::layer))
         .layer(axum::middleware::from_fn(crate::metrics::layer))
         .layer(axum::middleware::from_fn(crate::request_id::layer))
         .with_state(state)

@@ -48,11 +48,23 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
-    /// Payout commands (SPEC §10.3).
+    /// Pay developers their earnings through Stripe Connect.
     Payouts {
         #[command(subcommand)]
         command: PayoutsCommand,
     },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (file, then QUOTA_* variables) as TOML, secrets masked.
+    /// Exit 1 when it is invalid (an unknown key, a bad value), with the reason.
+    Check,
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,19 +93,17 @@ pub enum AdminCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum LedgerCommand {
-    /// Recompute every balance from the transfers; check Σ = 0. Exit 1 on any mismatch.
-    Verify,
+    /// Recompute every balance from the transfers and check that they add up to zero, that no
+    /// wallet is negative and that every cached balance is right. Exit 1 on any mismatch.
+    Verify {
+        /// Print only the report as one JSON object (with `"ok": true|false`), for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-fn init_tracing(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("QUOTA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log_format == "json" {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
+fn init_tracing(config: &Config) -> anyhow::Result<crate::telemetry::Telemetry> {
+    crate::telemetry::init(config).map_err(anyhow::Error::msg)
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -112,8 +122,12 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 
 /// Run a parsed command line. Returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let command = match cli.command {
+        Command::Config { command: ConfigCommand::Check } => return Ok(config_check(cli.config.as_deref())),
+        other => other,
+    };
     let mut config = Config::load(cli.config.as_deref()).map_err(anyhow::Error::msg)?;
-    match cli.command {
+    match command {
         Command::Serve { port, bind } => {
             if let Some(p) = port {
                 config.port = p;
@@ -121,8 +135,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(b) = bind {
                 config.bind = b;
             }
-            init_tracing(&config);
+            let telemetry = init_tracing(&config)?;
             serve(config).await?;
+            // The last spans are exported before the process exits.
+            tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
             Ok(0)
         }
         Command::Migrate => {
@@ -131,8 +147,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Admin { command } => admin(&config, command).await,
+        Command::Config { .. } => Ok(config_check(cli.config.as_deref())),
         Command::Payouts { command: PayoutsCommand::Run { date } } => {
-            init_tracing(&config);
+            let _telemetry = init_tracing(&config)?;
             // This process runs one batch, not the schedule.
             config.payouts_schedule = false;
             let state = AppState::start(config).await?;
@@ -146,9 +163,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(if report.errors == 0 { 0 } else { 1 })
         }
-        Command::Ledger { command: LedgerCommand::Verify } => {
+        Command::Ledger { command: LedgerCommand::Verify { json } } => {
             let store = open_store(&config).await?;
             let report = store.verify_ledger().await?;
+            if json {
+                let mut out = serde_json::to_value(&report)?;
+                out["ok"] = serde_json::Value::Bool(report.ok());
+                println!("{out}");
+                return Ok(if report.ok() { 0 } else { 1 });
+            }
             println!("{}", serde_json::to_string_pretty(&report)?);
             if report.ok() {
                 println!(
@@ -160,6 +183,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 eprintln!("ledger verification FAILED");
                 Ok(1)
             }
+        }
+    }
+}
+
+/// `quota config check`: the effective configuration, masked, on stdout; exit 0, or 1 with the
+/// reason on stderr.
+fn config_check(file: Option<&std::path::Path>) -> i32 {
+    match Config::load(file).and_then(|c| crate::config::masked_toml(&c)) {
+        Ok(text) => {
+            println!("# the effective configuration (secrets masked)\n{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("configuration invalid: {e}");
+            1
         }
     }
 }

@@ -2,12 +2,17 @@
 //! present), then `QUOTA_*` environment variables (and the providers' conventional
 //! `OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GEMINI_API_KEY`), then command-line flags.
 //! `quota serve` with nothing set works: SQLite in the working directory, port 8080, sandbox.
+//! Strict: an unknown key or `QUOTA_*` variable stops start-up naming the closest known one, and
+//! every secret can come from a file (`QUOTA_<KEY>_FILE`); see `strict`.
 
-use serde::Deserialize;
+mod strict;
+
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
+pub use strict::masked_toml;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// TCP port (0 picks a free one; the startup line says which).
@@ -108,10 +113,14 @@ pub struct Config {
     /// (`<database>.key`, created 0600 on first start). Required on PostgreSQL (every instance
     /// needs the same one).
     pub secret_key: Option<String>,
+    /// An OpenTelemetry collector's OTLP/HTTP traces endpoint
+    /// (`http://collector:4318/v1/traces`): each request's phases are exported as spans. Unset:
+    /// no export, and no per-request cost.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// One top-up package: the customer pays `price_cents`, the wallet receives `credits`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PackageConfig {
     pub id: String,
@@ -186,6 +195,7 @@ impl Default for Config {
             payouts_hour_utc: 0,
             metrics_token: None,
             secret_key: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -249,7 +259,11 @@ const KEYS: &[(&str, Kind)] = &[
     ("payouts_hour_utc", Kind::Scalar),
     ("metrics_token", Kind::Text),
     ("secret_key", Kind::Text),
+    ("otlp_endpoint", Kind::Text),
 ];
+
+/// Keys only a TOML file can set (tables have no environment form).
+const FILE_ONLY_KEYS: &[&str] = &["packages"];
 
 impl Config {
     /// Load from `file` (if given or `./quota.toml` exists) and the environment.
@@ -266,7 +280,9 @@ impl Config {
         let mut table = match &file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-                text.parse::<toml::Table>().map_err(|e| format!("{}: {e}", path.display()))?
+                let table = text.parse::<toml::Table>().map_err(|e| format!("{}: {e}", path.display()))?;
+                strict::check_file_keys(&table).map_err(|e| format!("{}: {e}", path.display()))?;
+                table
             }
             None => toml::Table::new(),
         };
@@ -282,14 +298,10 @@ impl Config {
                 }
             }
         }
-        for (var, value) in &env {
-            let Some(key) = var.strip_prefix("QUOTA_").map(str::to_ascii_lowercase) else {
-                continue;
-            };
-            let Some((_, kind)) = KEYS.iter().find(|(k, _)| *k == key) else { continue };
-            let v = if *kind == Kind::Text {
-                toml::Value::String(value.clone())
-            } else if *kind == Kind::List {
+        for strict::Variable { var, key, kind, value } in strict::config_variables(&env)? {
+            let v = if kind == Kind::Text {
+                toml::Value::String(value)
+            } else if kind == Kind::List {
                 let items = value.split(',').map(str::trim).filter(|v| !v.is_empty());
                 toml::Value::Array(items.map(|v| toml::Value::String(v.to_string())).collect())
             } else if let Ok(i) = value.trim().parse::<i64>() {
@@ -299,7 +311,7 @@ impl Config {
             } else {
                 return Err(format!("{var}: `{value}` is not a valid value"));
             };
-            table.insert(key, v);
+            table.insert(key.to_string(), v);
         }
         let config: Config = table.try_into().map_err(|e: toml::de::Error| format!("configuration: {e}"))?;
         config.validate()?;
@@ -343,6 +355,12 @@ impl Config {
             return Err("upstream timeouts must be positive".into());
         }
         self.webhook_priority.parse::<crate::webhooks::Priority>()?;
+        if let Some(url) = self.otlp_endpoint.as_deref().filter(|u| !u.is_empty()) {
+            let parsed = url::Url::parse(url).map_err(|e| format!("otlp_endpoint `{url}`: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(format!("otlp_endpoint must be an http(s) URL (OTLP/HTTP), got `{url}`"));
+            }
+        }
         self.validate_payments()
     }
 
@@ -426,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn env_overrides_file_and_unknown_quota_vars_are_ignored() {
+    fn env_overrides_file_and_test_suite_vars_are_not_configuration() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.toml");
         std::fs::write(&path, "port = 9000\nwelcome_credits = 5\n").unwrap();

@@ -23,6 +23,7 @@ pub mod request_id;
 pub mod routes;
 pub mod secrets;
 pub mod services;
+pub mod telemetry;
 pub mod test_hooks;
 pub mod webhooks;
 

@@ -201,6 +201,40 @@ impl crate::Store {
         })
     }
 
+    /// Keyset pagination: up to `limit` records of `filter`, newest first, strictly after
+    /// `after` (the `(created_at, id)` of the last record of the previous page) in that order.
+    /// Each page costs one index range scan however deep it is (an offset re-reads every row
+    /// before it), and a record written meanwhile never shifts a page.
+    pub async fn usage_records_after(
+        &self,
+        filter: &UsageFilter,
+        after: Option<(i64, &str)>,
+        limit: i64,
+    ) -> Result<Vec<UsageRecord>, crate::StoreError> {
+        on_pool!(self.pool(), |p| {
+            let (mut cond, mut binds) = filter.conditions();
+            if let Some((at, id)) = after {
+                binds.push(UsageBind::Int(at));
+                binds.push(UsageBind::Text(id));
+                let (a, i) = (binds.len() - 1, binds.len());
+                cond.push_str(&format!(" AND (created_at < ${a} OR (created_at = ${a} AND id < ${i}))"));
+            }
+            let sql = format!(
+                "SELECT {USAGE_COLUMNS} FROM usage_records WHERE {cond} ORDER BY created_at DESC, id DESC LIMIT ${}",
+                binds.len() + 1
+            );
+            let mut q = sqlx::query(&sql);
+            for b in binds {
+                q = match b {
+                    UsageBind::Text(t) => q.bind(t),
+                    UsageBind::Int(i) => q.bind(i),
+                };
+            }
+            let rows = q.bind(limit).fetch_all(p).await?;
+            Ok(rows.iter().map(usage_from_row).collect())
+        })
+    }
+
     /// The developer's usage in `[from, to)`: raw records, plus the daily aggregates of records
     /// that retention removed (so totals survive it; their time is the day's start).
     pub async fn usage_aggregates(

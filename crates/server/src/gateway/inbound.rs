@@ -22,6 +22,8 @@ pub struct Inbound {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub started: Instant,
+    /// The request's trace span and access-log note (`telemetry`).
+    pub exchange: crate::telemetry::Exchange,
 }
 
 impl FromRequest<SharedState> for Inbound {
@@ -37,7 +39,8 @@ impl FromRequest<SharedState> for Inbound {
             None => new_request_id(),
         };
         let client_request_id = parts.extensions.get::<ClientRequestId>().map(|c| c.0.clone());
+        let exchange = parts.extensions.get::<crate::telemetry::Exchange>().cloned().unwrap_or_default();
         let RawBody(body) = RawBody::from_request(Request::from_parts(parts, body), state).await?;
-        Ok(Inbound { state: state.clone(), request_id, client_request_id, path, headers, body, started })
+        Ok(Inbound { state: state.clone(), request_id, client_request_id, path, headers, body, started, exchange })
     }
 }

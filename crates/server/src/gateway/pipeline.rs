@@ -30,6 +30,8 @@ use quota_providers::{ChatResponse, Fault, UpstreamError};
 use quota_store::ledger::Hold;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
 
 /// What one inference route brings to the pipeline. Each method is one phase's route-specific
 /// part; none sequences phases.
@@ -94,7 +96,7 @@ pub async fn serve<R: Route>(route: R, inbound: Inbound) -> Response {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let limited = match limit(&state, &principal).await {
+    let limited = match limit(&state, &principal).instrument(tracing::debug_span!("limit")).await {
         Ok(l) => l,
         Err(e) => return e.into_response(),
     };
@@ -115,7 +117,7 @@ async fn admitted_request<R: Route>(route: R, inbound: Inbound, principal: Princ
         Begin::Claimed(c) => Some(c),
         Begin::None => None,
     };
-    let hold = match reserve(&state, &principal, &model, &bound).await {
+    let hold = match reserve(&state, &principal, &model, &bound).instrument(tracing::debug_span!("reserve")).await {
         Ok(h) => h,
         Err(e) => {
             // Nothing was charged: release the key before answering, so a retry can run.
@@ -137,11 +139,12 @@ async fn admitted_request<R: Route>(route: R, inbound: Inbound, principal: Princ
         client_request_id: inbound.client_request_id,
         charge_id,
         started: inbound.started,
+        exchange: inbound.exchange,
     };
     let watch = ClientWatch { gone: Arc::default(), state: billing.state.clone(), armed: true };
     let gone = watch.gone.clone();
     let flight = Flight { route, request, model, adapter, raw: inbound.body, fault, hold, claim, billing };
-    let answer = tokio::spawn(flight.fly(gone)).await;
+    let answer = tokio::spawn(flight.fly(gone).in_current_span()).await;
     watch.disarm();
     answer.unwrap_or_else(|e| {
         tracing::error!(error = %e, "an inference task failed");
@@ -193,7 +196,15 @@ impl<R: Route> Flight<R> {
         let Flight { route, request, model, adapter, raw, fault, hold, claim, billing } = self;
         let call = Call { adapter: &*adapter, model: &model, request: &request, raw: &raw, fault };
         let shape = route.shape(call, &billing.request_id);
-        match route.call(call).await {
+        let provider = model.provider.as_str();
+        let upstream = tracing::debug_span!("upstream", provider, time_to_first_byte_ms = tracing::field::Empty);
+        let called = Instant::now();
+        let answer = route.call(call).instrument(upstream.clone()).await;
+        // A stream's call returns with the provider's response headers; a complete answer with its body.
+        upstream.record("time_to_first_byte_ms", called.elapsed().as_millis() as u64);
+        metrics::histogram!("quota_upstream_latency_seconds", "provider" => provider)
+            .record(called.elapsed().as_secs_f64());
+        match answer {
             Err(e) => {
                 drop(hold);
                 let error = ApiError::from(e);

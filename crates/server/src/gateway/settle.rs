@@ -15,6 +15,7 @@ use quota_store::Settlement;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// The `quota` object (SPEC §3.5).
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +51,8 @@ pub struct Billing {
     /// replayed request can never be charged twice.
     pub charge_id: String,
     pub started: Instant,
+    /// The request's trace span and access-log note (`telemetry`).
+    pub exchange: crate::telemetry::Exchange,
 }
 
 impl Billing {
@@ -135,10 +138,13 @@ impl Billing {
             low_balance,
         };
         self.state.test_hooks.before_settle().await;
-        let committed = self.state.ledger.settle(hold, settlement).await.map_err(|e| {
+        let span = tracing::debug_span!(parent: self.exchange.span(), "settle", credits = settled.paid.total().get());
+        let committed = self.state.ledger.settle(hold, settlement).instrument(span).await.map_err(|e| {
             tracing::error!(request_id = %self.request_id, error = %e, "settlement failed");
             ApiError::internal()
         })?;
+        crate::metrics::record_usage(&self.model.id, self.principal.mode.as_str(), &usage, settled.paid.total().get());
+        self.exchange.note_charge(self.principal.key_id.as_deref(), &self.model.id, settled.paid.total().get());
         let user_mode = self.principal.user_id.is_some();
         let mut quota = QuotaObject {
             credits_used: settled.paid.total().get(),
@@ -179,6 +185,7 @@ impl Billing {
             metrics::counter!("quota_upstream_errors_total", "provider" => self.model.provider.as_str(), "code" => status.to_string())
                 .increment(1);
         }
+        self.exchange.note_charge(self.principal.key_id.as_deref(), &self.model.id, 0);
         let record = self.usage_record(&Usage::default(), &Charge::default(), status);
         if let Err(e) = self.state.ledger.record(record).await {
             tracing::error!(request_id = %self.request_id, error = %e, "could not record a failed request");

@@ -53,6 +53,8 @@ impl Pending {
         tail: impl FnOnce(Option<&QuotaObject>, &Usage) -> Bytes,
     ) -> Bytes {
         let Pending { hold, billing, meter, shape, claim } = self;
+        metrics::histogram!("quota_stream_duration_seconds", "provider" => billing.model.provider.as_str())
+            .record(billing.started.elapsed().as_secs_f64());
         let usage = meter.usage();
         let produced = billed || meter.reported().is_some() || usage.output_tokens > 0;
         let quota = if produced {
@@ -110,6 +112,8 @@ struct State {
     guard: SettleOnDrop,
     shape: Arc<dyn StreamShape>,
     finished: bool,
+    /// Whether a chunk went out yet (time to first token).
+    started_sending: bool,
 }
 
 /// Wrap an adapter's event stream with settlement. The returned stream is the response body.
@@ -122,13 +126,18 @@ pub fn billed_stream(
     claim: Option<Claim>,
 ) -> BoxStream<'static, Result<Bytes, std::convert::Infallible>> {
     let pending = Pending { hold, billing, meter, shape: shape.clone(), claim: claim.map(|c| (c, Vec::new())) };
-    let state = State { events, guard: SettleOnDrop(Some(pending)), shape, finished: false };
+    let state = State { events, guard: SettleOnDrop(Some(pending)), shape, finished: false, started_sending: false };
     futures::stream::unfold(state, |mut st| async move {
         if st.finished {
             return None;
         }
         let out = match st.events.next().await {
             Some(Ok(bytes)) => {
+                if let (false, Some(p)) = (st.started_sending, st.guard.0.as_ref()) {
+                    st.started_sending = true;
+                    metrics::histogram!("quota_time_to_first_token_seconds", "provider" => p.billing.model.provider.as_str())
+                        .record(p.billing.started.elapsed().as_secs_f64());
+                }
                 if let Some(Pending { claim: Some((_, buf)), .. }) = st.guard.0.as_mut() {
                     buf.extend_from_slice(&bytes);
                 }

@@ -1,17 +1,18 @@
 //! The id_token signer (SPEC §5): one RS256 key, generated the first time it is needed (RSA
 //! key generation takes a moment, so servers that never issue an id_token never pay for it),
-//! stored in the database, and read back by every later start. `jsonwebtoken` signs; `rsa`
-//! generates the key and exposes its public modulus and exponent for the JWKS document.
+//! stored in the database, and read back by every later start. `jsonwebtoken` signs, on aws-lc-rs
+//! (constant-time RSA); aws-lc-rs also generates the key and gives its public modulus and
+//! exponent for the JWKS document. The key is stored as PKCS#1 DER (RFC 8017 `RSAPrivateKey`).
 
 use crate::error::{internal, ApiError};
 use crate::secrets::at_rest::{MasterKey, Purpose, SEALED_BYTES_PREFIX};
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
+use aws_lc_rs::signature::KeyPair as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use quota_store::Store;
-use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
-use rsa::traits::PublicKeyParts;
-use rsa::RsaPrivateKey;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 /// Modulus size of the generated key.
-const RSA_BITS: usize = 2048;
+const RSA_KEY_SIZE: KeySize = KeySize::Rsa2048;
 
 /// The loaded signing key.
 pub struct SigningKey {
@@ -31,14 +32,15 @@ pub struct SigningKey {
 
 impl SigningKey {
     fn from_der(kid: String, der: &[u8]) -> Result<SigningKey, String> {
-        let private = RsaPrivateKey::from_pkcs1_der(der).map_err(|e| format!("stored signing key: {e}"))?;
+        let private = RsaKeyPair::from_der(der).map_err(|e| format!("stored signing key: {e}"))?;
+        let public = private.public_key();
         let jwk = json!({
             "kty": "RSA",
             "use": "sig",
             "alg": "RS256",
             "kid": kid,
-            "n": URL_SAFE_NO_PAD.encode(private.n().to_bytes_be()),
-            "e": URL_SAFE_NO_PAD.encode(private.e().to_bytes_be()),
+            "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+            "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
         });
         Ok(SigningKey { kid, encoding: EncodingKey::from_rsa_der(der), jwk })
     }
@@ -52,10 +54,41 @@ impl SigningKey {
 }
 
 fn generate() -> Result<(String, Vec<u8>), String> {
-    let key = RsaPrivateKey::new(&mut rand::thread_rng(), RSA_BITS).map_err(|e| e.to_string())?;
-    let der = key.to_pkcs1_der().map_err(|e| e.to_string())?.as_bytes().to_vec();
-    let kid = hex::encode(&Sha256::digest(key.n().to_bytes_be())[..12]);
+    let key = RsaKeyPair::generate(RSA_KEY_SIZE).map_err(|e| format!("RSA key generation: {e}"))?;
+    let pkcs8 = key.as_der().map_err(|e| format!("RSA key encoding: {e}"))?;
+    let der = pkcs1_from_pkcs8(pkcs8.as_ref()).ok_or("RSA key encoding: unexpected PKCS#8 layout")?.to_vec();
+    let kid = hex::encode(&Sha256::digest(key.public_key().modulus().big_endian_without_leading_zero())[..12]);
     Ok((kid, der))
+}
+
+/// The `RSAPrivateKey` (PKCS#1) inside a PKCS#8 `PrivateKeyInfo` (RFC 5208: SEQUENCE { INTEGER
+/// version, SEQUENCE algorithm, OCTET STRING privateKey, … }). aws-lc-rs writes PKCS#8; the
+/// stored format, and what `jsonwebtoken` reads, is PKCS#1.
+fn pkcs1_from_pkcs8(der: &[u8]) -> Option<&[u8]> {
+    /// One DER element at the start of `input`: (tag, contents, rest).
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    const SEQUENCE: u8 = 0x30;
+    const INTEGER: u8 = 0x02;
+    const OCTET_STRING: u8 = 0x04;
+    let (SEQUENCE, info, _) = element(der)? else { return None };
+    let (INTEGER, _version, rest) = element(info)? else { return None };
+    let (SEQUENCE, _algorithm, rest) = element(rest)? else { return None };
+    let (OCTET_STRING, key, _) = element(rest)? else { return None };
+    Some(key)
 }
 
 /// The signing key, loaded or generated once per process.
@@ -92,5 +125,33 @@ impl SigningKeys {
             })
             .await
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_loads_and_signs_a_verifiable_token() {
+        let (kid, der) = generate().unwrap();
+        let key = SigningKey::from_der(kid.clone(), &der).unwrap();
+        let token = key.sign(&json!({"sub": "usr_1", "aud": "app", "exp": 4_000_000_000u64})).unwrap();
+        let (n, e) = (key.jwk["n"].as_str().unwrap(), key.jwk["e"].as_str().unwrap());
+        assert_eq!(e, "AQAB");
+        assert_eq!(URL_SAFE_NO_PAD.decode(n).unwrap().len(), 256, "2048-bit modulus");
+        let decoding = jsonwebtoken::DecodingKey::from_rsa_components(n, e).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::RS256);
+        validation.set_audience(&["app"]);
+        let data = jsonwebtoken::decode::<Value>(&token, &decoding, &validation).unwrap();
+        assert_eq!(data.claims["sub"], "usr_1");
+        assert_eq!(jsonwebtoken::decode_header(&token).unwrap().kid.as_deref(), Some(kid.as_str()));
+    }
+
+    #[test]
+    fn pkcs8_unwrapping_refuses_garbage() {
+        assert!(pkcs1_from_pkcs8(&[]).is_none());
+        assert!(pkcs1_from_pkcs8(&[0x30, 0x82, 0xff]).is_none());
+        assert!(pkcs1_from_pkcs8(&[0x04, 0x00]).is_none());
     }
 }

@@ -53,6 +53,21 @@ pub fn reporting_router() -> Router<SharedState> {
 
 pub use crate::services::cursor_at;
 
+/// A keyset cursor: the position `(created_at, id)` of the last item of a page, opaque to clients.
+pub fn keyset_cursor(created_at: i64, id: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("k:{created_at}:{id}"))
+}
+
+/// The position in a cursor from [`keyset_cursor`]; `None` for any other cursor (an offset
+/// cursor from [`cursor_at`], still accepted where it was, or garbage).
+pub fn parse_keyset_cursor(cursor: &str) -> Option<(i64, String)> {
+    use base64::Engine;
+    let text = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    let (at, id) = text.strip_prefix("k:")?.split_once(':')?;
+    Some((at.parse().ok()?, id.to_string()))
+}
+
 /// Payments and payouts (SPEC §10).
 pub fn payments_router() -> Router<SharedState> {
     Router::new()

@@ -93,7 +93,7 @@ fn csv_row(r: &UsageRecord) -> String {
 }
 
 /// Rows per database read while streaming CSV.
-const CSV_CHUNK_ROWS: usize = 1000;
+const CSV_CHUNK_ROWS: i64 = 1000;
 
 /// `GET /v1/usage`.
 pub async fn usage(
@@ -121,26 +121,42 @@ pub async fn usage(
         Some("csv") => return Ok(csv_stream(state, filter)),
         Some(f) => return Err(ApiError::bad_request(format!("format `{f}` is not json or csv"))),
     }
-    let page = PageQuery { limit: q.limit, cursor: q.cursor };
-    let records = service::records(&state, &filter, page.paging()?).await?;
-    let data: Vec<Value> = records.items.iter().map(usage_json).collect();
-    Ok(Json(json!({"data": data, "next_cursor": records.next_cursor})).into_response())
+    // Keyset pages (`next_cursor` names the last record shown); an offset cursor from an older
+    // `next_cursor` still works.
+    let keyset = q.cursor.as_deref().and_then(crate::routes::parse_keyset_cursor);
+    let page = PageQuery { limit: q.limit, cursor: if keyset.is_some() { None } else { q.cursor } };
+    let (offset, limit) = page.parse()?;
+    let rows = if offset > 0 {
+        service::records(&state, &filter, Paging { offset, limit: limit + 1 }).await?.items
+    } else {
+        let after = keyset.as_ref().map(|(at, id)| (*at, id.as_str()));
+        service::records_after(&state, &filter, after, limit as i64 + 1).await?
+    };
+    let next =
+        (rows.len() > limit).then(|| crate::routes::keyset_cursor(rows[limit - 1].created_at, &rows[limit - 1].id));
+    let data: Vec<Value> = rows.iter().take(limit).map(usage_json).collect();
+    Ok(Json(json!({"data": data, "next_cursor": next})).into_response())
 }
 
 /// Every matching record as CSV, read and sent a chunk at a time (never all in memory).
 fn csv_stream(state: SharedState, filter: UsageFilter) -> Response {
-    let chunks = futures::stream::unfold(Some(0usize), move |offset| {
+    // Keyset chunks: each read starts after the last row sent (an offset would re-read them all).
+    let chunks = futures::stream::unfold(Some(None::<(i64, String)>), move |after| {
         let state = state.clone();
         let filter = filter.clone();
         async move {
-            let offset = offset?;
-            let mut out = if offset == 0 { CSV_HEADER.to_string() } else { String::new() };
-            match service::records(&state, &filter, Paging { offset, limit: CSV_CHUNK_ROWS }).await {
-                Ok(page) => {
-                    for r in &page.items {
+            let after = after?;
+            let mut out = if after.is_none() { CSV_HEADER.to_string() } else { String::new() };
+            let position = after.as_ref().map(|(at, id)| (*at, id.as_str()));
+            match service::records_after(&state, &filter, position, CSV_CHUNK_ROWS).await {
+                Ok(rows) => {
+                    for r in &rows {
                         out.push_str(&csv_row(r));
                     }
-                    let next = page.next_cursor.is_some().then_some(offset + CSV_CHUNK_ROWS);
+                    let next = rows
+                        .last()
+                        .filter(|_| rows.len() as i64 == CSV_CHUNK_ROWS)
+                        .map(|last| Some((last.created_at, last.id.clone())));
                     Some((Ok::<_, std::io::Error>(bytes::Bytes::from(out)), next))
                 }
                 Err(_) => Some((Err(std::io::Error::other("usage read failed")), None)),

@@ -12,24 +12,30 @@ use quota_store::clock::{civil_from_days, days_from_civil};
 use quota_store::usage::{UsageAggregate, UsageFilter, UsageRecord, DAY_MS};
 use std::collections::{BTreeMap, HashSet};
 
-/// `YYYY-MM-DD` (UTC midnight) or RFC 3339 (`…Z`) → Unix ms.
+/// `YYYY-MM-DD` (UTC midnight) or RFC 3339 (with `Z` or a numeric offset) → Unix ms.
 pub fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
     let bad = || ApiError::bad_request(format!("{name} must be a date (YYYY-MM-DD) or an RFC 3339 time"));
     let date = |d: &str| quota_core::calendar::parse_date(d).map(|days| days * DAY_MS);
     if s.len() == 10 {
         return date(s).ok_or_else(bad);
     }
-    let (d, t) = s.split_once('T').ok_or_else(bad)?;
-    let day = date(d).ok_or_else(bad)?;
-    let t = t.strip_suffix('Z').ok_or_else(bad)?;
-    let mut parts = t.split(':');
-    let h: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let m: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let sec: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    if !(0..24).contains(&h) || !(0..60).contains(&m) || !(0.0..61.0).contains(&sec) {
-        return Err(bad());
-    }
-    Ok(day + (h * 3600 + m * 60) * 1000 + (sec * 1000.0).round() as i64)
+    // An unencoded `+` in a query string arrives as a space: `…T10:00:00 02:00` meant `+02:00`.
+    let s = match s.get(19..).and_then(|tail| tail.find(' ')) {
+        Some(i) => std::borrow::Cow::Owned(format!("{}+{}", &s[..19 + i], &s[19 + i + 1..])),
+        None => std::borrow::Cow::Borrowed(s),
+    };
+    quota_core::calendar::parse_rfc3339(&s).ok_or_else(bad)
+}
+
+/// Usage records matching `filter`, newest first, after the keyset position `after`
+/// (`(created_at, id)` of the last record of the previous page): at most `limit`.
+pub async fn records_after(
+    state: &SharedState,
+    filter: &UsageFilter,
+    after: Option<(i64, &str)>,
+    limit: i64,
+) -> Result<Vec<UsageRecord>, ApiError> {
+    state.store.usage_records_after(filter, after, limit).await.map_err(internal("usage"))
 }
 
 /// Usage records matching `filter`, newest first.
@@ -261,6 +267,15 @@ mod tests {
         assert_eq!(rfc3339(bucket_start(t, Interval::Hour)), "2024-03-03T23:00:00.000Z");
         let monday = parse_time("t", "2024-03-04").unwrap();
         assert_eq!(bucket_start(monday, Interval::Week), monday);
+    }
+
+    #[test]
+    fn times_take_rfc3339_offsets_even_with_the_plus_unencoded() {
+        let utc = parse_time("t", "2024-03-03T23:59:59Z").unwrap();
+        assert_eq!(parse_time("t", "2024-03-04T01:59:59+02:00").unwrap(), utc);
+        assert_eq!(parse_time("t", "2024-03-03T23:59:59+00:00").unwrap(), utc);
+        assert_eq!(parse_time("t", "2024-03-04T01:59:59 02:00").unwrap(), utc, "`+` decoded as a space");
+        assert!(parse_time("t", "2024-03-03T23:59:59").is_err());
     }
 
     #[test]

@@ -11,6 +11,24 @@ pub const QUOTA: &str = env!("CARGO_BIN_EXE_quota");
 pub struct Proc {
     pub child: Child,
     pub base: String,
+    /// Its stderr (the log), when started with [`spawn_logged`].
+    pub log: Option<std::process::ChildStderr>,
+}
+
+impl Proc {
+    /// Stop it as an operator would (SIGTERM: finish requests, flush) and return its log.
+    #[cfg(unix)]
+    pub fn stop(mut self) -> String {
+        use std::io::Read;
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "quota serve exited {status} on SIGTERM");
+        let mut log = String::new();
+        if let Some(mut stderr) = self.log.take() {
+            stderr.read_to_string(&mut log).unwrap();
+        }
+        log
+    }
 }
 
 impl Drop for Proc {
@@ -43,6 +61,15 @@ impl Db {
 
 /// Start `quota serve` and wait for its "listening" line (no sleeping).
 pub fn spawn(db: &Db, extra_env: &[(&str, &str)]) -> Proc {
+    start(db, extra_env, false)
+}
+
+/// As [`spawn`], with its log (stderr) kept for [`Proc::stop`].
+pub fn spawn_logged(db: &Db, extra_env: &[(&str, &str)]) -> Proc {
+    start(db, extra_env, true)
+}
+
+fn start(db: &Db, extra_env: &[(&str, &str)], logged: bool) -> Proc {
     let mut cmd = Command::new(QUOTA);
     cmd.args(["serve", "--port", "0", "--bind", "127.0.0.1"])
         .current_dir(db.dir.path())
@@ -53,7 +80,7 @@ pub fn spawn(db: &Db, extra_env: &[(&str, &str)]) -> Proc {
         .env_remove("OPENAI_API_KEY")
         .envs(postgres_secret_key())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(if logged { Stdio::piped() } else { Stdio::null() });
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -66,7 +93,8 @@ pub fn spawn(db: &Db, extra_env: &[(&str, &str)]) -> Proc {
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("no listening line: {line}"));
-    Proc { child, base: format!("http://{addr}") }
+    let log = child.stderr.take();
+    Proc { child, base: format!("http://{addr}"), log }
 }
 
 pub fn cli(db: &Db, args: &[&str]) -> std::process::Output {

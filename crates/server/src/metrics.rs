@@ -141,27 +141,72 @@ fn describe() {
 
 /// A settled request's tokens and credits, by model and billing mode.
 pub fn record_usage(model: &str, billing_mode: &'static str, usage: &quota_core::Usage, credits: i64) {
-    let model = model.to_owned();
-    let input = usage.prompt_tokens_total();
-    metrics::counter!("quota_tokens_total", "model" => model.clone(), "billing_mode" => billing_mode, "direction" => "input")
-        .increment(input);
-    metrics::counter!("quota_tokens_total", "model" => model.clone(), "billing_mode" => billing_mode, "direction" => "output")
-        .increment(usage.output_tokens);
-    metrics::counter!("quota_credits_spent_total", "model" => model, "billing_mode" => billing_mode)
-        .increment(credits.max(0).unsigned_abs());
+    let [input, output, spent] = &*usage_counters(model, billing_mode);
+    input.increment(usage.prompt_tokens_total());
+    output.increment(usage.output_tokens);
+    spent.increment(credits.max(0).unsigned_abs());
+}
+
+/// The request path's labelled series, registered once per label set and then reused: a
+/// registry lookup hashes every label and takes a lock, which a hot path should not pay on each
+/// request. Keyed by a text label and a small second one, looked up without allocating; bounded
+/// by the labels' own bounds (catalog models × billing modes; route templates × statuses).
+type Cache<K, V> = OnceLock<parking_lot::RwLock<std::collections::HashMap<String, Vec<(K, std::sync::Arc<V>)>>>>;
+
+fn cached<K: PartialEq + Copy, V>(
+    cache: &'static Cache<K, V>,
+    label: &str,
+    second: K,
+    make: impl FnOnce(&str, K) -> V,
+) -> std::sync::Arc<V> {
+    let map = cache.get_or_init(Default::default);
+    let hit = map.read().get(label).and_then(|v| v.iter().find(|(k, _)| *k == second).map(|(_, s)| s.clone()));
+    if let Some(series) = hit {
+        return series;
+    }
+    let mut map = map.write();
+    let entries = map.entry(label.to_owned()).or_default();
+    if let Some((_, series)) = entries.iter().find(|(k, _)| *k == second) {
+        return series.clone();
+    }
+    let series = std::sync::Arc::new(make(label, second));
+    entries.push((second, series.clone()));
+    series
+}
+
+fn usage_counters(model: &str, billing_mode: &'static str) -> std::sync::Arc<[metrics::Counter; 3]> {
+    static CACHE: Cache<&'static str, [metrics::Counter; 3]> = OnceLock::new();
+    cached(&CACHE, model, billing_mode, |model, mode| {
+        let model = model.to_owned();
+        [
+            metrics::counter!("quota_tokens_total", "model" => model.clone(), "billing_mode" => mode, "direction" => "input"),
+            metrics::counter!("quota_tokens_total", "model" => model.clone(), "billing_mode" => mode, "direction" => "output"),
+            metrics::counter!("quota_credits_spent_total", "model" => model, "billing_mode" => mode),
+        ]
+    })
 }
 
 /// Tower layer body: count and time every request by its route template.
 pub async fn layer(req: Request, next: Next) -> Response {
-    let route =
-        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("quota_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("quota_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map(MatchedPath::as_str).unwrap_or("unmatched");
+    let series = http_series(route, resp.status().as_u16());
+    series.0.increment(1);
+    series.1.record(started.elapsed().as_secs_f64());
     resp
+}
+
+fn http_series(route: &str, status: u16) -> std::sync::Arc<(metrics::Counter, metrics::Histogram)> {
+    static CACHE: Cache<u16, (metrics::Counter, metrics::Histogram)> = OnceLock::new();
+    cached(&CACHE, route, status, |route, status| {
+        let route = route.to_owned();
+        (
+            metrics::counter!("quota_http_requests_total", "route" => route.clone(), "status" => status.to_string()),
+            metrics::histogram!("quota_http_request_duration_seconds", "route" => route),
+        )
+    })
 }
 
 /// `GET /metrics`. With `metrics_token` set, only for `Authorization: Bearer <metrics_token>`

@@ -91,7 +91,10 @@ async fn balance_with_a_user_token_is_the_users_wallet() {
     let r = s.send(reqwest::Method::GET, "/v1/balance", access(&tokens), Value::Null).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v, json!({"wallet": "oauth_user", "balance": 1_000_000, "user_id": user, "billing_mode": "user"}));
+    assert_eq!(
+        v,
+        json!({"wallet": "oauth_user", "balance": 1_000_000, "plan": "free", "user_id": user, "billing_mode": "user"})
+    );
     let r = s.send(reqwest::Method::GET, "/v1/models", access(&tokens), Value::Null).await;
     assert_eq!(r.status(), 200);
 }

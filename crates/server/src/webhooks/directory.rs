@@ -8,7 +8,7 @@ use super::EventKind;
 use crate::auth::Principal;
 use parking_lot::RwLock;
 use quota_store::usage::UsageRecord;
-use quota_store::{LowBalanceWatch, OutboxEvent};
+use quota_store::{BalanceUpdate, LowBalanceWatch, OutboxEvent};
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -97,5 +97,38 @@ impl Directory {
             watches.push(LowBalanceWatch { account: principal.payer.clone(), threshold, event: e });
         }
         watches
+    }
+
+    /// `balance.updated` after a charged request (SPEC §14), if any endpoint of the developer
+    /// wants it: `{user_id, new_balance, amount_spent, model, endpoint}` (the writer fills
+    /// `new_balance`) beside ours. Nothing is built when none does: one hash-map read.
+    pub fn balance_updated(
+        &self,
+        principal: &Principal,
+        record: &UsageRecord,
+        endpoint: &str,
+    ) -> Option<BalanceUpdate> {
+        let dir = self.by_developer.read();
+        let subs = dir.get(&principal.developer_id)?;
+        if !subs.iter().any(|s| s.wants(EventKind::BalanceUpdated)) {
+            return None;
+        }
+        let mut event = OutboxEvent::new(
+            EventKind::BalanceUpdated.as_str(),
+            &principal.developer_id,
+            json!({
+                "user_id": record.payer_user_id(),
+                "amount_spent": record.credits_used(),
+                "model": record.model,
+                "endpoint": endpoint,
+                "reason": "usage",
+                "request_id": record.id,
+                "app_id": principal.app_id,
+                "billing_mode": principal.mode,
+            }),
+            record.created_at,
+        );
+        event.sandbox = principal.sandbox();
+        Some(BalanceUpdate { account: principal.payer.clone(), event })
     }
 }

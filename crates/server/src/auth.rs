@@ -41,6 +41,9 @@ pub struct Principal {
     pub margin: Margin,
     /// The key's per-minute override, for the rate limiter.
     pub rate_limit_per_minute: Option<i64>,
+    /// The key's setting: `/v1/messages` streams end with `event: quota_usage` (true without
+    /// a key).
+    pub quota_usage_event: bool,
 }
 
 impl Principal {
@@ -260,6 +263,7 @@ async fn admit_request(
             app_id: key.app_id.clone(),
             margin: Margin::ZERO,
             rate_limit_per_minute: key.rate_limit_per_minute,
+            quota_usage_event: key.quota_usage_event,
         }),
     }
 }
@@ -279,6 +283,7 @@ fn user_principal(
         app_id: Some(t.app_id.clone()),
         margin: Margin::from_bps(t.profit_margin_bps).map_err(internal("stored margin"))?,
         rate_limit_per_minute: key.and_then(|k| k.rate_limit_per_minute),
+        quota_usage_event: key.is_none_or(|k| k.quota_usage_event),
     })
 }
 

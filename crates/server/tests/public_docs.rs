@@ -445,3 +445,54 @@ async fn userinfo_names_the_profile_and_has_a_null_balance_without_a_wallet_link
     assert!(v.as_object().unwrap().contains_key("balance") && v["balance"].is_null(), "{v}");
     assert!(v.get("picture").is_none(), "no avatar, no picture: {v}");
 }
+
+/// The event names and data of a `/v1/messages` stream.
+async fn message_stream(s: &TestServer, key: &str, header: Option<&str>) -> Vec<(String, Value)> {
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 30, "stream": true,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let mut req = s.http.post(s.url("/v1/messages")).header("x-api-key", key).json(&body);
+    if let Some(h) = header {
+        req = req.header("X-Quota-Usage-Event", h);
+    }
+    let text = req.send().await.unwrap().text().await.unwrap();
+    text.split("\n\n")
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| {
+            let name = f.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("").to_string();
+            let data = f.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or("null");
+            (name, serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn messages_streams_carry_quota_on_the_final_message_delta_and_quota_usage_can_be_turned_off() {
+    let s = TestServer::start().await;
+    let (_, session, key) = s.developer("test").await;
+    let events = message_stream(&s, &key, None).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[names.len() - 3..], ["message_delta", "message_stop", "quota_usage"]);
+    assert_eq!(names.iter().filter(|n| **n == "message_delta").count(), 1);
+    let delta = &events[names.len() - 3].1;
+    assert!(delta["usage"]["output_tokens"].is_u64() && delta["delta"]["stop_reason"].is_string());
+    let usage_event = &events[names.len() - 1].1;
+    assert_eq!(delta["quota"]["credits_used"], usage_event["credits_used"]);
+    assert!(delta["quota"]["credits_used"].as_i64().unwrap() > 0);
+    let off = message_stream(&s, &key, Some("off")).await;
+    assert_eq!(off.last().unwrap().0, "message_stop");
+    assert!(off.iter().all(|(n, _)| n != "quota_usage"));
+    assert!(off.iter().any(|(n, d)| n == "message_delta" && d["quota"]["credits_used"].is_i64()));
+    // The key's setting does the same for every stream of that key.
+    let key_id = s.get_json("/developers/keys", &session).await["data"][0]["id"].as_str().unwrap().to_string();
+    let v = s
+        .call_json(
+            Method::PATCH,
+            &format!("/developers/keys/{key_id}"),
+            &session,
+            Some(json!({"quota_usage_event": false})),
+        )
+        .await;
+    assert_eq!(v["quota_usage_event"], false);
+    let quiet = message_stream(&s, &key, None).await;
+    assert!(quiet.iter().all(|(n, _)| n != "quota_usage"), "{quiet:?}");
+}

@@ -100,9 +100,12 @@ def test_messages_stream_yields_the_text_and_ends_with_a_quota_usage_event(provi
         {"model": "claude-haiku-4-5", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
     )
     names = [n for n, _ in events]
-    assert names[0] == "message_start" and names[-2:] == ["message_stop", "quota_usage"]
+    assert names[0] == "message_start" and names[-3:] == ["message_delta", "message_stop", "quota_usage"]
     quota = json.loads(events[-1][1])
     assert_charged(providers, before - expected, quota, expected)
+    # The final message_delta carries the same `quota` (SPEC §14, for strict stream parsers).
+    delta = json.loads(events[-3][1])
+    assert delta["usage"]["output_tokens"] == 12 and delta["quota"]["credits_used"] == quota["credits_used"]
 
 
 def test_tool_use_round_trip_through_the_sdk(providers: Gateway, fake_anthropic):

@@ -29,6 +29,11 @@ def test_bad_credentials_are_authentication_errors(sandbox: Gateway, bad_key):
     assert info.value.status_code == 401
     assert info.value.code == "invalid_api_key"
     assert info.value.body["type"]
+    # SPEC §14: the error links to its section of the page the gateway serves.
+    assert info.value.body["docs_url"] == "/docs/errors#invalid_api_key"
+    with sandbox.server.http() as h:
+        page = h.get("/docs/errors")
+    assert page.status_code == 200 and '<section id="invalid_api_key">' in page.text
     assert_not_charged(sandbox, before, transfers_before, info.value.response.headers["x-request-id"])
 
 

@@ -36,6 +36,8 @@ def test_balance_shape_for_each_key_mode(sandbox: Gateway):
             assert r.json() == {
                 "wallet": "developer",
                 "balance": WELCOME_CREDITS,
+                "developer_balance": WELCOME_CREDITS,
+                "plan": "free",
                 "user_id": sandbox.account.user_id,
                 "billing_mode": mode,
             }

@@ -190,7 +190,13 @@ def test_authlib_runs_the_whole_flow_then_refreshes_then_pays_with_the_openai_sd
     ]
     with gateway.http() as h:
         bal = h.get("/v1/balance", headers={"Authorization": f"Bearer {refreshed['access_token']}"}).json()
-    assert bal == {"wallet": "oauth_user", "balance": 1_000_000 - 563, "user_id": user.user_id, "billing_mode": "user"}
+    assert bal == {
+        "wallet": "oauth_user",
+        "balance": 1_000_000 - 563,
+        "plan": "free",
+        "user_id": user.user_id,
+        "billing_mode": "user",
+    }
     with gateway.http() as h:
         users = h.get(
             f"/developers/apps/{app.id}/users", headers={"Authorization": f"Bearer {developer.session_token}"}

@@ -78,7 +78,8 @@ def test_completion_is_forwarded_and_charged_from_upstream_usage(proxy: Gateway,
     assert body["max_tokens"] == 64
     assert body["seed"] == 7
     assert body["user"] == "end-user-42"
-    for unforwarded in ("service_tier", "store", "quota_made_up_field"):
+    assert body["store"] is True, "store is forwarded (SPEC 3.1; OpenAI keeps the completion)"
+    for unforwarded in ("service_tier", "quota_made_up_field"):
         assert unforwarded not in body, f"{unforwarded} reached the upstream"
 
     q = quota_of(resp)

@@ -211,6 +211,7 @@ impl AppState {
 
 pub fn build_router(state: SharedState) -> Router {
     let body_limit = state.config.body_limit_bytes;
+    crate::error_catalog::set_public_base(state.config.public_url.as_deref());
     Router::new()
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
@@ -229,6 +230,7 @@ pub fn build_router(state: SharedState) -> Router {
         .merge(routes::user_billing_router())
         .merge(routes::reporting_router())
         .merge(routes::payments_router())
+        .merge(routes::compat_router())
         .merge(crate::dashboard::router())
         .route("/v1/messages", post(crate::gateway::routes::messages::messages))
         .route("/v1/messages/count_tokens", post(crate::gateway::count_tokens::messages))

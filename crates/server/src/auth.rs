@@ -41,6 +41,9 @@ pub struct Principal {
     pub margin: Margin,
     /// The key's per-minute override, for the rate limiter.
     pub rate_limit_per_minute: Option<i64>,
+    /// The key's setting: `/v1/messages` streams end with `event: quota_usage` (true without
+    /// a key).
+    pub quota_usage_event: bool,
 }
 
 impl Principal {
@@ -270,6 +273,7 @@ async fn admit_request(
             app_id: key.app_id.clone(),
             margin: Margin::ZERO,
             rate_limit_per_minute: key.rate_limit_per_minute,
+            quota_usage_event: key.quota_usage_event,
         }),
     }
 }
@@ -289,6 +293,7 @@ fn user_principal(
         app_id: Some(t.app_id.clone()),
         margin: Margin::from_bps(t.profit_margin_bps).map_err(internal("stored margin"))?,
         rate_limit_per_minute: key.and_then(|k| k.rate_limit_per_minute),
+        quota_usage_event: key.is_none_or(|k| k.quota_usage_event),
     })
 }
 
@@ -377,5 +382,55 @@ impl FromRequestParts<SharedState> for SessionUser {
         session_user(state, token)
             .await?
             .ok_or_else(|| ApiError::invalid_api_key("unknown, expired or revoked session"))
+    }
+}
+
+/// The scope a user token needs on a route about the user's own account (SPEC §14).
+pub trait HolderScope: Send + Sync {
+    const SCOPE: Scope;
+}
+
+macro_rules! holder_scopes {
+    ($($name:ident => $scope:expr),* $(,)?) => {$(
+        #[doc = concat!("A user token on this route needs `", stringify!($scope), "`.")]
+        pub struct $name;
+        impl HolderScope for $name {
+            const SCOPE: Scope = $scope;
+        }
+    )*};
+}
+
+holder_scopes! {
+    AccountRead => Scope::AccountRead,
+    AccountWrite => Scope::AccountWrite,
+    AppsRead => Scope::AppsRead,
+    AppsWrite => Scope::AppsWrite,
+}
+
+/// Whoever a route about one's own account (`/account`, its connections) acts for: a signed-in
+/// session, or a user access token granted `S::SCOPE` (else 403 `insufficient_scope`). API
+/// keys are refused as on every management route.
+pub struct AccountHolder<S: HolderScope> {
+    pub user_id: String,
+    /// The OAuth app whose token this is (`None` for a session).
+    pub app_id: Option<String>,
+    scope: std::marker::PhantomData<S>,
+}
+
+impl<S: HolderScope> FromRequestParts<SharedState> for AccountHolder<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        if let Some(token) = bearer(&parts.headers).filter(|b| b.starts_with(USER_TOKEN_PREFIX)) {
+            let grant = user_access_token(state, token).await?;
+            require_scope(&grant, S::SCOPE)?;
+            return Ok(AccountHolder {
+                user_id: grant.user_id.clone(),
+                app_id: Some(grant.app_id.clone()),
+                scope: std::marker::PhantomData,
+            });
+        }
+        let session = SessionUser::from_request_parts(parts, state).await?;
+        Ok(AccountHolder { user_id: session.user.id, app_id: None, scope: std::marker::PhantomData })
     }
 }

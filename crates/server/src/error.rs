@@ -1,5 +1,6 @@
 //! Quota's errors as its API shows them (SPEC §0, §13): one JSON shape, a stable `code`, an
-//! OpenAI-compatible `type`, never a stack trace, SQL or secret.
+//! OpenAI-compatible `type`, a `docs_url` into the `/docs/errors` page (SPEC §14, made from
+//! [`crate::error_catalog`]), never a stack trace, SQL or secret.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +25,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        debug_assert!(
+            crate::error_catalog::lookup(code).is_some(),
+            "error code `{code}` is not in error_catalog::CODES (SPEC §13, the /docs/errors page)"
+        );
         ApiError {
             status,
             code,
@@ -91,7 +96,12 @@ impl ApiError {
     }
 
     pub fn body_json(&self) -> serde_json::Value {
-        let mut error = json!({"code": self.code, "message": self.message, "type": self.kind()});
+        let mut error = json!({
+            "code": self.code,
+            "message": self.message,
+            "type": self.kind(),
+            "docs_url": crate::error_catalog::docs_url(self.code),
+        });
         if let Some(h) = &self.hint {
             error["hint"] = json!(h);
         }

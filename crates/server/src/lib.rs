@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod error_catalog;
 pub mod files;
 pub mod gateway;
 pub mod limit;

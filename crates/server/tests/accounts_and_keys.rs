@@ -299,7 +299,11 @@ async fn bearer_and_x_api_key_are_equivalent() {
     let b: Value =
         s.http.get(s.url("/v1/balance")).header("X-API-Key", &key).send().await.unwrap().json().await.unwrap();
     assert_eq!(a, b);
-    assert_eq!(a, json!({"wallet": "developer", "balance": 1_000_000, "user_id": user, "billing_mode": "developer"}));
+    assert_eq!(
+        a,
+        json!({"wallet": "developer", "balance": 1_000_000, "developer_balance": 1_000_000, "plan": "free",
+            "user_id": user, "billing_mode": "developer"})
+    );
 }
 
 #[tokio::test]

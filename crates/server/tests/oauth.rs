@@ -91,7 +91,10 @@ async fn balance_with_a_user_token_is_the_users_wallet() {
     let r = s.send(reqwest::Method::GET, "/v1/balance", access(&tokens), Value::Null).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v, json!({"wallet": "oauth_user", "balance": 1_000_000, "user_id": user, "billing_mode": "user"}));
+    assert_eq!(
+        v,
+        json!({"wallet": "oauth_user", "balance": 1_000_000, "plan": "free", "user_id": user, "billing_mode": "user"})
+    );
     let r = s.send(reqwest::Method::GET, "/v1/models", access(&tokens), Value::Null).await;
     assert_eq!(r.status(), 200);
 }
@@ -878,7 +881,9 @@ async fn the_id_token_verifies_against_the_jwks_and_userinfo_has_the_balance() {
     assert!(jsonwebtoken::decode::<Value>(&bad, &key, &validation).is_err());
     let info: Value =
         s.send(reqwest::Method::GET, "/oauth/userinfo", access(&t), Value::Null).await.json().await.unwrap();
-    assert_eq!(info, json!({"sub": user, "email": "oidc@example.com", "email_verified": false, "balance": 1_000_000}));
+    // Signed in without a credits scope: no wallet linked to this app, so `balance` is null
+    // (SPEC §14), not the number.
+    assert_eq!(info, json!({"sub": user, "email": "oidc@example.com", "email_verified": false, "balance": null}));
     // The key is generated once and kept: a fresh process on the same database loads it.
     let reloaded =
         quota_server::oauth::jwt::SigningKeys::default().get(&s.state.store, &s.state.master_key, 0).await.unwrap();

@@ -28,6 +28,9 @@ pub struct ApiKey {
     pub billing_mode: BillingMode,
     pub rate_limit_per_minute: Option<i64>,
     pub app_id: Option<String>,
+    /// Whether its `/v1/messages` streams end with the separate `event: quota_usage` (SPEC
+    /// §14: strict Anthropic parsers reject it; `quota` is on the final `message_delta` too).
+    pub quota_usage_event: bool,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,

@@ -302,6 +302,7 @@ impl Store {
             .bind(key.rate_limit_per_minute)
             .bind(&key.app_id)
             .bind(now)
+            .bind(true)
             .execute(p)
             .await?
             .rows_affected());
@@ -313,6 +314,7 @@ impl Store {
             billing_mode: key.billing_mode,
             rate_limit_per_minute: key.rate_limit_per_minute,
             app_id: key.app_id.clone(),
+            quota_usage_event: true,
             created_at: now,
             last_used_at: None,
             revoked_at: None,
@@ -355,10 +357,12 @@ impl Store {
         key_id: &str,
         name: Option<&str>,
         rate_limit: Option<Option<i64>>,
+        quota_usage_event: Option<bool>,
     ) -> Result<ApiKey, StoreError> {
         let sql = format!(
             "UPDATE api_keys SET name = COALESCE($1, name), \
-             rate_limit_per_minute = CASE WHEN $2 THEN $3 ELSE rate_limit_per_minute END \
+             rate_limit_per_minute = CASE WHEN $2 THEN $3 ELSE rate_limit_per_minute END, \
+             quota_usage_event = COALESCE($6, quota_usage_event) \
              WHERE user_id = $4 AND id = $5 RETURNING {KEY_COLUMNS}"
         );
         let key = on_pool!(&self.pool, |p| sqlx::query(&sql)
@@ -367,6 +371,7 @@ impl Store {
             .bind(rate_limit.flatten())
             .bind(user_id)
             .bind(key_id)
+            .bind(quota_usage_event)
             .fetch_optional(p)
             .await?
             .as_ref()
@@ -429,6 +434,7 @@ impl Store {
                 .bind(old_key.rate_limit_per_minute)
                 .bind(&old_key.app_id)
                 .bind(now)
+                .bind(old_key.quota_usage_event)
                 .execute(&mut *c)
                 .await?;
             (old_key, old_hash)
@@ -660,10 +666,11 @@ where
 }
 
 const INSERT_KEY: &str = "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, billing_mode, \
-     rate_limit_per_minute, app_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+     rate_limit_per_minute, app_id, created_at, quota_usage_event) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 const KEY_COLUMNS: &str =
-    "id, user_id, name, prefix, billing_mode, rate_limit_per_minute, app_id, created_at, last_used_at, revoked_at";
+    "id, user_id, name, prefix, billing_mode, rate_limit_per_minute, app_id, created_at, last_used_at, revoked_at, \
+     quota_usage_event";
 
 fn user_from_row(r: &impl DbRow) -> User {
     User {
@@ -684,6 +691,7 @@ fn key_from_row(r: &impl DbRow) -> Result<ApiKey, StoreError> {
         billing_mode: BillingMode::from_str(&mode).map_err(StoreError::Corrupt)?,
         rate_limit_per_minute: r.get("rate_limit_per_minute"),
         app_id: r.get("app_id"),
+        quota_usage_event: r.get("quota_usage_event"),
         created_at: r.get("created_at"),
         last_used_at: r.get("last_used_at"),
         revoked_at: r.get("revoked_at"),

@@ -40,9 +40,36 @@ pub struct UsageRecord {
 }
 
 impl UsageRecord {
-    /// `usage.completed`'s `data`: the record (no prompt or completion text exists in it).
+    /// The account whose wallet paid: the end user in user mode, else the developer.
+    pub fn payer_user_id(&self) -> &str {
+        self.payer_account.strip_prefix("wallet:").unwrap_or(&self.payer_account)
+    }
+
+    /// What left the payer's wallet: the total, or in the sandbox the base alone (its markup
+    /// is shown in the record, never taken) — the `quota` object's `credits_used`.
+    pub fn credits_used(&self) -> i64 {
+        if self.sandbox {
+            self.base_cost
+        } else {
+            self.total
+        }
+    }
+
+    /// Every prompt-side token: full-price input, cache reads and cache writes.
+    pub fn prompt_tokens(&self) -> i64 {
+        self.input_tokens + self.cached_tokens + self.cache_write_tokens
+    }
+
+    /// `usage.completed`'s `data`: the record (no prompt or completion text exists in it), and
+    /// the public docs' names beside ours (SPEC §14): `user_id` (the payer), `prompt_tokens`,
+    /// `completion_tokens`, `total_tokens`, `credits_used`.
     pub fn event_data(&self) -> serde_json::Value {
         serde_json::json!({
+            "user_id": self.payer_user_id(),
+            "prompt_tokens": self.prompt_tokens(),
+            "completion_tokens": self.output_tokens,
+            "total_tokens": self.prompt_tokens() + self.output_tokens,
+            "credits_used": self.credits_used(),
             "request_id": self.id,
             "client_request_id": self.client_request_id,
             "key_id": self.key_id,
@@ -173,6 +200,18 @@ pub struct UsageAggregate {
 /// Milliseconds in a UTC day.
 pub const DAY_MS: i64 = 86_400_000;
 
+/// One model's share of what a wallet paid over a period (`GET /v1/me`, SPEC §14).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayerModelUsage {
+    pub model: String,
+    pub requests: i64,
+    /// Every prompt-side token (cached and cache writes included) plus output tokens.
+    pub tokens: i64,
+    /// What left the wallet: the total, or in the sandbox the base alone (its markup is shown,
+    /// never taken).
+    pub credits: i64,
+}
+
 impl crate::Store {
     /// Records matching `filter`, newest first.
     pub async fn usage_records(
@@ -271,6 +310,47 @@ impl crate::Store {
                     base_cost: r.get("base_cost"),
                     markup: r.get("markup"),
                     total: r.get("total"),
+                })
+                .collect())
+        })
+    }
+
+    /// What `payer_account` paid in `[from, to)`, by model, summed by the database over the
+    /// raw records (index `usage_records_payer`) and the daily aggregates retention left: one
+    /// row per model comes back, never the records. Requests that failed before a charge count
+    /// as requests with no tokens and no credits. Largest spend first.
+    pub async fn payer_usage_by_model(
+        &self,
+        payer_account: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<PayerModelUsage>, crate::StoreError> {
+        on_pool!(self.pool(), |p| {
+            let rows = sqlx::query(
+                "SELECT model, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(tokens) AS BIGINT) AS tokens, \
+                 CAST(SUM(credits) AS BIGINT) AS credits FROM ( \
+                 SELECT model, COUNT(*) AS requests, \
+                 SUM(input_tokens + cached_tokens + cache_write_tokens + output_tokens) AS tokens, \
+                 SUM(CASE WHEN sandbox THEN base_cost ELSE total END) AS credits \
+                 FROM usage_records WHERE payer_account = $1 AND created_at >= $2 AND created_at < $3 GROUP BY model \
+                 UNION ALL \
+                 SELECT model, SUM(requests) AS requests, SUM(input_tokens + cached_tokens + output_tokens) AS tokens, \
+                 SUM(CASE WHEN sandbox THEN base_cost ELSE total END) AS credits \
+                 FROM usage_daily WHERE payer_account = $1 AND day >= $2 AND day < $3 GROUP BY model \
+                 ) AS by_model GROUP BY model ORDER BY credits DESC, model",
+            )
+            .bind(payer_account)
+            .bind(from)
+            .bind(to)
+            .fetch_all(p)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| PayerModelUsage {
+                    model: r.get("model"),
+                    requests: r.get("requests"),
+                    tokens: r.get("tokens"),
+                    credits: r.get("credits"),
                 })
                 .collect())
         })

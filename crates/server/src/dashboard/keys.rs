@@ -160,7 +160,7 @@ pub async fn create(State(state): State<SharedState>, f: DashForm) -> PageResult
 pub async fn set_limit(State(state): State<SharedState>, Path(id): Path<String>, f: DashForm) -> PageResult {
     let result = async {
         let limit = parse_limit(f.form.get("rate_limit_per_minute"))?.map(RateLimit::parse).transpose()?;
-        keys::update(&state, f.dash.user_id(), &id, KeyPatch { name: None, rate_limit: Some(limit) }).await
+        keys::update(&state, f.dash.user_id(), &id, KeyPatch { rate_limit: Some(limit), ..KeyPatch::default() }).await
     }
     .await;
     match result {

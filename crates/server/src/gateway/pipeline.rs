@@ -137,6 +137,7 @@ async fn admitted_request<R: Route>(route: R, inbound: Inbound, principal: Princ
         model: model.clone(),
         request_id: inbound.request_id,
         client_request_id: inbound.client_request_id,
+        endpoint: inbound.endpoint,
         charge_id,
         started: inbound.started,
         exchange: inbound.exchange,

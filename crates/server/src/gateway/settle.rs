@@ -47,6 +47,8 @@ pub struct Billing {
     /// Quota's `req_…` id: the usage record's key and every transfer's cause.
     pub request_id: String,
     pub client_request_id: Option<String>,
+    /// The route template, for `balance.updated` (SPEC §14).
+    pub endpoint: String,
     /// Prefix of this request's transfer ids: random, or derived from its Idempotency-Key so a
     /// replayed request can never be charged twice.
     pub charge_id: String,
@@ -121,6 +123,10 @@ impl Billing {
         let balance_before = hold.balance_at_hold();
         let mut record = self.usage_record(&usage, &shown, status);
         let low_balance = self.state.webhooks.settlement_events(&self.principal, &mut record);
+        let balance_updates = match settled.paid.total().get() {
+            0 => Vec::new(),
+            _ => self.state.webhooks.balance_updated(&self.principal, &record, &self.endpoint).into_iter().collect(),
+        };
         let parties = ChargeParties {
             charge_id: &self.charge_id,
             cause: &self.request_id,
@@ -136,6 +142,7 @@ impl Billing {
             key_used: self.principal.key_id.clone(),
             events: Vec::new(),
             low_balance,
+            balance_updates,
         };
         self.state.test_hooks.before_settle().await;
         let span = tracing::debug_span!(parent: self.exchange.span(), "settle", credits = settled.paid.total().get());

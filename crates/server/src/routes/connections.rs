@@ -1,9 +1,10 @@
 //! SPEC §5: an end user's connected apps (`/account/connections`): what each may do, what the
-//! user spent through it, and disconnecting it (its tokens stop working at once). Thin: the
-//! session's user, then [`crate::services::apps`].
+//! user spent through it, and disconnecting it (its tokens stop working at once). A session,
+//! or a user token with `apps.read` (list) / `apps.write` (disconnect) (SPEC §14). Thin: the
+//! caller, then [`crate::services::apps`].
 
 use crate::app::SharedState;
-use crate::auth::SessionUser;
+use crate::auth::{AccountHolder, AppsRead, AppsWrite};
 use crate::error::ApiError;
 use crate::routes::apps::scope_list;
 use crate::routes::PageQuery;
@@ -15,10 +16,10 @@ use serde_json::{json, Value};
 
 pub async fn list(
     State(state): State<SharedState>,
-    session: SessionUser,
+    holder: AccountHolder<AppsRead>,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let connections = apps::connections(&state, &session.user.id).await?;
+    let connections = apps::connections(&state, &holder.user_id).await?;
     page.json(connections, |c| {
         json!({
             "app_id": c.app_id,
@@ -32,9 +33,9 @@ pub async fn list(
 
 pub async fn disconnect(
     State(state): State<SharedState>,
-    session: SessionUser,
+    holder: AccountHolder<AppsWrite>,
     Path(app_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let app_id = apps::disconnect(&state, &session.user.id, &app_id).await?;
+    let app_id = apps::disconnect(&state, &holder.user_id, &app_id).await?;
     Ok(Json(json!({"success": true, "app_id": app_id})))
 }

@@ -1,12 +1,16 @@
-//! `POST /v1/funding/oauth_user` (SPEC §6): a developer moves credits from their wallet to a
-//! user connected to one of their apps, with `Idempotency-Key` (SPEC §0). Sandbox keys may not
-//! move real credits (403).
+//! Funding a connected user from the developer's wallet (SPEC §6, §14), with `Idempotency-Key`
+//! (SPEC §0): `POST /v1/funding/oauth_user {user_id, amount, description?}` and the public
+//! docs' older `POST /v1/funding/credit {external_user_id | user_id, amount}`. Both are one
+//! transfer ([`fund_user`]) under one idempotency space (`funding:<developer>`, the same
+//! transfer id for the same key): a key used on one route and sent to the other is a
+//! different request, so 409 `idempotency_conflict` — never a second transfer. Sandbox keys
+//! may not move real credits (403).
 
 use crate::app::SharedState;
 use crate::auth::{admit_key, api_key_secret};
 use crate::body::RawBody;
 use crate::error::{internal, ApiError};
-use crate::gateway::idempotency::{self, Begin};
+use crate::gateway::idempotency::{self, Begin, Claim};
 use crate::request_id::RequestId;
 use crate::services::funding::{fund_user, Funding};
 use axum::extract::State;
@@ -16,7 +20,7 @@ use axum::Extension;
 use quota_core::{AccountId, BillingMode, Credits, TransferKind};
 use quota_store::LedgerError;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Largest single funding: $1,000,000.
 const FUNDING_MAX: Credits = Credits::new(1_000_000_000_000);
@@ -30,19 +34,151 @@ struct FundUser {
     description: Option<String>,
 }
 
+/// `/v1/funding/credit`'s body: Quota has no external ids of its own, so `external_user_id`
+/// is the user's Quota id (their OIDC `sub`), like `user_id`. `idempotency_key` in the body is
+/// the older docs' form of the `Idempotency-Key` header (the header wins).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditUser {
+    user_id: Option<String>,
+    external_user_id: Option<String>,
+    amount: i64,
+    description: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// A funding request, checked, as both routes make it.
+struct FundingRequest<'a> {
+    route: &'static str,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+    request_id: String,
+    user_id: String,
+    amount: i64,
+    description: Option<String>,
+}
+
+/// A committed funding: the user's balance after it, and the claim to complete with the answer.
+struct Funded {
+    transfer_id: String,
+    balance_after: Credits,
+    claim: Option<Claim>,
+}
+
+enum Outcome {
+    Replay(Response),
+    Funded(Funded),
+}
+
 pub async fn fund_oauth_user(
     State(state): State<SharedState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let key = admit_key(&state, api_key_secret(&headers)).await?;
+    let developer = funding_developer(&state, &headers).await?;
+    let req: FundUser = parse(&body)?;
+    let request = FundingRequest {
+        route: "/v1/funding/oauth_user",
+        headers: &headers,
+        body: &body,
+        request_id,
+        user_id: req.user_id,
+        amount: req.amount,
+        description: req.description,
+    };
+    fund_and_answer(&state, &developer, request, |r, f| {
+        json!({
+            "success": true,
+            "user_id": r.user_id,
+            "amount": r.amount,
+            "balance_after": f.balance_after,
+            "ledger_id": f.transfer_id,
+        })
+    })
+    .await
+}
+
+pub async fn fund_credit(
+    State(state): State<SharedState>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    mut headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let developer = funding_developer(&state, &headers).await?;
+    let req: CreditUser = parse(&body)?;
+    let user_id = match (req.user_id, req.external_user_id) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request("user_id and external_user_id name different users; send one"))
+        }
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => return Err(ApiError::bad_request("missing field `user_id` (or `external_user_id`)")),
+    };
+    if let Some(key) = req.idempotency_key.filter(|_| !headers.contains_key("idempotency-key")) {
+        let value = HeaderValue::from_str(&key)
+            .map_err(|_| ApiError::bad_request("idempotency_key must be visible ASCII characters"))?;
+        headers.insert("idempotency-key", value);
+    }
+    let request = FundingRequest {
+        route: "/v1/funding/credit",
+        headers: &headers,
+        body: &body,
+        request_id,
+        user_id,
+        amount: req.amount,
+        description: req.description,
+    };
+    // `ledger_id` is ours, beside the documented four (SPEC §14).
+    fund_and_answer(&state, &developer, request, |r, f| {
+        json!({
+            "success": true,
+            "user_id": r.user_id,
+            "new_balance": f.balance_after,
+            "amount_added": r.amount,
+            "ledger_id": f.transfer_id,
+        })
+    })
+    .await
+}
+
+/// Fund, then answer with `shape`'s JSON (stored for the key's replays), or replay.
+async fn fund_and_answer(
+    state: &SharedState,
+    developer: &str,
+    request: FundingRequest<'_>,
+    shape: impl FnOnce(&Checked, &Funded) -> Value,
+) -> Result<Response, ApiError> {
+    let checked = Checked { user_id: request.user_id.clone(), amount: request.amount };
+    match fund(state, developer, request).await? {
+        Outcome::Replay(resp) => Ok(resp),
+        Outcome::Funded(mut f) => {
+            let out = shape(&checked, &f);
+            answer(f.claim.take(), &out).await
+        }
+    }
+}
+
+/// Who was funded, and by how much, for the answer.
+struct Checked {
+    user_id: String,
+    amount: i64,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(quota_providers::openai::describe_json_error(&e)))
+}
+
+/// The developer whose key funds (never a sandbox key).
+async fn funding_developer(state: &SharedState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let key = admit_key(state, api_key_secret(headers)).await?;
     if key.billing_mode == BillingMode::Test {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "sandbox (test) keys cannot move real credits")
             .with_hint("use a developer or user key"));
     }
-    let req: FundUser = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(quota_providers::openai::describe_json_error(&e)))?;
+    Ok(key.user_id.clone())
+}
+
+fn check(developer: &str, req: &FundingRequest<'_>) -> Result<(), ApiError> {
     if req.amount <= 0 || req.amount > FUNDING_MAX.get() {
         return Err(ApiError::bad_request(format!(
             "amount must be a whole number of credits from 1 to {}",
@@ -52,23 +188,29 @@ pub async fn fund_oauth_user(
     if req.description.as_ref().is_some_and(|d| d.chars().count() > DESCRIPTION_MAX_CHARS) {
         return Err(ApiError::bad_request(format!("description must be at most {DESCRIPTION_MAX_CHARS} characters")));
     }
-    let developer = key.user_id.clone();
     if req.user_id == developer {
         return Err(ApiError::bad_request("user_id is your own account; fund a user connected to your apps"));
     }
-    let claim =
-        match idempotency::begin(&state, &headers, format!("funding:{developer}"), &[b"/v1/funding/oauth_user", &body])
-            .await?
-        {
-            Begin::Replay(resp) => return Ok(resp),
-            Begin::Claimed(c) => Some(c),
-            Begin::None => None,
-        };
-    let connected = state.store.connected_to_developer(&req.user_id, &developer).await.map_err(internal("funding"))?;
-    if !connected {
+    Ok(())
+}
+
+/// Claim the idempotency key, check the user is connected, commit the transfer.
+async fn fund(state: &SharedState, developer: &str, req: FundingRequest<'_>) -> Result<Outcome, ApiError> {
+    check(developer, &req)?;
+    let identity: [&[u8]; 2] = [req.route.as_bytes(), req.body];
+    let claim = match idempotency::begin(state, req.headers, format!("funding:{developer}"), &identity).await? {
+        Begin::Replay(resp) => return Ok(Outcome::Replay(resp)),
+        Begin::Claimed(c) => Some(c),
+        Begin::None => None,
+    };
+    let abandon = |claim: Option<Claim>| async move {
         if let Some(c) = claim {
             c.abandon().await;
         }
+    };
+    let connected = state.store.connected_to_developer(&req.user_id, developer).await.map_err(internal("funding"))?;
+    if !connected {
+        abandon(claim).await;
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "user_not_found",
@@ -77,20 +219,18 @@ pub async fn fund_oauth_user(
     }
     let transfer_id = claim.as_ref().map(|c| c.charge_id()).unwrap_or_else(|| quota_core::ids::new_id("ledg_"));
     let funding = Funding {
-        developer_id: &developer,
+        developer_id: developer,
         user_id: &req.user_id,
         amount: Credits::new(req.amount),
         kind: TransferKind::Funding,
         transfer_id: transfer_id.clone(),
-        cause: request_id,
+        cause: req.request_id,
         description: req.description.as_deref(),
     };
-    let committed = match fund_user(&state, funding).await {
+    let committed = match fund_user(state, funding).await {
         Ok(c) => c,
         Err(e) => {
-            if let Some(c) = claim {
-                c.abandon().await;
-            }
+            abandon(claim).await;
             return Err(match e {
                 LedgerError::Insufficient { available, needed } => {
                     ApiError::insufficient_credits(available.get(), needed.get()).with_hint("top up your wallet first")
@@ -115,14 +255,12 @@ pub async fn fund_oauth_user(
         Some(b) => b,
         None => state.ledger.balance(&wallet).await.map_err(internal("balance"))?,
     };
-    let out = json!({
-        "success": true,
-        "user_id": req.user_id,
-        "amount": req.amount,
-        "balance_after": balance_after,
-        "ledger_id": transfer_id,
-    });
-    let bytes = serde_json::to_vec(&out).map_err(internal("serialize"))?;
+    Ok(Outcome::Funded(Funded { transfer_id, balance_after, claim }))
+}
+
+/// The JSON answer, stored for the key's replays.
+async fn answer(claim: Option<Claim>, out: &Value) -> Result<Response, ApiError> {
+    let bytes = serde_json::to_vec(out).map_err(internal("serialize"))?;
     if let Some(c) = claim {
         c.complete(200, "application/json", bytes.clone()).await;
     }

@@ -36,7 +36,9 @@ impl CreateKey {
     }
 }
 
-/// `PATCH` body: only `name` and `rate_limit_per_minute` (an integer, or `null` to clear).
+/// `PATCH` body: only `name`, `rate_limit_per_minute` (an integer, or `null` to clear) and
+/// `quota_usage_event` (`false`: `/v1/messages` streams leave the separate `event:
+/// quota_usage` out; `quota` stays on their final `message_delta`).
 fn parse_patch(body: &serde_json::Map<String, Value>) -> Result<KeyPatch, ApiError> {
     let name = match body.get("name") {
         None => None,
@@ -50,12 +52,18 @@ fn parse_patch(body: &serde_json::Map<String, Value>) -> Result<KeyPatch, ApiErr
             v.as_i64().ok_or_else(|| ApiError::bad_request("rate_limit_per_minute must be an integer or null"))?,
         )?)),
     };
-    if let Some(other) = body.keys().find(|k| !["name", "rate_limit_per_minute"].contains(&k.as_str())) {
+    let quota_usage_event = match body.get("quota_usage_event") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(ApiError::bad_request("quota_usage_event must be true or false")),
+    };
+    const CHANGEABLE: [&str; 3] = ["name", "rate_limit_per_minute", "quota_usage_event"];
+    if let Some(other) = body.keys().find(|k| !CHANGEABLE.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
-            "`{other}` cannot be changed; only name and rate_limit_per_minute can"
+            "`{other}` cannot be changed; only name, rate_limit_per_minute and quota_usage_event can"
         )));
     }
-    Ok(KeyPatch { name, rate_limit })
+    Ok(KeyPatch { name, rate_limit, quota_usage_event })
 }
 
 pub fn key_json(k: &ApiKey) -> Value {
@@ -65,6 +73,7 @@ pub fn key_json(k: &ApiKey) -> Value {
         "prefix": k.prefix,
         "billing_mode": k.billing_mode,
         "rate_limit_per_minute": k.rate_limit_per_minute,
+        "quota_usage_event": k.quota_usage_event,
         "app_id": k.app_id,
         "created_at": rfc3339(k.created_at),
         "last_used_at": k.last_used_at.map(rfc3339),

@@ -1,9 +1,11 @@
 //! HTTP handlers, thin: extract the caller, parse the body into a service's typed input,
 //! call the service (`crate::services`), shape the JSON answer.
 
+pub mod account;
 pub mod accounts;
 pub mod apps;
 pub mod connections;
+pub mod docs;
 pub mod funding;
 pub mod keys;
 pub mod oauth;
@@ -33,6 +35,16 @@ pub fn user_billing_router() -> Router<SharedState> {
         .route("/account/connections", get(connections::list))
         .route("/account/connections/{app_id}", axum::routing::delete(connections::disconnect))
         .route("/v1/funding/oauth_user", post(funding::fund_oauth_user))
+}
+
+/// What clients written against Quota's public documentation call (SPEC §14): the errors page,
+/// `/v1/me`, `/account`, `/v1/funding/credit`.
+pub fn compat_router() -> Router<SharedState> {
+    Router::new()
+        .route(crate::error_catalog::PAGE_PATH, get(docs::errors))
+        .route("/account", get(account::get).patch(account::patch))
+        .route("/v1/me", get(account::me))
+        .route("/v1/funding/credit", post(funding::fund_credit))
 }
 
 /// Webhooks (SPEC §8), usage, ledger and analytics (SPEC §9).

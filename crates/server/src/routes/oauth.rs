@@ -557,11 +557,19 @@ pub async fn userinfo(State(state): State<SharedState>, headers: HeaderMap) -> R
             .await
             .map_err(crate::error::internal("userinfo user"))?
             .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "unknown user"))?;
-        let balance = state
-            .ledger
-            .balance(&AccountId::wallet(&t.user_id))
-            .await
-            .map_err(crate::error::internal("userinfo balance"))?;
+        // A token with neither credits scope signed the user in without linking their wallet
+        // to this app: `balance` is null, not 0 (SPEC §14; "show Link wallet").
+        let wallet_linked = scopes.contains(Scope::CreditsRead) || scopes.contains(Scope::CreditsSpend);
+        let balance = match wallet_linked {
+            true => Some(
+                state
+                    .ledger
+                    .balance(&AccountId::wallet(&t.user_id))
+                    .await
+                    .map_err(crate::error::internal("userinfo balance"))?,
+            ),
+            false => None,
+        };
         let (email, email_verified, name) = tokens::identity_claims(scopes, &user.email);
         let mut out = json!({"sub": t.user_id, "balance": balance});
         if let Some(e) = email {
@@ -569,7 +577,13 @@ pub async fn userinfo(State(state): State<SharedState>, headers: HeaderMap) -> R
             out["email_verified"] = json!(email_verified);
         }
         if let Some(n) = name {
-            out["name"] = json!(n);
+            // The account's own name when it has one (PATCH /account), else its email as before.
+            let profile = state.store.profile(&t.user_id).await.map_err(crate::error::internal("userinfo profile"))?;
+            let profile = profile.unwrap_or_default();
+            out["name"] = json!(profile.name.as_deref().unwrap_or(n));
+            if let Some(picture) = profile.avatar_url {
+                out["picture"] = json!(picture);
+            }
         }
         Ok::<_, ApiError>(out)
     }

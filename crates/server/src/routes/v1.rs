@@ -48,17 +48,29 @@ pub async fn models(State(state): State<SharedState>, headers: HeaderMap) -> Res
     Ok(limited.apply(Json(json!({"object": "list", "data": data})).into_response()))
 }
 
-/// `GET /v1/balance` (SPEC §6): the payer's wallet — the developer's for keys, the user's
-/// (`wallet: "oauth_user"`) for user tokens.
+/// `GET /v1/balance` (SPEC §6, §14): the payer's wallet — the developer's for keys, the user's
+/// (`wallet: "oauth_user"`) for user tokens — and the wallet owner's `plan`.
 pub async fn balance(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let p = admit_with_scope(&state, &headers, Scope::CreditsRead).await?;
     let limited = limit(&state, &p).await?;
     let balance = state.ledger.balance(&p.payer).await.map_err(internal("balance"))?;
     let body = match (&p.user_id, p.mode) {
         (Some(user), BillingMode::User) => {
-            json!({"wallet": "oauth_user", "balance": balance, "user_id": user, "billing_mode": p.mode})
+            let plan = crate::services::profile::plan(&state, user).await?;
+            json!({"wallet": "oauth_user", "balance": balance, "plan": plan.as_str(), "user_id": user, "billing_mode": p.mode})
         }
-        _ => json!({"wallet": "developer", "balance": balance, "user_id": p.developer_id, "billing_mode": p.mode}),
+        // `developer_balance` is the public docs' name for the same number (SPEC §14).
+        _ => {
+            let plan = crate::services::profile::plan(&state, &p.developer_id).await?;
+            json!({
+                "wallet": "developer",
+                "balance": balance,
+                "developer_balance": balance,
+                "plan": plan.as_str(),
+                "user_id": p.developer_id,
+                "billing_mode": p.mode,
+            })
+        }
     };
     Ok(limited.apply(Json(body).into_response()))
 }

@@ -24,7 +24,7 @@ pub struct Funding<'a> {
     pub description: Option<&'a str>,
 }
 
-/// Commit a funding transfer and its `balance.updated` event.
+/// Commit a funding transfer and its `balance.updated` event (with the user's `new_balance`).
 pub async fn fund_user(state: &SharedState, f: Funding<'_>) -> Result<Committed, LedgerError> {
     let now = state.clock.now_ms();
     let event = OutboxEvent::new(
@@ -48,7 +48,9 @@ pub async fn fund_user(state: &SharedState, f: Funding<'_>) -> Result<Committed,
         &f.cause,
         now,
     );
-    state.ledger.transfer_with_events(transfer, vec![event]).await
+    // `new_balance` (the public docs' field, SPEC §14) is the user's balance right after.
+    let update = quota_store::BalanceUpdate { account: quota_core::AccountId::wallet(f.user_id), event };
+    state.ledger.transfer_with_balance_updates(transfer, vec![update]).await
 }
 
 /// An app's welcome credits for a user who connected: once per user and app (the transfer id

@@ -57,6 +57,8 @@ pub struct NewKey {
 pub struct KeyPatch {
     pub name: Option<Name>,
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Whether `/v1/messages` streams end with the separate `event: quota_usage`.
+    pub quota_usage_event: Option<bool>,
 }
 
 /// A key and its secret, which is shown this once.
@@ -119,7 +121,11 @@ pub async fn create(state: &SharedState, owner: &str, new: NewKey) -> Result<Iss
 pub async fn update(state: &SharedState, owner: &str, id: &str, patch: KeyPatch) -> Result<ApiKey, ApiError> {
     let name = patch.name.map(Name::into_string);
     let limit = patch.rate_limit.map(|l| l.map(RateLimit::per_minute));
-    let key = state.store.update_key(owner, id, name.as_deref(), limit).await.map_err(not_found_or("update key"))?;
+    let key = state
+        .store
+        .update_key(owner, id, name.as_deref(), limit, patch.quota_usage_event)
+        .await
+        .map_err(not_found_or("update key"))?;
     state.keys.evict_id(&key.id);
     crate::changes::announce(state, &crate::changes::key(&key.id)).await;
     Ok(key)

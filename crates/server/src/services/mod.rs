@@ -16,6 +16,7 @@ pub mod apps;
 pub mod funding;
 pub mod keys;
 pub mod payments;
+pub mod profile;
 pub mod usage;
 pub mod webhooks;
 

@@ -12,7 +12,8 @@ use std::str::FromStr;
 pub enum EventKind {
     /// `usage.completed`: a request was charged (its usage record is the data).
     UsageCompleted,
-    /// `balance.updated`: credits moved into a wallet outside inference (funding, welcome).
+    /// `balance.updated`: a wallet's balance changed: funding, welcome credits, and every
+    /// charged request (SPEC §14).
     BalanceUpdated,
     /// `balance.low`: a wallet crossed an endpoint's low-balance threshold.
     BalanceLow,

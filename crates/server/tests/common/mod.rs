@@ -352,6 +352,8 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> V
     assert_eq!(v["error"]["code"], code, "body: {text}");
     assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert!(v["error"]["type"].is_string());
+    // SPEC §14: every error links to its section of the errors page.
+    assert_eq!(v["error"]["docs_url"], format!("/docs/errors#{code}"), "body: {text}");
     v
 }
 

@@ -95,6 +95,27 @@ pub struct Settlement {
     /// knows the balance each settlement starts from, so a crossing fires once however many
     /// requests run below the threshold afterwards.
     pub low_balance: Vec<LowBalanceWatch>,
+    /// Events that report an account's balance right after this settlement (`balance.updated`
+    /// after a charge, SPEC §14): the writer, which alone knows it, fills `data.new_balance`.
+    pub balance_updates: Vec<BalanceUpdate>,
+}
+
+/// An event to write with `data.new_balance` = `account`'s balance after the settlement.
+#[derive(Debug, Clone)]
+pub struct BalanceUpdate {
+    pub account: AccountId,
+    pub event: OutboxEvent,
+}
+
+impl BalanceUpdate {
+    /// The event, with the balance the settlement left.
+    pub(crate) fn filled(&self, after: i64) -> OutboxEvent {
+        let mut e = self.event.clone();
+        if let Some(data) = e.data.as_object_mut() {
+            data.insert("new_balance".into(), after.into());
+        }
+        e
+    }
 }
 
 /// A `balance.low` event to write if `account` crosses `threshold` downwards.
@@ -116,6 +137,8 @@ impl LowBalanceWatch {
         let mut e = self.event.clone();
         if let Some(data) = e.data.as_object_mut() {
             data.insert("balance".into(), after.into());
+            // The public docs' name for it (SPEC §14).
+            data.insert("current_balance".into(), after.into());
             data.insert("threshold".into(), self.threshold.into());
         }
         Some(e)
@@ -311,8 +334,23 @@ impl Ledger {
         transfer: Transfer,
         events: Vec<OutboxEvent>,
     ) -> Result<Committed, LedgerError> {
+        self.transfer_settling(transfer, Settlement { events, ..Default::default() }).await
+    }
+
+    /// [`Ledger::transfer`], with events that report a balance right after it (see
+    /// [`Settlement::balance_updates`]), committed in the same transaction.
+    pub async fn transfer_with_balance_updates(
+        &self,
+        transfer: Transfer,
+        balance_updates: Vec<BalanceUpdate>,
+    ) -> Result<Committed, LedgerError> {
+        self.transfer_settling(transfer, Settlement { balance_updates, ..Default::default() }).await
+    }
+
+    /// One transfer, with what else `settlement` commits beside it.
+    async fn transfer_settling(&self, transfer: Transfer, settlement: Settlement) -> Result<Committed, LedgerError> {
         transfer.validate()?;
-        let settlement = Settlement { transfers: vec![transfer.clone()], events, ..Default::default() };
+        let settlement = Settlement { transfers: vec![transfer.clone()], ..settlement };
         if transfer.from.may_go_negative() {
             if let Engine::Local(l) = &self.engine {
                 l.ensure_loaded(&[&transfer.from, &transfer.to]).await?;

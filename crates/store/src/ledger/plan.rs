@@ -98,6 +98,8 @@ pub(crate) struct Outcome {
     pub balances_after: Vec<Vec<(AccountId, Credits)>>,
     /// `balance.low` events of the applied jobs whose watched account crossed its threshold.
     pub crossings: Vec<OutboxEvent>,
+    /// The applied jobs' [`crate::ledger::BalanceUpdate`] events, their balance filled in.
+    pub balance_updates: Vec<OutboxEvent>,
 }
 
 /// Step 1. `entries` has one item per job of the batch (`None` for jobs that are not commits);
@@ -202,7 +204,11 @@ impl Plan<'_> {
             }
             running.insert(account, now.balance - moved.balance);
         }
-        let mut out = Outcome { balances_after: Vec::with_capacity(self.jobs.len()), crossings: Vec::new() };
+        let mut out = Outcome {
+            balances_after: Vec::with_capacity(self.jobs.len()),
+            crossings: Vec::new(),
+            balance_updates: Vec::new(),
+        };
         for (job, entry) in self.jobs.iter().zip(&self.entries) {
             let held_before = entry.and_then(|e| e.hold).map(|h| (h, running.get(&h.account).copied().unwrap_or(0)));
             let mut touched: Vec<(AccountId, Credits)> = Vec::new();
@@ -226,6 +232,9 @@ impl Plan<'_> {
             }
             if let (Some(entry), true) = (entry, job.applied()) {
                 out.crossings.extend(crossings(entry.settlement, &running));
+                out.balance_updates.extend(
+                    entry.settlement.balance_updates.iter().filter_map(|u| Some(u.filled(*running.get(&u.account)?))),
+                );
             }
             out.balances_after.push(touched);
         }

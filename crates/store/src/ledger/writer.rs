@@ -70,7 +70,8 @@ pub(crate) trait Engine {
     /// Move every account by the plan; each one's balance and `held` after.
     async fn move_accounts(&mut self, plan: &Plan<'_>, now_ms: i64)
         -> Result<HashMap<AccountId, Movement>, StoreError>;
-    /// Outbox events (the applied jobs' own, then the `balance.low` crossings).
+    /// Outbox events (the applied jobs' own, then the `balance.low` crossings and the
+    /// `balance.updated` events with their balances).
     async fn insert_events(&mut self, events: Vec<&OutboxEvent>) -> Result<(), StoreError>;
     async fn commit(&mut self) -> Result<(), StoreError>;
     /// Undo the open transaction (after an error: best effort).
@@ -154,7 +155,8 @@ impl<E: Engine> Writer<E> {
         self.engine.write_records(&plan, &keys_used, now).await?;
         let after = self.engine.move_accounts(&plan, now).await?;
         let outcome = plan.outcome(&after).map_err(refused)?;
-        self.engine.insert_events(plan.events.iter().copied().chain(&outcome.crossings).collect()).await?;
+        let events = plan.events.iter().copied().chain(&outcome.crossings).chain(&outcome.balance_updates).collect();
+        self.engine.insert_events(events).await?;
         let per_job = outcome.balances_after.into_iter().zip(plan.jobs.iter().map(|j| j.duplicates)).collect();
         Ok(Effects { per_job, after, freed: written.freed.len() })
     }

@@ -1,6 +1,10 @@
 //! `POST /v1/messages` (SPEC §3.2): the Anthropic Messages API, forwarded to Anthropic (or
 //! answered by the sandbox) through the one pipeline. The answer is Anthropic's, unchanged,
-//! plus `quota`; a stream ends with an extra `event: quota_usage`.
+//! plus `quota`. A stream's final `message_delta` is held back until the charge is settled
+//! and carries `quota` too (SPEC §14: strict parsers such as the Vercel AI SDK's ignore an
+//! extra field but reject unknown event types); then `message_stop`, then the documented
+//! `event: quota_usage` — unless the key's `quota_usage_event` is off or the request sends
+//! `X-Quota-Usage-Event: off`.
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -11,11 +15,13 @@ use crate::gateway::stream::StreamShape;
 use axum::response::Response;
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::StreamExt;
 use quota_core::hold::HoldBound;
 use quota_core::{Model, Provider, Usage};
 use quota_providers::anthropic::MessagesRequest;
 use quota_providers::sse::frame;
 use quota_providers::{ChatResponse, Meter, NativeCall, NativeProvider, UpstreamError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Longest `anthropic-version` passed through.
@@ -58,6 +64,15 @@ pub struct MessagesCall {
     request: MessagesRequest,
     version: Option<String>,
     beta: Option<String>,
+    /// Whether the stream ends with `event: quota_usage`: the request's header, then (phase
+    /// *route*) the key's setting.
+    usage_event: AtomicBool,
+}
+
+/// `X-Quota-Usage-Event: off` (or `false`, `0`) leaves `event: quota_usage` out.
+fn usage_event_header(headers: &axum::http::HeaderMap) -> bool {
+    let off = |v: &str| ["off", "false", "0"].iter().any(|o| v.trim().eq_ignore_ascii_case(o));
+    !headers.get("x-quota-usage-event").and_then(|v| v.to_str().ok()).is_some_and(off)
 }
 
 fn native_call<'a>(call: Call<'a, Messages>) -> NativeCall<'a, MessagesRequest> {
@@ -89,7 +104,8 @@ impl Route for Messages {
             ),
         };
         let beta = anthropic_beta(&inbound.headers)?;
-        Ok(MessagesCall { request, version, beta })
+        let usage_event = AtomicBool::new(usage_event_header(&inbound.headers));
+        Ok(MessagesCall { request, version, beta, usage_event })
     }
 
     fn route(
@@ -100,6 +116,9 @@ impl Route for Messages {
     ) -> Result<(Arc<Model>, Arc<Self::Adapter>), ApiError> {
         let model = crate::gateway::native_model(&inbound.state, Provider::Anthropic, &call.request.model)?;
         let model = crate::gateway::of_kind(model, quota_core::ModelKind::Chat)?;
+        if !principal.quota_usage_event {
+            call.usage_event.store(false, Ordering::Relaxed);
+        }
         Ok((model, inbound.state.messages_provider(principal.sandbox())))
     }
 
@@ -109,24 +128,76 @@ impl Route for Messages {
     }
 
     fn call<'a>(&'a self, call: Call<'a, Self>) -> BoxFuture<'a, Result<ChatResponse, UpstreamError>> {
-        call.adapter.call(native_call(call))
+        Box::pin(async move {
+            match call.adapter.call(native_call(call)).await? {
+                ChatResponse::Stream { events, meter } => {
+                    Ok(ChatResponse::Stream { events: hold_back_the_end(events, meter.clone()), meter })
+                }
+                complete => Ok(complete),
+            }
+        })
     }
 
-    fn shape(&self, _call: Call<'_, Self>, _request_id: &str) -> Arc<dyn StreamShape> {
-        Arc::new(AnthropicEvents)
+    fn shape(&self, call: Call<'_, Self>, _request_id: &str) -> Arc<dyn StreamShape> {
+        Arc::new(AnthropicEvents { usage_event: call.request.usage_event.load(Ordering::Relaxed) })
     }
 }
 
-/// Anthropic's stream ending: its own events, then `event: quota_usage` whose data is the
-/// `quota` object (with `"type": "quota_usage"`, as every Anthropic event data names its type,
-/// so SDKs that read events by type see it for what it is).
-pub struct AnthropicEvents;
+/// The name of an Anthropic SSE event.
+fn event_name(event: &[u8]) -> Option<&str> {
+    quota_providers::sse::parse_event(event).0
+}
+
+/// Hold the stream's `message_delta` back in the meter (the final one is re-sent with `quota`
+/// once the charge settles) and leave `message_stop` to the ending, which sends it after.
+fn hold_back_the_end(
+    events: futures::stream::BoxStream<'static, Result<Bytes, UpstreamError>>,
+    meter: Arc<Meter>,
+) -> futures::stream::BoxStream<'static, Result<Bytes, UpstreamError>> {
+    events
+        .filter_map(move |item| {
+            let out = match item {
+                Ok(bytes) => match event_name(&bytes) {
+                    // An earlier delta (Anthropic sends one) is no longer final: send it now.
+                    Some("message_delta") => meter.hold_final_event(bytes).map(Ok),
+                    Some("message_stop") => None,
+                    _ => Some(Ok(bytes)),
+                },
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(out)
+        })
+        .boxed()
+}
+
+/// Anthropic's stream ending: the held-back final `message_delta` with `quota` added, then
+/// `message_stop`, then (unless turned off) `event: quota_usage` whose data is the `quota`
+/// object (with `"type": "quota_usage"`, as every Anthropic event data names its type, so SDKs
+/// that read events by type see it for what it is).
+pub struct AnthropicEvents {
+    pub usage_event: bool,
+}
 
 impl StreamShape for AnthropicEvents {
-    fn final_events(&self, _usage: &Usage, quota: &QuotaObject, _meter: &Meter) -> Bytes {
-        let mut data = serde_json::to_value(quota).unwrap_or_default();
-        data["type"] = serde_json::json!("quota_usage");
-        frame(Some("quota_usage"), data.to_string().as_bytes())
+    fn final_events(&self, usage: &Usage, quota: &QuotaObject, meter: &Meter) -> Bytes {
+        let quota_value = serde_json::to_value(quota).unwrap_or_default();
+        let held = meter.take_final_event();
+        let mut delta: serde_json::Value = held
+            .as_deref()
+            .and_then(|h| serde_json::from_str(&quota_providers::sse::parse_event(h).1).ok())
+            .unwrap_or_else(|| {
+                serde_json::json!({"type": "message_delta", "delta": {"stop_reason": null, "stop_sequence": null},
+                    "usage": {"output_tokens": usage.output_tokens}})
+            });
+        delta["quota"] = quota_value.clone();
+        let mut out = frame(Some("message_delta"), delta.to_string().as_bytes()).to_vec();
+        out.extend_from_slice(&frame(Some("message_stop"), br#"{"type":"message_stop"}"#));
+        if self.usage_event {
+            let mut data = quota_value;
+            data["type"] = serde_json::json!("quota_usage");
+            out.extend_from_slice(&frame(Some("quota_usage"), data.to_string().as_bytes()));
+        }
+        Bytes::from(out)
     }
 
     /// `event: error` as Anthropic sends it, with Quota's §13 error object (its `type` is

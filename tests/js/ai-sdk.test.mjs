@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { generateText, streamText } from "ai";
+import { embed, embedMany, generateText, streamText } from "ai";
 import { createOpenAI } from "@ai-sdk/openai";
 import { createAnthropic } from "@ai-sdk/anthropic";
 
@@ -112,6 +112,33 @@ test("openai chat completions, streamed", async () => {
   const raw = all.filter((p) => p.type === "raw").map((p) => p.rawValue);
   assert.ok(raw.some((c) => c.quota && c.quota.credits_used > 0), "the final chunk carries quota");
   assert.ok((await r.text).length > 0);
+});
+
+// The provider's default model factory, `openai(model)`, speaks the Responses API (issue 17).
+test("openai default provider (Responses API), not streamed", async () => {
+  const r = await generateText({ model: openai()("gpt-4o-mini"), prompt: "Say hello", maxOutputTokens: 20 });
+  assert.ok(r.text.length > 0);
+  assert.ok(r.usage.outputTokens > 0);
+  assert.ok(r.response.body.quota.credits_used > 0, "quota is in the response body");
+});
+
+test("openai default provider (Responses API), streamed", async () => {
+  const r = streamText({ model: openai()("gpt-4o-mini"), prompt: "Say hello", maxOutputTokens: 20, includeRawChunks: true });
+  const all = await parts(r);
+  assertClean(all);
+  const raw = all.filter((p) => p.type === "raw").map((p) => p.rawValue);
+  const completed = raw.find((c) => c.type === "response.completed");
+  assert.ok(completed && completed.response.quota.credits_used > 0, "response.completed carries quota");
+  assert.ok((await r.text).length > 0);
+});
+
+test("openai embeddings through embed and embedMany", async () => {
+  const one = await embed({ model: openai().textEmbeddingModel("text-embedding-3-small"), value: "a ledger" });
+  assert.equal(one.embedding.length, 1536);
+  const many = await embedMany({ model: openai().textEmbeddingModel("text-embedding-3-small"), values: ["a ledger", "a wallet"] });
+  assert.equal(many.embeddings.length, 2);
+  assert.deepEqual(many.embeddings[0], one.embedding, "the same input gives the same vector");
+  assert.ok(many.usage.tokens > 0);
 });
 
 test("anthropic messages, not streamed", async () => {

@@ -415,6 +415,29 @@ mod tests {
     }
 
     #[test]
+    fn every_path_parameter_is_declared() {
+        let doc: serde_json::Value = serde_json::from_str(super::json()).expect("the document is JSON");
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let names: Vec<&str> = path.split('{').skip(1).filter_map(|p| p.split('}').next()).collect();
+            for (method, op) in item.as_object().expect("a path item") {
+                if !METHODS.contains(&method.as_str()) {
+                    continue;
+                }
+                let declared: Vec<&str> = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["in"] == "path")
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                for name in &names {
+                    assert!(declared.contains(name), "{method} {path}: path parameter {name} not declared");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_operation_describes_its_errors_in_the_section_13_shape() {
         let doc: serde_json::Value = serde_json::from_str(super::json()).expect("the document is JSON");
         for (path, item) in doc["paths"].as_object().expect("paths") {

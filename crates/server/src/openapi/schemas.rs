@@ -129,17 +129,40 @@ pub struct InferenceResponse {
     pub quota: Option<crate::gateway::settle::QuotaObject>,
 }
 
+/// A chat message, at its simplest (content may also be a list of parts, as the provider's API
+/// allows).
+#[derive(Serialize, ToSchema)]
+pub struct ChatMessage {
+    #[schema(example = "user")]
+    pub role: String,
+    #[schema(example = "Hello")]
+    pub content: String,
+}
+
+/// One server-sent event of a stream (`stream: true`): the provider's events, unchanged, and
+/// Quota's `quota` in the last (SPEC §3.5).
+#[derive(Serialize, ToSchema)]
+pub struct SseEvent {
+    /// The event's JSON, as text (`[DONE]` ends an OpenAI stream).
+    pub data: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub event: Option<String>,
+}
+
 /// The minimum of an OpenAI Chat Completions request; every other OpenAI field is accepted
 /// and forwarded as sent.
 #[derive(Serialize, ToSchema)]
 pub struct ChatCompletionRequest {
     #[schema(example = "gpt-4o-mini")]
     pub model: String,
-    #[schema(example = json!([{"role": "user", "content": "Hello"}]))]
-    pub messages: Vec<Value>,
+    #[schema(min_items = 1)]
+    pub messages: Vec<ChatMessage>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 1, example = 32)]
     pub max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub stream: Option<bool>,
 }
 
@@ -148,11 +171,12 @@ pub struct ChatCompletionRequest {
 pub struct MessagesRequest {
     #[schema(example = "claude-3-5-haiku-latest")]
     pub model: String,
-    #[schema(example = 64)]
+    #[schema(minimum = 1, example = 64)]
     pub max_tokens: u32,
-    #[schema(example = json!([{"role": "user", "content": "Hello"}]))]
-    pub messages: Vec<Value>,
+    #[schema(min_items = 1)]
+    pub messages: Vec<ChatMessage>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub stream: Option<bool>,
 }
 
@@ -161,8 +185,8 @@ pub struct MessagesRequest {
 pub struct CountTokensRequest {
     #[schema(example = "claude-3-5-haiku-latest")]
     pub model: String,
-    #[schema(example = json!([{"role": "user", "content": "Hello"}]))]
-    pub messages: Vec<Value>,
+    #[schema(min_items = 1)]
+    pub messages: Vec<ChatMessage>,
 }
 
 /// `{"input_tokens": n}` (Anthropic's).
@@ -176,10 +200,11 @@ pub struct InputTokens {
 pub struct ResponsesRequest {
     #[schema(example = "gpt-4o-mini")]
     pub model: String,
-    /// A string, or a list of input items.
-    #[schema(value_type = Object, example = "Hello")]
-    pub input: Value,
+    /// A string (or a list of input items, as OpenAI's API allows).
+    #[schema(min_length = 1, example = "Hello")]
+    pub input: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub stream: Option<bool>,
 }
 
@@ -188,9 +213,9 @@ pub struct ResponsesRequest {
 pub struct EmbeddingsRequest {
     #[schema(example = "text-embedding-3-small")]
     pub model: String,
-    /// A string or a list of strings.
-    #[schema(value_type = Object, example = "Hello")]
-    pub input: Value,
+    /// A string (or a list of strings or token ids, as OpenAI's API allows).
+    #[schema(min_length = 1, example = "Hello")]
+    pub input: String,
 }
 
 /// A Gemini request body (`generateContent`, `streamGenerateContent`, `countTokens`,

@@ -245,8 +245,7 @@ pub async fn settings(
     path = "/developers/apps/{id}/users",
     tag = "apps",
     summary = "Users connected to the app, with balance and spend through it",
-    params(("id" = String, Path, description = "the app id, `app_…`")),
-    params(crate::routes::PageQuery),
+    params(("id" = String, Path, description = "the app id, `app_…`"), crate::routes::PageQuery),
     responses(
         (status = 200, description = "a page of users", body = crate::openapi::schemas::Page<crate::openapi::schemas::AppUser>),
         crate::openapi::SessionErrors,

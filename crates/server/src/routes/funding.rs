@@ -38,7 +38,7 @@ struct FundUser {
     tag = "apps",
     summary = "Move credits from the developer's wallet to a user connected to one of their apps",
     request_body = FundUser,
-    params(("Idempotency-Key" = Option<String>, Header, description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
     responses(
         (status = 200, description = "moved", body = crate::openapi::schemas::FundingResult),
         (status = 400, description = "`bad_request`", body = crate::openapi::schemas::ErrorBody),

@@ -250,8 +250,7 @@ pub async fn rotate_secret(
     path = "/v1/webhooks/{id}/deliveries",
     tag = "webhooks",
     summary = "Deliveries to an endpoint, with each attempt",
-    params(("id" = String, Path, description = "the endpoint id, `whk_…`")),
-    params(crate::routes::PageQuery),
+    params(("id" = String, Path, description = "the endpoint id, `whk_…`"), crate::routes::PageQuery),
     responses(
         (status = 200, description = "a page of deliveries", body = crate::openapi::schemas::Page<crate::openapi::schemas::WebhookDelivery>),
         crate::openapi::SessionErrors,

@@ -24,7 +24,7 @@ use std::sync::Arc;
     tag = "inference",
     summary = "OpenAI embeddings, metered and charged",
     request_body = crate::openapi::schemas::EmbeddingsRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
     responses(
         (status = 200, description = "OpenAI's embeddings list plus `quota`", body = crate::openapi::schemas::InferenceResponse),
         crate::openapi::InferenceErrors,

@@ -38,9 +38,9 @@ pub struct GeminiQuery {
     tag = "inference",
     summary = "Gemini: generateContent, streamGenerateContent, countTokens, embedContent, batchEmbedContents (also under /v1/models/)",
     request_body(content = crate::openapi::schemas::GeminiRequest, description = "Google's request for the method; forwarded"),
-    params(("model_action" = String, Path, description = "`{model}:{method}`, e.g. `gemini-2.0-flash:generateContent`", example = "gemini-2.0-flash:generateContent"), GeminiQuery, ("Idempotency-Key" = Option<String>, Header, description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
+    params(("model_action" = String, Path, description = "`{model}:{method}`, e.g. `gemini-2.0-flash:generateContent`", example = "gemini-2.0-flash:generateContent"), GeminiQuery, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
     responses(
-        (status = 200, description = "Google's answer plus `quota` (none for countTokens), or SSE chunks with `quota` in the last (`:streamGenerateContent?alt=sse`)", content((crate::openapi::schemas::InferenceResponse = "application/json"), (String = "text/event-stream"))),
+        (status = 200, description = "Google's answer plus `quota` (none for countTokens), or SSE chunks with `quota` in the last (`:streamGenerateContent?alt=sse`)", content((crate::openapi::schemas::InferenceResponse = "application/json"), (crate::openapi::schemas::SseEvent = "text/event-stream"))),
         crate::openapi::InferenceErrors,
     ),
     security(("apiKey" = []), ("apiKeyHeader" = []), ("userToken" = []))

@@ -27,9 +27,9 @@ use std::sync::Arc;
     tag = "inference",
     summary = "OpenAI Responses, forwarded and charged",
     request_body(content = crate::openapi::schemas::ResponsesRequest, description = "OpenAI's request; fields beyond these are forwarded"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
     responses(
-        (status = 200, description = "OpenAI's response plus `quota`, or its event stream with `quota` in `response.completed`", content((crate::openapi::schemas::InferenceResponse = "application/json"), (String = "text/event-stream"))),
+        (status = 200, description = "OpenAI's response plus `quota`, or its event stream with `quota` in `response.completed`", content((crate::openapi::schemas::InferenceResponse = "application/json"), (crate::openapi::schemas::SseEvent = "text/event-stream"))),
         crate::openapi::InferenceErrors,
     ),
     security(("apiKey" = []), ("apiKeyHeader" = []), ("userToken" = []))

@@ -242,6 +242,7 @@ pub fn build_router(state: SharedState) -> Router {
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(crate::error::json_rejections))
         .layer(axum::middleware::from_fn(crate::telemetry::layer))
         .layer(axum::middleware::from_fn(crate::metrics::layer))
         .layer(axum::middleware::from_fn(crate::request_id::layer))

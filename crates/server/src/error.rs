@@ -180,3 +180,43 @@ pub fn internal<E: std::fmt::Display>(context: &'static str) -> impl FnOnce(E) -
         ApiError::internal()
     }
 }
+
+/// Longest plain-text rejection [`json_rejections`] reads (axum's are one line).
+const REJECTION_TEXT_MAX_BYTES: usize = 4096;
+
+/// The layer that keeps SPEC §0's promise "every error is JSON" for the errors axum answers
+/// itself: an extractor's rejection (a query string that does not parse, such as
+/// `?limit=1&limit=2`, or a path segment that is not valid UTF-8) is plain text. It becomes the
+/// §13 shape, with the same message; 415 and 422 become 400 `bad_request` (§13 has neither).
+pub async fn json_rejections(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let plain_text = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    if !plain_text || !(resp.status().is_client_error() || resp.status().is_server_error()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, REJECTION_TEXT_MAX_BYTES).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    let error = match parts.status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(parts.status, "payload_too_large", "the request body is larger than this gateway accepts")
+        }
+        StatusCode::NOT_FOUND => ApiError::new(parts.status, "not_found", text),
+        s if s.is_server_error() => ApiError::internal(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => ApiError::bad_request(text),
+        s => ApiError::new(s, "bad_request", text),
+    };
+    let mut out = error.into_response();
+    for (name, value) in parts.headers.iter().filter(|(n, _)| *n != axum::http::header::CONTENT_TYPE) {
+        if !out.headers().contains_key(name) && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}

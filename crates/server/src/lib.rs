@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod limit;
 pub mod metrics;
 pub mod oauth;
+pub mod openapi;
 pub mod payments;
 pub mod request_id;
 pub mod routes;

@@ -211,6 +211,18 @@ fn http_series(route: &str, status: u16) -> std::sync::Arc<(metrics::Counter, me
 
 /// `GET /metrics`. With `metrics_token` set, only for `Authorization: Bearer <metrics_token>`
 /// (compared in constant time); otherwise 401 `invalid_api_key` (SPEC §12).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (text exposition format)",
+    responses(
+        (status = 200, description = "the metrics", body = String, content_type = "text/plain"),
+        (status = 401, description = "`invalid_api_key`: `metrics_token` is set and was not sent", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::Errors,
+    ),
+    security((), ("metricsToken" = []))
+)]
 pub async fn render(State(state): State<crate::SharedState>, headers: axum::http::HeaderMap) -> Response {
     if let Some(token) = state.config.metrics_token.as_deref().filter(|t| !t.is_empty()) {
         let given = headers

@@ -149,3 +149,16 @@ async fn errors_never_leak_internals() {
         assert!(!text.contains(leak), "{leak} in {text}");
     }
 }
+
+/// Found by the schemathesis run: axum's own rejection of a query string was plain text.
+#[tokio::test]
+async fn a_query_string_that_does_not_parse_is_a_json_400() {
+    let s = TestServer::start().await;
+    let (_, session) = s.register("query@example.com").await;
+    let r = s.http.get(s.url("/v1/usage?limit=1&limit=2")).bearer_auth(&session).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v = expect_error(r, 400, "bad_request").await;
+    assert!(v["error"]["message"].as_str().unwrap().contains("duplicate field"), "{v}");
+    let r = s.http.get(s.url("/developers/keys?cursor=a&cursor=b")).bearer_auth(&session).send().await.unwrap();
+    expect_error(r, 400, "bad_request").await;
+}

@@ -14,6 +14,20 @@ use quota_providers::count_tokens::{parse_gemini_count, parse_messages_count};
 use quota_providers::NativeCall;
 
 /// `POST /v1/messages/count_tokens`: Anthropic's `{"input_tokens": n}`.
+#[utoipa::path(
+    post,
+    path = "/v1/messages/count_tokens",
+    tag = "inference",
+    summary = "Count a Messages request's input tokens (free: no hold, no charge)",
+    request_body = crate::openapi::schemas::CountTokensRequest,
+    responses(
+        (status = 200, description = "Anthropic's count", body = crate::openapi::schemas::InputTokens),
+        (status = 404, description = "`model_not_found`", body = crate::openapi::schemas::ErrorBody),
+        (status = 502, description = "`upstream_error`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::KeyErrors,
+    ),
+    security(("apiKey" = []), ("apiKeyHeader" = []), ("userToken" = []))
+)]
 pub async fn messages(inbound: Inbound) -> Response {
     let (principal, limited) = match admitted(&inbound, None).await {
         Ok(a) => a,

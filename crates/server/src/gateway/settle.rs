@@ -18,11 +18,13 @@ use std::time::Instant;
 use tracing::Instrument;
 
 /// The `quota` object (SPEC §3.5).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Quota)]
 pub struct QuotaObject {
     pub credits_used: i64,
     pub balance_before: i64,
     pub balance_after: i64,
+    #[schema(value_type = String)]
     pub billing_mode: BillingMode,
     pub request_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -104,7 +104,7 @@ impl IntoResponse for OAuthError {
 }
 
 /// The token endpoint's answer (SPEC §5).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,

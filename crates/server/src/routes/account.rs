@@ -39,6 +39,17 @@ fn account_json(a: &AccountView) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/account",
+    tag = "accounts",
+    summary = "The signed-in account (SPEC §14)",
+    responses(
+        (status = 200, description = "the account", body = crate::openapi::schemas::AccountProfile),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []), ("userToken" = []))
+)]
 pub async fn get(
     State(state): State<SharedState>,
     holder: AccountHolder<AccountRead>,
@@ -46,6 +57,19 @@ pub async fn get(
     Ok(Json(account_json(&profile::account(&state, &holder.user_id).await?)))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/account",
+    tag = "accounts",
+    summary = "Change the account's profile fields (SPEC §14)",
+    request_body = crate::openapi::schemas::AccountPatch,
+    responses(
+        (status = 200, description = "the account, changed", body = crate::openapi::schemas::AccountProfile),
+        (status = 400, description = "`bad_request`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []), ("userToken" = []))
+)]
 pub async fn patch(
     State(state): State<SharedState>,
     holder: AccountHolder<AccountWrite>,
@@ -70,6 +94,17 @@ fn summary_json(s: &UsageSummary) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "accounts",
+    summary = "The calling account and its last 30 days of usage (SPEC §14)",
+    responses(
+        (status = 200, description = "the account and its usage", body = crate::openapi::schemas::Me),
+        crate::openapi::KeyErrors,
+    ),
+    security(("apiKey" = []), ("apiKeyHeader" = []), ("userToken" = []))
+)]
 /// `GET /v1/me`: the calling account (the key's owner, or the token's user) and what its wallet
 /// paid over the last 30 days.
 pub async fn me(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::net::SocketAddr;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
     email: String,
     password: String,
@@ -37,6 +37,21 @@ async fn session_response(state: &SharedState, user: &User, status: StatusCode) 
     Ok(resp)
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    tag = "accounts",
+    summary = "Create an account (welcome credits included) and a session",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "created; the session is also set as the `quota_session` cookie", body = crate::openapi::schemas::SessionResponse),
+        (status = 400, description = "`invalid_email`, `weak_password`, `bad_request`", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "`email_exists`", body = crate::openapi::schemas::ErrorBody),
+        (status = 429, description = "`rate_limit_exceeded`: too many sign-ups from this address", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::Errors,
+    ),
+    security(())
+)]
 pub async fn register(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -49,6 +64,20 @@ pub async fn register(
     session_response(&state, &user, StatusCode::CREATED).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = "accounts",
+    summary = "Sign in: a new session",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "signed in; the session is also set as the `quota_session` cookie", body = crate::openapi::schemas::SessionResponse),
+        (status = 401, description = "`invalid_credentials`", body = crate::openapi::schemas::ErrorBody),
+        (status = 429, description = "`rate_limit_exceeded`: too many failed sign-ins", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::Errors,
+    ),
+    security(())
+)]
 pub async fn login(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -60,11 +89,33 @@ pub async fn login(
     session_response(&state, &user, StatusCode::OK).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/auth/me",
+    tag = "accounts",
+    summary = "The signed-in account",
+    responses(
+        (status = 200, description = "the account", body = crate::openapi::schemas::Account),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn me(State(state): State<SharedState>, session: SessionUser) -> Result<Json<serde_json::Value>, ApiError> {
     let balance = accounts::balance(&state, &session.user.id).await?;
     Ok(Json(json!({"id": session.user.id, "email": session.user.email, "balance": balance})))
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "accounts",
+    summary = "End the session",
+    responses(
+        (status = 200, description = "ended; the cookie is cleared", body = crate::openapi::schemas::Success),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn logout(State(state): State<SharedState>, session: SessionUser) -> Result<Response, ApiError> {
     accounts::end_session(&state, &session.token_hash).await?;
     let mut resp = Json(json!({"success": true})).into_response();

@@ -20,13 +20,16 @@ use quota_store::oauth::App;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApp {
     name: String,
     redirect_uris: Vec<String>,
     allowed_scopes: Option<Vec<String>>,
+    /// `client_secret_post` (the default) or `none` (a public client, PKCE only).
     token_endpoint_auth_method: Option<String>,
+    /// 0 to 10, at most four decimals: a JSON number or a decimal string.
+    #[schema(value_type = Option<f64>)]
     profit_margin: Option<Value>,
     welcome_credits: Option<i64>,
 }
@@ -56,7 +59,7 @@ impl CreateApp {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApp {
     name: Option<String>,
@@ -74,9 +77,11 @@ impl UpdateApp {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsBody {
+    /// 0 to 10, at most four decimals: a JSON number or a decimal string.
+    #[schema(value_type = Option<f64>)]
     profit_margin: Option<Value>,
     welcome_credits: Option<i64>,
 }
@@ -127,6 +132,19 @@ pub fn app_json(a: &App) -> Value {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/developers/apps",
+    tag = "apps",
+    summary = "Create an OAuth app: `client_id`, and `client_secret` shown once (none for public clients)",
+    request_body = CreateApp,
+    responses(
+        (status = 201, description = "the app with its secret", body = crate::openapi::schemas::CreatedApp),
+        (status = 403, description = "`limit_reached`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn create(
     State(state): State<SharedState>,
     session: SessionUser,
@@ -138,6 +156,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/developers/apps",
+    tag = "apps",
+    summary = "The developer's apps (no secrets)",
+    params(crate::routes::PageQuery),
+    responses(
+        (status = 200, description = "a page of apps", body = crate::openapi::schemas::Page<crate::openapi::schemas::App>),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn list(
     State(state): State<SharedState>,
     session: SessionUser,
@@ -146,6 +176,18 @@ pub async fn list(
     page.json(service::list(&state, &session.user.id).await?, app_json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/developers/apps/{id}",
+    tag = "apps",
+    summary = "One app",
+    params(("id" = String, Path, description = "the app id, `app_…`")),
+    responses(
+        (status = 200, description = "the app", body = crate::openapi::schemas::App),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn get(
     State(state): State<SharedState>,
     session: SessionUser,
@@ -154,6 +196,19 @@ pub async fn get(
     Ok(Json(app_json(&service::get(&state, &session.user.id, &id).await?)))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/developers/apps/{id}",
+    tag = "apps",
+    summary = "Change name, redirect_uris, allowed_scopes",
+    request_body = UpdateApp,
+    params(("id" = String, Path, description = "the app id, `app_…`")),
+    responses(
+        (status = 200, description = "the app", body = crate::openapi::schemas::App),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn update(
     State(state): State<SharedState>,
     session: SessionUser,
@@ -163,6 +218,19 @@ pub async fn update(
     Ok(Json(app_json(&service::update(&state, &session.user.id, &id, body.parse()?).await?)))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/developers/apps/{id}/settings",
+    tag = "apps",
+    summary = "Set profit_margin (0 to 10, at most 4 decimals) and welcome_credits",
+    request_body = SettingsBody,
+    params(("id" = String, Path, description = "the app id, `app_…`")),
+    responses(
+        (status = 200, description = "the app", body = crate::openapi::schemas::App),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn settings(
     State(state): State<SharedState>,
     session: SessionUser,
@@ -172,6 +240,18 @@ pub async fn settings(
     Ok(Json(app_json(&service::settings(&state, &session.user.id, &id, body.parse()?).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/developers/apps/{id}/users",
+    tag = "apps",
+    summary = "Users connected to the app, with balance and spend through it",
+    params(("id" = String, Path, description = "the app id, `app_…`"), crate::routes::PageQuery),
+    responses(
+        (status = 200, description = "a page of users", body = crate::openapi::schemas::Page<crate::openapi::schemas::AppUser>),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn users(
     State(state): State<SharedState>,
     session: SessionUser,
@@ -192,6 +272,18 @@ pub async fn users(
     })
 }
 
+#[utoipa::path(
+    delete,
+    path = "/developers/apps/{id}",
+    tag = "apps",
+    summary = "Delete the app: its connections and tokens end (`user.disconnected` for each)",
+    params(("id" = String, Path, description = "the app id, `app_…`")),
+    responses(
+        (status = 200, description = "deleted", body = crate::openapi::schemas::DeletedApp),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn delete(
     State(state): State<SharedState>,
     session: SessionUser,

@@ -14,6 +14,18 @@ use axum::Json;
 use quota_store::clock::rfc3339;
 use serde_json::{json, Value};
 
+#[utoipa::path(
+    get,
+    path = "/account/connections",
+    tag = "apps",
+    summary = "The signed-in user's connected apps, with spend",
+    params(crate::routes::PageQuery),
+    responses(
+        (status = 200, description = "a page of connections", body = crate::openapi::schemas::Page<crate::openapi::schemas::Connection>),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn list(
     State(state): State<SharedState>,
     holder: AccountHolder<AppsRead>,
@@ -31,6 +43,18 @@ pub async fn list(
     })
 }
 
+#[utoipa::path(
+    delete,
+    path = "/account/connections/{app_id}",
+    tag = "apps",
+    summary = "Disconnect an app: its tokens stop working at once",
+    params(("app_id" = String, Path, description = "the app id, `app_…`")),
+    responses(
+        (status = 200, description = "disconnected", body = crate::openapi::schemas::Disconnected),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn disconnect(
     State(state): State<SharedState>,
     holder: AccountHolder<AppsWrite>,

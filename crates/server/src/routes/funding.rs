@@ -26,11 +26,13 @@ use serde_json::{json, Value};
 const FUNDING_MAX: Credits = Credits::new(1_000_000_000_000);
 const DESCRIPTION_MAX_CHARS: usize = 500;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FundUser {
     user_id: String,
+    /// Credits, from 1 to 1,000,000,000,000.
     amount: i64,
+    /// At most 500 characters.
     description: Option<String>,
 }
 
@@ -70,6 +72,25 @@ enum Outcome {
     Funded(Funded),
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/funding/oauth_user",
+    tag = "apps",
+    summary = "Move credits from the developer's wallet to a user connected to one of their apps",
+    request_body = FundUser,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
+    responses(
+        (status = 200, description = "moved", body = crate::openapi::schemas::FundingResult),
+        (status = 400, description = "`bad_request`", body = crate::openapi::schemas::ErrorBody),
+        (status = 401, description = "`invalid_api_key`", body = crate::openapi::schemas::ErrorBody),
+        (status = 402, description = "`insufficient_credits`", body = crate::openapi::schemas::ErrorBody),
+        (status = 403, description = "`forbidden`: sandbox (test) keys cannot move real credits", body = crate::openapi::schemas::ErrorBody),
+        (status = 404, description = "`user_not_found`: not connected to any of your apps", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "`idempotency_conflict`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::Errors,
+    ),
+    security(("apiKey" = []), ("apiKeyHeader" = []))
+)]
 pub async fn fund_oauth_user(
     State(state): State<SharedState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
@@ -99,6 +120,25 @@ pub async fn fund_oauth_user(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/funding/credit",
+    tag = "apps",
+    summary = "The public docs' funding call: credits from the developer's wallet to a connected user",
+    request_body = crate::openapi::schemas::FundingCreditRequest,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Shared with /v1/funding/oauth_user: the same key and body answer the first response again (SPEC §0)")),
+    responses(
+        (status = 200, description = "moved", body = crate::openapi::schemas::FundingCreditResult),
+        (status = 400, description = "`bad_request`", body = crate::openapi::schemas::ErrorBody),
+        (status = 401, description = "`invalid_api_key`", body = crate::openapi::schemas::ErrorBody),
+        (status = 402, description = "`insufficient_credits`", body = crate::openapi::schemas::ErrorBody),
+        (status = 403, description = "`forbidden`: sandbox (test) keys cannot move real credits", body = crate::openapi::schemas::ErrorBody),
+        (status = 404, description = "`user_not_found`: not connected to any of your apps", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "`idempotency_conflict`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::Errors,
+    ),
+    security(("apiKey" = []), ("apiKeyHeader" = []))
+)]
 pub async fn fund_credit(
     State(state): State<SharedState>,
     Extension(RequestId(request_id)): Extension<RequestId>,

@@ -17,9 +17,11 @@ use quota_store::ApiKey;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateKey {
     name: String,
+    /// `developer` (the default), `user` or `test` (the sandbox).
+    #[schema(example = "test")]
     billing_mode: Option<String>,
     rate_limit_per_minute: Option<i64>,
     app_id: Option<String>,
@@ -87,6 +89,19 @@ fn issued_json(issued: &IssuedKey) -> Value {
     out
 }
 
+#[utoipa::path(
+    post,
+    path = "/developers/keys",
+    tag = "keys",
+    summary = "Create an API key (its secret is shown once)",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "the key with its secret", body = crate::openapi::schemas::IssuedKey),
+        (status = 403, description = "`limit_reached`: the account has as many keys as it may", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn create(
     State(state): State<SharedState>,
     session: SessionUser,
@@ -96,6 +111,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(issued_json(&issued))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/developers/keys",
+    tag = "keys",
+    summary = "The account's keys (no secrets)",
+    params(crate::routes::PageQuery),
+    responses(
+        (status = 200, description = "a page of keys", body = crate::openapi::schemas::Page<crate::openapi::schemas::Key>),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn list(
     State(state): State<SharedState>,
     session: SessionUser,
@@ -104,6 +131,19 @@ pub async fn list(
     page.json(keys::list(&state, &session.user.id).await?, key_json)
 }
 
+#[utoipa::path(
+    patch,
+    path = "/developers/keys/{id}",
+    tag = "keys",
+    summary = "Change a key's name or rate_limit_per_minute",
+    request_body = crate::openapi::schemas::KeyPatchBody,
+    params(("id" = String, Path, description = "the key id, `key_…`")),
+    responses(
+        (status = 200, description = "the key", body = crate::openapi::schemas::Key),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn update(
     State(state): State<SharedState>,
     session: SessionUser,
@@ -114,6 +154,18 @@ pub async fn update(
     Ok(Json(key_json(&key)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/developers/keys/{id}",
+    tag = "keys",
+    summary = "Revoke a key",
+    params(("id" = String, Path, description = "the key id, `key_…`")),
+    responses(
+        (status = 200, description = "the revoked key", body = crate::openapi::schemas::Key),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn revoke(
     State(state): State<SharedState>,
     session: SessionUser,
@@ -122,6 +174,18 @@ pub async fn revoke(
     Ok(Json(key_json(&keys::revoke(&state, &session.user.id, &id).await?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/developers/keys/{id}/rotate",
+    tag = "keys",
+    summary = "A new secret with the same settings; the old key is revoked",
+    params(("id" = String, Path, description = "the key id, `key_…`")),
+    responses(
+        (status = 201, description = "the new key with its secret and `replaces`", body = crate::openapi::schemas::IssuedKey),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn rotate(
     State(state): State<SharedState>,
     session: SessionUser,

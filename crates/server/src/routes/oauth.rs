@@ -32,6 +32,17 @@ const CONSENT_MODELS: [&str; 3] = ["gpt-4o-mini", "gpt-4o", "gpt-4.1"];
 
 /// `GET /.well-known/openid-configuration`: cacheable for an hour when the issuer is
 /// `public_url`, `no-store` otherwise.
+#[utoipa::path(
+    get,
+    path = "/.well-known/openid-configuration",
+    tag = "oauth",
+    summary = "OpenID Connect discovery",
+    responses(
+        (status = 200, description = "the discovery document", body = crate::openapi::schemas::Discovery),
+        crate::openapi::Errors,
+    ),
+    security(())
+)]
 pub async fn discovery(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let iss = issuer(&state.config, &headers);
     let doc = json!({
@@ -64,6 +75,17 @@ pub async fn discovery(State(state): State<SharedState>, headers: HeaderMap) -> 
 }
 
 /// `GET /.well-known/jwks.json`: the id_token signing key.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "oauth",
+    summary = "The RS256 key that signs id_tokens",
+    responses(
+        (status = 200, description = "the key set", body = crate::openapi::schemas::Jwks),
+        crate::openapi::Errors,
+    ),
+    security(())
+)]
 pub async fn jwks(State(state): State<SharedState>) -> Result<Response, ApiError> {
     let key = state.oauth.signing.get(&state.store, &state.master_key, state.clock.now_ms()).await?;
     let mut resp = Json(json!({"keys": [key.jwk]})).into_response();
@@ -328,6 +350,19 @@ async fn read_request(state: &SharedState, encoded: &[u8]) -> Result<(Form, Auth
 }
 
 /// `GET /oauth/authorize`: sign in if needed, then the consent page.
+#[utoipa::path(
+    get,
+    path = "/oauth/authorize",
+    tag = "oauth",
+    summary = "Authorization request: the sign-in page, then the consent page (HTML)",
+    responses(
+        (status = 200, description = "a page", body = String, content_type = "text/html"),
+        (status = 303, description = "back to the redirect URI with `code` or `error`, and `state`"),
+        (status = 400, description = "a wrong client or redirect URI, refused on the page (never by redirect)", body = String, content_type = "text/html"),
+        crate::openapi::Errors,
+    ),
+    security(())
+)]
 pub async fn authorize_get(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -358,6 +393,20 @@ impl Submitted {
 }
 
 /// `POST /oauth/authorize`: the sign-in, sign-up and consent forms.
+#[utoipa::path(
+    post,
+    path = "/oauth/authorize",
+    tag = "oauth",
+    summary = "The sign-in, sign-up and consent forms (CSRF-protected)",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "the form's fields"),
+    responses(
+        (status = 200, description = "a page again (a wrong password, a form to correct)", body = String, content_type = "text/html"),
+        (status = 303, description = "the next step, or back to the redirect URI"),
+        (status = 400, description = "a refused request", body = String, content_type = "text/html"),
+        crate::openapi::Errors,
+    ),
+    security(())
+)]
 pub async fn authorize_post(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -516,6 +565,21 @@ async fn client_request(
 }
 
 /// `POST /oauth/token`: `authorization_code` and `refresh_token` grants.
+#[utoipa::path(
+    post,
+    path = "/oauth/token",
+    tag = "oauth",
+    summary = "authorization_code (PKCE) and refresh_token (rotating) grants",
+    request_body(content = crate::openapi::schemas::TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "the tokens", body = crate::oauth::tokens::TokenResponse),
+        (status = 400, description = "RFC 6749 §5.2: `invalid_request`, `invalid_grant`, `unsupported_grant_type`, `invalid_scope`", body = crate::openapi::schemas::OAuthErrorBody),
+        (status = 401, description = "`invalid_client`", body = crate::openapi::schemas::OAuthErrorBody),
+        (status = 429, description = "`rate_limit_exceeded`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::Errors,
+    ),
+    security((), ("oauthClient" = []))
+)]
 pub async fn token(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -540,6 +604,19 @@ pub async fn token(
 }
 
 /// `GET|POST /oauth/userinfo`: the claims the token's scopes release, plus `balance`.
+#[utoipa::path(
+    method(get, post),
+    path = "/oauth/userinfo",
+    tag = "oauth",
+    summary = "Claims per scope (sub, email, email_verified, name) plus balance; needs `openid`",
+    responses(
+        (status = 200, description = "the claims", body = crate::openapi::schemas::UserInfo),
+        (status = 401, description = "`invalid_token`", body = crate::openapi::schemas::ErrorBody),
+        (status = 403, description = "`insufficient_scope`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::Errors,
+    ),
+    security(("userToken" = []))
+)]
 pub async fn userinfo(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let result = async {
         let token = headers
@@ -606,6 +683,20 @@ pub async fn userinfo(State(state): State<SharedState>, headers: HeaderMap) -> R
 }
 
 /// `POST /oauth/revoke` (RFC 7009): 200 whether or not the token was known.
+#[utoipa::path(
+    post,
+    path = "/oauth/revoke",
+    tag = "oauth",
+    summary = "RFC 7009 revocation: ends the user's connection to the app",
+    request_body(content = crate::openapi::schemas::TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "revoked, or the token was not known", body = crate::openapi::schemas::Empty),
+        (status = 400, description = "RFC 6749 §5.2: `invalid_request`, `invalid_grant`, `unsupported_grant_type`, `invalid_scope`", body = crate::openapi::schemas::OAuthErrorBody),
+        (status = 401, description = "`invalid_client`", body = crate::openapi::schemas::OAuthErrorBody),
+        crate::openapi::Errors,
+    ),
+    security((), ("oauthClient" = []))
+)]
 pub async fn revoke(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

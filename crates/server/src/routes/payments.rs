@@ -27,6 +27,17 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// `GET /v1/packages`.
+#[utoipa::path(
+    get,
+    path = "/v1/packages",
+    tag = "payments",
+    summary = "The credit packages on sale",
+    responses(
+        (status = 200, description = "the packages", body = crate::openapi::schemas::PackageList),
+        crate::openapi::Errors,
+    ),
+    security(())
+)]
 pub async fn packages(State(state): State<SharedState>) -> Json<Value> {
     let data: Vec<Value> = state
         .config
@@ -67,7 +78,7 @@ async fn checkout_payer(state: &SharedState, headers: &HeaderMap) -> Result<Stri
     Ok(admit_key(state, api_key_secret(headers)).await?.user_id.clone())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutBody {
     package_id: String,
@@ -76,6 +87,21 @@ pub struct CheckoutBody {
 }
 
 /// `POST /api/payments/checkout` → `{checkout_url, session_id}`.
+#[utoipa::path(
+    post,
+    path = "/api/payments/checkout",
+    tag = "payments",
+    summary = "Start a checkout that tops up the caller's own wallet",
+    request_body = CheckoutBody,
+    responses(
+        (status = 201, description = "where to send the buyer", body = crate::openapi::schemas::CheckoutStarted),
+        (status = 403, description = "`insufficient_scope`: a user token without `account.write`", body = crate::openapi::schemas::ErrorBody),
+        (status = 404, description = "`not_found`: no such package", body = crate::openapi::schemas::ErrorBody),
+        (status = 503, description = "`provider_unavailable`: no payment provider is configured", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []), ("userToken" = []), ("apiKey" = []), ("apiKeyHeader" = []))
+)]
 pub async fn checkout(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -95,6 +121,21 @@ pub async fn checkout(
 }
 
 /// `POST /webhooks/stripe`: verify, then apply each event at most once.
+#[utoipa::path(
+    post,
+    path = "/webhooks/stripe",
+    tag = "payments",
+    summary = "Stripe's events, signed (`Stripe-Signature`); each applied at most once",
+    request_body(content = Object, description = "a Stripe event"),
+    params(("Stripe-Signature" = Option<String>, Header, description = "`t=…,v1=…`")),
+    responses(
+        (status = 200, description = "received", body = crate::openapi::schemas::StripeReceived),
+        (status = 400, description = "`bad_request`: a missing or wrong signature, or not JSON", body = crate::openapi::schemas::ErrorBody),
+        (status = 404, description = "`not_found`: Stripe is not the configured provider", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::Errors,
+    ),
+    security(())
+)]
 pub async fn stripe_webhook(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -117,6 +158,19 @@ pub async fn stripe_webhook(
 }
 
 /// `GET /payments/dev/checkout/{id}`: the dev provider's checkout page.
+#[utoipa::path(
+    get,
+    path = "/payments/dev/checkout/{id}",
+    tag = "payments",
+    summary = "The dev provider's checkout page (HTML)",
+    params(("id" = String, Path, description = "the checkout session id")),
+    responses(
+        (status = 200, description = "the page", body = String, content_type = "text/html"),
+        (status = 404, description = "`not_found`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::Errors,
+    ),
+    security(())
+)]
 pub async fn dev_checkout_page(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let session = service::dev_session(&state, &id).await?;
     let html = format!(
@@ -135,6 +189,19 @@ pub async fn dev_checkout_page(State(state): State<SharedState>, Path(id): Path<
 }
 
 /// `POST /payments/dev/checkout/{id}`: "pay" at once, then go to the success URL.
+#[utoipa::path(
+    post,
+    path = "/payments/dev/checkout/{id}",
+    tag = "payments",
+    summary = "Pay a dev checkout at once (no money moves), then go to its success URL",
+    params(("id" = String, Path, description = "the checkout session id")),
+    responses(
+        (status = 303, description = "to the success URL"),
+        (status = 404, description = "`not_found`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::Errors,
+    ),
+    security(())
+)]
 pub async fn dev_checkout_pay(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let s = service::dev_pay(&state, &id).await?;
     Ok(Redirect::to(&s.success_url).into_response())
@@ -145,6 +212,18 @@ fn onboarding_json(o: &Onboarding) -> Value {
 }
 
 /// `POST /developers/connect/onboard` → `{onboarding_url, stripe_account_id}`.
+#[utoipa::path(
+    post,
+    path = "/developers/connect/onboard",
+    tag = "payments",
+    summary = "Start payout onboarding (a connected account)",
+    responses(
+        (status = 200, description = "where to onboard", body = crate::openapi::schemas::Onboarding),
+        (status = 503, description = "`provider_unavailable`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn connect_onboard(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -156,6 +235,18 @@ pub async fn connect_onboard(
 }
 
 /// `POST /developers/connect/refresh`: a new onboarding link for the existing account.
+#[utoipa::path(
+    post,
+    path = "/developers/connect/refresh",
+    tag = "payments",
+    summary = "A new onboarding link for the existing connected account",
+    responses(
+        (status = 200, description = "where to onboard", body = crate::openapi::schemas::Onboarding),
+        (status = 503, description = "`provider_unavailable`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn connect_refresh(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -166,6 +257,17 @@ pub async fn connect_refresh(
 }
 
 /// `GET /developers/earnings`: the developer's earnings accounts, straight from the ledger.
+#[utoipa::path(
+    get,
+    path = "/developers/earnings",
+    tag = "payments",
+    summary = "The developer's earnings accounts, from the ledger",
+    responses(
+        (status = 200, description = "the earnings", body = crate::openapi::schemas::Earnings),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn earnings(State(state): State<SharedState>, user: SessionUser) -> Result<Json<Value>, ApiError> {
     let e = service::earnings(&state, &user.user.id).await?;
     Ok(Json(json!({
@@ -183,6 +285,18 @@ pub async fn earnings(State(state): State<SharedState>, user: SessionUser) -> Re
 }
 
 /// `GET /developers/payouts`: newest first, paginated.
+#[utoipa::path(
+    get,
+    path = "/developers/payouts",
+    tag = "payments",
+    summary = "Payouts, newest first",
+    params(crate::routes::PageQuery),
+    responses(
+        (status = 200, description = "a page of payouts", body = crate::openapi::schemas::Page<crate::openapi::schemas::Payout>),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn payouts(
     State(state): State<SharedState>,
     user: SessionUser,

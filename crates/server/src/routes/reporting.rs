@@ -19,16 +19,24 @@ use quota_store::usage::{UsageFilter, UsageRecord, DAY_MS};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
+    /// RFC 3339 (or a date), inclusive.
     pub from: Option<String>,
+    /// RFC 3339 (or a date), exclusive.
     pub to: Option<String>,
     pub key_id: Option<String>,
     pub app_id: Option<String>,
     pub model: Option<String>,
+    /// `developer`, `user` or `test`.
     pub billing_mode: Option<String>,
+    /// `json` (the default) or `csv`.
     pub format: Option<String>,
+    /// Items per page, 1 to 500 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -96,6 +104,18 @@ fn csv_row(r: &UsageRecord) -> String {
 const CSV_CHUNK_ROWS: i64 = 1000;
 
 /// `GET /v1/usage`.
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "reporting",
+    summary = "Usage records, newest first (JSON pages, or all of them as CSV with `format=csv`)",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "a page of records, or CSV", content((crate::openapi::schemas::Page<crate::openapi::schemas::UsageRecord> = "application/json"), (String = "text/csv"))),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []), ("apiKey" = []), ("apiKeyHeader" = []))
+)]
 pub async fn usage(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -189,6 +209,18 @@ fn ledger_json(e: &LedgerEntry) -> Value {
 }
 
 /// `GET /v1/ledger`: transfers touching the caller's wallet and earnings, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/ledger",
+    tag = "reporting",
+    summary = "Transfers touching the caller's wallet and earnings, newest first",
+    params(crate::routes::PageQuery),
+    responses(
+        (status = 200, description = "a page of transfers", body = crate::openapi::schemas::Page<crate::openapi::schemas::LedgerEntry>),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn ledger(
     State(state): State<SharedState>,
     s: SessionUser,
@@ -199,13 +231,19 @@ pub async fn ledger(
     Ok(Json(json!({"data": data, "next_cursor": entries.next_cursor})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct AnalyticsQuery {
+    /// A date or RFC 3339 time (default: 30 days ago).
     pub start_date: Option<String>,
+    /// A date (inclusive) or RFC 3339 time (default: today).
     pub end_date: Option<String>,
+    /// `hour`, `day` (the default), `week` or `month` (timeseries).
     pub interval: Option<String>,
+    /// `model` (the default), `user`, `app` or `key` (breakdown).
     pub group_by: Option<String>,
+    /// `revenue` (the default), `cost`, `profit`, `requests`, `tokens` or `users`.
     pub metric: Option<String>,
 }
 
@@ -253,6 +291,18 @@ fn period_json(start: i64, end: i64) -> Value {
 }
 
 /// `GET /developers/analytics/summary`.
+#[utoipa::path(
+    get,
+    path = "/developers/analytics/summary",
+    tag = "reporting",
+    summary = "Revenue, cost, profit, users, requests and tokens over a period",
+    params(AnalyticsQuery),
+    responses(
+        (status = 200, description = "the totals", body = crate::openapi::schemas::AnalyticsSummary),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn summary(
     State(state): State<SharedState>,
     s: SessionUser,
@@ -264,6 +314,18 @@ pub async fn summary(
 }
 
 /// `GET /developers/analytics/timeseries`: one bucket per interval that has usage.
+#[utoipa::path(
+    get,
+    path = "/developers/analytics/timeseries",
+    tag = "reporting",
+    summary = "One bucket per interval that has usage",
+    params(AnalyticsQuery),
+    responses(
+        (status = 200, description = "the buckets", body = crate::openapi::schemas::AnalyticsTimeseries),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn timeseries(
     State(state): State<SharedState>,
     s: SessionUser,
@@ -288,6 +350,18 @@ pub async fn timeseries(
 
 /// `GET /developers/analytics/breakdown`: rows by model, user (paying wallet), app or key,
 /// largest metric first.
+#[utoipa::path(
+    get,
+    path = "/developers/analytics/breakdown",
+    tag = "reporting",
+    summary = "Totals by model, user, app or key, largest first",
+    params(AnalyticsQuery),
+    responses(
+        (status = 200, description = "the rows", body = crate::openapi::schemas::AnalyticsBreakdown),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn breakdown(
     State(state): State<SharedState>,
     s: SessionUser,

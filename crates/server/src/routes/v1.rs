@@ -23,6 +23,17 @@ pub fn usd_per_1k(credits_per_million: u64) -> String {
     format!("{int}.{frac:09}").trim_end_matches('0').to_string()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "reporting",
+    summary = "Models and prices (USD per 1K tokens)",
+    responses(
+        (status = 200, description = "OpenAI's list shape", body = crate::openapi::schemas::ModelList),
+        crate::openapi::KeyErrors,
+    ),
+    security(("apiKey" = []), ("apiKeyHeader" = []), ("userToken" = []))
+)]
 pub async fn models(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let principal = admit_with_scope(&state, &headers, Scope::CreditsRead).await?;
     let limited = limit(&state, &principal).await?;
@@ -50,6 +61,17 @@ pub async fn models(State(state): State<SharedState>, headers: HeaderMap) -> Res
 
 /// `GET /v1/balance` (SPEC §6, §14): the payer's wallet — the developer's for keys, the user's
 /// (`wallet: "oauth_user"`) for user tokens — and the wallet owner's `plan`.
+#[utoipa::path(
+    get,
+    path = "/v1/balance",
+    tag = "reporting",
+    summary = "The paying wallet's balance",
+    responses(
+        (status = 200, description = "the balance", body = crate::openapi::schemas::Balance),
+        crate::openapi::KeyErrors,
+    ),
+    security(("apiKey" = []), ("apiKeyHeader" = []), ("userToken" = []))
+)]
 pub async fn balance(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let p = admit_with_scope(&state, &headers, Scope::CreditsRead).await?;
     let limited = limit(&state, &p).await?;

@@ -18,7 +18,7 @@ use quota_store::webhooks::{DeliveryView, WebhookEndpoint};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
     pub url: String,
@@ -38,7 +38,7 @@ impl CreateEndpoint {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
     pub url: Option<String>,
@@ -117,6 +117,19 @@ fn delivery_json(d: &DeliveryView) -> Value {
 }
 
 /// `POST /v1/webhooks` → the endpoint and its `secret` (the only time it is shown).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    summary = "Add an endpoint; its signing secret is shown once",
+    request_body = CreateEndpoint,
+    responses(
+        (status = 201, description = "the endpoint with its secret", body = crate::openapi::schemas::IssuedWebhookEndpoint),
+        (status = 403, description = "`limit_reached`", body = crate::openapi::schemas::ErrorBody),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn create(
     State(state): State<SharedState>,
     s: SessionUser,
@@ -127,6 +140,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(issued_json(&issued))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    summary = "The developer's endpoints",
+    params(crate::routes::PageQuery),
+    responses(
+        (status = 200, description = "a page of endpoints", body = crate::openapi::schemas::Page<crate::openapi::schemas::WebhookEndpoint>),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn list(
     State(state): State<SharedState>,
     s: SessionUser,
@@ -135,6 +160,18 @@ pub async fn list(
     page.json(service::list(&state, &s.user.id).await?, endpoint_json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    summary = "One endpoint",
+    params(("id" = String, Path, description = "the endpoint id, `whk_…`")),
+    responses(
+        (status = 200, description = "the endpoint", body = crate::openapi::schemas::WebhookEndpoint),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn get(
     State(state): State<SharedState>,
     s: SessionUser,
@@ -143,6 +180,19 @@ pub async fn get(
     Ok(Json(endpoint_json(&service::get(&state, &s.user.id, &id).await?)))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    summary = "Change url, events, description, low_balance_threshold, enabled",
+    request_body = UpdateEndpoint,
+    params(("id" = String, Path, description = "the endpoint id, `whk_…`")),
+    responses(
+        (status = 200, description = "the endpoint", body = crate::openapi::schemas::WebhookEndpoint),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn update(
     State(state): State<SharedState>,
     s: SessionUser,
@@ -153,6 +203,18 @@ pub async fn update(
     Ok(Json(endpoint_json(&service::update(&state, &s.user.id, &id, changes).await?)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    summary = "Delete an endpoint",
+    params(("id" = String, Path, description = "the endpoint id, `whk_…`")),
+    responses(
+        (status = 200, description = "deleted", body = crate::openapi::schemas::Deleted),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn delete(
     State(state): State<SharedState>,
     s: SessionUser,
@@ -163,6 +225,18 @@ pub async fn delete(
 }
 
 /// `POST /v1/webhooks/:id/rotate-secret`: a new secret at once; the old one stops signing.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/rotate-secret",
+    tag = "webhooks",
+    summary = "A new signing secret at once; the old one stops signing",
+    params(("id" = String, Path, description = "the endpoint id, `whk_…`")),
+    responses(
+        (status = 200, description = "the endpoint with its new secret", body = crate::openapi::schemas::IssuedWebhookEndpoint),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn rotate_secret(
     State(state): State<SharedState>,
     s: SessionUser,
@@ -171,6 +245,18 @@ pub async fn rotate_secret(
     Ok(Json(issued_json(&service::rotate_secret(&state, &s.user.id, &id).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/deliveries",
+    tag = "webhooks",
+    summary = "Deliveries to an endpoint, with each attempt",
+    params(("id" = String, Path, description = "the endpoint id, `whk_…`"), crate::routes::PageQuery),
+    responses(
+        (status = 200, description = "a page of deliveries", body = crate::openapi::schemas::Page<crate::openapi::schemas::WebhookDelivery>),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn deliveries(
     State(state): State<SharedState>,
     s: SessionUser,
@@ -184,6 +270,18 @@ pub async fn deliveries(
 
 /// `POST /v1/webhooks/:id/deliveries/:delivery_id/replay`: send the same event (same `evt_…`
 /// id) again, now.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/deliveries/{delivery_id}/replay",
+    tag = "webhooks",
+    summary = "Send the same event (same `evt_…` id) again, now",
+    params(("id" = String, Path, description = "the endpoint id, `whk_…`"), ("delivery_id" = String, Path, description = "the delivery id")),
+    responses(
+        (status = 202, description = "queued", body = crate::openapi::schemas::ReplayQueued),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn replay(
     State(state): State<SharedState>,
     s: SessionUser,
@@ -194,6 +292,18 @@ pub async fn replay(
 }
 
 /// `POST /v1/webhooks/:id/test`: a `webhook.test` event for this endpoint only.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/test",
+    tag = "webhooks",
+    summary = "Send a `webhook.test` event to this endpoint only",
+    params(("id" = String, Path, description = "the endpoint id, `whk_…`")),
+    responses(
+        (status = 202, description = "queued", body = crate::openapi::schemas::TestEventQueued),
+        crate::openapi::SessionErrors,
+    ),
+    security(("session" = []), ("sessionCookie" = []))
+)]
 pub async fn test(
     State(state): State<SharedState>,
     s: SessionUser,

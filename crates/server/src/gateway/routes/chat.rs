@@ -18,6 +18,19 @@ use quota_providers::{ChatCall, ChatProvider, ChatResponse, Meter, UpstreamError
 use serde_json::json;
 use std::sync::Arc;
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "inference",
+    summary = "OpenAI Chat Completions, metered and charged (models of every provider)",
+    request_body(content = crate::openapi::schemas::ChatCompletionRequest, description = "OpenAI's request; fields beyond these are forwarded"),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
+    responses(
+        (status = 200, description = "`chat.completion` plus `quota`; with `stream: true`, an SSE stream ending with a chunk carrying `usage` and `quota`, then `[DONE]`. Sandbox (`test`) keys may send `X-Quota-Sandbox-Fault` to simulate provider failures.", content((crate::openapi::schemas::InferenceResponse = "application/json"), (crate::openapi::schemas::SseEvent = "text/event-stream"))),
+        crate::openapi::InferenceErrors,
+    ),
+    security(("apiKey" = []), ("apiKeyHeader" = []), ("userToken" = []))
+)]
 pub async fn chat_completions(inbound: Inbound) -> Response {
     serve(Chat, inbound).await
 }

@@ -18,6 +18,19 @@ use quota_providers::embeddings::EmbedRequest;
 use quota_providers::{ChatResponse, Meter, NativeCall, NativeProvider, UpstreamError};
 use std::sync::Arc;
 
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "inference",
+    summary = "OpenAI embeddings, metered and charged",
+    request_body = crate::openapi::schemas::EmbeddingsRequest,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
+    responses(
+        (status = 200, description = "OpenAI's embeddings list plus `quota`", body = crate::openapi::schemas::InferenceResponse),
+        crate::openapi::InferenceErrors,
+    ),
+    security(("apiKey" = []), ("apiKeyHeader" = []), ("userToken" = []))
+)]
 pub async fn embeddings(inbound: Inbound) -> Response {
     serve(Embeddings { gemini: None, key_param: None }, inbound).await
 }

@@ -23,12 +23,28 @@ use serde_json::json;
 use std::sync::Arc;
 
 /// `?alt=` and `?key=`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GeminiQuery {
+    /// `sse` with `:streamGenerateContent`.
     pub alt: Option<String>,
+    /// The API key (as `x-goog-api-key`).
     pub key: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1beta/models/{model_action}",
+    tag = "inference",
+    summary = "Gemini: generateContent, streamGenerateContent, countTokens, embedContent, batchEmbedContents (also under /v1/models/)",
+    request_body(content = crate::openapi::schemas::GeminiRequest, description = "Google's request for the method; forwarded"),
+    params(("model_action" = String, Path, description = "`{model}:{method}`, e.g. `gemini-2.0-flash:generateContent`", example = "gemini-2.0-flash:generateContent"), GeminiQuery, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
+    responses(
+        (status = 200, description = "Google's answer plus `quota` (none for countTokens), or SSE chunks with `quota` in the last (`:streamGenerateContent?alt=sse`)", content((crate::openapi::schemas::InferenceResponse = "application/json"), (crate::openapi::schemas::SseEvent = "text/event-stream"))),
+        crate::openapi::InferenceErrors,
+    ),
+    security(("apiKey" = []), ("apiKeyHeader" = []), ("userToken" = []))
+)]
 pub async fn generate_content(
     Path(model_action): Path<String>,
     Query(query): Query<GeminiQuery>,

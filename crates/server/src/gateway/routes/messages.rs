@@ -52,6 +52,19 @@ fn anthropic_beta(headers: &axum::http::HeaderMap) -> Result<Option<String>, Api
     Ok(Some(text.to_string()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    tag = "inference",
+    summary = "Anthropic Messages, forwarded and charged (`anthropic-version` passed through)",
+    request_body(content = crate::openapi::schemas::MessagesRequest, description = "Anthropic's request; fields beyond these are forwarded"),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
+    responses(
+        (status = 200, description = "Anthropic's message plus `quota`, or Anthropic's event stream then `event: quota_usage`", content((crate::openapi::schemas::InferenceResponse = "application/json"), (crate::openapi::schemas::SseEvent = "text/event-stream"))),
+        crate::openapi::InferenceErrors,
+    ),
+    security(("apiKey" = []), ("apiKeyHeader" = []), ("userToken" = []))
+)]
 pub async fn messages(inbound: Inbound) -> Response {
     serve(Messages, inbound).await
 }

@@ -21,6 +21,19 @@ use quota_providers::{ChatResponse, Meter, NativeCall, NativeProvider, UpstreamE
 use serde_json::json;
 use std::sync::Arc;
 
+#[utoipa::path(
+    post,
+    path = "/v1/responses",
+    tag = "inference",
+    summary = "OpenAI Responses, forwarded and charged",
+    request_body(content = crate::openapi::schemas::ResponsesRequest, description = "OpenAI's request; fields beyond these are forwarded"),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
+    responses(
+        (status = 200, description = "OpenAI's response plus `quota`, or its event stream with `quota` in `response.completed`", content((crate::openapi::schemas::InferenceResponse = "application/json"), (crate::openapi::schemas::SseEvent = "text/event-stream"))),
+        crate::openapi::InferenceErrors,
+    ),
+    security(("apiKey" = []), ("apiKeyHeader" = []), ("userToken" = []))
+)]
 pub async fn responses(inbound: Inbound) -> Response {
     serve(Responses, inbound).await
 }

@@ -551,11 +551,25 @@ pub struct AccountPatch {
     pub user_metadata: Option<serde_json::Value>,
 }
 
-/// `GET /v1/me`: the account and what its wallet paid over the last 30 days.
+/// `GET /v1/me`: the account's fields (as `GET /account`), the credential's `billing_mode`, and
+/// `usage`: what its wallet paid over the last 30 days (`period`, `requests`, `tokens`,
+/// `credits_spent`, `by_model[]`).
 #[derive(Serialize, ToSchema)]
 pub struct Me {
+    pub id: String,
+    pub email: String,
+    pub balance: i64,
+    pub plan: String,
+    pub created_at: String,
+    pub name: Option<String>,
+    pub avatar_url: Option<String>,
     #[schema(value_type = Object)]
-    pub account: serde_json::Value,
+    pub user_metadata: serde_json::Value,
+    #[schema(value_type = Vec<Object>)]
+    pub linked_providers: Vec<serde_json::Value>,
+    #[schema(value_type = Object)]
+    pub billing: serde_json::Value,
+    pub billing_mode: String,
     #[schema(value_type = Object)]
     pub usage: serde_json::Value,
 }

@@ -154,6 +154,21 @@ impl utoipa::IntoResponses for SessionErrors {
     }
 }
 
+/// Errors of the funding routes (SPEC §6): a developer key moving its own credits.
+pub struct FundingErrors;
+impl utoipa::IntoResponses for FundingErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&[
+            ("400", "`bad_request`"),
+            ("401", "`invalid_api_key`"),
+            ("402", "`insufficient_credits`"),
+            ("403", "`forbidden`: sandbox (test) keys cannot move real credits"),
+            ("404", "`user_not_found`: not connected to any of your apps"),
+            ("409", "`idempotency_conflict`"),
+        ])
+    }
+}
+
 /// Errors of API-key routes that are not inference (`/v1/models`, `/v1/balance`, counting).
 pub struct KeyErrors;
 impl utoipa::IntoResponses for KeyErrors {

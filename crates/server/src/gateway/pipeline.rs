@@ -84,6 +84,15 @@ impl<R: Route> Clone for Call<'_, R> {
 }
 impl<R: Route> Copy for Call<'_, R> {}
 
+impl<'a, R: Route> Call<'a, R> {
+    /// The adapter's view of this call on a provider's native route, for `request` (the
+    /// route's parsed request, or the part of it the adapter reads); no version or beta header.
+    pub fn native<Q>(self, request: &'a Q) -> quota_providers::NativeCall<'a, Q> {
+        let Call { model, raw, fault, .. } = self;
+        quota_providers::NativeCall { model, request, raw, version: None, beta: None, fault }
+    }
+}
+
 /// Serve one inference request through every phase. Whatever it answers, success or error,
 /// carries the rate-limit headers once the limit phase ran (SPEC §7).
 pub async fn serve<R: Route>(route: R, inbound: Inbound) -> Response {

@@ -556,19 +556,8 @@ pub struct AccountPatch {
 /// `credits_spent`, `by_model[]`).
 #[derive(Serialize, ToSchema)]
 pub struct Me {
-    pub id: String,
-    pub email: String,
-    pub balance: i64,
-    pub plan: String,
-    pub created_at: String,
-    pub name: Option<String>,
-    pub avatar_url: Option<String>,
-    #[schema(value_type = Object)]
-    pub user_metadata: serde_json::Value,
-    #[schema(value_type = Vec<Object>)]
-    pub linked_providers: Vec<serde_json::Value>,
-    #[schema(value_type = Object)]
-    pub billing: serde_json::Value,
+    #[serde(flatten)]
+    pub account: AccountProfile,
     pub billing_mode: String,
     #[schema(value_type = Object)]
     pub usage: serde_json::Value,

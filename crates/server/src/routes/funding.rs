@@ -81,13 +81,7 @@ enum Outcome {
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "At most 255 characters; the same key and body within 24 h answer the first response again (SPEC §0)")),
     responses(
         (status = 200, description = "moved", body = crate::openapi::schemas::FundingResult),
-        (status = 400, description = "`bad_request`", body = crate::openapi::schemas::ErrorBody),
-        (status = 401, description = "`invalid_api_key`", body = crate::openapi::schemas::ErrorBody),
-        (status = 402, description = "`insufficient_credits`", body = crate::openapi::schemas::ErrorBody),
-        (status = 403, description = "`forbidden`: sandbox (test) keys cannot move real credits", body = crate::openapi::schemas::ErrorBody),
-        (status = 404, description = "`user_not_found`: not connected to any of your apps", body = crate::openapi::schemas::ErrorBody),
-        (status = 409, description = "`idempotency_conflict`", body = crate::openapi::schemas::ErrorBody),
-        crate::openapi::Errors,
+        crate::openapi::FundingErrors,
     ),
     security(("apiKey" = []), ("apiKeyHeader" = []))
 )]
@@ -129,13 +123,7 @@ pub async fn fund_oauth_user(
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Shared with /v1/funding/oauth_user: the same key and body answer the first response again (SPEC §0)")),
     responses(
         (status = 200, description = "moved", body = crate::openapi::schemas::FundingCreditResult),
-        (status = 400, description = "`bad_request`", body = crate::openapi::schemas::ErrorBody),
-        (status = 401, description = "`invalid_api_key`", body = crate::openapi::schemas::ErrorBody),
-        (status = 402, description = "`insufficient_credits`", body = crate::openapi::schemas::ErrorBody),
-        (status = 403, description = "`forbidden`: sandbox (test) keys cannot move real credits", body = crate::openapi::schemas::ErrorBody),
-        (status = 404, description = "`user_not_found`: not connected to any of your apps", body = crate::openapi::schemas::ErrorBody),
-        (status = 409, description = "`idempotency_conflict`", body = crate::openapi::schemas::ErrorBody),
-        crate::openapi::Errors,
+        crate::openapi::FundingErrors,
     ),
     security(("apiKey" = []), ("apiKeyHeader" = []))
 )]

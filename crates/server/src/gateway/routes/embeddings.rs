@@ -53,14 +53,7 @@ pub struct EmbedCall {
 }
 
 fn native_call<'a>(call: Call<'a, Embeddings>) -> NativeCall<'a, EmbedRequest> {
-    NativeCall {
-        model: call.model,
-        request: &call.request.request,
-        raw: call.raw,
-        version: None,
-        beta: None,
-        fault: call.fault,
-    }
+    call.native(&call.request.request)
 }
 
 impl Route for Embeddings {

@@ -77,14 +77,7 @@ pub struct GeminiCall {
 }
 
 fn native_call<'a>(call: Call<'a, Gemini>) -> NativeCall<'a, GenerateRequest> {
-    NativeCall {
-        model: call.model,
-        request: &call.request.request,
-        raw: call.raw,
-        version: None,
-        beta: None,
-        fault: call.fault,
-    }
+    call.native(&call.request.request)
 }
 
 impl Route for Gemini {

@@ -89,14 +89,8 @@ fn usage_event_header(headers: &axum::http::HeaderMap) -> bool {
 }
 
 fn native_call<'a>(call: Call<'a, Messages>) -> NativeCall<'a, MessagesRequest> {
-    NativeCall {
-        model: call.model,
-        request: &call.request.request,
-        raw: call.raw,
-        version: call.request.version.as_deref(),
-        beta: call.request.beta.as_deref(),
-        fault: call.fault,
-    }
+    let (version, beta) = (call.request.version.as_deref(), call.request.beta.as_deref());
+    NativeCall { version, beta, ..call.native(&call.request.request) }
 }
 
 impl Route for Messages {

@@ -42,7 +42,7 @@ pub async fn responses(inbound: Inbound) -> Response {
 pub struct Responses;
 
 fn native_call<'a>(call: Call<'a, Responses>) -> NativeCall<'a, ResponsesRequest> {
-    NativeCall { model: call.model, request: call.request, raw: call.raw, version: None, beta: None, fault: call.fault }
+    call.native(call.request)
 }
 
 impl Route for Responses {
